@@ -1,0 +1,83 @@
+"""`DuoConfig`: the architecture of a Duo model as data (a transformers config, model_type "duo")."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .profiles import get_profile
+
+
+@strict
+class DuoConfig(PreTrainedConfig):
+    """Llama-2-style decoder whose every layer has a big and a small SwiGLU FFN (attention shared).
+
+    Fields: ``vocab_size``, ``hidden_size`` (d), ``num_hidden_layers`` (L), ``num_attention_heads``,
+    ``num_key_value_heads`` (defaults to the head count: plain multi-head attention),
+    ``big_ffn_size`` and ``small_ffn_size`` (inner widths; small defaults to big // 16 as in the
+    paper), ``max_position_embeddings``, ``rope_theta``, ``rms_norm_eps``, ``tie_word_embeddings``.
+
+    Example::
+
+        cfg = DuoConfig.preset("paper")      # d 2560, 12 layers, FFNs 10240 / 640, 32k vocabulary
+        cfg = DuoConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, big_ffn_size=256)
+    """
+
+    model_type = "duo"
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    big_ffn_size: int = 512
+    small_ffn_size: int | None = None
+    max_position_embeddings: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.small_ffn_size is None:
+            self.small_ffn_size = max(1, self.big_ffn_size // 16)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        self._check_sizes()
+        super().__post_init__(**kwargs)
+
+    def _check_sizes(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "big_ffn_size", "small_ffn_size", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}; choose a head count that divides the hidden size"
+            )
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(f"head size {self.hidden_size // self.num_attention_heads} must be even for rotary embeddings")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads="
+                f"{self.num_attention_heads}"
+            )
+        if self.small_ffn_size >= self.big_ffn_size:
+            raise ValueError(
+                f"small_ffn_size={self.small_ffn_size} must be smaller than big_ffn_size={self.big_ffn_size} "
+                f"(the paper uses big // 16)"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "DuoConfig":
+        """The model of profile ``name`` ("tiny", "default" or "paper"), fields overridable by keyword."""
+        return cls(**{**get_profile(name)["model"], **overrides})

@@ -1,0 +1,360 @@
+"""The Duo model: a Llama-2-style causal LM whose every layer has a big and a small FFN.
+
+Attention is shared and always runs.  Per token and per layer the FFN slot is served by the big
+module, the small module, or nothing (skip: identity residual).  Each FFN runs only on the token
+rows routed to it (gather / scatter), so skipped and small routes really save compute.
+
+Weight names follow ``transformers.LlamaForCausalLM`` (``model.layers.i.self_attn.q_proj`` ...),
+with ``mlp`` replaced by ``big`` and ``small``: an all-big Duo model *is* a Llama model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from . import flops as flops_mod
+from .config import DuoConfig
+from .routing import BIG, SKIP, SMALL, FixedRoutes, RoutingPolicy, RoutingTrace, make_policy
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos / sin tables for rotary positions (the Llama "rotate half" convention).
+
+    The inverse frequencies are recomputed on every call (head_dim / 2 numbers) rather than kept in
+    a buffer, so models built on the meta device and loaded with ``from_pretrained`` stay exact."""
+
+    def __init__(self, config: DuoConfig):
+        super().__init__()
+        self.dim, self.theta = config.head_dim, config.rope_theta
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float, device=x.device) / self.dim
+        inv_freq = 1.0 / (self.theta ** exponents)  # [hd/2]
+        freqs = position_ids[..., None].float() * inv_freq  # [B, T, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, hd]
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, hd]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class Attention(nn.Module):
+    """Causal multi-head (optionally grouped-query) attention with rotary positions."""
+
+    def __init__(self, config: DuoConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, position_embeddings, mask, cache: Cache | None = None):
+        """x ``[B, T, d]``; mask: None (plain causal, or one query seeing all keys) or bool ``[B, 1, T, S]``."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, *position_embeddings)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, hd]
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        causal = mask is None and T > 1  # one query (cached decoding) may see every key
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # [B, H, T, hd]
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size: int, inner_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, inner_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, inner_size, bias=False)
+        self.down_proj = nn.Linear(inner_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DuoLayer(nn.Module):
+    """Pre-norm block: ``h += attn(norm(h))``, then ``h += FFN_route(norm(h))`` per token."""
+
+    def __init__(self, config: DuoConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.big = SwiGLU(config.hidden_size, config.big_ffn_size)
+        self.small = SwiGLU(config.hidden_size, config.small_ffn_size)
+
+    def module(self, code: int) -> nn.Module | None:
+        return {BIG: self.big, SMALL: self.small, SKIP: None}[code]
+
+    def attention_block(self, h, position_embeddings, mask, cache=None):
+        return h + self.self_attn(self.input_layernorm(h), position_embeddings, mask, cache)
+
+    def ffn_hard(self, x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
+        """FFN output for normalised input x ``[B, T, d]`` under hard routes ``[B, T]``.
+
+        Each module runs only on its own rows; skipped rows get zero (identity residual)."""
+        codes = routes.unique()
+        if codes.numel() == 1:  # the whole batch takes one route: no gather / scatter needed
+            module = self.module(int(codes))
+            return torch.zeros_like(x) if module is None else module(x)
+        flat_x, flat_r = x.reshape(-1, x.shape[-1]), routes.reshape(-1)  # [N, d], [N]
+        out = flat_x.new_zeros(flat_x.shape)
+        for code in (BIG, SMALL):
+            rows = (flat_r == code).nonzero().squeeze(1)  # [n_code]
+            if rows.numel():
+                out = out.index_copy(0, rows, self.module(code)(flat_x.index_select(0, rows)))
+        return out.view_as(x)
+
+    def ffn_soft(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Soft mixture ``P(small) * small(x) + P(big) * big(x)`` (skip contributes zero); probs ``[B, T, 3]``."""
+        return probs[..., SMALL, None] * self.small(x) + probs[..., BIG, None] * self.big(x)
+
+    def forward(self, h, position_embeddings, mask, policy: RoutingPolicy, position_ids, cache=None):
+        """Returns the new hidden state ``[B, T, d]`` and the layer's decision (codes ``[B, T]`` or probs ``[B, T, 3]``)."""
+        h = self.attention_block(h, position_embeddings, mask, cache)
+        x = self.post_attention_layernorm(h)
+        decision = policy.route_layer(self.self_attn.layer_idx, x, position_ids)
+        if decision.is_floating_point():
+            return h + self.ffn_soft(x, decision), decision
+        return h + self.ffn_hard(x, decision), decision
+
+
+@dataclass
+class DuoCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus, on request:
+
+    token_losses: ``[B, T-1]`` float32, entry (b, t) = -log p(labels[b, t+1] | tokens <= t); 0 where ignored.
+    routing: :class:`~duolib.routing.RoutingTrace` of the routes taken (``[B, T, L]``).
+    """
+
+    token_losses: torch.Tensor | None = None
+    routing: RoutingTrace | None = None
+
+
+class DuoPreTrainedModel(PreTrainedModel):
+    config_class = DuoConfig
+    config: DuoConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["DuoLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class DuoModel(DuoPreTrainedModel):
+    """Embeddings, L Duo layers and the final norm (no head)."""
+
+    def __init__(self, config: DuoConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DuoLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+
+def attention_mask_for(attention_mask, batch: int, seq: int, past: int, device) -> torch.Tensor | None:
+    """None when plain causal attention suffices, else a bool mask ``[B, 1, T, past + T]`` (True = attend)."""
+    if attention_mask is None and (past == 0 or seq == 1):
+        return None
+    total = past + seq
+    q_pos = torch.arange(past, total, device=device)[:, None]  # [T, 1]
+    mask = torch.arange(total, device=device)[None, :] <= q_pos  # [T, S] causal
+    mask = mask[None, None].expand(batch, 1, seq, total)
+    if attention_mask is not None:
+        if attention_mask.shape != (batch, total):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, past + seq] = [{batch}, {total}]"
+            )
+        mask = mask & attention_mask[:, None, None, :].bool()
+        diagonal = torch.arange(total, device=device)[None, :] == q_pos  # [T, S]
+        mask = mask | diagonal  # a padded query still sees itself: no all-masked (NaN) rows
+    return mask
+
+
+class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
+    """Duo causal LM.  ``forward(input_ids, labels=None, routes=None, ...)``.
+
+    ``routes`` (see :mod:`duolib.routing`): a pattern of L codes for every token, a per-token tensor
+    ``[B, T, L]``, or a :class:`~duolib.routing.RoutingPolicy`.  **Default (None): every token takes
+    the big FFN at every layer**, i.e. the model behaves as the plain dense Llama it contains.
+    Training with random routing passes ``routes=RandomRoutes(p_big=0.5, generator=g)``.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: DuoConfig):
+        super().__init__(config)
+        self.model = DuoModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def default_policy(self) -> RoutingPolicy:
+        return FixedRoutes([BIG] * self.config.num_hidden_layers)
+
+    def _positions(self, input_ids, position_ids, past: int) -> torch.Tensor:
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+        top = int(position_ids.max()) if position_ids.numel() else -1
+        if top >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence reaches position {top} but max_position_embeddings={self.config.max_position_embeddings}; "
+                f"use sequences of at most {self.config.max_position_embeddings} tokens"
+            )
+        return position_ids
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        routes=None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        return_token_losses: bool = False,
+        return_routes: bool = False,
+        output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> DuoCausalLMOutput:
+        """input_ids ``[B, T]``; labels ``[B, T]`` (shifted inside, -100 ignored); returns logits ``[B, T, V]``."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
+        position_ids = self._positions(input_ids, position_ids, past)
+        policy = make_policy(routes, B, T, self.config.num_hidden_layers, self.default_policy())
+        mask = attention_mask_for(attention_mask, B, T, past, input_ids.device)
+
+        h = self.model.embed_tokens(input_ids)  # [B, T, d]
+        pos_emb = self.model.rotary_emb(h, position_ids)
+        decisions, hidden_states = [], [h] if output_hidden_states else None
+        for layer in self.model.layers:
+            h, decision = layer(h, pos_emb, mask, policy, position_ids, cache)
+            decisions.append(decision)
+            if output_hidden_states:
+                hidden_states.append(h)
+        h = self.model.norm(h)
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)  # [B, T, V]
+
+        loss = token_losses = None
+        if labels is not None:
+            token_losses = shifted_token_losses(logits, labels)
+            n = (labels[:, 1:] != -100).sum().clamp(min=1)
+            loss = token_losses.sum() / n
+        return DuoCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=cache,
+            hidden_states=tuple(hidden_states) if hidden_states else None,
+            token_losses=token_losses if return_token_losses else None,
+            routing=trace_from(decisions) if return_routes else None,
+        )
+
+    # ---- accounting -------------------------------------------------------------------------
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameter counts by part: big_ffn, small_ffn, attention, embeddings, norms, total."""
+        parts = dict(big_ffn=0, small_ffn=0, attention=0, embeddings=0, norms=0)
+        for name, p in self.named_parameters():  # tied weights are listed once
+            if ".big." in name:
+                parts["big_ffn"] += p.numel()
+            elif ".small." in name:
+                parts["small_ffn"] += p.numel()
+            elif ".self_attn." in name:
+                parts["attention"] += p.numel()
+            elif "embed_tokens" in name or "lm_head" in name:
+                parts["embeddings"] += p.numel()
+            else:
+                parts["norms"] += p.numel()
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def flops_per_token(self, pattern, context_len: int) -> float:
+        """Forward FLOPs of one token at context length ``context_len`` routed by ``pattern``."""
+        return flops_mod.pattern_flops(self.config, pattern, context_len)
+
+
+def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token cross-entropy ``[B, T-1]`` (float32; 0 where labels are -100)."""
+    logits = logits[:, :-1].float()  # [B, T-1, V]
+    targets = labels[:, 1:]  # [B, T-1]
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+
+
+def trace_from(decisions: list[torch.Tensor]) -> RoutingTrace:
+    """Stack per-layer decisions into a trace ``[B, T, L]`` (soft decisions keep their probabilities)."""
+    if decisions[0].is_floating_point():
+        probs = torch.stack(decisions, dim=2)  # [B, T, L, 3]
+        return RoutingTrace(routes=probs.argmax(-1), probs=probs)
+    return RoutingTrace(routes=torch.stack(decisions, dim=2))
