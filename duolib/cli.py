@@ -1,0 +1,328 @@
+"""The ``duo`` command line.
+
+Every subcommand is one function ``cmd_NAME(args) -> int`` registered by a single
+``@subcommand(...)`` line, which also declares its arguments::
+
+    @subcommand("train", "train a Duo model", arg("--profile", choices=PRESETS))
+    def cmd_train(args):
+        from duolib.train import main as train   # heavy imports stay inside
+        ...
+        return 0
+
+Registered subcommands appear in ``duo --help`` automatically, in registration
+order. Keep module-level imports light (stdlib only) so that ``duo --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+PRESETS = ("tiny", "default", "paper")
+
+# The parameter counts the paper reports for its 1.399B model (section "Architecture").
+PAPER_REPORTED = {
+    "big_ffn": "944M",
+    "small_ffn": "59M",
+    "attention": "314M",
+    "embeddings": "~82M",
+    "total": "1.399B",
+}
+
+
+class CLIError(RuntimeError):
+    """An error reported to the user as ``duo: error: ...`` with exit status 1."""
+
+
+class BookBuildError(CLIError):
+    """``jupyter-book build`` failed (a warning counts as a failure: it runs with -W)."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass
+class _Command:
+    name: str
+    help: str
+    func: Callable[[argparse.Namespace], int | None]
+    arguments: Sequence[tuple[tuple[str, ...], dict[str, Any]]] = field(default_factory=tuple)
+
+
+_COMMANDS: list[_Command] = []
+
+
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One argument of a subcommand, as given to ``ArgumentParser.add_argument``."""
+    return flags, kwargs
+
+
+def subcommand(name: str, help: str, *arguments: tuple[tuple[str, ...], dict[str, Any]]):
+    """Register the decorated ``func(args) -> int`` as ``duo NAME``."""
+
+    def register(func):
+        if any(c.name == name for c in _COMMANDS):
+            raise ValueError(f"duo subcommand {name!r} registered twice")
+        _COMMANDS.append(_Command(name, help, func, arguments))
+        return func
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duo",
+        description="duolib: an open implementation of Duo-LLM (adaptive computation in LLMs).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+    for cmd in _COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for flags, kwargs in cmd.arguments:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(_func=cmd.func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args._func(args)
+    except CLIError as exc:
+        print(f"duo: error: {exc}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("duolib")
+    except Exception:  # not installed (running from a source tree)
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The repository root: the nearest folder holding ``_config.yml`` and ``book/_toc.yml``.
+
+    Searched from ``start`` (default: the current directory) upwards, then from this
+    file's location (an editable install lives in the repository).
+    """
+    candidates = []
+    here = (start or Path.cwd()).resolve()
+    candidates += [here, *here.parents]
+    pkg = Path(__file__).resolve().parent
+    candidates += [pkg.parent, *pkg.parent.parents]
+    for c in candidates:
+        if (c / "_config.yml").is_file() and (c / "book" / "_toc.yml").is_file():
+            return c
+    raise CLIError(
+        "cannot find the book sources (_config.yml and book/_toc.yml); "
+        "run `duo book` from the duolib repository"
+    )
+
+
+# jupyter_book has no __main__; run its click entry point with this interpreter so the
+# build uses the same environment as duolib, whatever is on PATH.
+_JUPYTER_BOOK = "from jupyter_book.cli.main import main; main(prog_name=\"jupyter-book\")"
+
+
+def book_command(root: Path, output: Path | None = None) -> list[str]:
+    """The ``jupyter-book build`` command line that builds the book under ``root``.
+
+    Sources are ``root/book`` with ``root/_config.yml`` and ``root/book/_toc.yml``;
+    HTML lands in ``<output>/_build/html``; always pass ``output`` (``build_book`` uses
+    ``root/book``): without ``--path-output`` jupyter-book writes to ``root/_build``.
+    ``-W`` makes every warning an error, ``--keep-going`` lists them all first, and
+    ``--all`` rebuilds every page (an incremental build would hide old warnings).
+    """
+    root = Path(root)
+    cmd = [
+        sys.executable,
+        "-c",
+        _JUPYTER_BOOK,
+        "build",
+        str(root / "book"),
+        "--config",
+        str(root / "_config.yml"),
+        "--toc",
+        str(root / "book" / "_toc.yml"),
+        "--builder",
+        "html",
+        "--all",
+        "-W",
+        "--keep-going",
+    ]
+    if output is not None:
+        cmd += ["--path-output", str(output)]
+    return cmd
+
+
+def build_book(root: Path | None = None, output: Path | None = None, quiet: bool = False) -> Path:
+    """Build the book's HTML with warnings as errors; return the HTML folder.
+
+    Raises :class:`BookBuildError` if the build fails.
+    """
+    root = repo_root() if root is None else Path(root).resolve()
+    out_base = root / "book" if output is None else Path(output).resolve()
+    cmd = book_command(root, out_base)
+    proc = subprocess.run(
+        cmd,
+        cwd=root,
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.STDOUT if quiet else None,
+        text=True,
+    )
+    html = out_base / "_build" / "html"
+    if proc.returncode != 0 or not (html / "index.html").is_file():
+        if quiet and proc.stdout:
+            log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+            problems = [ln for ln in log.splitlines() if re.search(r"WARNING|ERROR|Error", ln)]
+            detail = "\nproblems:\n" + "\n".join(problems[:50]) + "\nend of log:\n" + log[-4000:]
+        else:
+            detail = "\n(see the jupyter-book output above)"
+        status = f"exit status {proc.returncode}" if proc.returncode else f"no {html / 'index.html'}"
+        raise BookBuildError(
+            f"the book build failed ({status}; warnings are errors: -W)"
+            f"\ncommand: {shlex.join(cmd)}{detail}"
+        )
+    return html
+
+
+def _human(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.3f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+_SHAPE_FIELDS = (
+    ("L", "num_hidden_layers"),
+    ("d", "hidden_size"),
+    ("heads", "num_attention_heads"),
+    ("big", "big_ffn_size"),
+    ("small", "small_ffn_size"),
+    ("vocab", "vocab_size"),
+    ("tied", "tie_word_embeddings"),
+)
+
+
+def format_breakdown(name: str, breakdown: dict[str, int], config: Any = None) -> str:
+    """A small table of a preset's parameter counts by part (total last)."""
+    parts = [k for k in breakdown if k != "total"] + (["total"] if "total" in breakdown else [])
+    show_paper = name == "paper"
+    header = f"  {'part':<12} {'parameters':>15} {'approx':>9}" + ("  paper" if show_paper else "")
+    title = f"preset {name}"
+    shape = [f"{label} {getattr(config, f)}" for label, f in _SHAPE_FIELDS if hasattr(config, f)]
+    if shape:
+        title += f"  ({', '.join(shape)})"
+    lines = [title, header]
+    for k in parts:
+        n = int(breakdown[k])
+        line = f"  {k:<12} {n:>15,} {_human(n):>9}"
+        if show_paper and k in PAPER_REPORTED:
+            line += f"  {PAPER_REPORTED[k]}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@subcommand(
+    "book",
+    "build the book (HTML in book/_build/html), with warnings as errors",
+    arg("--profile", choices=PRESETS, default="default",
+        help="experiment profile the book's notebooks run with (default: %(default)s)"),
+    arg("--skip-build", action="store_true",
+        help="do everything except the final jupyter-book build"),
+    arg("--output", type=Path, default=None,
+        help="folder that receives _build/html (default: book/)"),
+)
+def cmd_book(args: argparse.Namespace) -> int:
+    root = repo_root()
+    # Later stages (executing the notebooks with papermill for args.profile) go here.
+    os.environ["DUO_PROFILE"] = args.profile
+    if args.skip_build:
+        print("duo book: --skip-build given, not building the book")
+        return 0
+    html = build_book(root, args.output)
+    print(f"duo book: built {html / 'index.html'}")
+    return 0
+
+
+@subcommand(
+    "presets",
+    "print the parameter breakdown of each model preset",
+    arg("names", nargs="*", metavar="PRESET",
+        help=f"presets to show (default: all of {', '.join(PRESETS)})"),
+)
+def cmd_presets(args: argparse.Namespace) -> int:
+    import torch
+
+    from duolib import DuoConfig, DuoForCausalLM
+
+    names = args.names or list(PRESETS)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise CLIError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    blocks = []
+    for name in names:
+        cfg = DuoConfig.preset(name)
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            model = DuoForCausalLM(cfg)
+        blocks.append(format_breakdown(name, model.parameter_breakdown(), cfg))
+    print("\n\n".join(blocks))
+    return 0
+
+
+
+@subcommand(
+    "train",
+    "Stage 1: train a Duo model with random routing (or a dense baseline); resumable, torchrun-ready",
+    arg("--profile", choices=PRESETS, default="default", help="experiment profile (default: %(default)s)"),
+    arg("--run-dir", type=Path, default=None, help="run folder (default: runs/<profile>)"),
+    arg("--corpus", default=None, help="corpus spec (default: mix; see duolib.data)"),
+    arg("--steps", type=int, default=None), arg("--batch-size", type=int, default=None),
+    arg("--seq-len", type=int, default=None), arg("--lr", type=float, default=None),
+    arg("--warmup-steps", type=int, default=None), arg("--seed", type=int, default=None),
+    arg("--p-big", type=float, default=None, help="probability of the big FFN per token and layer (0.5)"),
+    arg("--p-skip", type=float, default=None, help="probability of skipping the FFN (0)"),
+    arg("--arch", choices=("duo", "dense"), default=None, help="duo, or a dense Llama baseline"),
+    arg("--dense-p-big", type=float, default=None, help="dense baseline FLOP-matched to p(big)"),
+    arg("--stage", choices=("joint", "big", "small"), default=None, help="freeze ablation stage (joint)"),
+    arg("--init-from", default=None, help="stage small: the stage-big run folder"),
+    arg("--eval-every", type=int, default=None), arg("--checkpoint-every", type=int, default=None),
+    arg("--log-every", type=int, default=None),
+    arg("--threads", type=int, default=None, help="torch CPU threads"),
+    arg("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (JSON value)"),
+    arg("--no-resume", action="store_true", help="start afresh (deletes the run folder's results)"),
+    arg("--overwrite", action="store_true", help="delete the run folder first"),
+    arg("--no-progress", action="store_true", help="no progress bar"),
+)
+def cmd_train(args: argparse.Namespace) -> int:
+    from duolib.train import run_from_args
+
+    try:
+        return run_from_args(args)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The ``duo`` command line: help, registry, presets and the book command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from duolib import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    names = [c.name for c in cli._COMMANDS]
+    assert {"book", "presets"} <= set(names)
+    for name in names:
+        assert name in out
+
+
+def test_help_from_a_subprocess():
+    proc = subprocess.run(
+        [sys.executable, "-m", "duolib.cli", "--help"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "book" in proc.stdout and "presets" in proc.stdout
+
+
+def test_console_script_installed():
+    duo = Path(sys.executable).parent / "duo"
+    if not duo.exists():
+        pytest.skip("duolib is not installed in this interpreter's environment")
+    proc = subprocess.run([str(duo), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "presets" in proc.stdout
+
+
+def test_no_subcommand_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+
+
+def test_subcommand_registry_rejects_duplicates():
+    with pytest.raises(ValueError):
+        cli.subcommand("book", "again")(lambda args: 0)
+
+
+def test_presets_print_the_paper_breakdown(capsys):
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.PRESETS:
+        assert f"preset {name}" in out
+    paper = out.split("preset paper", 1)[1]
+    total_line = next(line for line in paper.splitlines() if line.strip().startswith("total"))
+    assert "1.399B" in total_line  # the paper's 1.399B parameters
+    for part in ("big_ffn", "small_ffn", "attention", "embeddings"):
+        assert part in paper
+
+
+def test_presets_unknown_name(capsys):
+    assert cli.main(["presets", "huge"]) == 1
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_book_command_line():
+    cmd = cli.book_command(ROOT, Path("/tmp/out"))
+    assert cmd[0] == sys.executable and "jupyter_book" in cmd[2] and cmd[3] == "build"
+    assert str(ROOT / "book") in cmd and "-W" in cmd
+    assert cmd[cmd.index("--config") + 1] == str(ROOT / "_config.yml")
+    assert cmd[cmd.index("--toc") + 1] == str(ROOT / "book" / "_toc.yml")
+    assert cmd[cmd.index("--path-output") + 1] == "/tmp/out"
+
+
+def test_book_skip_build(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DUO_PROFILE", "unset")  # restored after the test
+    assert cli.main(["book", "--profile", "tiny", "--skip-build"]) == 0
+    assert "skip" in capsys.readouterr().out
+
+
+def test_repo_root_found():
+    assert cli.repo_root(ROOT / "book") == ROOT
