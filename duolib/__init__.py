@@ -19,6 +19,9 @@ from .routing import (
     pattern_to_str,
 )
 
+from . import retrofit  # callable module: duolib.retrofit(model, small_ffn_size=None, init="importance")
+from .router import RouterPolicy, load_router, train_distilled_router, train_router
+
 __version__ = "0.1.0"
 
 AutoConfig.register("duo", DuoConfig, exist_ok=True)
@@ -28,4 +31,5 @@ __all__ = [
     "BIG", "SMALL", "SKIP", "ROUTE_NAMES", "DuoConfig", "DuoForCausalLM", "DuoModel", "DuoCausalLMOutput",
     "RoutingPolicy", "FixedRoutes", "RandomRoutes", "PositionRoutes", "TokenRoutes", "RoutingTrace",
     "pattern_to_str", "PROFILES", "get_profile",
+    "retrofit", "RouterPolicy", "train_router", "train_distilled_router", "load_router",
 ]

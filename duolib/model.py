@@ -128,17 +128,16 @@ class DuoLayer(nn.Module):
     def ffn_hard(self, x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
         """FFN output for normalised input x ``[B, T, d]`` under hard routes ``[B, T]``.
 
-        Each module runs only on its own rows; skipped rows get zero (identity residual)."""
-        codes = routes.unique()
-        if codes.numel() == 1:  # the whole batch takes one route: no gather / scatter needed
-            module = self.module(int(codes))
-            return torch.zeros_like(x) if module is None else module(x)
+        Each module runs only on its own rows (gather, compute, scatter); skipped rows get zero."""
         flat_x, flat_r = x.reshape(-1, x.shape[-1]), routes.reshape(-1)  # [N, d], [N]
+        rows = {code: (flat_r == code).nonzero().squeeze(1) for code in (BIG, SMALL)}  # [n_code] each
+        for code, idx in rows.items():
+            if idx.numel() == flat_r.numel():  # every token takes one module: no gather / scatter
+                return self.module(code)(x)
         out = flat_x.new_zeros(flat_x.shape)
-        for code in (BIG, SMALL):
-            rows = (flat_r == code).nonzero().squeeze(1)  # [n_code]
-            if rows.numel():
-                out = out.index_copy(0, rows, self.module(code)(flat_x.index_select(0, rows)))
+        for code, idx in rows.items():
+            if idx.numel():
+                out.index_copy_(0, idx, self.module(code)(flat_x.index_select(0, idx)))
         return out.view_as(x)
 
     def ffn_soft(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

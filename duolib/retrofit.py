@@ -1,0 +1,467 @@
+"""Retrofit an existing Hugging Face causal LM into a Duo-routable model (the paper's OPT-1.3B appendix).
+
+``duolib.retrofit(model, small_ffn_size=None, init="importance")`` (this module is callable; the
+function is also :func:`retrofit.retrofit <retrofit>`) works **in place** on models of three families:
+
+- **Llama** (and Llama-like: Mistral, Qwen2 ...): ``model.model.layers[i].mlp`` (SwiGLU gate/up/down);
+- **OPT**: ``model.model.decoder.layers[i]``, whose forward calls ``self.fc1``, ``self.activation_fn``
+  and ``self.fc2`` inline on flattened ``[B*T, d]`` rows;
+- **GPT-2**: ``model.transformer.h[i].mlp`` (``Conv1D`` c_fc / c_proj with GELU).
+
+OPT / GPT-2 MLPs are not SwiGLU and these models use learned positions and LayerNorm, so the result
+is not a :class:`~duolib.DuoForCausalLM`.  Each layer's MLP is wrapped in a :class:`DuoFFN` holding
+``big`` (the original MLP, same weights, frozen) and ``small`` (the same family structure, inner
+width ``small_ffn_size``; default ``big // 16`` as in the paper), which serves each token with big,
+small or nothing (skip) per a routing policy, with gather / scatter (sparse execution).
+
+- Llama / GPT-2: ``layers[i].mlp`` is replaced by the DuoFFN.
+- OPT: ``layer.fc1`` becomes the DuoFFN (computing the whole fc1 -> act -> fc2 path),
+  ``layer.activation_fn`` and ``layer.fc2`` become identities, so the unchanged HF layer forward
+  (residual, dropout, LayerNorms) still runs around it.  The DuoFFN gets its ``[B, T]`` shape and
+  positions from a forward pre-hook on the layer.
+
+Routes are given through a context manager, since HF forwards take no ``routes`` argument::
+
+    duolib.retrofit(model)
+    with routing(model, policy) as rec:       # any RoutingPolicy, pattern, or [B, T, L] codes
+        out = model(input_ids)
+    rec.trace().routes                         # [B, T, L]
+
+With no policy set, every token takes the big module: the original model, bit for bit.
+
+**Small-module initialisation** [ours] (``init="importance"``): the ``small_ffn_size`` inner units of
+the big MLP with the largest importance score, copied (weights and biases; the output bias whole).
+Score of unit j: ``||W_in[j]|| * ||W_out[:, j]||`` (fc1 row x fc2 column for OPT, c_fc column x
+c_proj row for GPT-2), times ``||W_gate[j]||`` for SwiGLU.  ``init="random"``: normal(0, 0.02),
+zero biases.  Then :func:`train_small_modules` trains the small modules with random routing
+(original weights frozen) and :func:`duolib.router.train_router` trains a router.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from torch import nn
+
+from .routing import BIG, SKIP, SMALL, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, make_policy
+
+FAMILIES = ("llama", "opt", "gpt2")
+
+
+# ----------------------------------------------------------------------------- MLP modules
+
+
+class GatedMLP(nn.Module):
+    """A small Llama-style MLP: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, hidden_size: int, inner_size: int, act: nn.Module, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, inner_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, inner_size, bias=bias)
+        self.down_proj = nn.Linear(inner_size, hidden_size, bias=bias)
+        self.act_fn = act
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class FCMLP(nn.Module):
+    """OPT's fc1 -> activation -> fc2 path as one module (wraps the original modules for ``big``)."""
+
+    def __init__(self, fc1: nn.Module, act: nn.Module, fc2: nn.Module):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = fc1, act, fc2
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DuoFFN(nn.Module):
+    """An FFN slot with a ``big`` (original) and a ``small`` module, routed per token.
+
+    ``policy`` (set by :func:`routing`) decides per token: hard codes run each module only on its
+    rows; soft probabilities ``[B, T, 3]`` mix ``P(small) * small + P(big) * big``.  Without a policy
+    the big module runs on everything (the original model)."""
+
+    def __init__(self, big: nn.Module, small: nn.Module, layer_idx: int, hidden_size: int):
+        super().__init__()
+        self.big, self.small = big, small
+        self.layer_idx, self.hidden_size = layer_idx, hidden_size
+        # a plain dict, not attributes: a router is an nn.Module and must not become a submodule here
+        self._route_state: dict = {"policy": None, "recorder": None}
+        self._bt: tuple[int, int] | None = None
+        self._positions: torch.Tensor | None = None
+
+    @property
+    def policy(self) -> RoutingPolicy | None:
+        return self._route_state["policy"]
+
+    @property
+    def recorder(self) -> "RoutingRecorder | None":
+        return self._route_state["recorder"]
+
+    def set_route(self, policy: RoutingPolicy | None, recorder: "RoutingRecorder | None" = None) -> None:
+        self._route_state.update(policy=policy, recorder=recorder)
+
+    def module(self, code: int):
+        return {BIG: self.big, SMALL: self.small, SKIP: None}[code]
+
+    def _shape(self, x: torch.Tensor) -> tuple[int, int]:
+        if x.dim() == 3:
+            return x.shape[0], x.shape[1]
+        if self._bt is not None and self._bt[0] * self._bt[1] == x.shape[0]:
+            return self._bt
+        return 1, x.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        policy = self.policy
+        if policy is None:
+            return self.big(x)
+        B, T = self._shape(x)
+        x3 = x.reshape(B, T, x.shape[-1])
+        pos = self._positions
+        if pos is None or pos.shape[-1] != T:
+            pos = torch.arange(T, device=x.device)[None]
+        pos = pos.expand(B, T)
+        decision = policy.route_layer(self.layer_idx, x3, pos)
+        if self.recorder is not None:
+            self.recorder.record(self.layer_idx, decision)
+        if decision.is_floating_point():
+            out = decision[..., SMALL, None] * self.small(x3) + decision[..., BIG, None] * self.big(x3)
+            return out.reshape(x.shape)
+        codes = decision.unique()
+        if codes.numel() == 1:  # one route for the whole batch: run on the original tensor
+            module = self.module(int(codes))
+            return torch.zeros_like(x) if module is None else module(x)
+        flat_x, flat_r = x3.reshape(-1, x.shape[-1]), decision.reshape(-1)
+        out = flat_x.new_zeros(flat_x.shape)
+        for code in (BIG, SMALL):
+            rows = (flat_r == code).nonzero().squeeze(1)
+            if rows.numel():
+                out = out.index_copy(0, rows, self.module(code)(flat_x.index_select(0, rows)))
+        return out.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}"
+
+
+def _capture(ffn: DuoFFN, module, args, kwargs):
+    """Forward pre-hook on a decoder layer: tell its DuoFFN the batch shape and positions."""
+    hs = args[0] if args else kwargs.get("hidden_states")
+    if hs is not None and hs.dim() == 3:
+        ffn._bt = (hs.shape[0], hs.shape[1])
+    pos = kwargs.get("position_ids")
+    ffn._positions = pos.clamp(min=0) if pos is not None else None
+    return None
+
+
+# ----------------------------------------------------------------------------- family detection
+
+
+def detect_family(model) -> str:
+    """``"llama"``, ``"opt"`` or ``"gpt2"``; ValueError for other architectures."""
+    retro = getattr(model, "duo_retrofit", None)
+    if retro:
+        return retro["family"]
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "decoder") and hasattr(getattr(inner.decoder, "layers", None), "__len__"):
+        layer = inner.decoder.layers[0]
+        if hasattr(layer, "fc1") and hasattr(layer, "fc2"):
+            return "opt"
+    if inner is not None and hasattr(getattr(inner, "layers", None), "__len__"):
+        mlp = getattr(inner.layers[0], "mlp", None)
+        if mlp is not None and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "llama"
+    transformer = getattr(model, "transformer", None)
+    if transformer is not None and hasattr(transformer, "h"):
+        mlp = getattr(transformer.h[0], "mlp", None)
+        if mlp is not None and hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
+            return "gpt2"
+    raise ValueError(f"cannot retrofit {type(model).__name__}: supported families are Llama-like "
+                     f"(model.model.layers[i].mlp with gate/up/down_proj), OPT (model.model.decoder.layers[i] "
+                     f"fc1/fc2) and GPT-2 (model.transformer.h[i].mlp with c_fc/c_proj)")
+
+
+def decoder_layers(model, family: str | None = None) -> nn.ModuleList:
+    family = family or detect_family(model)
+    return {"llama": lambda: model.model.layers, "opt": lambda: model.model.decoder.layers,
+            "gpt2": lambda: model.transformer.h}[family]()
+
+
+def duo_ffns(model) -> list[DuoFFN]:
+    """The DuoFFN modules of a retrofitted model, in layer order (ValueError if there are none)."""
+    ffns = sorted((m for m in model.modules() if isinstance(m, DuoFFN)), key=lambda m: m.layer_idx)
+    if not ffns:
+        raise ValueError(f"{type(model).__name__} is not retrofitted: call duolib.retrofit(model) first")
+    return ffns
+
+
+def is_retrofitted(model) -> bool:
+    return any(isinstance(m, DuoFFN) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- small-module construction
+
+
+def _norm_rows(w: torch.Tensor) -> torch.Tensor:
+    return w.float().norm(dim=1)
+
+
+def importance_scores(big: nn.Module, family: str) -> torch.Tensor:
+    """Importance of each inner unit of a big MLP ``[inner]`` (see the module docstring)."""
+    with torch.no_grad():
+        if family == "llama":
+            return (_norm_rows(big.gate_proj.weight) * _norm_rows(big.up_proj.weight)
+                    * _norm_rows(big.down_proj.weight.t()))
+        if family == "opt":
+            return _norm_rows(big.fc1.weight) * _norm_rows(big.fc2.weight.t())
+        return _norm_rows(big.c_fc.weight.t()) * _norm_rows(big.c_proj.weight)  # Conv1D weights are [in, out]
+
+
+def _inner_size(big: nn.Module, family: str) -> int:
+    return {"llama": lambda: big.up_proj.out_features, "opt": lambda: big.fc1.out_features,
+            "gpt2": lambda: big.c_fc.weight.shape[1]}[family]()
+
+
+def _make_small(big: nn.Module, family: str, hidden: int, width: int, config) -> nn.Module:
+    if family == "llama":
+        return GatedMLP(hidden, width, big.act_fn, bias=big.up_proj.bias is not None)
+    if family == "opt":
+        return FCMLP(nn.Linear(hidden, width, bias=big.fc1.bias is not None), big.act,
+                     nn.Linear(width, hidden, bias=big.fc2.bias is not None))
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    return GPT2MLP(width, config)
+
+
+@torch.no_grad()
+def _init_small(small: nn.Module, big: nn.Module, family: str, init: str, std: float) -> None:
+    if init == "random":
+        for p in small.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, std)
+            else:
+                p.zero_()
+        return
+    width = _inner_size(small, family)
+    keep = importance_scores(big, family).topk(width).indices.sort().values
+    if family == "llama":
+        small.gate_proj.weight.copy_(big.gate_proj.weight[keep])
+        small.up_proj.weight.copy_(big.up_proj.weight[keep])
+        small.down_proj.weight.copy_(big.down_proj.weight[:, keep])
+        for name in ("gate_proj", "up_proj"):
+            if getattr(small, name).bias is not None:
+                getattr(small, name).bias.copy_(getattr(big, name).bias[keep])
+        if small.down_proj.bias is not None:
+            small.down_proj.bias.copy_(big.down_proj.bias)
+    elif family == "opt":
+        small.fc1.weight.copy_(big.fc1.weight[keep])
+        small.fc2.weight.copy_(big.fc2.weight[:, keep])
+        if small.fc1.bias is not None:
+            small.fc1.bias.copy_(big.fc1.bias[keep])
+        if small.fc2.bias is not None:
+            small.fc2.bias.copy_(big.fc2.bias)
+    else:
+        small.c_fc.weight.copy_(big.c_fc.weight[:, keep])
+        small.c_fc.bias.copy_(big.c_fc.bias[keep])
+        small.c_proj.weight.copy_(big.c_proj.weight[keep])
+        small.c_proj.bias.copy_(big.c_proj.bias)
+
+
+# ----------------------------------------------------------------------------- retrofit
+
+
+def retrofit(model, small_ffn_size: int | None = None, init: str = "importance", freeze: bool = True):
+    """Turn a Llama / OPT / GPT-2 causal LM into a Duo-routable model, in place; returns ``model``.
+
+    Every layer's MLP becomes the ``big`` module of a :class:`DuoFFN` and gets a ``small`` module of
+    inner width ``small_ffn_size`` (default: big width // 16, at least 1), initialised from the big
+    module's most important units (``init="importance"``) or randomly (``init="random"``).  With
+    ``freeze`` (default) every original parameter is frozen; the small modules stay trainable.
+    ``model.duo_retrofit`` records family, widths and init.
+    """
+    if is_retrofitted(model):
+        raise ValueError(f"{type(model).__name__} is already retrofitted")
+    if init not in ("importance", "random"):
+        raise ValueError(f"init={init!r}; allowed: 'importance', 'random'")
+    family = detect_family(model)
+    cfg = model.config
+    hidden = int(cfg.hidden_size)
+    layers = decoder_layers(model, family)
+    std = float(getattr(cfg, "initializer_range", 0.02) or 0.02)
+    if freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    big_width = None
+    for i, layer in enumerate(layers):
+        if family == "opt":
+            big = FCMLP(layer.fc1, layer.activation_fn, layer.fc2)
+        else:
+            big = layer.mlp
+        big_width = _inner_size(big, family)
+        width = small_ffn_size if small_ffn_size is not None else max(1, big_width // 16)
+        if not 1 <= width < big_width:
+            raise ValueError(f"small_ffn_size={width} must be at least 1 and below the big MLP width {big_width}")
+        small = _make_small(big, family, hidden, width, cfg)
+        p = next(big.parameters())
+        small = small.to(device=p.device, dtype=p.dtype)
+        _init_small(small, big, family, init, std)
+        for q in small.parameters():
+            q.requires_grad_(True)
+        ffn = DuoFFN(big, small, i, hidden)
+        if family == "opt":
+            layer.fc1, layer.activation_fn, layer.fc2 = ffn, nn.Identity(), nn.Identity()
+        else:
+            layer.mlp = ffn
+        layer.register_forward_pre_hook(partial(_capture, ffn), with_kwargs=True)
+    model.duo_retrofit = {"family": family, "big_ffn_size": big_width, "small_ffn_size": width, "init": init,
+                          "num_layers": len(layers)}
+    return model
+
+
+def small_parameters(model) -> list[nn.Parameter]:
+    """The parameters of the small modules of a retrofitted model."""
+    return [p for ffn in duo_ffns(model) for p in ffn.small.parameters()]
+
+
+# ----------------------------------------------------------------------------- routing context
+
+
+class RoutingRecorder:
+    """Collects the decisions of every DuoFFN inside a :func:`routing` block.
+
+    Successive forwards inside one block (e.g. cached generation) are treated as consecutive chunks
+    of the same sequences: :meth:`trace` concatenates them along the sequence axis."""
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.decisions: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+
+    def record(self, layer_idx: int, decision: torch.Tensor) -> None:
+        self.decisions[layer_idx].append(decision)
+
+    def clear(self) -> None:
+        self.decisions = [[] for _ in range(self.num_layers)]
+
+    def trace(self) -> RoutingTrace:
+        if not all(self.decisions):
+            raise ValueError("no routed forward pass was recorded in this routing() block")
+        per_layer = [torch.cat(d, dim=1) for d in self.decisions]
+        if per_layer[0].is_floating_point():
+            probs = torch.stack(per_layer, dim=2)  # [B, T, L, 3]
+            return RoutingTrace(routes=probs.argmax(-1), probs=probs)
+        return RoutingTrace(routes=torch.stack(per_layer, dim=2))
+
+
+class _Lazy(RoutingPolicy):
+    """Turns a pattern / per-token tensor into a policy once the batch shape is known."""
+
+    def __init__(self, routes, num_layers: int):
+        self.routes, self.num_layers, self.policy = routes, num_layers, None
+
+    def route_layer(self, layer_idx, hidden_states, position_ids):
+        B, T = hidden_states.shape[:2]
+        if self.policy is None or layer_idx == 0:
+            self.policy = make_policy(self.routes, B, T, self.num_layers, FixedRoutes([BIG] * self.num_layers))
+        return self.policy.route_layer(layer_idx, hidden_states, position_ids)
+
+
+@contextmanager
+def routing(model, policy, record: bool = True):
+    """Route the retrofitted ``model`` by ``policy`` inside the block; yields a :class:`RoutingRecorder`.
+
+    ``policy``: a :class:`~duolib.routing.RoutingPolicy`, a pattern (``"BBSS"``, codes) or per-token
+    codes ``[B, T, L]``; ``None`` means all big."""
+    ffns = duo_ffns(model)
+    if policy is not None and not isinstance(policy, RoutingPolicy):
+        policy = _Lazy(policy, len(ffns))
+    recorder = RoutingRecorder(len(ffns)) if record else None
+    saved = [(f.policy, f.recorder) for f in ffns]
+    for f in ffns:
+        f.set_route(policy if policy is not None else FixedRoutes([BIG] * len(ffns)), recorder)
+    try:
+        yield recorder
+    finally:
+        for f, (p, r) in zip(ffns, saved):
+            f.set_route(p, r)
+
+
+def set_policy(model, policy) -> None:
+    """Set a persistent policy on every DuoFFN (``None``: back to the original all-big model)."""
+    ffns = duo_ffns(model)
+    if policy is not None and not isinstance(policy, RoutingPolicy):
+        policy = _Lazy(policy, len(ffns))
+    for f in ffns:
+        f.set_route(policy)
+
+
+# ----------------------------------------------------------------------------- training helpers
+
+
+def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: float = 0.5, p_skip: float = 0.0,
+                        seed: int = 0, grad_clip: float | None = 1.0, progress: bool = True,
+                        log_every: int = 1) -> list[dict]:
+    """Train the small modules of a retrofitted model with Stage-1 random routing, the original frozen.
+
+    Each token, at each layer, is big with probability ``p_big`` (skip ``p_skip``, else small), as
+    in the paper.  ``batches``: a function step -> LongTensor [B, T] (or tensor / iterable).  The model
+    runs in eval mode (no dropout: the base is frozen).  Returns the history (step, loss)."""
+    from .router import _batch_source, _progress
+
+    params = small_parameters(model)
+    get_batch = _batch_source(batches)
+    torch.manual_seed(seed)
+    policy = RandomRoutes(p_big=p_big, p_skip=p_skip, seed=seed)
+    small_ids = {id(p) for p in params}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    device = params[0].device
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    history = []
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in small_ids)
+        model.eval()
+        for step in _progress(range(steps), progress, "small modules"):
+            ids = get_batch(step).to(device)
+            with routing(model, policy, record=False):
+                loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                history.append({"step": step, "loss": float(loss.detach())})
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return history
+
+
+def train_router(model, router, batches, steps: int, **kwargs):
+    """:func:`duolib.router.train_router` (works on retrofitted models)."""
+    from .router import train_router as _train
+
+    return _train(model, router, batches, steps, **kwargs)
+
+
+@torch.no_grad()
+def route_loss(model, input_ids: torch.Tensor, policy) -> float:
+    """Mean next-token loss of a retrofitted model on ``input_ids`` routed by ``policy``."""
+    with routing(model, policy, record=False):
+        return float(model(input_ids=input_ids, labels=input_ids).loss)
+
+
+# ``duolib.retrofit(model)`` calls :func:`retrofit`: the module itself is callable.
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return retrofit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,925 @@
+"""Trained routers (the paper's Stage 3) and their evaluation.
+
+A router is one linear layer per transformer layer on the (normalised) hidden state entering the
+FFN slot; its logits choose among the router's *options*, a subset of {skip, small, big}:
+
+- ``("small", "big")``: the paper's main setting (budgets of 4, 6, 8 big layers out of 12);
+- ``("skip", "big")`` / ``("skip", "small", "big")``: the paper's skip settings
+  (70% small / 30% big, 50% big / 50% skip, 50% big / 30% small / 20% skip: see :data:`SETTINGS`).
+
+**Training** (:func:`train_router`, as in the paper): the FFN slot outputs the soft mixture
+``sum_x P(x) * module_x(h)`` with ``P = softmax(logits / tau)``; the temperature is annealed toward
+hard choices by :func:`temperature`.  The loss is ``CE + alpha * penalty`` where, per sequence,
+``penalty = (mean over tokens and layers of P(big) - budget / L)^2`` (averaged over the batch), or,
+with per-option budgets, the sum of that term over the options, each against its target fraction.
+The base model is frozen by default.
+
+**Inference**: hard argmax routes (``router.mode == "hard"``, the default) with real sparse
+execution.  Decisions depend only on each token's own hidden state, so ``generate(routes=router)``
+works with the KV cache.
+
+**Beyond the paper**: :func:`train_distilled_router` trains the same router with cross-entropy to
+imitate an oracle's per-token, per-layer choices at a budget, teacher-forced along the oracle's routes.
+
+Evaluation helpers return tidy pandas DataFrames: perplexity vs average big layers
+(:func:`perplexity_vs_budget`), perplexity vs FLOPs per token (:func:`perplexity_vs_flops`),
+layer x position heatmaps (:func:`decision_heatmap`) and single-sequence decision grids
+(:func:`decision_grid`).  Routers are saved as safetensors + json (:meth:`RouterPolicy.save`,
+:func:`load_router`); loading one for a different base model raises ValueError.
+
+Every function here works on a :class:`~duolib.DuoForCausalLM` and on a model retrofitted by
+:func:`duolib.retrofit` (Llama / OPT / GPT-2 families).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, RoutingTrace, TokenRoutes, check_codes
+
+OPTION_CODES = {"skip": SKIP, "small": SMALL, "big": BIG}
+
+#: The paper's router budgets (big layers out of 12) and its skip settings (target fraction per option).
+PAPER_BUDGETS = (4, 6, 8)
+SETTINGS: dict[str, dict[str, float]] = {
+    "small70_big30": {"small": 0.7, "big": 0.3},
+    "big50_skip50": {"big": 0.5, "skip": 0.5},
+    "big50_small30_skip20": {"big": 0.5, "small": 0.3, "skip": 0.2},
+}
+
+#: Defaults of router training [ours: the paper gives neither alpha nor the schedule].
+DEFAULT_ALPHA = 10.0
+DEFAULT_TAU0 = 1.0
+DEFAULT_TAU_MIN = 0.1
+DEFAULT_LR = 1e-2
+
+FORMAT = "duolib-router"
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- options and budgets
+
+
+def parse_options(options: Sequence[str | int] | str) -> tuple[int, ...]:
+    """Router options as sorted route codes: ``("small", "big")`` -> ``(1, 2)``; also ``"skip,big"``."""
+    if isinstance(options, str):
+        options = [o.strip() for o in options.split(",") if o.strip()]
+    codes = []
+    for o in options:
+        if isinstance(o, str):
+            if o.lower() not in OPTION_CODES:
+                raise ValueError(f"unknown router option {o!r}; allowed: 'skip', 'small', 'big'")
+            codes.append(OPTION_CODES[o.lower()])
+        elif int(o) in (SKIP, SMALL, BIG):
+            codes.append(int(o))
+        else:
+            raise ValueError(f"unknown router option {o!r}; allowed route codes 0 (skip), 1 (small), 2 (big)")
+    codes = tuple(sorted(set(codes)))
+    if len(codes) < 2:
+        raise ValueError(f"a router needs at least two options; got {[ROUTE_NAMES[c] for c in codes]}")
+    return codes
+
+
+def budget_targets(num_layers: int, options: Sequence[int], budget: float | None = None,
+                   option_budget: Mapping[str | int, float] | str | None = None) -> dict[int, float]:
+    """Target mean probability per penalised option: ``{code: fraction}``.
+
+    ``budget``: average number of big layers per token, in ``0..num_layers`` (penalises P(big) only).
+    ``option_budget``: target fraction per option (names or codes, or a name of :data:`SETTINGS`),
+    summing to 1; options of the router that it omits get target 0.  Give exactly one of the two.
+    """
+    options = parse_options(options)
+    if (budget is None) == (option_budget is None):
+        raise ValueError("give exactly one of budget (big layers per token) and option_budget "
+                         f"(fraction per option, e.g. {SETTINGS['small70_big30']})")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 <= budget <= num_layers:
+            raise ValueError(f"budget={budget!r} is outside 0..{num_layers}: it is the average number of big layers "
+                             f"per token, allowed from 0 to num_hidden_layers={num_layers}")
+        if BIG not in options:
+            raise ValueError(f"budget={budget} counts big layers but the router's options "
+                             f"{[ROUTE_NAMES[c] for c in options]} have no 'big'; use option_budget")
+        return {BIG: float(budget) / num_layers}
+    if isinstance(option_budget, str):
+        if option_budget not in SETTINGS:
+            raise ValueError(f"unknown setting {option_budget!r}; allowed: {', '.join(SETTINGS)}")
+        option_budget = SETTINGS[option_budget]
+    targets = {code: 0.0 for code in options}
+    for key, frac in option_budget.items():
+        if isinstance(key, str) and key.lower() in OPTION_CODES:
+            code = OPTION_CODES[key.lower()]
+        elif not isinstance(key, str) and int(key) in (SKIP, SMALL, BIG):
+            code = int(key)
+        else:
+            raise ValueError(f"option_budget names unknown option {key!r}; allowed: 'skip', 'small', 'big'")
+        if code not in options:
+            raise ValueError(f"option_budget names {ROUTE_NAMES[code]!r} but the router's options are "
+                             f"{[ROUTE_NAMES[c] for c in options]}")
+        if not 0.0 <= float(frac) <= 1.0:
+            raise ValueError(f"option_budget[{key!r}]={frac} must be a fraction in [0, 1]")
+        targets[code] = float(frac)
+    total = sum(targets.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"option_budget {dict(option_budget)} sums to {total:g}; the fractions of the options "
+                         f"must sum to 1")
+    return targets
+
+
+def budget_penalty(probs: torch.Tensor, targets: Mapping[int, float]) -> torch.Tensor:
+    """``sum over options c of mean_b (mean_{t,l} probs[b, t, l, c] - target_c)^2`` for probs ``[B, T, L, 3]``.
+
+    The per-sequence mean over tokens and layers is the paper's "mean over layers of P(big)"
+    taken for the whole sequence (the penalty replaces per-layer load balancing)."""
+    penalty = probs.new_zeros(())
+    for code, target in targets.items():
+        per_seq = probs[..., code].float().mean(dim=(1, 2))  # [B]
+        penalty = penalty + (per_seq - target).pow(2).mean()
+    return penalty
+
+
+def temperature(step: int, steps: int, tau0: float = DEFAULT_TAU0, tau_min: float = DEFAULT_TAU_MIN) -> float:
+    """Softmax temperature at ``step`` (0-based) of ``steps``: exponential decay from tau0 to tau_min.
+
+    ``tau(step) = max(tau_min, tau0 * (tau_min / tau0) ** (step / (steps - 1)))``: tau0 at the first
+    step, tau_min at the last.  [ours] The paper only says the temperature is annealed toward hard
+    choices; its printed schedule is ambiguous (neither the direction of the exponent nor the end
+    value is unambiguous), so we use this explicit exponential decay, monotone and bounded below.
+    """
+    if tau0 <= 0 or tau_min <= 0 or tau_min > tau0:
+        raise ValueError(f"need 0 < tau_min <= tau0; got tau0={tau0}, tau_min={tau_min}")
+    if steps <= 1:
+        return float(tau_min)
+    frac = min(1.0, max(0.0, step / (steps - 1)))
+    return float(max(tau_min, tau0 * (tau_min / tau0) ** frac))
+
+
+# ----------------------------------------------------------------------------- base-model signature
+
+
+_SIGNATURE_FIELDS = (
+    "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "intermediate_size", "ffn_dim", "n_inner", "big_ffn_size", "small_ffn_size", "max_position_embeddings",
+    "n_positions", "rope_theta", "hidden_act", "activation_function", "word_embed_proj_dim",
+    "do_layer_norm_before", "tie_word_embeddings",
+)
+
+
+def base_signature(model) -> dict:
+    """The architecture fields of ``model`` that a router depends on (plus the retrofit small width)."""
+    cfg = model.config
+    sig = {}
+    for name in _SIGNATURE_FIELDS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, (int, float, str, bool)):
+            sig[name] = value
+    retro = getattr(model, "duo_retrofit", None)
+    if retro:
+        sig["retrofit_small_ffn_size"] = retro["small_ffn_size"]
+    return sig
+
+
+def config_fingerprint(model) -> str:
+    return hashlib.sha256(json.dumps(base_signature(model), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """A cheap hash of the base weights (a few numbers per tensor): same config, different weights differ."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        if not p.is_floating_point() or p.device.type == "meta":
+            continue
+        flat = p.detach().reshape(-1)[:4096].double()
+        h.update(name.encode())
+        h.update(f"{float(flat.sum()):.6e},{float(flat.abs().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _model_sizes(model) -> tuple[int, int]:
+    cfg = model.config
+    return int(cfg.hidden_size), int(cfg.num_hidden_layers)
+
+
+# ----------------------------------------------------------------------------- the router
+
+
+class RouterPolicy(RoutingPolicy, nn.Module):
+    """One ``nn.Linear(hidden_size, n_options)`` per layer on the hidden state entering the FFN slot.
+
+    ``mode``: ``"hard"`` (default; argmax codes ``[B, T]``, sparse execution) or ``"soft"``
+    (probabilities ``[B, T, 3]`` over (skip, small, big) = ``softmax(logits / tau)`` placed on the
+    router's options, zero elsewhere: the training mixture).  ``targets`` holds the budget it was
+    trained for and ``meta`` free-form facts (kind, budget, steps) that :meth:`save` writes out.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, options: Sequence[str | int] | str = ("small", "big"),
+                 init_fractions: Mapping[int, float] | None = None, init_std: float = 0.02, seed: int | None = 0):
+        nn.Module.__init__(self)
+        if hidden_size < 1 or num_layers < 1:
+            raise ValueError(f"hidden_size={hidden_size} and num_layers={num_layers} must be positive")
+        self.options = parse_options(options)
+        self.hidden_size, self.num_layers = int(hidden_size), int(num_layers)
+        self.register_buffer("option_codes", torch.tensor(self.options, dtype=torch.long), persistent=False)
+        self.layers = nn.ModuleList(nn.Linear(hidden_size, len(self.options)) for _ in range(num_layers))
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            for lin in self.layers:
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * init_std)
+                lin.bias.zero_()
+        if init_fractions:
+            self.set_prior(init_fractions)
+        self.mode = "hard"
+        self.tau = 1.0
+        self.targets: dict[int, float] | None = None
+        self.meta: dict = {"kind": "router", "trained_steps": 0}
+        self.base: dict | None = None
+
+    @classmethod
+    def for_model(cls, model, options: Sequence[str | int] | str = ("small", "big"), **kwargs) -> "RouterPolicy":
+        """A router sized for ``model`` (Duo or retrofitted), remembering the base model's signature."""
+        hidden, layers = _model_sizes(model)
+        router = cls(hidden, layers, options, **kwargs)
+        router.base = {"signature": base_signature(model), "config_fingerprint": config_fingerprint(model),
+                       "weights_fingerprint": weights_fingerprint(model)}
+        p = next(model.parameters(), None)
+        return router.to(p.device) if p is not None else router
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(ROUTE_NAMES[c] for c in self.options)
+
+    @torch.no_grad()
+    def set_prior(self, fractions: Mapping[int, float]) -> None:
+        """Set every layer's bias to ``log(fraction)`` per option so that a zero-input router hits the
+        given fractions (options missing from ``fractions`` share the remaining mass equally)."""
+        given = {int(c): float(f) for c, f in fractions.items() if int(c) in self.options}
+        rest = [c for c in self.options if c not in given]
+        left = max(0.0, 1.0 - sum(given.values()))
+        full = {**given, **{c: left / len(rest) for c in rest}} if rest else given
+        bias = torch.tensor([math.log(max(full.get(c, 0.0), 1e-3)) for c in self.options])
+        for lin in self.layers:
+            lin.bias.copy_(bias - bias.mean())
+
+    def logits(self, layer_idx: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Router logits ``[B, T, n_options]`` of layer ``layer_idx``."""
+        lin = self.layers[layer_idx]
+        return lin(hidden_states.to(lin.weight.dtype))
+
+    def option_probs(self, layer_idx: int, hidden_states: torch.Tensor, tau: float | None = None) -> torch.Tensor:
+        """``softmax(logits / tau)`` over the router's options ``[B, T, n_options]``."""
+        return torch.softmax(self.logits(layer_idx, hidden_states) / (self.tau if tau is None else tau), dim=-1)
+
+    def full_probs(self, option_probs: torch.Tensor) -> torch.Tensor:
+        """Spread ``[..., n_options]`` onto the three routes ``[..., 3]`` (zeros for absent options)."""
+        full = option_probs.new_zeros(*option_probs.shape[:-1], 3)
+        return full.index_copy(-1, self.option_codes.to(option_probs.device), option_probs)
+
+    def route_layer(self, layer_idx, hidden_states, position_ids):
+        if layer_idx >= self.num_layers:
+            raise ValueError(f"router has {self.num_layers} layers; asked for layer {layer_idx}")
+        if self.mode == "soft":
+            return self.full_probs(self.option_probs(layer_idx, hidden_states)).to(hidden_states.dtype)
+        if self.mode != "hard":
+            raise ValueError(f"router mode {self.mode!r}; allowed: 'hard', 'soft'")
+        choice = self.logits(layer_idx, hidden_states).argmax(-1)  # [B, T]
+        return self.option_codes.to(choice.device)[choice]
+
+    @contextmanager
+    def soft(self, tau: float = 1.0):
+        """Temporarily route softly at temperature ``tau``."""
+        old = (self.mode, self.tau)
+        self.mode, self.tau = "soft", float(tau)
+        try:
+            yield self
+        finally:
+            self.mode, self.tau = old
+
+    def extra_repr(self) -> str:
+        return f"options={self.option_names}, mode={self.mode!r}, kind={self.meta.get('kind')!r}"
+
+
+    # ---- save / load --------------------------------------------------------------------------------
+    def save(self, path: str | Path, model=None) -> Path:
+        """Write ``router.safetensors`` and ``router.json`` (options, sizes, base-model signature,
+        budget targets, meta) into folder ``path``; ``model`` refreshes the base signature."""
+        from safetensors.torch import save_file
+
+        if model is not None:
+            self.base = RouterPolicy.for_model(model, self.options).base
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "router.safetensors"))
+        info = {
+            "format": FORMAT, "version": FORMAT_VERSION, "options": list(self.option_names),
+            "hidden_size": self.hidden_size, "num_layers": self.num_layers, "base": self.base,
+            "targets": {ROUTE_NAMES[c]: f for c, f in (self.targets or {}).items()}, "meta": self.meta,
+        }
+        (path / "router.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return path
+
+
+def load_router(path: str | Path, model) -> RouterPolicy:
+    """Load a router saved by :meth:`RouterPolicy.save` for ``model``.
+
+    ValueError if it was trained for a different base model (hidden size, layer count or config
+    fingerprint); a warning if only the weights differ (e.g. another checkpoint of the same run)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "router.json").is_file() or not (path / "router.safetensors").is_file():
+        raise ValueError(f"{path} holds no saved router (router.json + router.safetensors)")
+    info = json.loads((path / "router.json").read_text())
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{path / 'router.json'} is not a duolib router (format {info.get('format')!r})")
+    hidden, layers = _model_sizes(model)
+    if info["hidden_size"] != hidden:
+        raise ValueError(f"router at {path} was trained for hidden_size={info['hidden_size']} but the model has "
+                         f"hidden_size={hidden}; load it into a model of the same base")
+    if info["num_layers"] != layers:
+        raise ValueError(f"router at {path} was trained for num_hidden_layers={info['num_layers']} but the model has "
+                         f"num_hidden_layers={layers}; load it into a model of the same base")
+    base = info.get("base") or {}
+    if base.get("config_fingerprint") and base["config_fingerprint"] != config_fingerprint(model):
+        theirs, ours = base.get("signature", {}), base_signature(model)
+        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
+                if theirs.get(k) != ours.get(k)}
+        raise ValueError(f"router at {path} was trained for a different base model (config fingerprint "
+                         f"{base['config_fingerprint']} != {config_fingerprint(model)}; differing fields "
+                         f"(router's, model's): {diff})")
+    if base.get("weights_fingerprint") and base["weights_fingerprint"] != weights_fingerprint(model):
+        warnings.warn(f"router at {path} was trained on base weights with another fingerprint "
+                      f"({base['weights_fingerprint']} != {weights_fingerprint(model)}): same architecture, "
+                      f"different checkpoint", stacklevel=2)
+    router = RouterPolicy(hidden, layers, info["options"])
+    router.load_state_dict(load_file(str(path / "router.safetensors")))
+    router.base = base or None
+    router.targets = {OPTION_CODES[k]: float(v) for k, v in info.get("targets", {}).items()} or None
+    router.meta = info.get("meta", {})
+    p = next(model.parameters(), None)
+    return (router.to(p.device) if p is not None else router).eval()
+
+
+# ----------------------------------------------------------------------------- forward on any routable model
+
+
+def _is_duo(model) -> bool:
+    from .model import DuoForCausalLM
+
+    return isinstance(model, DuoForCausalLM)
+
+
+def routed_forward(model, input_ids: torch.Tensor, policy, labels: torch.Tensor | None = None):
+    """Run ``model`` (Duo or retrofitted) on ``input_ids`` routed by ``policy``; returns
+    ``(output, RoutingTrace)``; ``output.loss`` is the mean next-token loss when labels are given."""
+    if _is_duo(model):
+        out = model(input_ids, labels=labels, routes=policy, return_routes=True)
+        return out, out.routing
+    from .retrofit import routing
+
+    with routing(model, policy) as recorder:
+        out = model(input_ids=input_ids, labels=labels)
+    return out, recorder.trace()
+
+
+def _token_losses(out, input_ids: torch.Tensor) -> torch.Tensor:
+    from .model import shifted_token_losses
+
+    return shifted_token_losses(out.logits, input_ids)
+
+
+def _batch_source(batches) -> Callable[[int], torch.Tensor]:
+    """``batches``: a function step -> LongTensor [B, T], a tensor [N, B, T] / [B, T], or an iterable."""
+    if callable(batches) and not torch.is_tensor(batches):
+        return batches
+    if torch.is_tensor(batches):
+        if batches.dim() == 2:
+            return lambda step: batches
+        if batches.dim() == 3:
+            return lambda step: batches[step % batches.shape[0]]
+        raise ValueError(f"a tensor of batches must be [B, T] or [N, B, T]; got {tuple(batches.shape)}")
+    iterator = iter(batches)
+
+    def next_batch(step):
+        nonlocal iterator
+        try:
+            return next(iterator)
+        except StopIteration:
+            iterator = iter(batches)
+            return next(iterator)
+
+    return next_batch
+
+
+@contextmanager
+def _frozen(model, freeze: bool):
+    """Freeze (requires_grad False, eval mode) the base model for the duration; restore afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        if freeze:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            model.eval()
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _progress(iterable, progress: bool, desc: str):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+# ----------------------------------------------------------------------------- training (paper)
+
+
+def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: float | None = None,
+                 option_budget: Mapping[str | int, float] | str | None = None, alpha: float = DEFAULT_ALPHA,
+                 lr: float = DEFAULT_LR, tau0: float = DEFAULT_TAU0, tau_min: float = DEFAULT_TAU_MIN,
+                 freeze_base: bool = True, base_lr: float = 1e-4, grad_clip: float | None = 1.0,
+                 init_prior: bool = True, seed: int = 0, progress: bool = True,
+                 log_every: int = 1) -> list[dict]:
+    """Train ``router`` on ``model`` as in the paper; returns the history (one dict per logged step).
+
+    ``batches``: a function ``step -> LongTensor [B, T]`` (e.g. ``lambda s: sample_batch(stream, s, B, T)``),
+    a tensor of batches, or an iterable.  Loss: ``CE + alpha * budget_penalty`` with the router
+    routing softly at ``temperature(step, steps, tau0, tau_min)``.  ``budget``: big layers per token
+    (0..L); ``option_budget``: a fraction per option (see :func:`budget_targets`).  The base model is
+    frozen (and in eval mode) unless ``freeze_base=False`` (then trained at ``base_lr``).
+    ``init_prior`` first sets the router biases so that its initial choices match the targets.
+    Afterwards the router is in hard mode.  History keys: step, tau, loss, ce, penalty,
+    mean_big_layers (soft), frac_skip / frac_small / frac_big (soft).
+    """
+    hidden, L = _model_sizes(model)
+    if router.num_layers != L or router.hidden_size != hidden:
+        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
+                         f"has hidden_size={hidden}, {L} layers")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1")
+    targets = budget_targets(L, router.options, budget, option_budget)
+    get_batch = _batch_source(batches)
+    torch.manual_seed(seed)
+    if init_prior and router.meta.get("trained_steps", 0) == 0:
+        router.set_prior(targets)
+    device = next(router.parameters()).device
+    groups = [{"params": list(router.parameters()), "lr": lr}]
+    if not freeze_base:
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": base_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    history = []
+    router.train()
+    with _frozen(model, freeze_base):
+        if not freeze_base:
+            model.train()
+        for step in _progress(range(steps), progress, "router"):
+            tau = temperature(step, steps, tau0, tau_min)
+            ids = get_batch(step).to(device)
+            with router.soft(tau):
+                out, trace = routed_forward(model, ids, router, labels=ids)
+            penalty = budget_penalty(trace.probs, targets)
+            loss = out.loss + alpha * penalty
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                probs = trace.probs.detach().float()
+                history.append({
+                    "step": step, "tau": tau, "loss": float(loss.detach()), "ce": float(out.loss.detach()),
+                    "penalty": float(penalty.detach()),
+                    "mean_big_layers": float(probs[..., BIG].sum(-1).mean()),
+                    **{f"frac_{ROUTE_NAMES[c]}": float(probs[..., c].mean()) for c in (SKIP, SMALL, BIG)},
+                })
+    router.eval()
+    router.mode = "hard"
+    router.targets = targets
+    router.meta.update(kind=router.meta.get("kind", "router"),
+                       trained_steps=router.meta.get("trained_steps", 0) + steps,
+                       budget=budget, option_budget={ROUTE_NAMES[c]: f for c, f in targets.items()},
+                       alpha=alpha, lr=lr, tau0=tau0, tau_min=tau_min, freeze_base=freeze_base)
+    if router.base is None:
+        router.base = RouterPolicy.for_model(model, router.options).base
+    return history
+
+
+# ----------------------------------------------------------------------------- oracle distillation (ours)
+
+
+class _TeacherForced(RoutingPolicy):
+    """Routes along given per-token codes and records the hidden state entering each FFN slot."""
+
+    def __init__(self, routes: torch.Tensor):
+        self.inner = TokenRoutes(routes)
+        self.hidden: dict[int, torch.Tensor] = {}
+
+    def route_layer(self, layer_idx, hidden_states, position_ids):
+        self.hidden[layer_idx] = hidden_states.detach()
+        return self.inner.route_layer(layer_idx, hidden_states, position_ids)
+
+
+def oracle_routes_per_sequence(input_ids: torch.Tensor, oracle_routes: torch.Tensor, fill: int = BIG,
+                               token_index: tuple[torch.Tensor, torch.Tensor] | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reshape an oracle's winning patterns to ``[N, T, L]`` codes plus a mask ``[N, T]`` of scored tokens.
+
+    ``oracle_routes``: ``[N, T, L]``, ``[N, T - 1, L]`` (one pattern per scored token: token t's
+    pattern is the route of position t, whose output predicts token t + 1), or flat
+    ``[N * T, L]`` / ``[N * (T - 1), L]`` (sequence-major).  With ``token_index = (seq, position)``
+    (``[M]`` each, e.g. a loss matrix's ``seq`` / ``position``) the flat rows ``[M, L]`` go to those
+    tokens, in any order and for any subset.  Unscored positions take ``fill`` and mask 0.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [N, T]; got shape {tuple(input_ids.shape)}")
+    N, T = input_ids.shape
+    r = torch.as_tensor(oracle_routes)
+    check_codes(r, "oracle routes")
+    if token_index is not None:
+        seq, pos = (torch.as_tensor(t).long() for t in token_index)
+        if r.dim() != 2 or not (len(seq) == len(pos) == r.shape[0]):
+            raise ValueError(f"with token_index, oracle routes must be [M, L] with M = len(seq) = len(position); got "
+                             f"{tuple(r.shape)}, {len(seq)}, {len(pos)}")
+        if len(seq) and (seq.min() < 0 or seq.max() >= N or pos.min() < 0 or pos.max() >= T):
+            raise ValueError(f"token_index points outside input_ids of shape {tuple(input_ids.shape)}")
+        full = torch.full((N, T, r.shape[1]), fill, dtype=torch.long)
+        full[seq, pos] = r.long()
+        mask = torch.zeros(N, T, dtype=torch.bool)
+        mask[seq, pos] = True
+        return full, mask
+    if r.dim() == 2:
+        if r.shape[0] == N * T:
+            r = r.view(N, T, -1)
+        elif r.shape[0] == N * (T - 1):
+            r = r.view(N, T - 1, -1)
+        else:
+            raise ValueError(f"oracle routes have {r.shape[0]} rows; expected N*T={N * T} or N*(T-1)={N * (T - 1)} "
+                             f"for input_ids of shape {tuple(input_ids.shape)}")
+    if r.dim() != 3 or r.shape[0] != N or r.shape[1] not in (T, T - 1):
+        raise ValueError(f"oracle routes of shape {tuple(r.shape)} do not match input_ids {tuple(input_ids.shape)}; "
+                         f"expected [N, T, L] or [N, T-1, L]")
+    mask = torch.ones(N, T, dtype=torch.bool)
+    if r.shape[1] == T - 1:
+        r = torch.cat([r, torch.full((N, 1, r.shape[2]), fill, dtype=r.dtype)], dim=1)
+        mask[:, -1] = False
+    return r.long(), mask
+
+
+def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor, oracle_routes: torch.Tensor,
+                           steps: int, *, batch_size: int = 8, lr: float = DEFAULT_LR, seed: int = 0,
+                           token_index: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           progress: bool = True, log_every: int = 1) -> list[dict]:
+    """Train ``router`` to imitate an oracle's per-layer choices (cross-entropy), teacher-forced.
+
+    ``input_ids [N, T]`` and the oracle's winning patterns (see :func:`oracle_routes_per_sequence`)
+    are plain inputs (e.g. ``matrix.patterns[matrix.oracle(k).winners]`` with ``token_index=(matrix.seq,
+    matrix.position)`` from :mod:`duolib.oracle`; any ``[N_tokens, L]`` codes at budget k).  Each step runs
+    the frozen model
+    along the oracle's own routes, takes the hidden state entering every FFN slot and trains
+    the layer's linear router to predict the oracle's code there.  History: step, loss, accuracy.
+    """
+    hidden, L = _model_sizes(model)
+    if router.num_layers != L or router.hidden_size != hidden:
+        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
+                         f"has hidden_size={hidden}, {L} layers")
+    routes, mask = oracle_routes_per_sequence(input_ids, oracle_routes, fill=router.options[-1],
+                                              token_index=token_index)
+    if routes.shape[2] != L:
+        raise ValueError(f"oracle patterns have {routes.shape[2]} layers but the model has {L}")
+    used = sorted(set(routes[mask].unique().tolist()))
+    if not set(used) <= set(router.options):
+        raise ValueError(f"oracle routes use {[ROUTE_NAMES[c] for c in used]} but the router's options are "
+                         f"{list(router.option_names)}")
+    to_index = torch.full((3,), -100, dtype=torch.long)
+    to_index[list(router.options)] = torch.arange(len(router.options))
+    targets = to_index[routes]  # [N, T, L] option indices
+    targets[~mask] = -100
+    gen = torch.Generator().manual_seed(seed)
+    device = next(router.parameters()).device
+    opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=0.0)
+    N = input_ids.shape[0]
+    history = []
+    router.train()
+    with _frozen(model, True):
+        for step in _progress(range(steps), progress, "distil"):
+            idx = torch.randperm(N, generator=gen)[:batch_size]
+            ids, r, tgt = input_ids[idx].to(device), routes[idx].to(device), targets[idx].to(device)
+            teacher = _TeacherForced(r)
+            with torch.no_grad():
+                routed_forward(model, ids, teacher)
+            losses, correct, count = [], 0, 0
+            for layer in range(L):
+                logits = router.logits(layer, teacher.hidden[layer]).float()  # [b, T, n]
+                losses.append(F.cross_entropy(logits.transpose(1, 2), tgt[..., layer], ignore_index=-100))
+                valid = tgt[..., layer] != -100
+                correct += int((logits.argmax(-1) == tgt[..., layer])[valid].sum())
+                count += int(valid.sum())
+            loss = torch.stack(losses).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                history.append({"step": step, "loss": float(loss.detach()), "accuracy": correct / max(1, count)})
+    router.eval()
+    router.mode = "hard"
+    k = float((routes[mask] == BIG).sum(-1).float().mean()) if mask.any() else float("nan")
+    router.targets = {BIG: k / L}
+    router.meta.update(kind="distilled", trained_steps=router.meta.get("trained_steps", 0) + steps,
+                       budget=k, lr=lr, teacher="oracle")
+    if router.base is None:
+        router.base = RouterPolicy.for_model(model, router.options).base
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def realised_budget(trace: RoutingTrace | torch.Tensor) -> dict[str, float]:
+    """Mean big layers per token and the fraction of (token, layer) slots per option."""
+    routes = trace.routes if isinstance(trace, RoutingTrace) else trace
+    out = {"mean_big_layers": float((routes == BIG).sum(-1).float().mean())}
+    out.update({f"frac_{ROUTE_NAMES[c]}": float((routes == c).float().mean()) for c in (SKIP, SMALL, BIG)})
+    return out
+
+
+@contextmanager
+def _hard(policy):
+    if isinstance(policy, RouterPolicy):
+        old = policy.mode
+        policy.mode = "hard"
+        try:
+            yield
+        finally:
+            policy.mode = old
+    else:
+        yield
+
+
+def _flops_config(model):
+    cfg = model.config
+    return cfg if hasattr(cfg, "big_ffn_size") and hasattr(cfg, "small_ffn_size") else None
+
+
+@torch.no_grad()
+def route_and_score(model, policy, input_ids: torch.Tensor, batch_size: int = 16):
+    """Hard-routed forward over ``input_ids [N, T]`` in batches: ``(token_losses [N, T-1], routes [N, T, L])``."""
+    losses, routes = [], []
+    device = next(model.parameters()).device
+    with _hard(policy):
+        for start in range(0, input_ids.shape[0], batch_size):
+            ids = input_ids[start:start + batch_size].to(device)
+            out, trace = routed_forward(model, ids, policy)
+            losses.append(_token_losses(out, ids).cpu())
+            routes.append(trace.routes.cpu())
+    return torch.cat(losses), torch.cat(routes)
+
+
+def evaluate_policy(model, policy, input_ids: torch.Tensor, batch_size: int = 16) -> dict:
+    """Perplexity, realised budget and FLOPs per token of a (hard) policy on ``input_ids [N, T]``."""
+    token_losses, routes = route_and_score(model, policy, input_ids, batch_size)
+    loss = float(token_losses.mean())
+    cfg = _flops_config(model)
+    if cfg is not None:
+        from .flops import mean_flops_per_token
+
+        flops = mean_flops_per_token(cfg, routes)
+    else:
+        flops = float("nan")
+    return {"loss": loss, "ppl": math.exp(loss), **realised_budget(routes), "flops_per_token": flops,
+            "n_tokens": int(token_losses.numel())}
+
+
+def budget_flops(config, big_layers: float, seq_len: int, skip_layers: float = 0.0) -> float:
+    """FLOPs per token (averaged over a ``seq_len`` sequence) with ``big_layers`` big, ``skip_layers``
+    skipped and the rest small (fractional counts interpolate linearly: FFN FLOPs are linear)."""
+    from .flops import ffn_flops, mean_flops_per_token
+
+    L = config.num_hidden_layers
+    base = mean_flops_per_token(config, torch.full((1, seq_len, L), SKIP, dtype=torch.long))
+    small = L - big_layers - skip_layers
+    return base + big_layers * ffn_flops(config, BIG) + small * ffn_flops(config, SMALL)
+
+
+def evaluate_routers(model, routers: Mapping[str, RoutingPolicy], input_ids: torch.Tensor,
+                     references=None, batch_size: int = 16):
+    """One row per router (hard routes, measured here) plus one per reference.
+
+    ``routers``: name -> policy (trained routers, or FixedRoutes / TokenRoutes baselines).
+    ``references``: numbers computed elsewhere (oracle, fixed, best-of-100 ...), a DataFrame or a list
+    of dicts with ``method``, ``mean_big_layers`` and ``ppl`` (optionally ``flops_per_token``,
+    ``budget``, ``frac_skip``); missing FLOPs are filled by :func:`budget_flops` at this sequence length.
+    Columns: method, source (measured / reference), budget, mean_big_layers, ppl, loss,
+    flops_per_token, frac_skip, frac_small, frac_big, n_tokens.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, policy in routers.items():
+        row = {"method": name, "source": "measured", **evaluate_policy(model, policy, input_ids, batch_size)}
+        meta = getattr(policy, "meta", {}) or {}
+        row["budget"] = meta.get("budget")
+        row["kind"] = meta.get("kind", type(policy).__name__)
+        rows.append(row)
+    cfg = _flops_config(model)
+    if references is not None:
+        refs = references.to_dict("records") if hasattr(references, "to_dict") else list(references)
+        for ref in refs:
+            if "method" not in ref or "ppl" not in ref or "mean_big_layers" not in ref:
+                raise ValueError(f"reference {ref} needs at least 'method', 'mean_big_layers' and 'ppl'")
+            row = {"source": "reference", "kind": "reference", **ref}
+            if "loss" not in row:
+                row["loss"] = math.log(row["ppl"])
+            if pd.isna(row.get("flops_per_token", float("nan"))) and cfg is not None:
+                row["flops_per_token"] = budget_flops(cfg, float(row["mean_big_layers"]), input_ids.shape[1],
+                                                      float(row.get("frac_skip", 0.0) or 0.0) * cfg.num_hidden_layers)
+            rows.append(row)
+    cols = ["method", "kind", "source", "budget", "mean_big_layers", "ppl", "loss", "flops_per_token",
+            "frac_skip", "frac_small", "frac_big", "n_tokens"]
+    df = pd.DataFrame(rows)
+    for c in cols:
+        if c not in df:
+            df[c] = float("nan")
+    return df[cols + [c for c in df.columns if c not in cols]]
+
+
+def perplexity_vs_budget(model, routers, input_ids, references=None, batch_size: int = 16):
+    """Tidy rows (method, source, budget, mean_big_layers, ppl) sorted by mean big layers."""
+    df = evaluate_routers(model, routers, input_ids, references, batch_size)
+    return df[["method", "kind", "source", "budget", "mean_big_layers", "ppl"]].sort_values(
+        ["mean_big_layers", "method"]).reset_index(drop=True)
+
+
+def perplexity_vs_flops(model, routers, input_ids, references=None, batch_size: int = 16):
+    """Tidy rows (method, source, flops_per_token, mean_big_layers, ppl) sorted by FLOPs per token."""
+    df = evaluate_routers(model, routers, input_ids, references, batch_size)
+    return df[["method", "kind", "source", "flops_per_token", "mean_big_layers", "ppl"]].sort_values(
+        ["flops_per_token", "method"]).reset_index(drop=True)
+
+
+def heatmap_from_routes(routes: torch.Tensor, code: int = BIG):
+    """Tidy layer x position fractions: rows (layer, position, fraction, n) with fraction = share of
+    the sequences whose token at ``position`` takes ``code`` at ``layer``; routes ``[N, T, L]``."""
+    import pandas as pd
+
+    if isinstance(routes, RoutingTrace):
+        routes = routes.routes
+    frac = (routes == code).float().mean(0)  # [T, L]
+    T, L = frac.shape
+    layer, pos = torch.meshgrid(torch.arange(L), torch.arange(T), indexing="ij")
+    return pd.DataFrame({"layer": layer.reshape(-1).numpy(), "position": pos.reshape(-1).numpy(),
+                         "fraction": frac.t().reshape(-1).numpy(), "n": routes.shape[0],
+                         "route": ROUTE_NAMES[code]})
+
+
+def decision_heatmap(model, policy, input_ids: torch.Tensor, code: int = BIG, batch_size: int = 16):
+    """Route ``input_ids [N, T]`` with ``policy`` (hard) and return :func:`heatmap_from_routes` data."""
+    _, routes = route_and_score(model, policy, input_ids, batch_size)
+    return heatmap_from_routes(routes, code)
+
+
+class _Recording(RoutingPolicy):
+    def __init__(self, policy):
+        self.policy, self.probs = policy, {}
+
+    def route_layer(self, layer_idx, hidden_states, position_ids):
+        if isinstance(self.policy, RouterPolicy):
+            with torch.no_grad():
+                self.probs[layer_idx] = self.policy.full_probs(self.policy.option_probs(layer_idx, hidden_states, 1.0))
+        return self.policy.route_layer(layer_idx, hidden_states, position_ids)
+
+
+@torch.no_grad()
+def decision_grid(model, policy, input_ids: torch.Tensor, tokenizer=None):
+    """Layer x token decisions of one sequence (``[T]`` or ``[1, T]``), tidy rows: layer, position,
+    token_id, token (decoded when a tokenizer is given), code, route, p_big (router probability at
+    tau = 1, NaN for other policies) and loss (the token's next-token loss, NaN at the last position)."""
+    import pandas as pd
+
+    ids = input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids
+    if ids.shape[0] != 1:
+        raise ValueError(f"decision_grid takes one sequence; got input_ids of shape {tuple(input_ids.shape)}")
+    rec = _Recording(policy)
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    with _hard(policy):
+        out, trace = routed_forward(model, ids, rec)
+    losses = _token_losses(out, ids)[0].cpu()
+    routes = trace.routes[0].cpu()  # [T, L]
+    T, L = routes.shape
+    rows = []
+    for layer in range(L):
+        for t in range(T):
+            code = int(routes[t, layer])
+            tok = int(ids[0, t])
+            rows.append({
+                "layer": layer, "position": t, "token_id": tok,
+                "token": tokenizer.decode([tok]) if tokenizer is not None else str(tok),
+                "code": code, "route": ROUTE_NAMES[code],
+                "p_big": float(rec.probs[layer][0, t, BIG]) if layer in rec.probs else float("nan"),
+                "loss": float(losses[t]) if t < T - 1 else float("nan"),
+            })
+    return pd.DataFrame(rows)
+
+
+def history_frame(history: Iterable[dict]):
+    """A training history as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(list(history))
+
+
+# ----------------------------------------------------------------------------- command line (`duo route`)
+
+
+def _load_base(spec: str):
+    """A model folder, or a `duo train` run folder (its ``final/``), loaded with the Auto classes."""
+    from transformers import AutoModelForCausalLM
+
+    from . import DuoConfig  # noqa: F401  (registers the duo model type)
+
+    path = Path(spec)
+    if (path / "final" / "config.json").is_file():
+        path = path / "final"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {spec}: no config.json there (nor in {spec}/final); give a model folder or a "
+                         f"`duo train` run folder")
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def cli_main(args) -> int:
+    """``duo route``: train a router on a model (or a random tiny one), evaluate it, save it to ``--out``."""
+    from .config import DuoConfig
+    from .model import DuoForCausalLM
+    from .profiles import get_profile
+    from .routing import FixedRoutes
+
+    knobs = get_profile(args.profile).get("router", {})
+    pick = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
+    steps, batch_size, seq_len, n_eval = pick("steps"), pick("batch_size"), pick("seq_len"), pick("eval_sequences")
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
+    elif args.model:
+        model = _load_base(args.model)
+    else:
+        raise ValueError("give --model (a model or `duo train` run folder) or --random-init")
+    vocab = int(model.config.vocab_size)
+    corpus = args.corpus or ("random" if args.random_init else "mix")
+    if corpus == "random":
+        def batches(step):
+            return torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(
+                args.seed * 1_000_003 + step))
+        holdout = torch.randint(0, vocab, (n_eval, seq_len),
+                                generator=torch.Generator().manual_seed(987_654 + args.seed))
+    else:
+        from .data import holdout_sequences, prepare, sample_batch
+
+        prepared = prepare(corpus, vocab_size=vocab, progress=not args.quiet)
+
+        def batches(step):
+            return sample_batch(prepared.train, step, batch_size, seq_len, seed=args.seed)
+        holdout = holdout_sequences(next(iter(prepared.holdout.values())), n_eval, seq_len)
+    if args.setting and args.budget is not None:
+        raise ValueError("give --budget or --setting, not both")
+    if args.setting:
+        option_budget, budget = args.setting, None
+        if args.setting not in SETTINGS:
+            raise ValueError(f"unknown setting {args.setting!r}; allowed: {', '.join(SETTINGS)}")
+        options = tuple(SETTINGS[args.setting])
+    else:
+        option_budget, budget = None, args.budget if args.budget is not None else knobs["budgets"][0]
+        options = parse_options(args.options or "small,big")
+    router = RouterPolicy.for_model(model, options, seed=args.seed)
+    history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget,
+                           alpha=pick("alpha"), lr=pick("lr"), tau0=knobs.get("tau0", DEFAULT_TAU0),
+                           tau_min=knobs.get("tau_min", DEFAULT_TAU_MIN), seed=args.seed, progress=not args.quiet)
+    L = int(model.config.num_hidden_layers)
+    policies = {"router": router, "all big": FixedRoutes([BIG] * L), "all small": FixedRoutes([SMALL] * L)}
+    if _is_duo(model):
+        table = evaluate_routers(model, policies, holdout)
+    else:
+        table = evaluate_routers(model, {"router": router}, holdout)
+    out = Path(args.out)
+    router.save(out / "router", model)
+    history_frame(history).to_csv(out / "history.csv", index=False)
+    table.to_csv(out / "eval.csv", index=False)
+    cols = ["method", "mean_big_layers", "frac_skip", "frac_small", "frac_big", "ppl", "flops_per_token"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"router saved to {out / 'router'}; history.csv and eval.csv in {out}")
+    return 0
