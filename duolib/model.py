@@ -348,7 +348,9 @@ def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Per-token next-token cross-entropy ``[B, T-1]`` (float32; 0 where labels are -100)."""
     logits = logits[:, :-1].float()  # [B, T-1, V]
     targets = labels[:, 1:]  # [B, T-1]
-    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                           reduction="none")  # row-major: much faster than a [B, V, T] view
+    return flat.view(targets.shape)
 
 
 def trace_from(decisions: list[torch.Tensor]) -> RoutingTrace:

@@ -21,7 +21,10 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=16,
             max_position_embeddings=128,
         ),
-        "train": dict(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=4, eval_every=20),
+        # [ours] a few seconds; threads=1 (cosmetic): on a shared 2-core machine two OpenMP threads
+        # ran 5-20x slower than one under contention (measured).
+        "train": dict(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=4, eval_every=20,
+                      eval_sequences=8, log_every=5, threads=1),
     },
     "default": {
         "model": dict(
@@ -33,7 +36,12 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=32,
             max_position_embeddings=256,
         ),
-        "train": dict(steps=3000, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=100, eval_every=250),
+        # [ours] 900 x 16 x 128 = 1.8M tokens. Measured on the shared 2-core CPU (one thread, other users'
+        # jobs running): 19 min wall, 1.24 s/step on average, 0.9-2.1 s/step as their load came and went,
+        # i.e. ~25 min under sustained heavier load. Holdout ppl english 199 / python 136 (random routes)
+        # vs unigram 981 / 1034.
+        "train": dict(steps=900, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=50, eval_every=300,
+                      eval_sequences=64, log_every=10, threads=1),
     },
     "paper": {
         # d 2560, 12 layers, big 4d, small big/16, 32k vocabulary, tied embeddings: 1.399B parameters.
@@ -46,10 +54,43 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=640,
             max_position_embeddings=2048,
         ),
-        "train": dict(steps=143_000, batch_size=1024, seq_len=2048, lr=3e-4, warmup_steps=2000, eval_every=1000),
+        # [ours] 143k x 1024 x 2048 = 300B tokens (the paper's budget); 16 micro-batches per rank step.
+        "train": dict(steps=143_000, batch_size=1024, seq_len=2048, lr=3e-4, warmup_steps=2000, eval_every=1000,
+                      eval_sequences=1024, eval_batch_size=32, grad_accum=16, checkpoint_every=1000,
+                      amp=True),
     },
 }
 
+
+# Stage-2 oracle knobs [ours] (duolib.oracle, `duo oracle`): holdout slice, enumerated choices,
+# default semantics, the budget of the difficulty table, N of best-of-N, beam widths.
+_ORACLE_SECTIONS = {
+    "tiny": dict(n_sequences=2, seq_len=16, choices="small,big", semantics="shared", difficulty_k=2,
+                 n_random=100, beam_widths=(1, 2, 4)),
+    "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16)),
+    "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
+                  n_random=100, beam_widths=(4, 8, 16, 32)),
+}
+for _name, _section in _ORACLE_SECTIONS.items():
+    PROFILES[_name].setdefault("oracle", _section)
+
+# Stage-3 router knobs [ours] (duolib.router, `duo route`): budgets in big layers of L (the paper's
+# 4 / 6 / 8 of 12), skip settings (duolib.router.SETTINGS), training and evaluation sizes; alpha is
+# the budget-penalty weight, tau0 -> tau_min the exponential temperature schedule.
+_ROUTER_SECTIONS = {
+    "tiny": dict(budgets=(2,), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"), steps=60,
+                 batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
+                 distill_steps=40),
+    "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
+                    steps=1000, batch_size=16, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
+                    eval_sequences=256, distill_steps=1000),
+    "paper": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
+                  steps=10_000, batch_size=64, seq_len=2048, lr=1e-3, alpha=10.0, tau0=1.0, tau_min=0.1,
+                  eval_sequences=1024, distill_steps=10_000),
+}
+for _name, _section in _ROUTER_SECTIONS.items():
+    PROFILES[_name].setdefault("router", _section)
 
 def get_profile(name: str) -> dict[str, dict]:
     """A deep copy of profile ``name`` (``tiny``, ``default`` or ``paper``)."""
