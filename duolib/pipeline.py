@@ -1,0 +1,211 @@
+"""The book pipeline: execute the experiment notebooks with papermill, in dependency order.
+
+Each notebook in ``notebooks/`` is one experiment with a cell tagged ``parameters``
+(``profile``, ``run_dir``, ``seed`` and its own knobs).  :func:`run_pipeline` executes them for
+one profile and writes the executed copies where the book reads them (``book/experiments/``).
+
+Caching: an executed notebook records, in its metadata, a key made of its source cells, its
+parameters and the keys of the steps it needs.  When the key is unchanged the step is skipped
+("an unchanged step is not recomputed"); ``force=True`` reruns everything.  Heavy artefacts
+(tokenizer, token caches, the trained model) additionally live in ``run_dir`` with their own
+caches, so e.g. editing the oracle notebook reruns the oracle but not Stage-1 training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .profiles import get_profile
+
+METADATA_KEY = "duolib"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook of the book; ``needs`` are the steps whose artefacts it reads."""
+
+    name: str
+    needs: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+# Dependency order; notebooks read what earlier steps left in run_dir.
+STEPS: tuple[Step, ...] = (
+    Step("01_data"),
+    Step("02_training", needs=("01_data",)),
+    Step("03_oracle", needs=("02_training",)),
+    Step("04_schedules", needs=("03_oracle",)),
+    Step("05_oracle_routes", needs=("03_oracle",)),
+    Step("06_difficulty", needs=("03_oracle",)),
+    Step("07_routers", needs=("03_oracle",)),
+    Step("08_dense", needs=("02_training",)),
+    Step("09_retrofit"),
+    Step("10_performance"),
+    Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
+                             "08_dense")),
+)
+
+
+def step_names() -> list[str]:
+    return [s.name for s in STEPS]
+
+
+def notebook_key(source: Path, params: dict, upstream: list[str]) -> str:
+    """Hash of the notebook's cell sources, its parameters and its upstream keys."""
+    nb = json.loads(Path(source).read_text(encoding="utf-8"))
+    cells = [[c.get("cell_type"), "".join(c.get("source", []))] for c in nb.get("cells", [])]
+    blob = json.dumps([cells, params, upstream], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stored_key(executed: Path) -> str | None:
+    if not executed.is_file():
+        return None
+    try:
+        meta = json.loads(executed.read_text(encoding="utf-8")).get("metadata", {})
+    except json.JSONDecodeError:
+        return None
+    return meta.get(METADATA_KEY, {}).get("key")
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # "ran" or "cached"
+    seconds: float
+    output: Path
+
+
+def _execute(source: Path, output: Path, params: dict, key: str, cwd: Path) -> None:
+    import nbformat
+    import papermill
+
+    tmp = output.with_name(f".tmp-{output.name}")
+    try:
+        papermill.execute_notebook(
+            str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(cwd),
+            progress_bar=False, report_mode=False,
+        )
+        nb = nbformat.read(tmp, as_version=4)
+        nb.metadata[METADATA_KEY] = {"key": key, "profile": params["profile"]}
+        nbformat.write(nb, tmp)
+        os.replace(tmp, output)  # nothing half-written is ever read by the book
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_pipeline(
+    profile: str = "default",
+    root: Path | None = None,
+    run_dir: Path | None = None,
+    book_dir: Path | None = None,
+    only: list[str] | None = None,
+    force: bool = False,
+    seed: int = 0,
+) -> list[StepResult]:
+    """Execute the notebooks of ``STEPS`` for ``profile``; return what ran and what was cached.
+
+    root: the repository (holds ``notebooks/``); run_dir: artefacts (default ``root/runs/<profile>``);
+    book_dir: the book sources, executed notebooks go to ``book_dir/experiments`` (default ``root/book``).
+    """
+    from tqdm.auto import tqdm
+
+    get_profile(profile)  # validates the name
+    root = Path(root or Path(__file__).resolve().parents[1]).resolve()
+    run_dir = Path(run_dir or root / "runs" / profile).resolve()
+    out_dir = Path(book_dir or root / "book").resolve() / "experiments"
+    unknown = sorted(set(only or []) - set(step_names()))
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown}; allowed: {step_names()}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    keys: dict[str, str] = {}
+    results = []
+    bar = tqdm(STEPS, desc=f"book ({profile})", unit="notebook")
+    for step in bar:
+        source = root / "notebooks" / f"{step.name}.ipynb"
+        if only and step.name not in only and not source.is_file():
+            continue
+        params = {"profile": profile, "run_dir": str(run_dir), "seed": seed, **step.params}
+        keys[step.name] = notebook_key(source, params, [keys.get(n, "") for n in step.needs])
+        output = out_dir / f"{step.name}.ipynb"
+        if only and step.name not in only:
+            continue
+        bar.set_postfix_str(step.name)
+        start = time.perf_counter()
+        if not force and stored_key(output) == keys[step.name]:
+            results.append(StepResult(step.name, "cached", 0.0, output))
+            continue
+        _execute(source, output, params, keys[step.name], cwd=source.parent)
+        results.append(StepResult(step.name, "ran", time.perf_counter() - start, output))
+        bar.write(f"  {step.name}: ran in {results[-1].seconds:.1f} s")
+    return results
+
+
+# ---- helpers the notebooks call in their first cells ------------------------------------------
+def notebook_setup(profile: str, run_dir: str | os.PathLike, *, must_exist: bool = True) -> Path:
+    """Validate a notebook's parameters (fail in the first cells with a clear message), set the plot style.
+
+    must_exist: the run folder must already hold what earlier steps wrote (every notebook but the first)."""
+    from .plots import use_style
+
+    get_profile(profile)
+    run_dir = Path(run_dir)
+    if must_exist and not run_dir.is_dir():
+        raise ValueError(
+            f"run folder {str(run_dir)!r} does not exist; run the earlier notebooks first "
+            f"(`duo book --profile {profile}` runs them all in order)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    use_style()
+    return run_dir
+
+
+def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
+    """The Stage-1 TrainConfig the book uses for ``profile``: token caches live inside ``run_dir``."""
+    from .train import TrainConfig
+
+    return TrainConfig.from_profile(profile, cache_dir=str(Path(run_dir) / "cache"), progress=False, **overrides)
+
+
+def save_results(run_dir: str | os.PathLike, step: str, results: dict) -> Path:
+    """Write a notebook's headline numbers to ``run_dir/results/<step>.json`` (read by the scorecard)."""
+    path = Path(run_dir) / "results" / f"{step}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """Every ``results/<step>.json`` of a run folder, by step name."""
+    folder = Path(run_dir) / "results"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+STAGE1_DIR = "stage1"
+
+
+def book_data(profile: str, run_dir: str | os.PathLike):
+    """The corpus of the book's Stage-1 run (``duolib.data.Prepared``; cached inside ``run_dir``)."""
+    from .data import prepare
+
+    cfg = book_train_config(profile, run_dir)
+    return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
+
+
+def stage1_model(run_dir: str | os.PathLike):
+    """The Stage-1 model trained by the 02_training notebook (eval mode)."""
+    from .train import load_run
+
+    path = Path(run_dir) / STAGE1_DIR
+    if not (path / "summary.json").is_file():
+        raise ValueError(f"no finished Stage-1 run in {str(path)!r}; run notebooks/02_training.ipynb first")
+    return load_run(path).eval()
