@@ -60,243 +60,29 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import DuoConfig
+from .checkpoint import (CKPT_DIR, _atomic_dir, _differences, _hash, _quiet_hf, _save_model, _unwrap,
+                         _write_json, latest_checkpoint, load_checkpoint, save_checkpoint)
+from .train_config import (  # noqa: F401 (re-exported: duolib.train is the public entry point)
+    ARCHS, COSMETIC_FIELDS, LATER_FIELDS, P_GRID, STAGES, TRAIN_ROUTES, TrainConfig, lr_at, lr_factor,
+    parse_route_mode)
 from .convert import llama_config
-from .flops import dense_equivalent_width
 from .model import DuoForCausalLM
-from .profiles import PROFILES, get_profile
 from .routing import BIG, SKIP, SMALL
 
-ARCHS = ("duo", "dense")
-STAGES = ("joint", "big", "small")
-TRAIN_ROUTES = ("random", "big", "small")
-P_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: Fields that do not change what a run computes (excluded from the config identity).
-COSMETIC_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "progress", "threads", "device",
-                   "cache_dir", "deterministic")
-#: Semantic fields added after the first runs, with their defaults (left out of the identity at the default).
-LATER_FIELDS = {"amp": False}
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
-CKPT_DIR, FINAL_DIR, TOKENIZER_DIR = "checkpoint", "final", "tokenizer"
-
-
-# ----------------------------------------------------------------------------- configuration
-
-@dataclass
-class TrainConfig:
-    """One Stage-1 run.  ``TrainConfig.from_profile("default", steps=100)`` fills it from a profile.
-
-    model / data: overrides of the profile's model section / extra ``duolib.data.prepare`` keywords
-    (``max_docs``, ``synthetic``, ``holdout_fraction``, ``tokenizer_chars``).
-    arch: "duo" or "dense" (a ``transformers.LlamaForCausalLM`` with one FFN of width ``dense_width``,
-    or ``dense_equivalent_width(model, dense_p_big)``; all-big width if neither is given).
-    stage: "joint" (every module trains), "big" (all-big routes, small modules frozen) or "small"
-    (only the small modules train, from ``init_from``: a run folder or a ``final/`` folder).
-    train_routes: "random" (p_big / p_skip per token and layer), "big" or "small"; None = what the
-    stage implies (random; all-big for stage "big"; ``small_stage_routes`` for stage "small").
-    amp: bfloat16 autocast for the forward pass (GPU runs; the ``paper`` profile).
-    eval_routes: route modes of the periodic evaluation ("small", "big", "random" = the training
-    p_big / p_skip, "random:P" = p_big P and no skip); dense models are evaluated once ("dense").
-    """
-
-    profile: str = "default"
-    model: dict = field(default_factory=dict)
-    corpus: str = "mix"
-    data: dict = field(default_factory=dict)
-    arch: str = "duo"
-    dense_p_big: float | None = None
-    dense_width: int | None = None
-    stage: str = "joint"
-    init_from: str | None = None
-    small_stage_routes: str = "random"
-    train_routes: str | None = None
-    p_big: float = 0.5
-    p_skip: float = 0.0
-    steps: int = 1000
-    batch_size: int = 16
-    seq_len: int = 128
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 250
-    eval_sequences: int = 32
-    eval_batch_size: int = 16
-    eval_routes: tuple[str, ...] = ("small", "big", "random")
-    amp: bool = False
-    # cosmetic (see COSMETIC_FIELDS)
-    checkpoint_every: int | None = None
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress: bool = True
-    threads: int | None = None
-    device: str = "auto"
-    cache_dir: str | None = None
-    deterministic: bool = True
-
-    @classmethod
-    def from_profile(cls, profile: str = "default", **overrides) -> "TrainConfig":
-        """The profile's ``train`` section, then ``overrides`` (None values are ignored)."""
-        section = get_profile(profile)["train"]
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in section.items() if k in names}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {sorted(names)}")
-        return cls(profile=profile, **values)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["eval_routes"] = list(d["eval_routes"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        if "eval_routes" in d:
-            d["eval_routes"] = tuple(d["eval_routes"])
-        return cls(**d)
-
-    # ---- derived --------------------------------------------------------------------------
-    def duo_config(self) -> DuoConfig:
-        """The Duo model of this run (the profile's model section with ``model`` overrides)."""
-        return DuoConfig.preset(self.profile, **self.model)
-
-    def routes_mode(self) -> str:
-        if self.train_routes is not None:
-            return self.train_routes
-        return {"joint": "random", "big": "big", "small": self.small_stage_routes}[self.stage]
-
-    def ffn_width(self) -> int:
-        """Inner width of the dense baseline's FFN."""
-        cfg = self.duo_config()
-        if self.dense_width is not None:
-            return int(self.dense_width)
-        if self.dense_p_big is not None:
-            return dense_equivalent_width(cfg, self.dense_p_big)
-        return cfg.big_ffn_size
-
-    def semantic(self) -> dict:
-        """The fields that define what the run computes (everything but COSMETIC_FIELDS)."""
-        d = self.to_dict()
-        for k in COSMETIC_FIELDS:
-            d.pop(k)
-        for k, default in LATER_FIELDS.items():  # absent at their default: older run folders keep their identity
-            if d[k] == default:
-                d.pop(k)
-        if self.init_from is not None:
-            d["init_from"] = str(Path(self.init_from).resolve())
-        return d
-
-    def validate(self, world_size: int = 1) -> None:
-        """ValueError naming the bad value and what is allowed; touches no file."""
-        from .data import parse_corpus
-        from .tokenizer import check_vocab_size
-
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
-        choices = dict(arch=ARCHS, stage=STAGES, small_stage_routes=("random", "small"))
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
-        if self.train_routes is not None and self.train_routes not in TRAIN_ROUTES:
-            raise ValueError(f"train_routes={self.train_routes!r}; allowed: {', '.join(TRAIN_ROUTES)} or None")
-        if isinstance(self.data, dict) and "corpus" in self.data:
-            raise ValueError("give the corpus as TrainConfig.corpus, not inside data")
-        parse_corpus(self.corpus)
-        cfg = self.duo_config()  # validates the model overrides
-        check_vocab_size(cfg.vocab_size)
-        if not (0.0 <= self.p_big <= 1.0 and 0.0 <= self.p_skip <= 1.0 and self.p_big + self.p_skip <= 1.0):
-            raise ValueError(f"p_big={self.p_big}, p_skip={self.p_skip}: each in [0, 1], sum at most 1")
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_sequences",
-                     "eval_batch_size", "keep_checkpoints", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if self.warmup_steps < 0 or self.seed < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps} and seed={self.seed} must be non-negative")
-        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
-            raise ValueError(f"need lr > 0, 0 <= min_lr_ratio <= 1, grad_clip > 0; got {self.lr}, "
-                             f"{self.min_lr_ratio}, {self.grad_clip}")
-        if self.seq_len > cfg.max_position_embeddings:
-            raise ValueError(f"seq_len={self.seq_len} is longer than the model's context "
-                             f"(max_position_embeddings={cfg.max_position_embeddings}); use seq_len <= "
-                             f"{cfg.max_position_embeddings} or a model with a longer context")
-        if self.batch_size % (world_size * self.grad_accum):
-            raise ValueError(f"batch_size={self.batch_size} must be divisible by world_size x grad_accum = "
-                             f"{world_size} x {self.grad_accum}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be positive or None")
-        if self.arch == "dense":
-            if self.stage != "joint":
-                raise ValueError(f"stage={self.stage!r} needs arch='duo' (a dense model has no small modules)")
-            if self.dense_p_big is not None and not 0.0 <= self.dense_p_big <= 1.0:
-                raise ValueError(f"dense_p_big={self.dense_p_big} must lie in [0, 1]")
-            if self.dense_width is not None and self.dense_width < 1:
-                raise ValueError(f"dense_width={self.dense_width} must be positive")
-        if self.stage == "small" and not self.init_from:
-            raise ValueError("stage='small' trains the small modules of a trained model: give init_from "
-                             "(the run folder of a stage='big' run, or its final/ folder)")
-        for mode in self.eval_routes:
-            parse_route_mode(mode, self)
-
-
-def parse_route_mode(mode: str, cfg: TrainConfig | None = None) -> tuple[float, float]:
-    """(p_big, p_skip) of a route mode: small (0, 0), big (1, 0), random (the config's), random:P (P, 0)."""
-    if mode == "small":
-        return 0.0, 0.0
-    if mode == "big":
-        return 1.0, 0.0
-    if mode == "random":
-        return (cfg.p_big, cfg.p_skip) if cfg is not None else (0.5, 0.0)
-    if mode.startswith("random:"):
-        try:
-            p = float(mode.split(":", 1)[1])
-        except ValueError:
-            p = -1.0
-        if 0.0 <= p <= 1.0:
-            return p, 0.0
-    raise ValueError(f"route mode {mode!r}; allowed: small, big, random, random:P with P in [0, 1]")
-
-
-# ----------------------------------------------------------------------------- schedule, routes, baselines
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup over ``warmup_steps`` to
-    ``lr``, then cosine decay reaching ``min_lr_ratio * lr`` at the last step."""
-    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-
-
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, steps - 1 - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
+FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
 
 def _seed64(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
@@ -360,10 +146,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 def is_duo(model: nn.Module) -> bool:
     return isinstance(_unwrap(model), DuoForCausalLM)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _final_dir(path: str | os.PathLike) -> Path:
@@ -449,67 +231,6 @@ def evaluate(model: nn.Module, sequences: dict[str, torch.Tensor], route_modes: 
 
 # ----------------------------------------------------------------------------- files
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def _quiet_hf():
-    """No transformers progress bars ("Writing model shards", "Loading weights") inside."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _save_model(model: nn.Module, folder: Path) -> None:
-    """save_pretrained as one safetensors file, quietly."""
-    with _quiet_hf():
-        _unwrap(model).save_pretrained(folder, max_shard_size="1000GB")
-
-
-def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_dir(target: Path):
-    """Yield a temp folder next to ``target``; on success it replaces ``target`` (else it is removed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _data_fingerprint(data) -> str:
     """Identity of the training data: the streams' cache metadata, else a hash of the token arrays."""
     parts = {}
@@ -537,17 +258,6 @@ def identity(cfg: TrainConfig, data_fingerprint: str) -> dict:
     return json.loads(json.dumps(dict(train=cfg.semantic(), model=model, data=data_fingerprint), default=str))
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} (existing) vs {vb!r} (requested)")
-    return out
-
-
 def _read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -565,105 +275,6 @@ def read_metrics(run_dir: str | os.PathLike):
     import pandas as pd
 
     return pd.DataFrame(_read_metrics(Path(run_dir) / METRICS_FILE))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _rng_state() -> dict:
-    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident: dict, extra: dict,
-                    keep: int = 2) -> Path:
-    """Write ``checkpoint/step-NNNNNNNN`` atomically, point ``checkpoint/latest`` at it, prune old ones."""
-    root = Path(run_dir) / CKPT_DIR
-    name = f"step-{step:08d}"
-    with _atomic_dir(root / name) as tmp:
-        _save_model(model, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(dict(step=step, rng=_rng_state(), **extra), tmp / "trainer_state.pt")
-        _write_json(tmp / "train_config.json", ident)
-        manifest = {p.name: dict(size=p.stat().st_size, sha256=_sha256(p)) for p in sorted(tmp.iterdir())}
-        _write_json(tmp / "manifest.json", dict(step=step, files=manifest))
-    tmp_latest = root / f".latest.{os.getpid()}.tmp"
-    tmp_latest.write_text(name)
-    os.replace(tmp_latest, root / "latest")
-    done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in done[:-keep] if keep else []:
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return root / name
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint folder of a run (``checkpoint/latest``, else the highest step), or None."""
-    root = Path(run_dir) / CKPT_DIR
-    latest = root / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        if name and (root / name).is_dir():
-            return root / name
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
-    return steps[-1] if steps else None
-
-
-def verify_checkpoint(path: Path) -> dict:
-    """Check every file of a checkpoint against its manifest; ValueError naming what is wrong."""
-    advice = ("delete the checkpoint folder to resume from an older one, or restart the run "
-              "(resume=False / --no-resume, or overwrite=True / --overwrite)")
-    manifest_path = path / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint {path} is incomplete or corrupted (unreadable manifest.json: {err}); {advice}") from None
-    for name, info in files.items():
-        p = path / name
-        if not p.is_file():
-            raise ValueError(f"checkpoint {path} is incomplete: {name} is missing; {advice}")
-        if p.stat().st_size != info["size"]:
-            raise ValueError(f"checkpoint {path} is truncated: {name} has {p.stat().st_size} bytes, "
-                             f"expected {info['size']}; {advice}")
-        if _sha256(p) != info["sha256"]:
-            raise ValueError(f"checkpoint {path} is corrupted: {name} does not match its sha256; {advice}")
-    return manifest
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dict:
-    """Verify and load a checkpoint into model / optimizer / scheduler; returns the trainer state."""
-    from safetensors.torch import load_file
-
-    verify_checkpoint(path)
-    saved = json.loads((path / "train_config.json").read_text())
-    diff = _differences(saved, ident)
-    if diff:
-        raise ValueError(f"checkpoint {path} was written by a run with a different config:\n  " + "\n  ".join(diff)
-                         + "\nuse another run folder, or overwrite=True / --overwrite to start this one afresh")
-    weights = sorted(path.glob("*.safetensors"))
-    state = {}
-    for w in weights:
-        state.update(load_file(w))
-    target = _unwrap(model)
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    tied = set(getattr(target, "_tied_weights_keys", None) or {}) if target.config.tie_word_embeddings else set()
-    missing = [k for k in missing if k not in tied and k != "lm_head.weight"]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
-    _set_rng_state(trainer_state["rng"])
-    return trainer_state
 
 
 # ----------------------------------------------------------------------------- the training loop

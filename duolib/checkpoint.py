@@ -1,0 +1,200 @@
+"""Run-folder file handling for Stage-1 training: atomic writes and checkpoints.
+
+A checkpoint is a folder ``checkpoint/step-NNNNNNNN`` holding the model (save_pretrained, one
+safetensors file), ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.pt`` (step, RNG states, data
+position), ``train_config.json`` (the run's identity) and ``manifest.json`` (size and sha256 of every
+file, written last).  Folders and files are written under temporary names and renamed into place,
+so a process killed at any moment leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+CKPT_DIR = "checkpoint"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_hf():
+    """No transformers progress bars ("Writing model shards", "Loading weights") inside."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _save_model(model: nn.Module, folder: Path) -> None:
+    """save_pretrained as one safetensors file, quietly."""
+    with _quiet_hf():
+        _unwrap(model).save_pretrained(folder, max_shard_size="1000GB")
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file + os.replace)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path):
+    """Yield a temp folder next to ``target``; on success it replaces ``target`` (else it is removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".old-{target.name}-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} (existing) vs {vb!r} (requested)")
+    return out
+
+
+def _rng_state() -> dict:
+    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident: dict, extra: dict,
+                    keep: int = 2) -> Path:
+    """Write ``checkpoint/step-NNNNNNNN`` atomically, point ``checkpoint/latest`` at it, prune old ones."""
+    root = Path(run_dir) / CKPT_DIR
+    name = f"step-{step:08d}"
+    with _atomic_dir(root / name) as tmp:
+        _save_model(model, tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(dict(step=step, rng=_rng_state(), **extra), tmp / "trainer_state.pt")
+        _write_json(tmp / "train_config.json", ident)
+        manifest = {p.name: dict(size=p.stat().st_size, sha256=_sha256(p)) for p in sorted(tmp.iterdir())}
+        _write_json(tmp / "manifest.json", dict(step=step, files=manifest))
+    tmp_latest = root / f".latest.{os.getpid()}.tmp"
+    tmp_latest.write_text(name)
+    os.replace(tmp_latest, root / "latest")
+    done = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in done[:-keep] if keep else []:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / name
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint folder of a run (``checkpoint/latest``, else the highest step), or None."""
+    root = Path(run_dir) / CKPT_DIR
+    latest = root / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        if name and (root / name).is_dir():
+            return root / name
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+    return steps[-1] if steps else None
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Check every file of a checkpoint against its manifest; ValueError naming what is wrong."""
+    advice = ("delete the checkpoint folder to resume from an older one, or restart the run "
+              "(resume=False / --no-resume, or overwrite=True / --overwrite)")
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path} is incomplete or corrupted (unreadable manifest.json: {err}); {advice}") from None
+    for name, info in files.items():
+        p = path / name
+        if not p.is_file():
+            raise ValueError(f"checkpoint {path} is incomplete: {name} is missing; {advice}")
+        if p.stat().st_size != info["size"]:
+            raise ValueError(f"checkpoint {path} is truncated: {name} has {p.stat().st_size} bytes, "
+                             f"expected {info['size']}; {advice}")
+        if _sha256(p) != info["sha256"]:
+            raise ValueError(f"checkpoint {path} is corrupted: {name} does not match its sha256; {advice}")
+    return manifest
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dict:
+    """Verify and load a checkpoint into model / optimizer / scheduler; returns the trainer state."""
+    from safetensors.torch import load_file
+
+    verify_checkpoint(path)
+    saved = json.loads((path / "train_config.json").read_text())
+    diff = _differences(saved, ident)
+    if diff:
+        raise ValueError(f"checkpoint {path} was written by a run with a different config:\n  " + "\n  ".join(diff)
+                         + "\nuse another run folder, or overwrite=True / --overwrite to start this one afresh")
+    weights = sorted(path.glob("*.safetensors"))
+    state = {}
+    for w in weights:
+        state.update(load_file(w))
+    target = _unwrap(model)
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    tied = set(getattr(target, "_tied_weights_keys", None) or {}) if target.config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied and k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
+    _set_rng_state(trainer_state["rng"])
+    return trainer_state
+
+

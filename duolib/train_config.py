@@ -1,0 +1,227 @@
+"""``TrainConfig``: every knob of a Stage-1 run, with validation, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from .config import DuoConfig
+from .flops import dense_equivalent_width
+from .profiles import PROFILES, get_profile
+
+ARCHS = ("duo", "dense")
+STAGES = ("joint", "big", "small")
+TRAIN_ROUTES = ("random", "big", "small")
+P_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Fields that do not change what a run computes (excluded from the config identity).
+COSMETIC_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "progress", "threads", "device",
+                   "cache_dir", "deterministic")
+#: Semantic fields added after the first runs, with their defaults (left out of the identity at the default).
+LATER_FIELDS = {"amp": False}
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass
+class TrainConfig:
+    """One Stage-1 run.  ``TrainConfig.from_profile("default", steps=100)`` fills it from a profile.
+
+    model / data: overrides of the profile's model section / extra ``duolib.data.prepare`` keywords
+    (``max_docs``, ``synthetic``, ``holdout_fraction``, ``tokenizer_chars``).
+    arch: "duo" or "dense" (a ``transformers.LlamaForCausalLM`` with one FFN of width ``dense_width``,
+    or ``dense_equivalent_width(model, dense_p_big)``; all-big width if neither is given).
+    stage: "joint" (every module trains), "big" (all-big routes, small modules frozen) or "small"
+    (only the small modules train, from ``init_from``: a run folder or a ``final/`` folder).
+    train_routes: "random" (p_big / p_skip per token and layer), "big" or "small"; None = what the
+    stage implies (random; all-big for stage "big"; ``small_stage_routes`` for stage "small").
+    amp: bfloat16 autocast for the forward pass (GPU runs; the ``paper`` profile).
+    eval_routes: route modes of the periodic evaluation ("small", "big", "random" = the training
+    p_big / p_skip, "random:P" = p_big P and no skip); dense models are evaluated once ("dense").
+    """
+
+    profile: str = "default"
+    model: dict = field(default_factory=dict)
+    corpus: str = "mix"
+    data: dict = field(default_factory=dict)
+    arch: str = "duo"
+    dense_p_big: float | None = None
+    dense_width: int | None = None
+    stage: str = "joint"
+    init_from: str | None = None
+    small_stage_routes: str = "random"
+    train_routes: str | None = None
+    p_big: float = 0.5
+    p_skip: float = 0.0
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 128
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 250
+    eval_sequences: int = 32
+    eval_batch_size: int = 16
+    eval_routes: tuple[str, ...] = ("small", "big", "random")
+    amp: bool = False
+    # cosmetic (see COSMETIC_FIELDS)
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    threads: int | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    deterministic: bool = True
+
+    @classmethod
+    def from_profile(cls, profile: str = "default", **overrides) -> "TrainConfig":
+        """The profile's ``train`` section, then ``overrides`` (None values are ignored)."""
+        section = get_profile(profile)["train"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in section.items() if k in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {sorted(names)}")
+        return cls(profile=profile, **values)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["eval_routes"] = list(d["eval_routes"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if "eval_routes" in d:
+            d["eval_routes"] = tuple(d["eval_routes"])
+        return cls(**d)
+
+    # ---- derived --------------------------------------------------------------------------
+    def duo_config(self) -> DuoConfig:
+        """The Duo model of this run (the profile's model section with ``model`` overrides)."""
+        return DuoConfig.preset(self.profile, **self.model)
+
+    def routes_mode(self) -> str:
+        if self.train_routes is not None:
+            return self.train_routes
+        return {"joint": "random", "big": "big", "small": self.small_stage_routes}[self.stage]
+
+    def ffn_width(self) -> int:
+        """Inner width of the dense baseline's FFN."""
+        cfg = self.duo_config()
+        if self.dense_width is not None:
+            return int(self.dense_width)
+        if self.dense_p_big is not None:
+            return dense_equivalent_width(cfg, self.dense_p_big)
+        return cfg.big_ffn_size
+
+    def semantic(self) -> dict:
+        """The fields that define what the run computes (everything but COSMETIC_FIELDS)."""
+        d = self.to_dict()
+        for k in COSMETIC_FIELDS:
+            d.pop(k)
+        for k, default in LATER_FIELDS.items():  # absent at their default: older run folders keep their identity
+            if d[k] == default:
+                d.pop(k)
+        if self.init_from is not None:
+            d["init_from"] = str(Path(self.init_from).resolve())
+        return d
+
+    def validate(self, world_size: int = 1) -> None:
+        """ValueError naming the bad value and what is allowed; touches no file."""
+        from .data import parse_corpus
+        from .tokenizer import check_vocab_size
+
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
+        choices = dict(arch=ARCHS, stage=STAGES, small_stage_routes=("random", "small"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if self.train_routes is not None and self.train_routes not in TRAIN_ROUTES:
+            raise ValueError(f"train_routes={self.train_routes!r}; allowed: {', '.join(TRAIN_ROUTES)} or None")
+        if isinstance(self.data, dict) and "corpus" in self.data:
+            raise ValueError("give the corpus as TrainConfig.corpus, not inside data")
+        parse_corpus(self.corpus)
+        cfg = self.duo_config()  # validates the model overrides
+        check_vocab_size(cfg.vocab_size)
+        if not (0.0 <= self.p_big <= 1.0 and 0.0 <= self.p_skip <= 1.0 and self.p_big + self.p_skip <= 1.0):
+            raise ValueError(f"p_big={self.p_big}, p_skip={self.p_skip}: each in [0, 1], sum at most 1")
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_sequences",
+                     "eval_batch_size", "keep_checkpoints", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.warmup_steps < 0 or self.seed < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} and seed={self.seed} must be non-negative")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
+            raise ValueError(f"need lr > 0, 0 <= min_lr_ratio <= 1, grad_clip > 0; got {self.lr}, "
+                             f"{self.min_lr_ratio}, {self.grad_clip}")
+        if self.seq_len > cfg.max_position_embeddings:
+            raise ValueError(f"seq_len={self.seq_len} is longer than the model's context "
+                             f"(max_position_embeddings={cfg.max_position_embeddings}); use seq_len <= "
+                             f"{cfg.max_position_embeddings} or a model with a longer context")
+        if self.batch_size % (world_size * self.grad_accum):
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by world_size x grad_accum = "
+                             f"{world_size} x {self.grad_accum}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be positive or None")
+        if self.arch == "dense":
+            if self.stage != "joint":
+                raise ValueError(f"stage={self.stage!r} needs arch='duo' (a dense model has no small modules)")
+            if self.dense_p_big is not None and not 0.0 <= self.dense_p_big <= 1.0:
+                raise ValueError(f"dense_p_big={self.dense_p_big} must lie in [0, 1]")
+            if self.dense_width is not None and self.dense_width < 1:
+                raise ValueError(f"dense_width={self.dense_width} must be positive")
+        if self.stage == "small" and not self.init_from:
+            raise ValueError("stage='small' trains the small modules of a trained model: give init_from "
+                             "(the run folder of a stage='big' run, or its final/ folder)")
+        for mode in self.eval_routes:
+            parse_route_mode(mode, self)
+
+
+def parse_route_mode(mode: str, cfg: TrainConfig | None = None) -> tuple[float, float]:
+    """(p_big, p_skip) of a route mode: small (0, 0), big (1, 0), random (the config's), random:P (P, 0)."""
+    if mode == "small":
+        return 0.0, 0.0
+    if mode == "big":
+        return 1.0, 0.0
+    if mode == "random":
+        return (cfg.p_big, cfg.p_skip) if cfg is not None else (0.5, 0.0)
+    if mode.startswith("random:"):
+        try:
+            p = float(mode.split(":", 1)[1])
+        except ValueError:
+            p = -1.0
+        if 0.0 <= p <= 1.0:
+            return p, 0.0
+    raise ValueError(f"route mode {mode!r}; allowed: small, big, random, random:P with P in [0, 1]")
+
+
+# ----------------------------------------------------------------------------- schedule, routes, baselines
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup over ``warmup_steps`` to
+    ``lr``, then cosine decay reaching ``min_lr_ratio * lr`` at the last step."""
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, steps - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
