@@ -21,7 +21,7 @@ works with the KV cache.
 **Beyond the paper**: :func:`train_distilled_router` trains the same router with cross-entropy to
 imitate an oracle's per-token, per-layer choices at a budget, teacher-forced along the oracle's routes.
 
-Evaluation helpers return tidy pandas DataFrames: perplexity vs average big layers
+Evaluation helpers (in :mod:`duolib.router_eval`, also reachable from here) return tidy pandas DataFrames: perplexity vs average big layers
 (:func:`perplexity_vs_budget`), perplexity vs FLOPs per token (:func:`perplexity_vs_flops`),
 layer x position heatmaps (:func:`decision_heatmap`) and single-sequence decision grids
 (:func:`decision_grid`).  Routers are saved as safetensors + json (:meth:`RouterPolicy.save`,
@@ -40,13 +40,13 @@ import numbers
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, RoutingTrace, TokenRoutes, check_codes
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, TokenRoutes, check_codes
 
 OPTION_CODES = {"skip": SKIP, "small": SMALL, "big": BIG}
 
@@ -647,201 +647,16 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
     return history
 
 
-# ----------------------------------------------------------------------------- evaluation
+# Evaluation lives in duolib.router_eval; its public names stay reachable from here.
+_EVAL_NAMES = ('realised_budget', 'route_and_score', 'evaluate_policy', 'budget_flops', 'evaluate_routers', 'perplexity_vs_budget', 'perplexity_vs_flops', 'heatmap_from_routes', 'decision_heatmap', 'decision_grid', 'history_frame')
 
 
-def realised_budget(trace: RoutingTrace | torch.Tensor) -> dict[str, float]:
-    """Mean big layers per token and the fraction of (token, layer) slots per option."""
-    routes = trace.routes if isinstance(trace, RoutingTrace) else trace
-    out = {"mean_big_layers": float((routes == BIG).sum(-1).float().mean())}
-    out.update({f"frac_{ROUTE_NAMES[c]}": float((routes == c).float().mean()) for c in (SKIP, SMALL, BIG)})
-    return out
+def __getattr__(name: str):
+    if name in _EVAL_NAMES:
+        from . import router_eval
 
-
-@contextmanager
-def _hard(policy):
-    if isinstance(policy, RouterPolicy):
-        old = policy.mode
-        policy.mode = "hard"
-        try:
-            yield
-        finally:
-            policy.mode = old
-    else:
-        yield
-
-
-def _flops_config(model):
-    cfg = model.config
-    return cfg if hasattr(cfg, "big_ffn_size") and hasattr(cfg, "small_ffn_size") else None
-
-
-@torch.no_grad()
-def route_and_score(model, policy, input_ids: torch.Tensor, batch_size: int = 16):
-    """Hard-routed forward over ``input_ids [N, T]`` in batches: ``(token_losses [N, T-1], routes [N, T, L])``."""
-    losses, routes = [], []
-    device = next(model.parameters()).device
-    with _hard(policy):
-        for start in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[start:start + batch_size].to(device)
-            out, trace = routed_forward(model, ids, policy)
-            losses.append(_token_losses(out, ids).cpu())
-            routes.append(trace.routes.cpu())
-    return torch.cat(losses), torch.cat(routes)
-
-
-def evaluate_policy(model, policy, input_ids: torch.Tensor, batch_size: int = 16) -> dict:
-    """Perplexity, realised budget and FLOPs per token of a (hard) policy on ``input_ids [N, T]``."""
-    token_losses, routes = route_and_score(model, policy, input_ids, batch_size)
-    loss = float(token_losses.mean())
-    cfg = _flops_config(model)
-    if cfg is not None:
-        from .flops import mean_flops_per_token
-
-        flops = mean_flops_per_token(cfg, routes)
-    else:
-        flops = float("nan")
-    return {"loss": loss, "ppl": math.exp(loss), **realised_budget(routes), "flops_per_token": flops,
-            "n_tokens": int(token_losses.numel())}
-
-
-def budget_flops(config, big_layers: float, seq_len: int, skip_layers: float = 0.0) -> float:
-    """FLOPs per token (averaged over a ``seq_len`` sequence) with ``big_layers`` big, ``skip_layers``
-    skipped and the rest small (fractional counts interpolate linearly: FFN FLOPs are linear)."""
-    from .flops import ffn_flops, mean_flops_per_token
-
-    L = config.num_hidden_layers
-    base = mean_flops_per_token(config, torch.full((1, seq_len, L), SKIP, dtype=torch.long))
-    small = L - big_layers - skip_layers
-    return base + big_layers * ffn_flops(config, BIG) + small * ffn_flops(config, SMALL)
-
-
-def evaluate_routers(model, routers: Mapping[str, RoutingPolicy], input_ids: torch.Tensor,
-                     references=None, batch_size: int = 16):
-    """One row per router (hard routes, measured here) plus one per reference.
-
-    ``routers``: name -> policy (trained routers, or FixedRoutes / TokenRoutes baselines).
-    ``references``: numbers computed elsewhere (oracle, fixed, best-of-100 ...), a DataFrame or a list
-    of dicts with ``method``, ``mean_big_layers`` and ``ppl`` (optionally ``flops_per_token``,
-    ``budget``, ``frac_skip``); missing FLOPs are filled by :func:`budget_flops` at this sequence length.
-    Columns: method, source (measured / reference), budget, mean_big_layers, ppl, loss,
-    flops_per_token, frac_skip, frac_small, frac_big, n_tokens.
-    """
-    import pandas as pd
-
-    rows = []
-    for name, policy in routers.items():
-        row = {"method": name, "source": "measured", **evaluate_policy(model, policy, input_ids, batch_size)}
-        meta = getattr(policy, "meta", {}) or {}
-        row["budget"] = meta.get("budget")
-        row["kind"] = meta.get("kind", type(policy).__name__)
-        rows.append(row)
-    cfg = _flops_config(model)
-    if references is not None:
-        refs = references.to_dict("records") if hasattr(references, "to_dict") else list(references)
-        for ref in refs:
-            if "method" not in ref or "ppl" not in ref or "mean_big_layers" not in ref:
-                raise ValueError(f"reference {ref} needs at least 'method', 'mean_big_layers' and 'ppl'")
-            row = {"source": "reference", "kind": "reference", **ref}
-            if "loss" not in row:
-                row["loss"] = math.log(row["ppl"])
-            if pd.isna(row.get("flops_per_token", float("nan"))) and cfg is not None:
-                row["flops_per_token"] = budget_flops(cfg, float(row["mean_big_layers"]), input_ids.shape[1],
-                                                      float(row.get("frac_skip", 0.0) or 0.0) * cfg.num_hidden_layers)
-            rows.append(row)
-    cols = ["method", "kind", "source", "budget", "mean_big_layers", "ppl", "loss", "flops_per_token",
-            "frac_skip", "frac_small", "frac_big", "n_tokens"]
-    df = pd.DataFrame(rows)
-    for c in cols:
-        if c not in df:
-            df[c] = float("nan")
-    return df[cols + [c for c in df.columns if c not in cols]]
-
-
-def perplexity_vs_budget(model, routers, input_ids, references=None, batch_size: int = 16):
-    """Tidy rows (method, source, budget, mean_big_layers, ppl) sorted by mean big layers."""
-    df = evaluate_routers(model, routers, input_ids, references, batch_size)
-    return df[["method", "kind", "source", "budget", "mean_big_layers", "ppl"]].sort_values(
-        ["mean_big_layers", "method"]).reset_index(drop=True)
-
-
-def perplexity_vs_flops(model, routers, input_ids, references=None, batch_size: int = 16):
-    """Tidy rows (method, source, flops_per_token, mean_big_layers, ppl) sorted by FLOPs per token."""
-    df = evaluate_routers(model, routers, input_ids, references, batch_size)
-    return df[["method", "kind", "source", "flops_per_token", "mean_big_layers", "ppl"]].sort_values(
-        ["flops_per_token", "method"]).reset_index(drop=True)
-
-
-def heatmap_from_routes(routes: torch.Tensor, code: int = BIG):
-    """Tidy layer x position fractions: rows (layer, position, fraction, n) with fraction = share of
-    the sequences whose token at ``position`` takes ``code`` at ``layer``; routes ``[N, T, L]``."""
-    import pandas as pd
-
-    if isinstance(routes, RoutingTrace):
-        routes = routes.routes
-    frac = (routes == code).float().mean(0)  # [T, L]
-    T, L = frac.shape
-    layer, pos = torch.meshgrid(torch.arange(L), torch.arange(T), indexing="ij")
-    return pd.DataFrame({"layer": layer.reshape(-1).numpy(), "position": pos.reshape(-1).numpy(),
-                         "fraction": frac.t().reshape(-1).numpy(), "n": routes.shape[0],
-                         "route": ROUTE_NAMES[code]})
-
-
-def decision_heatmap(model, policy, input_ids: torch.Tensor, code: int = BIG, batch_size: int = 16):
-    """Route ``input_ids [N, T]`` with ``policy`` (hard) and return :func:`heatmap_from_routes` data."""
-    _, routes = route_and_score(model, policy, input_ids, batch_size)
-    return heatmap_from_routes(routes, code)
-
-
-class _Recording(RoutingPolicy):
-    def __init__(self, policy):
-        self.policy, self.probs = policy, {}
-
-    def route_layer(self, layer_idx, hidden_states, position_ids):
-        if isinstance(self.policy, RouterPolicy):
-            with torch.no_grad():
-                self.probs[layer_idx] = self.policy.full_probs(self.policy.option_probs(layer_idx, hidden_states, 1.0))
-        return self.policy.route_layer(layer_idx, hidden_states, position_ids)
-
-
-@torch.no_grad()
-def decision_grid(model, policy, input_ids: torch.Tensor, tokenizer=None):
-    """Layer x token decisions of one sequence (``[T]`` or ``[1, T]``), tidy rows: layer, position,
-    token_id, token (decoded when a tokenizer is given), code, route, p_big (router probability at
-    tau = 1, NaN for other policies) and loss (the token's next-token loss, NaN at the last position)."""
-    import pandas as pd
-
-    ids = input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids
-    if ids.shape[0] != 1:
-        raise ValueError(f"decision_grid takes one sequence; got input_ids of shape {tuple(input_ids.shape)}")
-    rec = _Recording(policy)
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    with _hard(policy):
-        out, trace = routed_forward(model, ids, rec)
-    losses = _token_losses(out, ids)[0].cpu()
-    routes = trace.routes[0].cpu()  # [T, L]
-    T, L = routes.shape
-    rows = []
-    for layer in range(L):
-        for t in range(T):
-            code = int(routes[t, layer])
-            tok = int(ids[0, t])
-            rows.append({
-                "layer": layer, "position": t, "token_id": tok,
-                "token": tokenizer.decode([tok]) if tokenizer is not None else str(tok),
-                "code": code, "route": ROUTE_NAMES[code],
-                "p_big": float(rec.probs[layer][0, t, BIG]) if layer in rec.probs else float("nan"),
-                "loss": float(losses[t]) if t < T - 1 else float("nan"),
-            })
-    return pd.DataFrame(rows)
-
-
-def history_frame(history: Iterable[dict]):
-    """A training history as a DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame(list(history))
+        return getattr(router_eval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- command line (`duo route`)
@@ -867,6 +682,7 @@ def cli_main(args) -> int:
     from .config import DuoConfig
     from .model import DuoForCausalLM
     from .profiles import get_profile
+    from .router_eval import evaluate_routers, history_frame
     from .routing import FixedRoutes
 
     knobs = get_profile(args.profile).get("router", {})
