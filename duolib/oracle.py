@@ -1,0 +1,804 @@
+"""Routing oracles: the loss of every token under every routing pattern, computed fast.
+
+:func:`loss_matrix` returns a :class:`~duolib.reductions.LossMatrix` ``L[pattern, token]`` for
+sequences ``[B, T]`` and a set of patterns (all of ``choices ** L``, optionally only those with
+exactly ``k`` big layers, or an explicit list), under one of two context semantics:
+
+``shared``
+    the pattern routes every token of the sequence (one full forward per pattern).
+``fixed-context``
+    context tokens keep a *reference* route (default all-big); only the scored token's own path
+    changes: at each layer its attention reads the reference keys / values of the earlier positions
+    (computed once) plus its own key / value computed on its own path.
+
+The engine walks the trie of route prefixes depth first.  Layer i's state depends only on the
+routes of layers ``< i``, so each distinct prefix is computed once for all tokens: the attention of
+a node is computed once and shared by its children, which differ only by their FFN.  Nodes of the
+same depth are batched (a leading "node" dimension, at most ``max_rows`` token rows at a time, which
+also bounds memory), and the FFN of all children taking the same module runs as one call.  Leaves
+compute only the target token's loss, ``logsumexp(h W^T) - h . w_target``, in row chunks: the
+``[patterns, tokens, vocab]`` log-softmax never exists.  All tokens of the last position are dropped
+up front (no target, and nothing reads them under causal attention).
+
+:func:`brute_force_loss_matrix` is the reference (one :class:`~duolib.DuoForCausalLM` forward per
+pattern); :func:`beam_oracle` approximates the per-token oracle when the space is too large to
+enumerate.  ``loss_matrix(..., distributed=True)`` shards the sequences over ``torch.distributed``
+ranks and gathers the full matrix on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .model import rotate_half
+from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
+
+_FFN_ORDER = (BIG, SMALL, SKIP)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_semantics(semantics: str) -> str:
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics={semantics!r} is unknown; allowed: {', '.join(SEMANTICS)}")
+    return semantics
+
+
+def _check_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
+    input_ids = torch.as_tensor(input_ids)
+    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 2; got shape {tuple(input_ids.shape)}")
+    cfg = model.config
+    if input_ids.shape[1] > cfg.max_position_embeddings:
+        raise ValueError(f"seq_len={input_ids.shape[1]} exceeds max_position_embeddings={cfg.max_position_embeddings}")
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
+        raise ValueError(f"input_ids must lie in 0..{cfg.vocab_size - 1} (the vocabulary)")
+    return input_ids.long()
+
+
+def resolve_patterns(num_layers: int, patterns=None, choices=("small", "big"), k: int | None = None
+                     ) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The pattern set ``[P, L]`` int8 and its choices: ``patterns`` if given (validated; rows with
+    exactly ``k`` big layers if k is given), else every pattern over ``choices`` (with ``k`` bigs)."""
+    if patterns is None:
+        codes = parse_choices(choices)
+        return enumerate_patterns(num_layers, codes, k), codes
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not torch.is_tensor(patterns):
+        patterns = [as_pattern(p, num_layers) for p in patterns] if len(patterns) else []
+        if not patterns:
+            raise ValueError("the pattern set is empty; give at least one pattern of "
+                             f"{num_layers} route codes (0 skip, 1 small, 2 big)")
+        patterns = torch.stack(patterns)
+    if patterns.dim() != 2 or patterns.shape[1] != num_layers:
+        raise ValueError(f"patterns must be [num_patterns, {num_layers}]; got shape {tuple(patterns.shape)}")
+    if patterns.shape[0] == 0:
+        raise ValueError(f"the pattern set is empty; give at least one pattern of {num_layers} route codes")
+    check_codes(patterns, "patterns")
+    patterns = patterns.to(torch.int8)
+    if k is not None:
+        k = check_budget(k, num_layers)
+        patterns = patterns[(patterns == BIG).sum(1) == k]
+        if patterns.shape[0] == 0:
+            raise ValueError(f"no given pattern has exactly k={k} big layers")
+    return patterns, tuple(sorted(set(patterns.unique().tolist())))
+
+
+def _reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch.Tensor:
+    """The fixed-context reference as per-token routes ``[B, T, L]`` (long)."""
+    if isinstance(reference, str) and reference.lower() in ROUTE_NAMES:
+        reference = [ROUTE_NAMES.index(reference.lower())] * num_layers
+    if torch.is_tensor(reference) and reference.dim() == 3:
+        if tuple(reference.shape) != (batch, seq, num_layers):
+            raise ValueError(f"reference routes must be [{batch}, {seq}, {num_layers}]; got {tuple(reference.shape)}")
+        check_codes(reference, "reference")
+        return reference.long()
+    return as_pattern(reference, num_layers)[None, None].expand(batch, seq, num_layers)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Evaluation mode for the duration (the previous mode restored even on errors)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats) -> LossMatrix:
+    """A :class:`LossMatrix` for sequences ``input_ids [B, T]`` (tokens sequence-major)."""
+    B, T = input_ids.shape
+    ref = None
+    if semantics == "fixed-context":  # the reference: a pattern [L], or per-token routes [B, T, L]
+        ref = reference if torch.is_tensor(reference) and reference.dim() == 3 else \
+            _reference_routes(reference, patterns.shape[1], 1, 1)[0, 0]
+        ref = ref.to(torch.int8).cpu()
+    return LossMatrix(losses, patterns, seq=torch.arange(B).repeat_interleave(T - 1),
+                      position=torch.arange(T - 1).repeat(B), target=input_ids[:, 1:].reshape(-1).cpu(), seq_len=T,
+                      semantics=semantics, reference=ref, choices=codes, stats=stats)
+
+
+# ----------------------------------------------------------------------------- layer pieces
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary positions on ``x [..., T, hd]`` with tables ``[T, hd]``."""
+    return x * cos + rotate_half(x) * sin
+
+
+def _heads(attn, x: torch.Tensor, proj, n: int) -> torch.Tensor:
+    """``proj(x)`` split into heads: ``[..., T, d] -> [..., n, T, hd]``."""
+    y = proj(x)
+    return y.view(*y.shape[:-1], n, attn.head_dim).transpose(-2, -3)
+
+
+def _repeat_kv(x: torch.Tensor, attn) -> torch.Tensor:
+    rep = attn.n_heads // attn.n_kv
+    return x if rep == 1 else x.repeat_interleave(rep, dim=-3)
+
+
+def fixed_context_attention(layer, h: torch.Tensor, ref_k: torch.Tensor, ref_v: torch.Tensor,
+                            cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``h + attn(norm(h))`` where every token (row) reads the reference keys / values of the
+    *earlier* positions and its own key / value at its own position.
+
+    h ``[..., B, T, d]`` (any leading dims: nodes or beam slots; each row has its own path);
+    ref_k / ref_v ``[B, H, T, hd]`` (already rotated, already repeated to H heads); cos / sin ``[T, hd]``."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    q = _rope(_heads(attn, x, attn.q_proj, attn.n_heads), cos, sin)  # [..., B, H, T, hd]
+    k = _repeat_kv(_rope(_heads(attn, x, attn.k_proj, attn.n_kv), cos, sin), attn)
+    v = _repeat_kv(_heads(attn, x, attn.v_proj, attn.n_kv), attn)
+    scale = attn.head_dim ** -0.5
+    scores = torch.matmul(q, ref_k.transpose(-1, -2)) * scale  # [..., B, H, T(query), T(key)]
+    T = h.shape[-2]
+    scores.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1) * scale)  # own key at own position
+    future = torch.ones(T, T, dtype=torch.bool, device=h.device).triu_(1)
+    p = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+    y = torch.matmul(p, ref_v) + p.diagonal(dim1=-2, dim2=-1)[..., None] * (v - ref_v)  # [..., B, H, T, hd]
+    y = y.transpose(-2, -3).flatten(-2)  # [..., B, T, H * hd]
+    return h + attn.o_proj(y)
+
+
+@dataclass
+class _Setup:
+    """Everything the engines share for one batch of sequences (on the model's device)."""
+
+    model: object
+    semantics: str
+    h0: torch.Tensor  # [B, T1, d] embeddings of the scored positions (T1 = T - 1)
+    cos: torch.Tensor  # [T1, hd]
+    sin: torch.Tensor
+    targets: torch.Tensor  # [B, T1]
+    w_target: torch.Tensor  # [N, d] float32 head rows of the targets (N = B * T1)
+    ref_kv: list | None = None  # per layer (K, V) [B, H, T1, hd] of the reference route
+    leaf_rows: int = 1024
+    proxy_rows: torch.Tensor | None = None  # [N, M, d] head rows of each token's reference top-M tokens
+    proxy_is_target: torch.Tensor | None = None  # [N, M]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.model.layers)
+
+    def attend(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's attention block on node states ``h [G, B, T1, d]``."""
+        layer = self.model.model.layers[i]
+        if self.semantics == "fixed-context":
+            return fixed_context_attention(layer, h, *self.ref_kv[i], self.cos, self.sin)
+        G, B, T1, d = h.shape
+        out = layer.attention_block(h.reshape(G * B, T1, d), (self.cos[None], self.sin[None]), None)
+        return out.view(G, B, T1, d)
+
+    def leaf(self, h: torch.Tensor) -> torch.Tensor:
+        """Target-token losses ``[G, N]`` of final states ``h [G, B, T1, d]`` (norm, head, loss).
+
+        Row chunks of ``leaf_rows``: ``logits = h W^T`` into one reused buffer, then ``logsumexp``
+        in place.  When every logit of a chunk is provably in [-64, 64] (``|h| max_v |w_v|``) the
+        max subtraction is skipped (exp cannot overflow or underflow there): one pass fewer."""
+        G, d = h.shape[0], h.shape[-1]
+        hn = self.model.model.norm(h).reshape(G, -1, d).float()  # [G, N, d]
+        target_logit = (hn * self.w_target).sum(-1)  # [G, N]
+        flat = hn.reshape(-1, d)
+        weight = self.model.lm_head.weight.float()  # [V, d]
+        bound = flat.norm(dim=-1) * weight.norm(dim=-1).max()  # [G * N] >= |every logit|
+        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=h.device)
+        buf = torch.empty(min(self.leaf_rows, flat.shape[0]), weight.shape[0], dtype=torch.float32, device=h.device)
+        for s in range(0, flat.shape[0], self.leaf_rows):
+            rows = flat[s:s + self.leaf_rows]
+            logits = torch.mm(rows, weight.T, out=buf[:rows.shape[0]])  # [r, V]
+            if bool(bound[s:s + self.leaf_rows].max() < 64.0):
+                lse[s:s + rows.shape[0]] = logits.exp_().sum(-1).log_()
+            else:
+                top = logits.amax(-1, keepdim=True)
+                lse[s:s + rows.shape[0]] = logits.sub_(top).exp_().sum(-1).log_() + top[:, 0]
+        return lse.view(G, -1) - target_logit
+
+    def proxy_leaf(self, h: torch.Tensor) -> torch.Tensor:
+        """Restricted-vocabulary losses ``[G, N]``: ``logsumexp`` over each token's reference top-M
+        tokens and its target only, minus the target logit (a cheap stand-in for :meth:`leaf`)."""
+        G, d = h.shape[0], h.shape[-1]
+        hn = self.model.model.norm(h).reshape(G, -1, d).float()  # [G, N, d]
+        target_logit = (hn * self.w_target).sum(-1)  # [G, N]
+        sub = torch.bmm(hn.transpose(0, 1), self.proxy_rows.transpose(1, 2)).transpose(0, 1)  # [G, N, M]
+        sub = sub.masked_fill(self.proxy_is_target, float("-inf"))
+        return torch.logsumexp(torch.cat([sub, target_logit[..., None]], -1), -1) - target_logit
+
+
+def ffn(layer, code: int, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Residual after the FFN slot: ``a + module(x)`` (``a`` for skip)."""
+    return a if code == SKIP else a + layer.module(code)(x)
+
+
+@torch.no_grad()
+def _setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf_rows: int = 1024,
+           proxy_vocab: int | None = None) -> _Setup:
+    """Embeddings, rotary tables and target head rows; for fixed-context the reference keys /
+    values of every layer; with ``proxy_vocab`` the reference route's top tokens (beam proxy)."""
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    B, T = ids.shape
+    T1 = T - 1
+    h0 = model.model.embed_tokens(ids[:, :T1])  # [B, T1, d]
+    cos, sin = model.model.rotary_emb(h0, torch.arange(T1, device=device)[None])
+    targets = ids[:, 1:]  # [B, T1]
+    w_target = model.lm_head.weight.float()[targets.reshape(-1)]  # [N, d]
+    setup = _Setup(model, semantics, h0, cos[0], sin[0], targets, w_target, leaf_rows=leaf_rows)
+    if semantics == "fixed-context" or proxy_vocab:
+        routes = _reference_routes(reference, setup.num_layers, B, T).to(device)[:, :T1]  # [B, T1, L]
+        ref_kv, h = [], h0
+        for i, layer in enumerate(model.model.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            k = _repeat_kv(_rope(_heads(attn, x, attn.k_proj, attn.n_kv), setup.cos, setup.sin), attn)
+            v = _repeat_kv(_heads(attn, x, attn.v_proj, attn.n_kv), attn)
+            ref_kv.append((k, v))  # [B, H, T1, hd]
+            a = layer.attention_block(h, (cos, sin), None)
+            h = a + layer.ffn_hard(layer.post_attention_layernorm(a), routes[..., i])
+        if semantics == "fixed-context":
+            setup.ref_kv = ref_kv
+        if proxy_vocab:
+            weight = model.lm_head.weight.float()
+            logits = model.model.norm(h).reshape(-1, h.shape[-1]).float() @ weight.T  # [N, V]
+            top = logits.topk(min(int(proxy_vocab), weight.shape[0]), dim=-1).indices  # [N, M]
+            setup.proxy_rows = weight[top]  # [N, M, d]
+            setup.proxy_is_target = top == targets.reshape(-1, 1)  # [N, M]: counted once, via the target
+    return setup
+
+
+# ----------------------------------------------------------------------------- trie engine
+
+class _Trie:
+    """Trie of lexicographically sorted unique patterns ``[P, L]``: a depth-i node is a row range
+    ``[lo, hi)`` sharing a prefix of length i; ``starts[i]`` lists the first rows of depth-i nodes."""
+
+    def __init__(self, patterns: np.ndarray):
+        self.patterns = patterns
+        P, L = patterns.shape
+        change = np.zeros(P, dtype=bool)
+        change[0] = True
+        self.starts = [np.array([0])]
+        for i in range(L):
+            change = change | np.r_[True, patterns[1:, i] != patterns[:-1, i]]
+            self.starts.append(np.flatnonzero(change))
+
+    def children(self, depth: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """(code, lo, hi) of the children of node ``[lo, hi)`` at ``depth``."""
+        s = self.starts[depth + 1]
+        bounds = list(s[np.searchsorted(s, lo):np.searchsorted(s, hi)]) + [hi]
+        return [(int(self.patterns[b, depth]), int(b), int(e)) for b, e in zip(bounds[:-1], bounds[1:])]
+
+    def counts(self) -> dict:
+        """Nodes per kind: internal nodes (one attention each), FFN edges by route, leaves."""
+        L = self.patterns.shape[1]
+        edges = {name: 0 for name in ROUTE_NAMES}
+        for i in range(L):
+            codes = self.patterns[self.starts[i + 1], i]
+            for c in (SKIP, SMALL, BIG):
+                edges[ROUTE_NAMES[c]] += int((codes == c).sum())
+        return {"internal_nodes": int(sum(len(s) for s in self.starts[:L])), "edges": edges,
+                "leaves": int(len(self.starts[L]))}
+
+
+class _TrieWalk:
+    def __init__(self, setup: _Setup, trie: _Trie, max_rows: int, bar):
+        self.setup, self.trie, self.bar = setup, trie, bar
+        rows = setup.h0.shape[0] * setup.h0.shape[1]
+        self.max_group = max(1, max_rows // max(1, rows))
+        self.out = torch.empty(len(trie.patterns), rows, dtype=torch.float32)
+
+    def descend(self, depth: int, h: torch.Tensor, nodes: list[tuple[int, int]]) -> None:
+        """Expand the nodes ``nodes`` (row ranges) of ``depth`` whose states are ``h [G, B, T1, d]``."""
+        setup = self.setup
+        if depth == setup.num_layers:
+            losses = setup.leaf(h).cpu()  # [G, N]
+            self.out[torch.tensor([lo for lo, _ in nodes])] = losses
+            self.bar.update(len(nodes))
+            return
+        layer = setup.model.model.layers[depth]
+        a = setup.attend(depth, h)  # [G, B, T1, d], shared by all children
+        x = layer.post_attention_layernorm(a)
+        kids = [(g, code, lo, hi) for g, node in enumerate(nodes) for code, lo, hi in self.trie.children(depth, *node)]
+        for s in range(0, len(kids), self.max_group):
+            chunk, parts, child_nodes = kids[s:s + self.max_group], [], []
+            for code in _FFN_ORDER:  # one module call per route for the whole chunk
+                sel = [kid for kid in chunk if kid[1] == code]
+                if not sel:
+                    continue
+                idx = [kid[0] for kid in sel]
+                if idx == list(range(len(nodes))):
+                    parts.append(ffn(layer, code, a, x))
+                else:
+                    index = torch.tensor(idx, device=a.device)
+                    parts.append(ffn(layer, code, a.index_select(0, index), x.index_select(0, index)))
+                child_nodes += [(lo, hi) for _, _, lo, hi in sel]
+            self.descend(depth + 1, parts[0] if len(parts) == 1 else torch.cat(parts), child_nodes)
+
+
+@torch.no_grad()
+def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k: int | None = None,
+                semantics: str = "shared", reference="big", max_rows: int = 16384, leaf_rows: int = 1024,
+                progress: bool = False, distributed: bool = False) -> LossMatrix:
+    """The loss matrix ``[P, N]`` of ``patterns`` (default: every pattern over ``choices``, only
+    those with exactly ``k`` big layers if k is given) on ``input_ids [B, T]``.
+
+    semantics: ``"shared"`` or ``"fixed-context"`` (the module docstring); reference: the context
+    route of fixed-context (a pattern, a route name such as ``"big"``, or routes ``[B, T, L]``).
+    max_rows: token rows per batched node group (``max(1, max_rows // (B * (T-1)))`` nodes).  It
+    bounds memory: about ``3 * L * max_rows * d`` floats of node states along the depth-first path,
+    plus one FFN's ``max_rows x ffn_size`` and, for fixed-context, ``max_rows x heads x (T-1)``
+    attention scores (lower it for long sequences or wide models);
+    leaf_rows: rows per head chunk (the logits chunk is ``leaf_rows x vocab`` floats).
+    distributed: shard sequences over the initialised ``torch.distributed`` ranks and gather."""
+    _check_semantics(semantics)
+    input_ids = _check_ids(model, input_ids)
+    L = model.config.num_hidden_layers
+    patterns, codes = resolve_patterns(L, patterns, choices, k)
+    if semantics == "fixed-context":
+        _reference_routes(reference, L, *input_ids.shape)  # validate before any work
+    if distributed:
+        return _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress)
+    B, T = input_ids.shape
+    start = time.perf_counter()
+    uniq, inverse = np.unique(patterns.numpy(), axis=0, return_inverse=True)
+    trie = _Trie(uniq)
+    if B > 0:
+        with _eval_mode(model), tqdm(total=len(uniq), desc=f"oracle ({semantics})", unit="pattern",
+                                     disable=not progress) as bar:
+            setup = _setup(model, input_ids, semantics, reference, leaf_rows)
+            walk = _TrieWalk(setup, trie, max_rows, bar)
+            walk.descend(0, setup.h0[None], [(0, len(uniq))])
+        losses = walk.out[torch.from_numpy(inverse.reshape(-1))]
+    else:
+        losses = torch.empty(len(patterns), 0)
+    stats = {**trie.counts(), "batch": B, "seq_len": T, "seconds": time.perf_counter() - start}
+    return _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+
+
+def _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress):
+    """Rank r computes sequences ``r::world``; every rank gathers the full matrix (sequence order kept)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("distributed=True needs an initialised torch.distributed process group")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    B, T = input_ids.shape
+    mine = torch.arange(B)[rank::world]
+    ref = reference[mine] if torch.is_tensor(reference) and reference.dim() == 3 else reference
+    local = loss_matrix(model, input_ids[mine], patterns, semantics=semantics, reference=ref, max_rows=max_rows,
+                        leaf_rows=leaf_rows, progress=progress and rank == 0)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (mine, local.losses))
+    T1 = T - 1
+    losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
+    for seqs, part in gathered:
+        cols = (seqs[:, None] * T1 + torch.arange(T1)).reshape(-1)
+        losses[:, cols] = part
+    stats = {**local.stats, "world_size": world, "batch": B}
+    return _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+
+
+# ----------------------------------------------------------------------------- brute force
+
+@torch.no_grad()
+def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k: int | None = None,
+                            semantics: str = "shared", reference="big", progress: bool = False) -> LossMatrix:
+    """The same matrix as :func:`loss_matrix`, by full :class:`~duolib.DuoForCausalLM` forwards.
+
+    shared: one forward per pattern with ``routes=pattern``.  fixed-context: per pattern one forward
+    of ``T - 1`` copies of the batch, copy t routed by the reference everywhere except token t
+    (which takes the pattern); token t's loss is read from copy t (causal attention: only later
+    tokens read token t, so this is exactly the fixed-context loss)."""
+    _check_semantics(semantics)
+    input_ids = _check_ids(model, input_ids)
+    L = model.config.num_hidden_layers
+    patterns, codes = resolve_patterns(L, patterns, choices, k)
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    B, T = ids.shape
+    T1 = T - 1
+    start = time.perf_counter()
+    losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
+    if semantics == "fixed-context":
+        ref = _reference_routes(reference, L, B, T).to(device)
+        copies = ids.repeat(T1, 1)  # [T1 * B, T]
+        eye = torch.arange(T1, device=device)
+    with _eval_mode(model):
+        for p, pattern in enumerate(tqdm(patterns, desc="brute force", unit="pattern", disable=not progress)):
+            if semantics == "shared":
+                out = model(ids, routes=pattern.long().to(device), labels=ids, return_token_losses=True)
+                losses[p] = out.token_losses.reshape(-1).float().cpu()
+            else:
+                routes = ref[None].repeat(T1, 1, 1, 1)  # [T1 copies, B, T, L]
+                routes[eye, :, eye] = pattern.long().to(device)
+                out = model(copies, routes=routes.view(T1 * B, T, L), labels=copies, return_token_losses=True)
+                tl = out.token_losses.view(T1, B, T1)  # [copy, B, position]
+                losses[p] = tl[eye, :, eye].T.reshape(-1).float().cpu()  # copy t at position t
+    stats = {"seconds": time.perf_counter() - start, "forwards": len(patterns)}
+    return _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+
+
+# ----------------------------------------------------------------------------- cost accounting
+
+def _attention_node_flops(config, batch: int, t1: int) -> float:
+    """Attention FLOPs of one node: ``batch`` sequences of ``t1`` positions (position t sees t + 1 keys)."""
+    from .flops import attention_flops
+
+    ctx = torch.arange(1, t1 + 1, dtype=torch.float64)
+    return batch * float(attention_flops(config, ctx).sum())
+
+
+def trie_flops(config, counts: dict, batch: int, seq_len: int) -> float:
+    """Forward FLOPs of the trie engine for ``counts`` (:attr:`LossMatrix.stats`): one attention per
+    internal node, one FFN per edge, one head per leaf, each over ``batch * (seq_len - 1)`` rows."""
+    from .flops import ffn_flops, head_flops
+
+    rows = batch * (seq_len - 1)
+    ffn = sum(n * ffn_flops(config, ROUTE_NAMES.index(name)) for name, n in counts["edges"].items())
+    return (counts["internal_nodes"] * _attention_node_flops(config, batch, seq_len - 1)
+            + rows * (ffn + counts["leaves"] * head_flops(config)))
+
+
+def brute_force_flops(config, patterns: torch.Tensor, batch: int, seq_len: int) -> float:
+    """Forward FLOPs of one full forward per pattern over the ``seq_len - 1`` scored positions."""
+    from .flops import ffn_flops, head_flops
+
+    L, rows = patterns.shape[1], batch * (seq_len - 1)
+    per_code = torch.tensor([ffn_flops(config, c) for c in (SKIP, SMALL, BIG)], dtype=torch.float64)
+    ffn = float(per_code[patterns.long()].sum())
+    return (len(patterns) * (L * _attention_node_flops(config, batch, seq_len - 1) + rows * head_flops(config))
+            + rows * ffn)
+
+
+# ----------------------------------------------------------------------------- beam search
+
+@dataclass
+class BeamResult:
+    """Approximate per-token oracle from :func:`beam_oracle`.
+
+    token_losses ``[N]`` float32, patterns ``[N, L]`` int8 (each token's best pattern found);
+    cost: rows evaluated per kind and the forward FLOPs they amount to (:func:`trie_flops` units)."""
+
+    token_losses: torch.Tensor
+    patterns: torch.Tensor
+    width: int
+    proxy: str
+    semantics: str
+    k: int | None
+    proxy_vocab: int | None = None
+    cost: dict = field(default_factory=dict)
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.token_losses.double().mean())
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.mean_loss))
+
+
+PROXIES = ("early-exit", "suffix")
+
+
+@torch.no_grad()
+def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: int | None = None,
+                semantics: str = "fixed-context", reference="big", proxy: str = "early-exit",
+                proxy_vocab: int | None = None, max_rows: int = 16384, leaf_rows: int = 1024,
+                progress: bool = False) -> BeamResult:
+    """Approximate per-token oracle by beam search over the trie of route prefixes.
+
+    Layer by layer, every kept prefix is extended by every choice (respecting exactly ``k`` big
+    layers when given) and each token keeps the ``width`` candidates of lowest *proxy* loss:
+
+    - ``"early-exit"`` [ours]: the loss of the prefix state read out directly by the final norm and
+      head (one leaf per candidate);
+    - ``"suffix"`` [ours]: the loss after completing the prefix with the reference route's
+      remaining layers (more layers per candidate, a much better guide).  Even with a budget k the
+      all-big reference suffix guides best: on the benchmark model, budget-completing suffixes
+      (remaining big layers first, or last) gave 2-5x larger perplexity gaps.
+
+    ``proxy_vocab=M`` [ours] makes the proxy cheap: its ``logsumexp`` runs over each token's M most
+    likely tokens under the reference route (plus the target) instead of the whole vocabulary, so
+    a candidate costs ``(M + 1) * d`` instead of ``V * d`` multiply-adds at its leaf.
+
+    At the last layer the score is the exact loss; each token returns its best complete pattern.
+    fixed-context: tokens are independent, so the beam is truly per token (state ``[W, B, T-1, d]``,
+    slot w of each token holding its own prefix).  shared: a prefix's state is the whole sequence,
+    so the nodes expanded are the *union* of the tokens' beams (cost grows when tokens disagree).
+    ``cost`` counts rows and forward FLOPs, to compare with :func:`trie_flops` of the exhaustive search."""
+    _check_semantics(semantics)
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy={proxy!r} is unknown; allowed: {', '.join(PROXIES)}")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width={width!r} must be a positive integer")
+    if proxy_vocab is not None and (isinstance(proxy_vocab, bool) or int(proxy_vocab) < 1):
+        raise ValueError(f"proxy_vocab={proxy_vocab!r} must be a positive number of tokens or None")
+    input_ids = _check_ids(model, input_ids)
+    L = model.config.num_hidden_layers
+    codes = parse_choices(choices)
+    if k is not None:
+        k = check_budget(k, L)
+        if k > 0 and BIG not in codes:
+            raise ValueError(f"k={k} big layers needs 'big' among the choices")
+    ref = _reference_routes(reference, L, *input_ids.shape)
+    if ref.dim() == 3 and not (ref == ref[:1, :1]).all():
+        ref_pattern = None
+    else:
+        ref_pattern = ref[0, 0]
+    if proxy == "suffix" and ref_pattern is None:
+        raise ValueError("proxy='suffix' needs a single reference pattern (not per-token routes)")
+    start = time.perf_counter()
+    with _eval_mode(model):
+        setup = _setup(model, input_ids, semantics, reference, leaf_rows, proxy_vocab)
+        B, T1, d = setup.h0.shape
+        N = B * T1
+        cost = {"attention_rows": 0, "ffn_rows": {n: 0 for n in ROUTE_NAMES}, "leaf_rows": 0, "proxy_rows": 0,
+                "flops": 0.0}
+        from .flops import ffn_flops, head_flops
+
+        cfg = model.config
+        attn_row = _attention_node_flops(cfg, B, T1) / N  # mean attention FLOPs per token row
+
+        def count(kind: str, rows: int, code: int | None = None):
+            if kind == "attention":
+                cost["attention_rows"] += rows
+                cost["flops"] += rows * attn_row
+            elif kind == "ffn":
+                cost["ffn_rows"][ROUTE_NAMES[code]] += rows
+                cost["flops"] += rows * ffn_flops(cfg, code)
+            elif kind == "proxy":
+                cost["proxy_rows"] += rows
+                cost["flops"] += rows * 2 * cfg.hidden_size * (setup.proxy_rows.shape[1] + 1)
+            else:
+                cost["leaf_rows"] += rows
+                cost["flops"] += rows * head_flops(cfg)
+
+        group = max(1, max_rows // N)
+
+        def suffix_step(j, h):
+            """Layer j of the reference suffix on states ``h [G, B, T1, d]``."""
+            layer, code = model.model.layers[j], int(ref_pattern[j])
+            a = setup.attend(j, h)
+            count("attention", len(h) * N)
+            count("ffn", len(h) * N, code)
+            return ffn(layer, code, a, layer.post_attention_layernorm(a))
+
+        def score(i, h):
+            """Proxy (or, at the last layer, exact) losses ``[G, N]`` of depth-(i + 1) states ``h``."""
+            losses = []
+            for s in range(0, len(h), group):
+                c = h[s:s + group]
+                if proxy == "suffix":
+                    for j in range(i + 1, L):
+                        c = suffix_step(j, c)
+                if proxy_vocab and i < L - 1:
+                    losses.append(setup.proxy_leaf(c))
+                    count("proxy", len(c) * N)
+                else:
+                    losses.append(setup.leaf(c))
+                    count("leaf", len(c) * N)
+            return torch.cat(losses)
+
+        def allowed(nbig, depth_done):
+            """Whether prefixes with ``nbig`` bigs after ``depth_done`` layers can end with exactly k."""
+            if k is None:
+                return torch.ones_like(nbig, dtype=torch.bool)
+            room = (L - depth_done) if BIG in codes else 0
+            return (nbig <= k) & (nbig + room >= k)
+
+        C = len(codes)
+        code_t = torch.tensor(codes, device=setup.h0.device)
+        bar = tqdm(total=L, desc=f"beam w={width} ({semantics})", unit="layer", disable=not progress)
+        if semantics == "fixed-context":
+            h = setup.h0[None]  # [W, B, T1, d]: slot w of every token
+            hist = torch.zeros(1, B, T1, 0, dtype=torch.int8, device=h.device)  # [W, B, T1, depth]
+            for i in range(L):
+                W = h.shape[0]
+                layer = model.model.layers[i]
+                a = torch.cat([setup.attend(i, h[s:s + group]) for s in range(0, W, group)])
+                x = layer.post_attention_layernorm(a)
+                count("attention", W * N)
+                cand = []
+                for code in codes:  # [C * W, B, T1, d], code-major
+                    cand.append(ffn(layer, code, a, x))
+                    if code != SKIP:
+                        count("ffn", W * N, code)
+                cand = torch.cat(cand)
+                new = code_t.to(torch.int8).repeat_interleave(W)[:, None, None, None]  # [C * W, 1, 1, 1]
+                cand_hist = torch.cat([hist.repeat(C, 1, 1, 1), new.expand(C * W, B, T1, 1)], dim=-1)
+                nbig = (cand_hist == BIG).sum(-1)  # [C * W, B, T1]
+                sc = score(i, cand).view(C * W, B, T1)
+                sc = sc.masked_fill(~allowed(nbig, i + 1), float("inf"))
+                if i < L - 1:
+                    keep = min(width, C * W)
+                    idx = sc.topk(keep, dim=0, largest=False).indices  # [keep, B, T1]
+                    h = cand.gather(0, idx[..., None].expand(keep, B, T1, d))
+                    hist = cand_hist.gather(0, idx[..., None].expand(keep, B, T1, i + 1))
+                else:
+                    best, arg = sc.min(0)  # [B, T1]
+                    token_losses = best.reshape(-1)
+                    patterns = cand_hist.gather(0, arg[None, ..., None].expand(1, B, T1, L))[0].reshape(N, L)
+                bar.update(1)
+        else:
+            h = setup.h0[None]  # [S, B, T1, d]: one state per kept prefix
+            hist = torch.zeros(1, 0, dtype=torch.int8)  # [S, depth]
+            for i in range(L):
+                S = h.shape[0]
+                layer = model.model.layers[i]
+                cand, cand_hist = [], []
+                for s in range(0, S, group):
+                    a = setup.attend(i, h[s:s + group])
+                    x = layer.post_attention_layernorm(a)
+                    for code in codes:
+                        cand.append(ffn(layer, code, a, x))
+                        new = torch.full((len(a), 1), code, dtype=torch.int8)
+                        cand_hist.append(torch.cat([hist[s:s + group], new], 1))
+                        if code != SKIP:
+                            count("ffn", len(a) * N, code)
+                count("attention", S * N)
+                cand, cand_hist = torch.cat(cand), torch.cat(cand_hist)  # [S * C, B, T1, d], [S * C, i + 1]
+                ok = allowed((cand_hist == BIG).sum(-1), i + 1)
+                cand, cand_hist = cand[ok.to(cand.device)], cand_hist[ok]
+                sc = score(i, cand)  # [S', N]
+                if i < L - 1:
+                    idx = sc.topk(min(width, len(sc)), dim=0, largest=False).indices  # [width, N]
+                    kept = idx.unique().cpu()
+                    h, hist = cand[kept.to(cand.device)], cand_hist[kept]
+                else:
+                    best, arg = sc.min(0)  # [N]
+                    token_losses, patterns = best, cand_hist[arg.cpu()]
+                bar.update(1)
+        bar.close()
+    cost["seconds"] = time.perf_counter() - start
+    return BeamResult(token_losses.float().cpu(), patterns.to(torch.int8).cpu(), int(width), proxy, semantics, k,
+                      proxy_vocab, cost)
+
+
+# ----------------------------------------------------------------------------- run folders (`duo oracle`)
+
+def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,
+                        tokenizer=None, labels=None, label_names=None, save_matrix: bool = False) -> dict:
+    """Write one matrix's tables into ``folder`` and return its summary:
+
+    ``summary.json`` (:meth:`LossMatrix.summary` + engine stats), ``per_k.csv`` (perplexity of each
+    reduction per budget), ``patterns.csv`` (mean loss / perplexity per pattern), ``usage.csv``
+    (fraction of tokens at each layer x position whose oracle pattern at each budget uses big, and
+    skip when skip is a choice), ``difficulty.parquet`` (:func:`~duolib.reductions.token_difficulty`
+    at budget ``k``, when all-small and all-big are in the matrix) and, with ``save_matrix``,
+    ``losses.npy`` ``[P, N]`` + ``patterns.npy`` ``[P, L]``."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .reductions import token_difficulty
+    from .routing import pattern_to_str
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = matrix.summary(n_random=n_random, seed=seed)
+    summary["stats"] = matrix.stats
+    rows = [{"k": int(kk), **{key: v for key, v in d.items()}} for kk, d in summary["per_k"].items()]
+    pd.DataFrame(rows).to_csv(folder / "per_k.csv", index=False)
+    mean = matrix.losses.double().mean(1)
+    per_pattern = {"pattern": [pattern_to_str(p) for p in matrix.patterns], "n_big": matrix.n_big.numpy(),
+                   "mean_loss": mean.numpy(), "perplexity": mean.exp().numpy()}
+    pd.DataFrame(per_pattern).to_csv(folder / "patterns.csv", index=False)
+    usage = []
+    codes = [BIG] + ([SKIP] if SKIP in matrix.choices else [])
+    for kk in sorted(set(matrix.n_big.tolist())):
+        for code in codes:
+            u = matrix.winner_usage(kk, code)  # [L, T-1]
+            for layer in range(u.shape[0]):
+                usage += [{"k": kk, "route": ROUTE_NAMES[code], "layer": layer, "position": t, "fraction": float(f)}
+                          for t, f in enumerate(u[layer].tolist())]
+    pd.DataFrame(usage).to_csv(folder / "usage.csv", index=False)
+    L = matrix.num_layers
+    if k is not None and SMALL in matrix.choices and BIG in matrix.choices:
+        table = token_difficulty(matrix, k, tokenizer=tokenizer, labels=labels, label_names=label_names)
+        table.to_parquet(folder / "difficulty.parquet", index=False)
+        summary["difficulty_k"] = k
+    if save_matrix:
+        np.save(folder / "losses.npy", matrix.losses.numpy())
+        np.save(folder / "patterns.npy", matrix.patterns.numpy())
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def cli_main(args) -> int:
+    """``duo oracle``: load a model (or random-init one), take holdout slices, write the tables."""
+    import json
+    from pathlib import Path
+
+    import duolib  # noqa: F401  (registers the model type with transformers)
+
+    from .config import DuoConfig
+    from .model import DuoForCausalLM
+    from .profiles import get_profile
+
+    section = get_profile(args.profile).get("oracle", {})
+    if bool(args.model) == bool(args.random_init):
+        raise ValueError("give exactly one of --model DIR and --random-init")
+    torch.manual_seed(args.seed)
+    tokenizer = None
+    if args.model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(args.model)
+        model_dir = folder / "final" if (folder / "final" / "config.json").is_file() else folder
+        if not (model_dir / "config.json").is_file():
+            raise ValueError(f"{folder} holds no model (no config.json, nor final/config.json)")
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        for tok_dir in (folder / "tokenizer", model_dir):
+            if (tok_dir / "tokenizer.json").is_file():
+                tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+                break
+    else:
+        model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
+    cfg = model.config
+    n = args.n_seqs or section.get("n_sequences", 2)
+    seq_len = args.seq_len or section.get("seq_len", 16)
+    corpus = args.corpus or ("random" if args.random_init else section.get("corpus", "mix"))
+    sequences, label_names = {}, None
+    if corpus == "random":
+        g = torch.Generator().manual_seed(args.seed)
+        sequences["random"] = (torch.randint(0, cfg.vocab_size, (n, seq_len), generator=g), None)
+    else:
+        from .data import LABEL_NAMES, holdout_sequences, prepare
+
+        prep = prepare(corpus, vocab_size=cfg.vocab_size, progress=False)
+        tokenizer = tokenizer or prep.tokenizer
+        for name, stream in prep.holdout.items():
+            labelled = getattr(stream, "labels", None) is not None
+            got = holdout_sequences(stream, n, seq_len, with_labels=labelled)
+            sequences[name] = got if labelled else (got, None)
+        label_names = LABEL_NAMES
+    choices = args.choices or section.get("choices", "small,big")
+    semantics = SEMANTICS if args.semantics == "both" else (args.semantics or section.get("semantics", "shared"),)
+    k = args.k if args.k is not None else section.get("difficulty_k", cfg.num_hidden_layers // 2)
+    k = check_budget(k, cfg.num_hidden_layers)
+    out = Path(args.out)
+    overall = {"model": str(args.model) if args.model else f"random-init:{args.profile}", "corpus": corpus,
+               "n_sequences": n, "seq_len": seq_len, "choices": choices, "results": {}}
+    for name, (ids, labels) in sequences.items():
+        for sem in semantics:
+            m = loss_matrix(model, ids, choices=choices, semantics=sem, progress=not args.quiet)
+            s = write_oracle_tables(m, out / name / sem, k=k, n_random=section.get("n_random", 100), seed=args.seed,
+                                    tokenizer=tokenizer, labels=labels, label_names=label_names,
+                                    save_matrix=args.save_matrix)
+            overall["results"][f"{name}/{sem}"] = {"oracle": s["oracle"]["perplexity"], **s["uniform"],
+                                                   "oracle_per_k": {kk: v["oracle"] for kk, v in s["per_k"].items()}}
+            print(f"duo oracle: {name}/{sem}: {m.num_patterns} patterns x {m.num_tokens} tokens in "
+                  f"{m.stats['seconds']:.1f} s; oracle ppl {s['oracle']['perplexity']:.2f} -> {out / name / sem}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(overall, indent=2, default=float))
+    return 0

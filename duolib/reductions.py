@@ -1,0 +1,386 @@
+"""Loss matrices of routing patterns and their reductions (oracles, baselines, schedules, difficulty).
+
+A :class:`LossMatrix` holds ``losses[p, n]``: the next-token loss of scored token ``n`` when routed
+by pattern ``p`` (``patterns[p]``, one route code per layer).  Tokens are numbered sequence-major:
+``n = seq * (T - 1) + t`` for sequence ``seq`` of ``T`` tokens, ``t`` in ``0..T-2`` (the token at
+position ``t`` predicting token ``t + 1``).  :mod:`duolib.oracle` computes these matrices; this module
+reduces them:
+
+- :meth:`LossMatrix.oracle` — per-token minimum over the patterns (with exactly ``k`` big layers);
+- :meth:`LossMatrix.fixed` — the single pattern with the best mean loss (at ``k``);
+- :meth:`LossMatrix.best_of_random` — best of N seeded random patterns, both readings;
+- :meth:`LossMatrix.schedule_oracle` — per-position budgets ``k(t)`` (:func:`budget_schedule`);
+- :meth:`LossMatrix.winner_usage` — where the winning patterns put big (or skip) layers;
+- :func:`token_difficulty` — the per-token difficulty table (all-small minus oracle).
+
+Perplexity is ``exp`` of the mean token loss everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
+
+SEMANTICS = ("shared", "fixed-context")
+#: The paper's three budget schedules on 12 layers: (budget at the first token, at the last token).
+SCHEDULES = {"falling": (6, 2), "rising": (2, 6), "constant": (4, 4)}
+PAPER_LAYERS = 12
+
+
+# ----------------------------------------------------------------------------- choices and patterns
+
+def parse_choices(choices) -> tuple[int, ...]:
+    """Route codes (sorted) from names / codes: ``"small,big"``, ``("skip", "big")``, ``[1, 2]``.
+
+    Raises ValueError for an empty set or anything outside {skip, small, big}."""
+    if isinstance(choices, str):
+        choices = [c.strip() for c in choices.replace("+", ",").split(",") if c.strip()]
+    items = list(choices)
+    if not items:
+        raise ValueError("choices is empty; allowed: a non-empty subset of {skip, small, big}")
+    codes, bad = set(), []
+    for c in items:
+        if isinstance(c, str) and c.lower() in ROUTE_NAMES:
+            codes.add(ROUTE_NAMES.index(c.lower()))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and SKIP <= int(c) <= BIG:
+            codes.add(int(c))
+        else:
+            bad.append(c)
+    if bad:
+        raise ValueError(f"choices {bad!r} are not a subset of {{skip, small, big}} (codes 0, 1, 2)")
+    return tuple(sorted(codes))
+
+
+def check_budget(k: int, num_layers: int, what: str = "k") -> int:
+    """``k`` as an int in ``0..num_layers`` (the number of big layers per token), else ValueError."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= num_layers:
+        raise ValueError(f"{what}={k!r} is outside 0..{num_layers}: a budget counts big layers of a "
+                         f"{num_layers}-layer model")
+    return int(k)
+
+
+def enumerate_patterns(num_layers: int, choices=("small", "big"), k: int | None = None) -> torch.Tensor:
+    """Every pattern over ``choices`` ``[P, L]`` int8, in lexicographic code order (optionally only
+    those with exactly ``k`` big layers).  ``len(choices) ** L`` rows before the ``k`` filter."""
+    codes = np.array(parse_choices(choices), dtype=np.int8)
+    if num_layers < 1:
+        raise ValueError(f"num_layers={num_layers} must be positive")
+    n = len(codes) ** num_layers
+    index = np.arange(n, dtype=np.int64)
+    digits = np.empty((n, num_layers), dtype=np.int8)
+    for i in range(num_layers - 1, -1, -1):  # base-len(codes) digits, most significant first
+        digits[:, i] = codes[index % len(codes)]
+        index //= len(codes)
+    if k is not None:
+        k = check_budget(k, num_layers)
+        digits = digits[(digits == BIG).sum(1) == k]
+        if len(digits) == 0:
+            raise ValueError(f"no pattern over choices {[ROUTE_NAMES[c] for c in codes]} has exactly k={k} big "
+                             f"layers; include 'big' in the choices")
+    return torch.from_numpy(digits)
+
+
+def budget_schedule(kind: str, num_layers: int, seq_len: int) -> torch.Tensor:
+    """A per-position budget ``k(t)`` ``[seq_len]`` (long) for the paper's schedules.
+
+    ``falling`` (6 big layers at the first token down to 2 at the last), ``rising`` (2 up to 6) and
+    ``constant`` (4).  [ours] The paper gives them for 12 layers; for ``L`` layers the end points are
+    scaled by ``L / 12`` and rounded, and the budget moves linearly with the position ``t`` in
+    ``0..seq_len-1`` (rounded to the nearest integer), so the rising and falling schedules average
+    the constant budget."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
+    if seq_len < 1:
+        raise ValueError(f"seq_len={seq_len} must be positive")
+    start, end = (round(v * num_layers / PAPER_LAYERS) for v in SCHEDULES[kind])
+    frac = torch.arange(seq_len, dtype=torch.float64) / max(1, seq_len - 1)
+    return torch.round(start + (end - start) * frac).long()
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class Reduction:
+    """One reduction of a loss matrix: per-token losses ``[N]`` and the pattern each token used.
+
+    winners: ``[N]`` indices into the matrix's patterns (for ``fixed`` all equal)."""
+
+    name: str
+    token_losses: torch.Tensor
+    winners: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.token_losses.double().mean())
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_loss)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "mean_loss": self.mean_loss, "perplexity": self.perplexity, **self.info}
+
+
+@dataclass
+class LossMatrix:
+    """``losses[p, n]`` for patterns ``[P, L]`` and scored tokens ``[N]`` (see the module docstring).
+
+    losses:   ``[P, N]`` float32.
+    patterns: ``[P, L]`` int8 route codes (0 skip, 1 small, 2 big).
+    seq:      ``[N]`` long, the sequence of each scored token.
+    position: ``[N]`` long, its position ``t`` (it predicts token ``t + 1``).
+    target:   ``[N]`` long, the predicted token id.
+    seq_len:  ``T``, the length of every input sequence (``N = B * (T - 1)``).
+    semantics: ``"shared"`` or ``"fixed-context"``; reference: the context route (fixed-context).
+    choices:  the route codes the patterns were drawn from; stats: engine counters and timings.
+    """
+
+    losses: torch.Tensor
+    patterns: torch.Tensor
+    seq: torch.Tensor
+    position: torch.Tensor
+    target: torch.Tensor
+    seq_len: int
+    semantics: str = "shared"
+    reference: torch.Tensor | None = None
+    choices: tuple[int, ...] = (SMALL, BIG)
+    stats: dict = field(default_factory=dict)  # engine counters and timings (JSON-ready)
+
+    def __post_init__(self):
+        P, N = self.losses.shape
+        if self.patterns.shape[0] != P or not (len(self.seq) == len(self.position) == len(self.target) == N):
+            raise ValueError(f"inconsistent shapes: losses {tuple(self.losses.shape)}, patterns "
+                             f"{tuple(self.patterns.shape)}, tokens {len(self.seq)}")
+
+    # ---- basics ----------------------------------------------------------------------------
+    @property
+    def num_patterns(self) -> int:
+        return self.losses.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.losses.shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        return self.patterns.shape[1]
+
+    @property
+    def n_big(self) -> torch.Tensor:
+        """Big layers per pattern ``[P]``."""
+        return (self.patterns == BIG).sum(1)
+
+    def pattern_index(self, pattern) -> int:
+        """Row of ``pattern`` (codes or a string like ``"BBS-"``); ValueError if it is not in the matrix."""
+        from .routing import as_pattern
+
+        codes = as_pattern(pattern, self.num_layers).to(self.patterns.dtype)
+        rows = (self.patterns == codes).all(1).nonzero().flatten()
+        if len(rows) == 0:
+            raise ValueError(f"pattern {pattern_to_str(codes)!r} is not among the matrix's "
+                             f"{self.num_patterns} patterns")
+        return int(rows[0])
+
+    def loss_of(self, pattern) -> torch.Tensor:
+        """Per-token losses ``[N]`` of one pattern."""
+        return self.losses[self.pattern_index(pattern)]
+
+    def perplexity_of(self, pattern) -> float:
+        return math.exp(float(self.loss_of(pattern).double().mean()))
+
+    def _rows(self, k: int | None) -> torch.Tensor:
+        """Pattern rows with exactly ``k`` big layers (all rows if k is None) ``[P_k]``."""
+        if k is None:
+            return torch.arange(self.num_patterns)
+        k = check_budget(k, self.num_layers)
+        rows = (self.n_big == k).nonzero().flatten()
+        if len(rows) == 0:
+            raise ValueError(f"the matrix has no pattern with exactly k={k} big layers "
+                             f"(its patterns have {sorted(set(self.n_big.tolist()))} big layers)")
+        return rows
+
+    def _min_over(self, rows: torch.Tensor, name: str, **info) -> Reduction:
+        best, arg = self.losses[rows].min(0)  # [N], [N]
+        return Reduction(name, best, rows[arg], info)
+
+    # ---- reductions ------------------------------------------------------------------------
+    def oracle(self, k: int | None = None) -> Reduction:
+        """Per-token oracle: each token takes its best pattern (among those with ``k`` big layers)."""
+        rows = self._rows(k)
+        return self._min_over(rows, "oracle" if k is None else f"oracle@k={k}", k=k, n_patterns=len(rows))
+
+    def fixed(self, k: int | None = None) -> Reduction:
+        """The single pattern (with ``k`` big layers) of lowest mean loss, applied to every token."""
+        rows = self._rows(k)
+        best = rows[self.losses[rows].double().mean(1).argmin()]
+        return Reduction("fixed" if k is None else f"fixed@k={k}", self.losses[best].clone(),
+                         best.expand(self.num_tokens).clone(),
+                         dict(k=k, n_patterns=len(rows), pattern=pattern_to_str(self.patterns[best])))
+
+    def best_of_random(self, n: int = 100, seed: int = 0, k: int | None = None) -> dict[str, Reduction]:
+        """Best of ``n`` random patterns (drawn without replacement, seeded, among those with ``k``
+        big layers; all of them if fewer than ``n`` exist).  Two readings:
+
+        ``"pattern"``: the one sampled pattern of best mean loss; ``"token"``: per-token minimum."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n={n!r} must be a positive number of random patterns")
+        rows = self._rows(k)
+        g = torch.Generator().manual_seed(int(seed))
+        chosen = rows[torch.randperm(len(rows), generator=g)[: int(n)]].sort().values
+        info = dict(k=k, n=int(n), n_used=len(chosen), seed=int(seed))
+        best = chosen[self.losses[chosen].double().mean(1).argmin()]
+        suffix = "" if k is None else f"@k={k}"
+        return {
+            "pattern": Reduction(f"best_of_{n}_pattern{suffix}", self.losses[best].clone(),
+                                 best.expand(self.num_tokens).clone(),
+                                 {**info, "pattern": pattern_to_str(self.patterns[best])}),
+            "token": self._min_over(chosen, f"best_of_{n}_token{suffix}", **info),
+        }
+
+    def schedule_oracle(self, budgets, name: str = "schedule") -> Reduction:
+        """Per-token oracle under a per-position budget: token at position ``t`` takes its best
+        pattern with exactly ``budgets[t]`` big layers.  ``budgets`` has one entry per token position
+        of the sequences: length ``T`` (the last entry is unused: that token predicts nothing) or
+        ``T - 1`` (the scored positions)."""
+        budgets = torch.as_tensor(budgets).long().flatten()
+        T = self.seq_len
+        if len(budgets) not in (T, T - 1):
+            raise ValueError(f"schedule has length {len(budgets)} but the sequences have {T} tokens: give "
+                             f"{T} budgets (one per position) or {T - 1} (one per scored position)")
+        for t, k in enumerate(budgets.tolist()):
+            check_budget(k, self.num_layers, f"budget at position {t}")
+        losses = torch.empty(self.num_tokens, dtype=self.losses.dtype)
+        winners = torch.empty(self.num_tokens, dtype=torch.long)
+        per_token_k = budgets[self.position]  # [N]
+        for k in per_token_k.unique().tolist():
+            cols = (per_token_k == k).nonzero().flatten()
+            rows = self._rows(k)
+            best, arg = self.losses[rows][:, cols].min(0)
+            losses[cols], winners[cols] = best, rows[arg]
+        return Reduction(name, losses, winners, dict(mean_budget=float(per_token_k.double().mean())))
+
+    def schedules(self) -> dict[str, Reduction]:
+        """The paper's falling / rising / constant schedules (:func:`budget_schedule`)."""
+        return {kind: self.schedule_oracle(budget_schedule(kind, self.num_layers, self.seq_len), kind)
+                for kind in SCHEDULES}
+
+    def winner_usage(self, k: int | None = None, code: int = BIG, reduction: Reduction | None = None) -> torch.Tensor:
+        """``[L, T-1]``: fraction of tokens at each position whose winning pattern (of the per-token
+        oracle at ``k``, or of ``reduction``) takes route ``code`` at layer i (a layer x position
+        heatmap; average over the last axis for a per-layer profile)."""
+        red = reduction if reduction is not None else self.oracle(k)
+        uses = (self.patterns[red.winners] == code).double()  # [N, L]
+        n_pos = self.seq_len - 1
+        total = torch.zeros(n_pos, self.num_layers, dtype=torch.float64).index_add_(0, self.position, uses)
+        count = torch.bincount(self.position, minlength=n_pos).clamp(min=1).double()
+        return (total / count[:, None]).T.float()
+
+    def early_exit_pattern(self, n_skip: int) -> torch.Tensor:
+        """[ours] The early-exit pattern of the {big, skip} study: big for the first ``L - n_skip``
+        layers, then skip."""
+        n_skip = check_budget(n_skip, self.num_layers, "n_skip")
+        return torch.tensor([BIG] * (self.num_layers - n_skip) + [SKIP] * n_skip)
+
+    def summary(self, ks: Iterable[int] | None = None, n_random: int = 100, seed: int = 0) -> dict:
+        """Perplexities of every reduction, as plain JSON-ready data.
+
+        Per budget k: oracle, fixed, best-of-``n_random`` (both readings); plus all-big / all-small /
+        all-skip when present, the unconstrained oracle, and the schedules when every budget they
+        need is present."""
+        L = self.num_layers
+        present = sorted(set(self.n_big.tolist()))
+        ks = present if ks is None else [check_budget(k, L) for k in ks]
+        out = {"semantics": self.semantics, "num_layers": L, "num_patterns": self.num_patterns,
+               "num_tokens": self.num_tokens, "seq_len": self.seq_len,
+               "choices": [ROUTE_NAMES[c] for c in self.choices],
+               "reference": (pattern_to_str(self.reference) if self.reference is not None
+                             and self.reference.dim() == 1 else None),
+               "uniform": {}, "oracle": self.oracle().as_dict(), "per_k": {}}
+        for code, name in ((BIG, "all_big"), (SMALL, "all_small"), (SKIP, "all_skip")):
+            try:
+                out["uniform"][name] = self.perplexity_of([code] * L)
+            except ValueError:
+                pass
+        for k in ks:
+            if k not in present:
+                continue
+            rnd = self.best_of_random(n_random, seed, k)
+            out["per_k"][str(k)] = {
+                "n_patterns": int((self.n_big == k).sum()),
+                "oracle": self.oracle(k).perplexity,
+                "fixed": self.fixed(k).perplexity,
+                "fixed_pattern": self.fixed(k).info["pattern"],
+                f"best_of_{n_random}_pattern": rnd["pattern"].perplexity,
+                f"best_of_{n_random}_token": rnd["token"].perplexity,
+            }
+        needed = {int(v) for kind in SCHEDULES for v in budget_schedule(kind, L, self.seq_len).tolist()}
+        if needed <= set(present):
+            out["schedules"] = {kind: r.perplexity for kind, r in self.schedules().items()}
+        if set(self.choices) == {SKIP, BIG}:
+            n_skip = L // 2  # the paper's study: 6 of 12 layers skipped
+            red = self.oracle(L - n_skip)
+            out["skip_study"] = {
+                "n_skip": n_skip, "oracle": red.perplexity,
+                "skip_fraction_per_layer": self.winner_usage(code=SKIP, reduction=red).mean(1).tolist(),
+            }
+            try:
+                out["skip_study"]["early_exit"] = self.perplexity_of(self.early_exit_pattern(n_skip))
+            except ValueError:
+                pass
+        return out
+
+    def to_frame(self):
+        """The long table (pattern, seq, position, loss) as a pandas DataFrame (P x N rows)."""
+        import pandas as pd
+
+        P, N = self.losses.shape
+        names = np.array([pattern_to_str(p) for p in self.patterns])
+        return pd.DataFrame({
+            "pattern": np.repeat(names, N), "n_big": np.repeat(self.n_big.numpy(), N),
+            "seq": np.tile(self.seq.numpy(), P), "position": np.tile(self.position.numpy(), P),
+            "loss": self.losses.flatten().numpy(),
+        })
+
+
+# ----------------------------------------------------------------------------- difficulty
+
+def token_difficulty(matrix: LossMatrix, k: int, tokenizer=None, labels: torch.Tensor | None = None,
+                     label_names: Sequence[str] | None = None):
+    """Per-token difficulty table (pandas DataFrame), one row per scored token.
+
+    Columns: ``seq``, ``position`` (t; the row scores the prediction of token t + 1), ``token_id``
+    (the predicted token), ``token`` (its text, with ``tokenizer``), ``loss_small`` (all-small
+    pattern), ``loss_big`` (all-big), ``loss_oracle`` (per-token oracle with exactly ``k`` big
+    layers), ``difficulty`` = loss_small - loss_oracle [ours, the paper's figures], and
+    ``small_minus_big``.  With ``labels`` ``[B, T]`` (aligned with the input ids, e.g. the synthetic
+    corpus's codes) a ``label`` column holds the predicted token's label (``labels[seq, t + 1]``),
+    and ``label_name`` too when ``label_names`` is given."""
+    import pandas as pd
+
+    L = matrix.num_layers
+    small, big = matrix.loss_of([SMALL] * L), matrix.loss_of([BIG] * L)
+    oracle = matrix.oracle(k)
+    frame = {"seq": matrix.seq.numpy(), "position": matrix.position.numpy(), "token_id": matrix.target.numpy()}
+    if tokenizer is not None:
+        frame["token"] = [tokenizer.decode([int(i)]) for i in matrix.target.tolist()]
+    frame.update(loss_small=small.numpy(), loss_big=big.numpy(), loss_oracle=oracle.token_losses.numpy(),
+                 difficulty=(small - oracle.token_losses).numpy(), small_minus_big=(small - big).numpy(),
+                 oracle_pattern=[pattern_to_str(matrix.patterns[w]) for w in oracle.winners.tolist()])
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        n_seq = int(matrix.seq.max()) + 1 if matrix.num_tokens else 0
+        if labels.dim() != 2 or labels.shape[0] < n_seq or labels.shape[1] != matrix.seq_len:
+            raise ValueError(f"labels must be [batch, seq_len] = [{n_seq}, {matrix.seq_len}] like the input ids; "
+                             f"got shape {tuple(labels.shape)}")
+        lab = labels[matrix.seq, matrix.position + 1]
+        frame["label"] = lab.numpy()
+        if label_names is not None:
+            frame["label_name"] = [label_names[int(i)] for i in lab.tolist()]
+    return pd.DataFrame(frame)
