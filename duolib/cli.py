@@ -247,23 +247,34 @@ def format_breakdown(name: str, breakdown: dict[str, int], config: Any = None) -
 
 @subcommand(
     "book",
-    "build the book (HTML in book/_build/html), with warnings as errors",
+    "execute the experiment notebooks (papermill, dependency order, cached) and build the book",
     arg("--profile", choices=PRESETS, default="default",
         help="experiment profile the book's notebooks run with (default: %(default)s)"),
-    arg("--skip-build", action="store_true",
-        help="do everything except the final jupyter-book build"),
-    arg("--output", type=Path, default=None,
-        help="folder that receives _build/html (default: book/)"),
+    arg("--run-dir", type=Path, default=None, help="artefact folder (default: runs/<profile>)"),
+    arg("--only", nargs="*", default=None, metavar="STEP", help="execute only these notebooks"),
+    arg("--force", action="store_true", help="re-execute notebooks even when unchanged"),
+    arg("--skip-notebooks", action="store_true", help="build from the notebooks already in book/experiments"),
+    arg("--skip-build", action="store_true", help="execute the notebooks but do not build the HTML"),
+    arg("--output", type=Path, default=None, help="folder that receives _build/html (default: book/)"),
 )
 def cmd_book(args: argparse.Namespace) -> int:
+    import time
+
+    from duolib.pipeline import run_pipeline
+
     root = repo_root()
-    # Later stages (executing the notebooks with papermill for args.profile) go here.
-    os.environ["DUO_PROFILE"] = args.profile
-    if args.skip_build:
-        print("duo book: --skip-build given, not building the book")
-        return 0
-    html = build_book(root, args.output)
-    print(f"duo book: built {html / 'index.html'}")
+    start = time.perf_counter()
+    if not args.skip_notebooks:
+        try:
+            results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+        for r in results:
+            print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
+    if not args.skip_build:
+        html = build_book(root, args.output)
+        print(f"duo book: built {html / 'index.html'}")
+    print(f"duo book: total {time.perf_counter() - start:.0f} s (profile {args.profile})")
     return 0
 
 
@@ -321,6 +332,56 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         return run_from_args(args)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+@subcommand(
+    "oracle",
+    "Stage 2: exhaustive routing oracles (loss matrix, reductions, token difficulty) into a run folder",
+    arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)"),
+    arg("--random-init", action="store_true", help="a randomly initialised model of --profile (smoke test)"),
+    arg("--profile", choices=PRESETS, default="tiny", help="model preset and oracle knobs (default: %(default)s)"),
+    arg("--out", type=Path, required=True, help="run folder receiving <holdout>/<semantics>/ tables"),
+    arg("--corpus", default=None, help="holdout corpus (duolib.data spec) or 'random' (default with --random-init)"),
+    arg("--n-seqs", type=int, default=None), arg("--seq-len", type=int, default=None),
+    arg("--choices", default=None, help="routes to enumerate, e.g. small,big (default) or skip,big"),
+    arg("--semantics", choices=("shared", "fixed-context", "both"), default=None),
+    arg("--k", type=int, default=None, help="budget (big layers) of the difficulty table"),
+    arg("--seed", type=int, default=0), arg("--save-matrix", action="store_true", help="also write losses.npy"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def cmd_oracle(args: argparse.Namespace) -> int:
+    from duolib.oracle_io import cli_main
+
+    try:
+        return cli_main(args)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+@subcommand(
+    "route",
+    "Stage 3: train a router (soft mixture, annealed temperature, budget penalty), evaluate and save it",
+    arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)"),
+    arg("--random-init", action="store_true", help="a randomly initialised model of --profile (smoke test)"),
+    arg("--profile", choices=PRESETS, default="tiny", help="router knobs and preset (default: %(default)s)"),
+    arg("--out", type=Path, required=True, help="folder receiving router/, history.csv and eval.csv"),
+    arg("--corpus", default=None, help="corpus spec (duolib.data) or 'random' (default with --random-init)"),
+    arg("--budget", type=float, default=None, help="average big layers per token (default: profile's first)"),
+    arg("--setting", default=None, help="skip setting instead: small70_big30, big50_skip50, big50_small30_skip20"),
+    arg("--options", default=None, help="router options with --budget, e.g. small,big (default) or skip,small,big"),
+    arg("--steps", type=int, default=None), arg("--batch-size", type=int, default=None),
+    arg("--seq-len", type=int, default=None), arg("--lr", type=float, default=None),
+    arg("--alpha", type=float, default=None, help="budget-penalty weight"),
+    arg("--eval-sequences", type=int, default=None), arg("--seed", type=int, default=0),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def cmd_route(args: argparse.Namespace) -> int:
+    from duolib.router import cli_main
+
+    try:
+        return cli_main(args)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
 

@@ -24,7 +24,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         # [ours] a few seconds; threads=1 (cosmetic): on a shared 2-core machine two OpenMP threads
         # ran 5-20x slower than one under contention (measured).
         "train": dict(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=4, eval_every=20,
-                      eval_sequences=8, log_every=5, threads=1),
+                      eval_sequences=8, log_every=5, threads=1,
+                      # a corpus slice (16 files a source, tokenizer trained on 200k characters): seconds
+                      data=dict(max_docs=16, tokenizer_chars=200_000)),
     },
     "default": {
         "model": dict(
@@ -79,18 +81,30 @@ for _name, _section in _ORACLE_SECTIONS.items():
 # 4 / 6 / 8 of 12), skip settings (duolib.router.SETTINGS), training and evaluation sizes; alpha is
 # the budget-penalty weight, tau0 -> tau_min the exponential temperature schedule.
 _ROUTER_SECTIONS = {
-    "tiny": dict(budgets=(2,), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"), steps=60,
+    "tiny": dict(budgets=(2,), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"), steps=30,
                  batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
                  distill_steps=40),
+    # default: 7 routers in the book's ~8 CPU minutes (measured ~0.5 s per 8 x 128 step on the shared CPU)
     "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
-                    steps=1000, batch_size=16, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
-                    eval_sequences=256, distill_steps=1000),
+                    steps=100, batch_size=8, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
+                    eval_sequences=256, distill_steps=200),
     "paper": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                   steps=10_000, batch_size=64, seq_len=2048, lr=1e-3, alpha=10.0, tau0=1.0, tau_min=0.1,
                   eval_sequences=1024, distill_steps=10_000),
 }
 for _name, _section in _ROUTER_SECTIONS.items():
     PROFILES[_name].setdefault("router", _section)
+
+# Book knobs [ours] (notebooks/, `duo book`): sizes of the experiments that the oracle / router /
+# train sections do not cover; the CPU book must finish in about an hour on 2 cores.
+_BOOK_SECTIONS = {
+    "tiny": dict(compare_steps=20, synthetic_steps=30, heatmap_bins=8, bench_repeats=2),
+    "default": dict(compare_steps=150, synthetic_steps=300, heatmap_bins=16, bench_repeats=5),
+    "paper": dict(compare_steps=20_000, synthetic_steps=20_000, heatmap_bins=32, bench_repeats=20),
+}
+for _name, _section in _BOOK_SECTIONS.items():
+    PROFILES[_name].setdefault("book", _section)
+
 
 def get_profile(name: str) -> dict[str, dict]:
     """A deep copy of profile ``name`` (``tiny``, ``default`` or ``paper``)."""

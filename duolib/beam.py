@@ -1,0 +1,220 @@
+"""Approximate per-token oracle by beam search over the trie of route prefixes (spaces too large to
+enumerate: 3^12, deeper models).  See :func:`beam_oracle`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .oracle import (_attention_node_flops, _check_ids, _check_semantics, _eval_mode, _reference_routes, _setup,
+                     ffn)
+from .reductions import check_budget, parse_choices
+from .routing import BIG, ROUTE_NAMES, SKIP
+
+@dataclass
+class BeamResult:
+    """Approximate per-token oracle from :func:`beam_oracle`.
+
+    token_losses ``[N]`` float32, patterns ``[N, L]`` int8 (each token's best pattern found);
+    cost: rows evaluated per kind and the forward FLOPs they amount to (:func:`trie_flops` units)."""
+
+    token_losses: torch.Tensor
+    patterns: torch.Tensor
+    width: int
+    proxy: str
+    semantics: str
+    k: int | None
+    proxy_vocab: int | None = None
+    cost: dict = field(default_factory=dict)
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.token_losses.double().mean())
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.mean_loss))
+
+
+PROXIES = ("early-exit", "suffix")
+
+
+@torch.no_grad()
+def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: int | None = None,
+                semantics: str = "fixed-context", reference="big", proxy: str = "early-exit",
+                proxy_vocab: int | None = None, max_rows: int = 16384, leaf_rows: int = 1024,
+                progress: bool = False) -> BeamResult:
+    """Approximate per-token oracle by beam search over the trie of route prefixes.
+
+    Layer by layer, every kept prefix is extended by every choice (respecting exactly ``k`` big
+    layers when given) and each token keeps the ``width`` candidates of lowest *proxy* loss:
+
+    - ``"early-exit"`` [ours]: the loss of the prefix state read out directly by the final norm and
+      head (one leaf per candidate);
+    - ``"suffix"`` [ours]: the loss after completing the prefix with the reference route's
+      remaining layers (more layers per candidate, a much better guide).  Even with a budget k the
+      all-big reference suffix guides best: on the benchmark model, budget-completing suffixes
+      (remaining big layers first, or last) gave 2-5x larger perplexity gaps.
+
+    ``proxy_vocab=M`` [ours] makes the proxy cheap: its ``logsumexp`` runs over each token's M most
+    likely tokens under the reference route (plus the target) instead of the whole vocabulary, so
+    a candidate costs ``(M + 1) * d`` instead of ``V * d`` multiply-adds at its leaf.
+
+    At the last layer the score is the exact loss; each token returns its best complete pattern.
+    fixed-context: tokens are independent, so the beam is truly per token (state ``[W, B, T-1, d]``,
+    slot w of each token holding its own prefix).  shared: a prefix's state is the whole sequence,
+    so the nodes expanded are the *union* of the tokens' beams (cost grows when tokens disagree).
+    ``cost`` counts rows and forward FLOPs, to compare with :func:`trie_flops` of the exhaustive search."""
+    _check_semantics(semantics)
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy={proxy!r} is unknown; allowed: {', '.join(PROXIES)}")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width={width!r} must be a positive integer")
+    if proxy_vocab is not None and (isinstance(proxy_vocab, bool) or int(proxy_vocab) < 1):
+        raise ValueError(f"proxy_vocab={proxy_vocab!r} must be a positive number of tokens or None")
+    input_ids = _check_ids(model, input_ids)
+    L = model.config.num_hidden_layers
+    codes = parse_choices(choices)
+    if k is not None:
+        k = check_budget(k, L)
+        if k > 0 and BIG not in codes:
+            raise ValueError(f"k={k} big layers needs 'big' among the choices")
+    ref = _reference_routes(reference, L, *input_ids.shape)
+    if ref.dim() == 3 and not (ref == ref[:1, :1]).all():
+        ref_pattern = None
+    else:
+        ref_pattern = ref[0, 0]
+    if proxy == "suffix" and ref_pattern is None:
+        raise ValueError("proxy='suffix' needs a single reference pattern (not per-token routes)")
+    start = time.perf_counter()
+    with _eval_mode(model):
+        setup = _setup(model, input_ids, semantics, reference, leaf_rows, proxy_vocab)
+        B, T1, d = setup.h0.shape
+        N = B * T1
+        cost = {"attention_rows": 0, "ffn_rows": {n: 0 for n in ROUTE_NAMES}, "leaf_rows": 0, "proxy_rows": 0,
+                "flops": 0.0}
+        from .flops import ffn_flops, head_flops
+
+        cfg = model.config
+        attn_row = _attention_node_flops(cfg, B, T1) / N  # mean attention FLOPs per token row
+
+        def count(kind: str, rows: int, code: int | None = None):
+            if kind == "attention":
+                cost["attention_rows"] += rows
+                cost["flops"] += rows * attn_row
+            elif kind == "ffn":
+                cost["ffn_rows"][ROUTE_NAMES[code]] += rows
+                cost["flops"] += rows * ffn_flops(cfg, code)
+            elif kind == "proxy":
+                cost["proxy_rows"] += rows
+                cost["flops"] += rows * 2 * cfg.hidden_size * (setup.proxy_rows.shape[1] + 1)
+            else:
+                cost["leaf_rows"] += rows
+                cost["flops"] += rows * head_flops(cfg)
+
+        group = max(1, max_rows // N)
+
+        def suffix_step(j, h):
+            """Layer j of the reference suffix on states ``h [G, B, T1, d]``."""
+            layer, code = model.model.layers[j], int(ref_pattern[j])
+            a = setup.attend(j, h)
+            count("attention", len(h) * N)
+            count("ffn", len(h) * N, code)
+            return ffn(layer, code, a, layer.post_attention_layernorm(a))
+
+        def score(i, h):
+            """Proxy (or, at the last layer, exact) losses ``[G, N]`` of depth-(i + 1) states ``h``."""
+            losses = []
+            for s in range(0, len(h), group):
+                c = h[s:s + group]
+                if proxy == "suffix":
+                    for j in range(i + 1, L):
+                        c = suffix_step(j, c)
+                if proxy_vocab and i < L - 1:
+                    losses.append(setup.proxy_leaf(c))
+                    count("proxy", len(c) * N)
+                else:
+                    losses.append(setup.leaf(c))
+                    count("leaf", len(c) * N)
+            return torch.cat(losses)
+
+        def allowed(nbig, depth_done):
+            """Whether prefixes with ``nbig`` bigs after ``depth_done`` layers can end with exactly k."""
+            if k is None:
+                return torch.ones_like(nbig, dtype=torch.bool)
+            room = (L - depth_done) if BIG in codes else 0
+            return (nbig <= k) & (nbig + room >= k)
+
+        C = len(codes)
+        code_t = torch.tensor(codes, device=setup.h0.device)
+        bar = tqdm(total=L, desc=f"beam w={width} ({semantics})", unit="layer", disable=not progress)
+        if semantics == "fixed-context":
+            h = setup.h0[None]  # [W, B, T1, d]: slot w of every token
+            hist = torch.zeros(1, B, T1, 0, dtype=torch.int8, device=h.device)  # [W, B, T1, depth]
+            for i in range(L):
+                W = h.shape[0]
+                layer = model.model.layers[i]
+                a = torch.cat([setup.attend(i, h[s:s + group]) for s in range(0, W, group)])
+                x = layer.post_attention_layernorm(a)
+                count("attention", W * N)
+                cand = []
+                for code in codes:  # [C * W, B, T1, d], code-major
+                    cand.append(ffn(layer, code, a, x))
+                    if code != SKIP:
+                        count("ffn", W * N, code)
+                cand = torch.cat(cand)
+                new = code_t.to(torch.int8).repeat_interleave(W)[:, None, None, None]  # [C * W, 1, 1, 1]
+                cand_hist = torch.cat([hist.repeat(C, 1, 1, 1), new.expand(C * W, B, T1, 1)], dim=-1)
+                nbig = (cand_hist == BIG).sum(-1)  # [C * W, B, T1]
+                sc = score(i, cand).view(C * W, B, T1)
+                sc = sc.masked_fill(~allowed(nbig, i + 1), float("inf"))
+                if i < L - 1:
+                    keep = min(width, C * W)
+                    idx = sc.topk(keep, dim=0, largest=False).indices  # [keep, B, T1]
+                    h = cand.gather(0, idx[..., None].expand(keep, B, T1, d))
+                    hist = cand_hist.gather(0, idx[..., None].expand(keep, B, T1, i + 1))
+                else:
+                    best, arg = sc.min(0)  # [B, T1]
+                    token_losses = best.reshape(-1)
+                    patterns = cand_hist.gather(0, arg[None, ..., None].expand(1, B, T1, L))[0].reshape(N, L)
+                bar.update(1)
+        else:
+            h = setup.h0[None]  # [S, B, T1, d]: one state per kept prefix
+            hist = torch.zeros(1, 0, dtype=torch.int8)  # [S, depth]
+            for i in range(L):
+                S = h.shape[0]
+                layer = model.model.layers[i]
+                cand, cand_hist = [], []
+                for s in range(0, S, group):
+                    a = setup.attend(i, h[s:s + group])
+                    x = layer.post_attention_layernorm(a)
+                    for code in codes:
+                        cand.append(ffn(layer, code, a, x))
+                        new = torch.full((len(a), 1), code, dtype=torch.int8)
+                        cand_hist.append(torch.cat([hist[s:s + group], new], 1))
+                        if code != SKIP:
+                            count("ffn", len(a) * N, code)
+                count("attention", S * N)
+                cand, cand_hist = torch.cat(cand), torch.cat(cand_hist)  # [S * C, B, T1, d], [S * C, i + 1]
+                ok = allowed((cand_hist == BIG).sum(-1), i + 1)
+                cand, cand_hist = cand[ok.to(cand.device)], cand_hist[ok]
+                sc = score(i, cand)  # [S', N]
+                if i < L - 1:
+                    idx = sc.topk(min(width, len(sc)), dim=0, largest=False).indices  # [width, N]
+                    kept = idx.unique().cpu()
+                    h, hist = cand[kept.to(cand.device)], cand_hist[kept]
+                else:
+                    best, arg = sc.min(0)  # [N]
+                    token_losses, patterns = best, cand_hist[arg.cpu()]
+                bar.update(1)
+        bar.close()
+    cost["seconds"] = time.perf_counter() - start
+    return BeamResult(token_losses.float().cpu(), patterns.to(torch.int8).cpu(), int(width), proxy, semantics, k,
+                      proxy_vocab, cost)
+
+

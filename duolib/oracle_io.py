@@ -1,0 +1,127 @@
+"""Run folders of ``duo oracle``: tables and summaries of loss matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .oracle import loss_matrix
+from .reductions import SEMANTICS, LossMatrix, check_budget
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL
+
+def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,
+                        tokenizer=None, labels=None, label_names=None, save_matrix: bool = False) -> dict:
+    """Write one matrix's tables into ``folder`` and return its summary:
+
+    ``summary.json`` (:meth:`LossMatrix.summary` + engine stats), ``per_k.csv`` (perplexity of each
+    reduction per budget), ``patterns.csv`` (mean loss / perplexity per pattern), ``usage.csv``
+    (fraction of tokens at each layer x position whose oracle pattern at each budget uses big, and
+    skip when skip is a choice), ``difficulty.parquet`` (:func:`~duolib.reductions.token_difficulty`
+    at budget ``k``, when all-small and all-big are in the matrix) and, with ``save_matrix``,
+    ``losses.npy`` ``[P, N]`` + ``patterns.npy`` ``[P, L]``."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .reductions import token_difficulty
+    from .routing import pattern_to_str
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = matrix.summary(n_random=n_random, seed=seed)
+    summary["stats"] = matrix.stats
+    rows = [{"k": int(kk), **{key: v for key, v in d.items()}} for kk, d in summary["per_k"].items()]
+    pd.DataFrame(rows).to_csv(folder / "per_k.csv", index=False)
+    mean = matrix.losses.double().mean(1)
+    per_pattern = {"pattern": [pattern_to_str(p) for p in matrix.patterns], "n_big": matrix.n_big.numpy(),
+                   "mean_loss": mean.numpy(), "perplexity": mean.exp().numpy()}
+    pd.DataFrame(per_pattern).to_csv(folder / "patterns.csv", index=False)
+    usage = []
+    codes = [BIG] + ([SKIP] if SKIP in matrix.choices else [])
+    for kk in sorted(set(matrix.n_big.tolist())):
+        for code in codes:
+            u = matrix.winner_usage(kk, code)  # [L, T-1]
+            for layer in range(u.shape[0]):
+                usage += [{"k": kk, "route": ROUTE_NAMES[code], "layer": layer, "position": t, "fraction": float(f)}
+                          for t, f in enumerate(u[layer].tolist())]
+    pd.DataFrame(usage).to_csv(folder / "usage.csv", index=False)
+    if k is not None and SMALL in matrix.choices and BIG in matrix.choices:
+        table = token_difficulty(matrix, k, tokenizer=tokenizer, labels=labels, label_names=label_names)
+        table.to_parquet(folder / "difficulty.parquet", index=False)
+        summary["difficulty_k"] = k
+    if save_matrix:
+        np.save(folder / "losses.npy", matrix.losses.numpy())
+        np.save(folder / "patterns.npy", matrix.patterns.numpy())
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def cli_main(args) -> int:
+    """``duo oracle``: load a model (or random-init one), take holdout slices, write the tables."""
+    import json
+    from pathlib import Path
+
+    import duolib  # noqa: F401  (registers the model type with transformers)
+
+    from .config import DuoConfig
+    from .model import DuoForCausalLM
+    from .profiles import get_profile
+
+    section = get_profile(args.profile).get("oracle", {})
+    if bool(args.model) == bool(args.random_init):
+        raise ValueError("give exactly one of --model DIR and --random-init")
+    torch.manual_seed(args.seed)
+    tokenizer = None
+    if args.model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(args.model)
+        model_dir = folder / "final" if (folder / "final" / "config.json").is_file() else folder
+        if not (model_dir / "config.json").is_file():
+            raise ValueError(f"{folder} holds no model (no config.json, nor final/config.json)")
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        for tok_dir in (folder / "tokenizer", model_dir):
+            if (tok_dir / "tokenizer.json").is_file():
+                tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+                break
+    else:
+        model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
+    cfg = model.config
+    n = args.n_seqs or section.get("n_sequences", 2)
+    seq_len = args.seq_len or section.get("seq_len", 16)
+    corpus = args.corpus or ("random" if args.random_init else section.get("corpus", "mix"))
+    sequences, label_names = {}, None
+    if corpus == "random":
+        g = torch.Generator().manual_seed(args.seed)
+        sequences["random"] = (torch.randint(0, cfg.vocab_size, (n, seq_len), generator=g), None)
+    else:
+        from .data import LABEL_NAMES, holdout_sequences, prepare
+
+        prep = prepare(corpus, vocab_size=cfg.vocab_size, progress=False)
+        tokenizer = tokenizer or prep.tokenizer
+        for name, stream in prep.holdout.items():
+            labelled = getattr(stream, "labels", None) is not None
+            got = holdout_sequences(stream, n, seq_len, with_labels=labelled)
+            sequences[name] = got if labelled else (got, None)
+        label_names = LABEL_NAMES
+    choices = args.choices or section.get("choices", "small,big")
+    semantics = SEMANTICS if args.semantics == "both" else (args.semantics or section.get("semantics", "shared"),)
+    k = args.k if args.k is not None else section.get("difficulty_k", cfg.num_hidden_layers // 2)
+    k = check_budget(k, cfg.num_hidden_layers)
+    out = Path(args.out)
+    overall = {"model": str(args.model) if args.model else f"random-init:{args.profile}", "corpus": corpus,
+               "n_sequences": n, "seq_len": seq_len, "choices": choices, "results": {}}
+    for name, (ids, labels) in sequences.items():
+        for sem in semantics:
+            m = loss_matrix(model, ids, choices=choices, semantics=sem, progress=not args.quiet)
+            s = write_oracle_tables(m, out / name / sem, k=k, n_random=section.get("n_random", 100), seed=args.seed,
+                                    tokenizer=tokenizer, labels=labels, label_names=label_names,
+                                    save_matrix=args.save_matrix)
+            overall["results"][f"{name}/{sem}"] = {"oracle": s["oracle"]["perplexity"], **s["uniform"],
+                                                   "oracle_per_k": {kk: v["oracle"] for kk, v in s["per_k"].items()}}
+            print(f"duo oracle: {name}/{sem}: {m.num_patterns} patterns x {m.num_tokens} tokens in "
+                  f"{m.stats['seconds']:.1f} s; oracle ppl {s['oracle']['perplexity']:.2f} -> {out / name / sem}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(overall, indent=2, default=float))
+    return 0
