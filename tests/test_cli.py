@@ -79,11 +79,16 @@ def test_book_command_line():
     assert cmd[cmd.index("--path-output") + 1] == "/tmp/out"
 
 
-def test_book_skip_build(capsys, monkeypatch):
+def test_book_skip_everything(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("DUO_PROFILE", "unset")  # restored after the test
-    assert cli.main(["book", "--profile", "tiny", "--skip-build"]) == 0
-    assert "skip" in capsys.readouterr().out
+    assert cli.main(["book", "--profile", "tiny", "--skip-notebooks", "--skip-build"]) == 0
+    assert "total" in capsys.readouterr().out
+
+
+def test_book_unknown_step_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["book", "--profile", "tiny", "--run-dir", str(tmp_path), "--only", "99_nope", "--skip-build"]) == 1
+    assert "unknown step(s) ['99_nope']" in capsys.readouterr().err
 
 
 def test_repo_root_found():
