@@ -1,0 +1,378 @@
+"""The analyses of the book's oracle notebooks (03-06), on top of :mod:`duolib.oracle` and
+:mod:`duolib.reductions`: knob validation, loss matrices cached in the run folder, and the tables
+and headline numbers the notebooks plot and save.
+
+Caching: a loss matrix is stored in ``run_dir/oracle/`` under a key made of the model's weights,
+the input ids and the engine arguments, so notebook 03 computes the Stage-1 matrices once and
+04 / 05 / 06 load them (:func:`book_matrices` reads the slice 03 recorded in ``oracle/book.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .profiles import get_profile
+from .reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices
+from .routing import BIG, SKIP
+
+ORACLE_DIR = "oracle"
+MANIFEST = "book.json"
+SYNTHETIC_DIR = "synthetic"
+
+
+# ----------------------------------------------------------------------------- knobs
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``lo..hi`` (no upper bound if hi is None), else ValueError naming both."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}={value!r} is outside the allowed range {allowed}")
+    return int(value)
+
+
+def oracle_settings(profile: str, **overrides) -> dict:
+    """The profile's ``oracle`` section with the notebook's non-None ``overrides``, validated
+    (ValueError naming the bad value and the allowed range).
+
+    Keys: n_sequences, seq_len, n_random, beam_widths, beam_k (default L // 2), fixed_context_sequences
+    (default: the profile's, else half of n_sequences, at least 1), num_layers."""
+    prof = get_profile(profile)
+    num_layers, max_positions = prof["model"]["num_hidden_layers"], prof["model"]["max_position_embeddings"]
+    s = prof["oracle"]
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    s["n_sequences"] = check_int("n_sequences", s["n_sequences"], 1)
+    s["seq_len"] = check_int("seq_len", s["seq_len"], 2, max_positions)
+    s["n_random"] = check_int("n_random", s["n_random"], 1)
+    s["beam_k"] = check_budget(s.get("beam_k", num_layers // 2), num_layers, "beam_k")
+    widths = s["beam_widths"]
+    if isinstance(widths, (str, int, np.integer)) or not len(widths):
+        raise ValueError(f"beam_widths={widths!r} must be a non-empty list of positive integers")
+    s["beam_widths"] = [check_int("beam width", w, 1) for w in widths]
+    fc = overrides.get("fixed_context_sequences")
+    if fc is None:  # the profile's (at most n_sequences), else half the slice
+        fc = min(s.get("fixed_context_sequences", max(1, s["n_sequences"] // 2)), s["n_sequences"])
+    s["fixed_context_sequences"] = check_int("fixed_context_sequences", fc, 1, s["n_sequences"])
+    s["num_layers"] = num_layers
+    return s
+
+
+def paper_budgets(num_layers: int) -> list[int]:
+    """The paper's budgets 4 / 6 / 8 of 12, scaled: ``round(L/3), L // 2, round(2L/3)`` (the scorecard's)."""
+    return [round(num_layers / 3), num_layers // 2, round(2 * num_layers / 3)]
+
+
+def set_threads(profile: str) -> None:
+    """Use the profile's CPU thread count (``train.threads``; e.g. 1 on the shared CPU), if it sets one."""
+    threads = get_profile(profile)["train"].get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+# ----------------------------------------------------------------------------- caching
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model) -> str:
+    """Hash of a model's weights (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(model) -> str:
+    fp = getattr(model, "_duolib_fingerprint", None)
+    if fp is None:
+        fp = model_fingerprint(model)
+        model._duolib_fingerprint = fp  # the notebooks never change the weights
+    return fp
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_matrix(matrix: LossMatrix, path) -> None:
+    fields = ("losses", "patterns", "seq", "position", "target", "seq_len", "semantics", "reference",
+              "choices", "stats")
+    _atomic_save({f: getattr(matrix, f) for f in fields}, Path(path))
+
+
+def load_matrix(path) -> LossMatrix:
+    return LossMatrix(**torch.load(path, weights_only=True))
+
+
+def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("small", "big"), k: int | None = None,
+                       semantics: str = "shared", reference: str = "big", progress: bool = False) -> LossMatrix:
+    """:func:`duolib.oracle.loss_matrix` of every pattern over ``choices`` (exactly ``k`` big layers if
+    given), loaded from ``run_dir/oracle/`` when the same model, ids and arguments were computed before."""
+    from .oracle import loss_matrix
+
+    input_ids = torch.as_tensor(input_ids).long()
+    spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
+                reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape))
+    key = _sha(_fingerprint(model), spec, input_ids.numpy().tobytes())
+    path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
+    if path.is_file():
+        return load_matrix(path)
+    matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
+                         progress=progress)
+    save_matrix(matrix, path)
+    return matrix
+
+
+def cached_json(run_dir, name: str, key_parts: list, compute):
+    """``compute()`` (JSON-ready), stored as ``run_dir/oracle/<name>-<key>.json``."""
+    path = Path(run_dir) / ORACLE_DIR / f"{name}-{_sha(*key_parts)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, default=float))
+    os.replace(tmp, path)
+    return value
+
+
+# ----------------------------------------------------------------------------- the book's matrices
+
+def holdout_ids(data, n_sequences: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """The first ``n_sequences`` windows of ``seq_len`` tokens of every holdout of ``data``."""
+    from .data import holdout_sequences
+
+    return {name: holdout_sequences(stream, n_sequences, seq_len) for name, stream in data.holdout.items()}
+
+
+def write_manifest(run_dir, settings: dict) -> None:
+    """Record the slice notebook 03 used (read by :func:`book_matrices`)."""
+    path = Path(run_dir) / ORACLE_DIR / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1, default=list))
+
+
+def read_manifest(run_dir) -> dict:
+    path = Path(run_dir) / ORACLE_DIR / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"no oracle results in {str(path.parent)!r}; run notebooks/03_oracle.ipynb first")
+    return json.loads(path.read_text())
+
+
+def book_matrices(model, data, run_dir) -> tuple[dict[str, LossMatrix], dict[str, torch.Tensor], dict]:
+    """The shared {small, big} matrices of notebook 03 (per holdout), their input ids and 03's settings."""
+    settings = read_manifest(run_dir)
+    ids = holdout_ids(data, settings["n_sequences"], settings["seq_len"])
+    return {h: cached_loss_matrix(model, x, run_dir) for h, x in ids.items()}, ids, settings
+
+
+def subset_sequences(matrix: LossMatrix, n: int) -> LossMatrix:
+    """The columns of the first ``n`` sequences (tokens are sequence-major)."""
+    cols = (matrix.seq < n).nonzero().flatten()
+    return LossMatrix(matrix.losses[:, cols], matrix.patterns, matrix.seq[cols], matrix.position[cols],
+                      matrix.target[cols], matrix.seq_len, matrix.semantics, matrix.reference, matrix.choices,
+                      dict(matrix.stats))
+
+
+# ----------------------------------------------------------------------------- 03: oracle vs baselines
+
+METHODS = {"oracle": "oracle (per token)", "fixed": "fixed (best single pattern)",
+           "best100": "best of N random (one pattern)", "best100_per_token": "best of N random (per token)"}
+
+
+def oracle_results(summary: dict, n_random: int) -> dict:
+    """The 03_oracle result keys of one holdout from :meth:`LossMatrix.summary`."""
+    per_k = summary["per_k"]
+    return {
+        "all_big": summary["uniform"]["all_big"], "all_small": summary["uniform"]["all_small"],
+        "oracle": {k: v["oracle"] for k, v in per_k.items()},
+        "fixed": {k: v["fixed"] for k, v in per_k.items()},
+        "best100": {k: v[f"best_of_{n_random}_pattern"] for k, v in per_k.items()},
+        "best100_per_token": {k: v[f"best_of_{n_random}_token"] for k, v in per_k.items()},
+    }
+
+
+def curves_frame(results: dict[str, dict], **extra) -> pd.DataFrame:
+    """Tidy (holdout, method, k, perplexity) rows of :func:`oracle_results` per holdout."""
+    rows = [dict(holdout=h, method=METHODS[m], k=int(k), perplexity=v, **extra)
+            for h, r in results.items() for m in METHODS for k, v in r[m].items()]
+    return pd.DataFrame(rows)
+
+
+def trie_counts(patterns: torch.Tensor) -> dict:
+    """Node counts of the exhaustive trie over ``patterns`` (the ``stats`` format of
+    :func:`duolib.oracle.loss_matrix`, for :func:`duolib.oracle.trie_flops`)."""
+    from .routing import ROUTE_NAMES
+
+    p = np.unique(np.asarray(patterns, dtype=np.int8), axis=0)
+    L = p.shape[1]
+    edges = {name: 0 for name in ROUTE_NAMES}
+    internal = 0
+    for i in range(L):
+        internal += len(np.unique(p[:, :i], axis=0)) if i else 1
+        children = np.unique(p[:, :i + 1], axis=0)
+        for code, n in zip(*np.unique(children[:, i], return_counts=True)):
+            edges[ROUTE_NAMES[int(code)]] += int(n)
+    return {"internal_nodes": int(internal), "edges": edges, "leaves": int(len(p))}
+
+
+def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths: Sequence[int],
+               proxies: Sequence[str] = ("early-exit", "suffix"), run_dir=None) -> pd.DataFrame:
+    """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
+    oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
+    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.trie_flops`)."""
+    from .oracle import beam_oracle, trie_flops
+
+    L = exact.num_layers
+    k = check_budget(k, L)
+    B, T = input_ids.shape
+    exhaustive = exact.oracle(k).perplexity
+    full = trie_flops(model.config, trie_counts(enumerate_patterns(L, exact.choices, k)), B, T)
+
+    def compute():
+        rows = []
+        for proxy in proxies:
+            for w in widths:
+                res = beam_oracle(model, input_ids, int(w), choices=exact.choices, k=k, semantics=exact.semantics,
+                                  proxy=proxy)
+                rows.append(dict(proxy=proxy, width=int(w), perplexity=res.perplexity,
+                                 flops=res.cost["flops"], seconds=res.cost["seconds"]))
+        return rows
+
+    key = [_fingerprint(model), input_ids.numpy().tobytes(), exact.semantics, list(exact.choices), k,
+           list(map(int, widths)), list(proxies)]
+    rows = cached_json(run_dir, "beam", key, compute) if run_dir is not None else compute()
+    df = pd.DataFrame(rows)
+    df["gap"] = df["perplexity"] / exhaustive - 1
+    df["relative_compute"] = df["flops"] / full
+    return df
+
+
+# ----------------------------------------------------------------------------- 04: budget schedules
+
+def loss_by_position(matrix: LossMatrix, reductions: dict, bins: int) -> pd.DataFrame:
+    """Mean token loss of each reduction (name -> :class:`~duolib.reductions.Reduction`) in ``bins``
+    equal position bins: columns name, bin, position (bin centre), loss."""
+    T1 = matrix.seq_len - 1
+    bins = max(1, min(int(bins), T1))
+    edges = np.linspace(0, T1, bins + 1)
+    which = np.clip(np.searchsorted(edges, matrix.position.numpy(), side="right") - 1, 0, bins - 1)
+    rows = []
+    for name, red in reductions.items():
+        losses = red.token_losses.double().numpy()
+        for b in range(bins):
+            sel = which == b
+            if sel.any():
+                rows.append(dict(name=name, bin=b, position=(edges[b] + edges[b + 1]) / 2,
+                                 loss=float(losses[sel].mean())))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- 05: where the oracle routes
+
+def big_centre(matrix: LossMatrix, k: int) -> float:
+    """Mean relative depth (0 = first layer, 1 = last) of the big layers of the per-token oracle's
+    winning patterns at exactly ``k`` big layers (0.5 = spread evenly)."""
+    k = check_budget(k, matrix.num_layers)
+    if k == 0:
+        raise ValueError("k=0: no big layers to locate")
+    L = matrix.num_layers
+    big = (matrix.patterns[matrix.oracle(k).winners] == BIG).double()  # [N, L]
+    depth = torch.arange(L, dtype=torch.float64) / max(1, L - 1)
+    return float((big @ depth / k).mean())
+
+
+def layer_rate(matrix: LossMatrix, k: int, code: int = BIG) -> np.ndarray:
+    """Per layer, the share of tokens whose oracle pattern at ``k`` takes route ``code`` there ``[L]``."""
+    red = matrix.oracle(k)
+    return (matrix.patterns[red.winners] == code).double().mean(0).numpy()
+
+
+def skip_matrix(model, input_ids, run_dir, n_skip: int) -> LossMatrix:
+    """The {big, skip} study: every pattern with exactly ``n_skip`` skipped layers (the rest big)."""
+    L = model.config.num_hidden_layers
+    n_skip = check_budget(n_skip, L, "n_skip")
+    return cached_loss_matrix(model, input_ids, run_dir, choices=("skip", "big"), k=L - n_skip)
+
+
+# ----------------------------------------------------------------------------- 06: difficulty
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    x, y = pd.Series(np.asarray(x, float)).rank(), pd.Series(np.asarray(y, float)).rank()
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def high_loss_low_gain_fraction(loss, gain, q: float = 0.25) -> float:
+    """Among the tokens in the top ``q`` quantile of ``loss``, the share in the bottom ``q`` quantile of ``gain``."""
+    loss, gain = np.asarray(loss, float), np.asarray(gain, float)
+    high = loss >= np.quantile(loss, 1 - q)
+    return float((gain[high] <= np.quantile(gain, q)).mean())
+
+
+def token_contexts(ids: torch.Tensor, seq, position, tokenizer, width: int = 6) -> list[str]:
+    """The text of the ``width`` tokens up to and including ``position`` (what precedes each target)."""
+    out = []
+    for s, t in zip(np.asarray(seq), np.asarray(position)):
+        out.append(tokenizer.decode(ids[int(s), max(0, int(t) - width + 1):int(t) + 1].tolist()))
+    return out
+
+
+def difficulty_frame(matrix: LossMatrix, k: int, ids: torch.Tensor, tokenizer, labels=None,
+                     label_names=None) -> pd.DataFrame:
+    """:func:`duolib.reductions.token_difficulty` plus ``loss`` (= all-big loss, the full model [ours])
+    and ``context`` (the text before the predicted token)."""
+    from .reductions import token_difficulty
+
+    df = token_difficulty(matrix, k, tokenizer=tokenizer, labels=labels, label_names=label_names)
+    df.insert(df.columns.get_loc("loss_small"), "loss", df["loss_big"])
+    df["context"] = token_contexts(ids, df["seq"], df["position"], tokenizer)
+    return df
+
+
+def passage(df: pd.DataFrame, ids: torch.Tensor, seq: int, tokenizer, column: str) -> tuple[list[str], list[float]]:
+    """Tokens of sequence ``seq`` and their ``column`` values (NaN for the first token: it is not predicted)."""
+    rows = df[df["seq"] == seq].sort_values("position")
+    tokens = [tokenizer.decode([int(ids[seq, 0])])] + rows["token"].tolist()
+    return tokens, [math.nan] + rows[column].tolist()
+
+
+def synthetic_run(profile: str, run_dir, steps: int):
+    """Train (or load: train's own skip logic) a Duo model on the synthetic corpus in ``run_dir/synthetic``;
+    returns ``(model, data)``."""
+    from .data import prepare
+    from .pipeline import book_train_config
+    from .train import train
+
+    cfg = book_train_config(profile, run_dir, corpus="synthetic", steps=check_int("synthetic_steps", steps, 1))
+    result = train(cfg, Path(run_dir) / SYNTHETIC_DIR)
+    data = prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
+    return result.load_model().eval(), data
+
+
+def label_means(df: pd.DataFrame, names: Iterable[str] = ("easy", "compute", "noise"),
+                column: str = "difficulty") -> dict[str, float]:
+    """Mean ``column`` per label name (NaN for a label with no token)."""
+    means = df.groupby("label_name")[column].mean()
+    return {n: float(means.get(n, math.nan)) for n in names}

@@ -1,0 +1,195 @@
+"""duolib.analysis: knob validation, cached loss matrices, the numbers of the oracle notebooks 03-06."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
+from duolib import analysis
+from duolib.oracle import loss_matrix
+from duolib.reductions import LossMatrix, enumerate_patterns
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return DuoForCausalLM(DuoConfig.preset("tiny")).eval()
+
+
+def ids(batch=2, seq=6, seed=1):
+    return torch.randint(0, 512, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def hand_matrix(losses, patterns, seq_len):
+    losses = torch.tensor(losses, dtype=torch.float32)
+    P, N = losses.shape
+    B = N // (seq_len - 1)
+    return LossMatrix(losses, torch.tensor(patterns, dtype=torch.int8), torch.arange(B).repeat_interleave(seq_len - 1),
+                      torch.arange(seq_len - 1).repeat(B), torch.zeros(N, dtype=torch.long), seq_len)
+
+
+# ----------------------------------------------------------------------------- knobs
+
+def test_oracle_settings_defaults_and_overrides():
+    s = analysis.oracle_settings("tiny")
+    assert s["num_layers"] == 4 and s["beam_k"] == 2 and s["fixed_context_sequences"] == 1
+    s = analysis.oracle_settings("tiny", n_sequences=6, beam_widths=[3], fixed_context_sequences=6)
+    assert s["n_sequences"] == 6 and s["beam_widths"] == [3] and s["fixed_context_sequences"] == 6
+
+
+@pytest.mark.parametrize("knob, value, match", [
+    ("n_sequences", 0, r"n_sequences=0 is outside the allowed range >= 1"),
+    ("seq_len", 1000, r"seq_len=1000 is outside the allowed range 2\.\.128"),
+    ("beam_k", 9, r"beam_k=9 is outside 0\.\.4"),
+    ("beam_widths", [0], r"beam width=0"),
+    ("fixed_context_sequences", 5, r"fixed_context_sequences=5 is outside the allowed range 1\.\.2"),
+    ("n_random", 2.5, r"n_random=2\.5"),
+])
+def test_oracle_settings_bad_values(knob, value, match):
+    with pytest.raises(ValueError, match=match):
+        analysis.oracle_settings("tiny", **{knob: value})
+
+
+def test_unknown_profile():
+    with pytest.raises(ValueError, match="unknown profile"):
+        analysis.oracle_settings("huge")
+
+
+def test_paper_budgets():
+    assert analysis.paper_budgets(12) == [4, 6, 8]
+    assert analysis.paper_budgets(4) == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- caching
+
+def test_cached_loss_matrix_roundtrip(model, tmp_path):
+    x = ids()
+    first = analysis.cached_loss_matrix(model, x, tmp_path)
+    files = list((tmp_path / "oracle").glob("matrix-shared-*.pt"))
+    assert len(files) == 1
+    again = analysis.cached_loss_matrix(model, x, tmp_path)
+    assert torch.equal(first.losses, again.losses) and torch.equal(first.patterns, again.patterns)
+    assert again.stats == first.stats and again.choices == first.choices
+    assert torch.allclose(first.losses, loss_matrix(model, x).losses)
+    analysis.cached_loss_matrix(model, x, tmp_path, semantics="fixed-context")
+    analysis.cached_loss_matrix(model, ids(seed=2), tmp_path)
+    analysis.cached_loss_matrix(model, x, tmp_path, choices=("skip", "big"), k=2)
+    assert len(list((tmp_path / "oracle").glob("matrix-*.pt"))) == 4
+
+
+def test_manifest_and_book_matrices(tmp_path):
+    with pytest.raises(ValueError, match="run notebooks/03_oracle.ipynb first"):
+        analysis.read_manifest(tmp_path)
+    analysis.write_manifest(tmp_path, analysis.oracle_settings("tiny"))
+    assert analysis.read_manifest(tmp_path)["seq_len"] == 16
+
+
+def test_subset_sequences(model):
+    m = loss_matrix(model, ids(batch=3))
+    sub = analysis.subset_sequences(m, 2)
+    assert sub.num_tokens == 2 * 5 and torch.equal(sub.losses, m.losses[:, :10])
+
+
+# ----------------------------------------------------------------------------- reductions
+
+def test_oracle_results_and_curves(model):
+    m = loss_matrix(model, ids())
+    r = analysis.oracle_results(m.summary(n_random=3, seed=0), 3)
+    assert set(r) == {"all_big", "all_small", "oracle", "fixed", "best100", "best100_per_token"}
+    assert set(r["oracle"]) == {"0", "1", "2", "3", "4"}
+    assert math.isclose(r["oracle"]["2"], m.oracle(2).perplexity)
+    assert math.isclose(r["all_big"], m.perplexity_of([BIG] * 4))
+    df = analysis.curves_frame({"english": r})
+    assert len(df) == 4 * 5 and set(df["holdout"]) == {"english"}
+
+
+@pytest.mark.parametrize("choices, k", [(("small", "big"), None), (("small", "big"), 2), (("skip", "small", "big"), 1)])
+def test_trie_counts_match_engine(model, choices, k):
+    m = loss_matrix(model, ids(batch=1, seq=3), choices=choices, k=k)
+    counts = analysis.trie_counts(enumerate_patterns(4, choices, k))
+    assert counts == {key: m.stats[key] for key in ("internal_nodes", "edges", "leaves")}
+
+
+def test_beam_table(model, tmp_path):
+    x = ids(batch=1)
+    exact = loss_matrix(model, x, semantics="fixed-context")
+    df = analysis.beam_table(model, x, exact, 2, [1, 6], run_dir=tmp_path)
+    assert list(df["width"]) == [1, 6, 1, 6]
+    assert (df["gap"] >= -1e-5).all()
+    assert df.loc[df["width"] == 6, "gap"].abs().max() < 1e-5  # width C(4,2) = 6: exhaustive
+    again = analysis.beam_table(model, x, exact, 2, [1, 6], run_dir=tmp_path)
+    pd.testing.assert_frame_equal(df, again)
+
+
+def test_big_centre_and_layer_rate():
+    # 2 layers, patterns SB / BS; token 0 prefers SB (late), token 1 BS (early), token 2 SB
+    m = hand_matrix([[0.1, 0.9, 0.2], [0.5, 0.3, 0.4]], [[SMALL, BIG], [BIG, SMALL]], seq_len=4)
+    assert math.isclose(analysis.big_centre(m, 1), 2 / 3)
+    assert np.allclose(analysis.layer_rate(m, 1), [1 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="k=0"):
+        analysis.big_centre(m, 0)
+
+
+def test_skip_fraction_polarised():
+    # 3 layers {big, skip}, one skipped: every token's best skips the middle layer
+    pats = [[SKIP, BIG, BIG], [BIG, SKIP, BIG], [BIG, BIG, SKIP]]
+    m = hand_matrix([[1.0, 1.0], [0.1, 0.2], [2.0, 2.0]], pats, seq_len=3)
+    assert np.allclose(analysis.layer_rate(m, 2, SKIP), [0, 1, 0])
+
+
+def test_loss_by_position():
+    m = hand_matrix([[1.0, 2.0, 3.0, 4.0]], [[BIG]], seq_len=5)
+    red = m.oracle()
+    df = analysis.loss_by_position(m, {"x": red}, bins=2)
+    assert list(df["loss"]) == [1.5, 3.5]
+
+
+# ----------------------------------------------------------------------------- difficulty
+
+def test_spearman_and_high_loss_low_gain():
+    x = np.arange(10.0)
+    assert math.isclose(analysis.spearman(x, x ** 3), 1.0)
+    assert math.isclose(analysis.spearman(x, -x), -1.0)
+    loss = np.arange(8.0)  # top quarter: tokens 6, 7
+    gain = np.array([5, 5, 5, 5, 5, 5, 0, 9.0])  # bottom quarter of gain: value 0 ... (q25 = 5)
+    assert analysis.high_loss_low_gain_fraction(loss, gain) == 0.5
+    assert analysis.high_loss_low_gain_fraction(loss, loss) == 0.0
+
+
+def test_difficulty_frame_and_passage(model):
+    class Tok:
+        def decode(self, ids):
+            return "".join(f"<{i}>" for i in ids)
+
+    x = ids()
+    m = loss_matrix(model, x)
+    df = analysis.difficulty_frame(m, 2, x, Tok())
+    assert np.allclose(df["loss"], df["loss_big"])
+    assert np.allclose(df["difficulty"], df["loss_small"] - m.oracle(2).token_losses.numpy())
+    assert df["context"].iloc[0] == f"<{int(x[0, 0])}>"
+    assert df["context"].iloc[7] == Tok().decode(x[1, :3].tolist())  # seq 1, position 2
+    tokens, values = analysis.passage(df, x, 1, Tok(), "difficulty")
+    assert len(tokens) == 6 and math.isnan(values[0]) and tokens[1] == f"<{int(x[1, 1])}>"
+
+
+def test_label_means():
+    df = pd.DataFrame({"label_name": ["easy", "easy", "noise"], "difficulty": [1.0, 3.0, 0.5]})
+    assert analysis.label_means(df) == {"easy": 2.0, "compute": pytest.approx(math.nan, nan_ok=True), "noise": 0.5}
+
+
+def test_check_int():
+    assert analysis.check_int("x", 3, 0, 5) == 3
+    for bad in (-1, 6, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="x="):
+            analysis.check_int("x", bad, 0, 5)
