@@ -139,3 +139,163 @@ def coloured_text(tokens: Sequence[str], values: Sequence[float], title: str = "
         )
     head = f"<p><b>{html.escape(title)}</b> (colour scale {lo:.2f} to {hi:.2f})</p>" if title else ""
     return HTML(head + '<div style="line-height: 1.9">' + "".join(spans) + "</div>")
+
+
+def budget_curves(df: pd.DataFrame, references: dict[str, float] | None = None, x: str = "k",
+                  y: str = "perplexity", hue: str = "method", style: str | None = None, title: str = "",
+                  logy: bool = False, ax=None):
+    """Perplexity against a budget (k big layers), one line per ``hue`` (and ``style``), with horizontal
+    reference lines ``references`` (label -> value, e.g. all-big and all-small) (Fig. 4)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=df, x=x, y=y, hue=hue, style=style or hue, markers=True, dashes=style is not None, ax=ax)
+    for (name, value), ls in zip((references or {}).items(), ("--", ":", "-.", (0, (1, 3)))):
+        ax.axhline(value, color="black", ls=ls, lw=1, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xticks(sorted(df[x].unique()))
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return ax.figure
+
+
+def layer_rates(df: pd.DataFrame, y: str = "rate", hue: str | None = None, title: str = "", ax=None,
+                even: float | None = None):
+    """Bars of a per-layer rate (column ``layer``, 1-based), one colour per ``hue``; optional dashed
+    line at the ``even`` rate (every layer used alike)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.2))
+    sns.barplot(data=df, x="layer", y=y, hue=hue, ax=ax)
+    if even is not None:
+        ax.axhline(even, color="black", ls="--", lw=1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------- Stage 3 and comparisons (07-10)
+
+
+def routers_vs_references(df: pd.DataFrame, x: str = "mean_big_layers", y: str = "ppl", title: str = "",
+                          logx: bool = False, logy: bool = False):
+    """Fig. 4 axes: reference methods (rows with ``source == "reference"``: oracle, fixed, best-of-100
+    ... over budgets) as lines, measured policies (trained routers) as labelled points; one panel per
+    ``holdout``.  Columns: holdout, method, source, ``x``, ``y``."""
+    holdouts = list(dict.fromkeys(df["holdout"]))
+    fig, axes = plt.subplots(1, len(holdouts), figsize=(6.2 * len(holdouts), 4.4), squeeze=False)
+    ref_methods = list(dict.fromkeys(df.loc[df["source"] == "reference", "method"]))
+    colours = dict(zip(ref_methods, sns.color_palette("deep", len(ref_methods))))
+    markers = "oXsD^vP*<>hd"
+    for ax, h in zip(axes[0], holdouts):
+        part = df[df["holdout"] == h]
+        refs = part[part["source"] == "reference"].sort_values(x)
+        for m, g in refs.groupby("method", sort=False):
+            style = "-" if len(g) > 1 else ""
+            ax.plot(g[x], g[y], style, marker="o", ms=4, color=colours[m], label=m, alpha=0.8)
+        pts = part[part["source"] != "reference"].reset_index(drop=True)
+        dark = sns.color_palette("dark", max(1, len(pts)))
+        for i, row in pts.iterrows():
+            ax.scatter(row[x], row[y], s=80, marker=markers[i % len(markers)], color=dark[i], edgecolor="black",
+                       zorder=5, label=row["method"])
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel({"mean_big_layers": "average big layers per token",
+                       "flops_per_token": "forward FLOPs per token"}.get(x, x))
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"{title} ({h})" if title else h)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_panels(grids: dict, bins: int | None = None, suptitle: str = "", vmax: float = 1.0):
+    """Several :func:`layer_position_heatmap` panels side by side (``{title: [L, T] array}``)."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(5.2 * len(grids), 3.4), squeeze=False)
+    for ax, (title, grid) in zip(axes[0], grids.items()):
+        layer_position_heatmap(grid, title, ax=ax, vmax=vmax, bins=bins)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def layer_usage(df: pd.DataFrame, title: str = ""):
+    """Fraction of tokens taking a route at each layer, one line per method (columns: method, layer,
+    fraction, route)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.lineplot(data=df, x="layer", y="fraction", hue="method", style="route", markers=True, ax=ax)
+    ax.set_xticks(sorted(df["layer"].unique()), [str(i + 1) for i in sorted(df["layer"].unique())])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", logy: bool = False,
+                 ylabel: str | None = None, ax=None, annotate: str | None = "{:.1f}", order: Sequence | None = None):
+    """Grouped bar chart (seaborn) with the values written on the bars; ``order``: the x categories."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.8))
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None, order=order)
+    if annotate:
+        for cont in ax.containers:
+            ax.bar_label(cont, fmt=annotate.format if "{" in annotate else annotate, fontsize=7)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel or y)
+    ax.set_title(title)
+    if hue:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def router_histories(df: pd.DataFrame, budget_col: str = "mean_big_layers"):
+    """Router training curves: cross-entropy and the (soft) average big layers per token by step, one
+    line per router (columns: method, step, ce, ``budget_col``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    sns.lineplot(data=df, x="step", y="ce", hue="method", ax=axes[0], legend=False)
+    axes[0].set_title("cross-entropy while training (soft mixture)")
+    sns.lineplot(data=df, x="step", y=budget_col, hue="method", ax=axes[1])
+    axes[1].set_title("average big layers per token (soft)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def route_mix_per_layer(df: pd.DataFrame, title: str = ""):
+    """One panel per method: stacked bars of the skip / small / big fractions at each layer
+    (columns: method, layer, route, fraction)."""
+    methods = list(dict.fromkeys(df["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False, sharey=True)
+    for ax, m in zip(axes[0], methods):
+        part = df[df["method"] == m].pivot(index="layer", columns="route", values="fraction")
+        bottom = np.zeros(len(part))
+        for route in ROUTE_NAMES:
+            if route in part:
+                vals = part[route].to_numpy()
+                ax.bar(part.index + 1, vals, bottom=bottom, color=ROUTE_COLOURS[route], label=route)
+                bottom += vals
+        ax.set_title(m)
+        ax.set_xlabel("layer")
+        ax.set_xticks(part.index + 1)
+    axes[0][0].set_ylabel("fraction of tokens")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(df: pd.DataFrame, hue: str = "phase", title: str = "training losses"):
+    """Training loss by step, one line per ``hue`` value (columns: step, loss, ``hue``)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    sns.lineplot(data=df, x="step", y="loss", hue=hue, ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
