@@ -22,95 +22,27 @@ their ratio (target >= 0.70).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from duolib import BIG, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RoutingPolicy, TokenRoutes  # noqa: E402
-from duolib.flops import mean_flops_per_token  # noqa: E402
-from duolib.router import RouterPolicy  # noqa: E402
+from duolib import DuoConfig  # noqa: E402
+from duolib.bench import WIDE, calibrated_router, routed_inference_speed, time_forward, token_routes  # noqa: E402,F401
 
 MODELS = {
     "default": dict(),
-    "wide": dict(hidden_size=512, num_attention_heads=8, big_ffn_size=2048, small_ffn_size=128),
+    "wide": WIDE,
 }
 
 
-def token_routes(batch: int, seq: int, layers: int, k: int, seed: int = 0) -> torch.Tensor:
-    """``[batch, seq, layers]`` codes with exactly ``k`` big layers per token (random), the rest small."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.rand(batch, seq, layers, generator=g).argsort(-1)
-    routes = torch.full((batch, seq, layers), SMALL, dtype=torch.long)
-    return routes.scatter(-1, order[..., :k], BIG)
-
-
-@torch.no_grad()
-def calibrated_router(model, x, frac_big: float) -> RouterPolicy:
-    """Random router (std 1) whose bias puts a fraction ``frac_big`` of the tokens big at every layer.
-
-    Calibrated layer by layer along the router's own routes (later layers see the routed states)."""
-    router = RouterPolicy.for_model(model, init_std=1.0, seed=0)
-
-    class Calibrate(RoutingPolicy):  # sets each layer's bias, then routes
-        def route_layer(self, layer_idx, hidden_states, position_ids):
-            logits = router.logits(layer_idx, hidden_states)
-            margin = (logits[..., 1] - logits[..., 0]).flatten()  # big minus small
-            router.layers[layer_idx].bias[1] -= torch.quantile(margin.float().cpu(), 1 - frac_big).to(margin.device)
-            return router.route_layer(layer_idx, hidden_states, position_ids)
-
-    model(x, routes=Calibrate())
-    return router.eval()
-
-
-def time_forward(model, x, policy, device) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one forward pass."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0, c0 = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        model(x, routes=policy)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def bench(name: str, args, device) -> list[dict]:
-    torch.manual_seed(0)
+    """The measurement itself lives in :func:`duolib.bench.routed_inference_speed` (the book calls it too)."""
     cfg = DuoConfig.preset("default", **MODELS[name])
-    model = DuoForCausalLM(cfg).to(device).eval()
-    L = cfg.num_hidden_layers
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(1)).to(device)
-    all_big = FixedRoutes([BIG] * L)
-    policies = {"token4": TokenRoutes(token_routes(args.batch, args.seq, L, 4).to(device)),
-                "router": calibrated_router(model, x, 4 / L),
-                # reference: one pattern for all tokens, no gather / scatter (the routing-overhead-free bound)
-                "fixed4": FixedRoutes([BIG] * 4 + [SMALL] * (L - 4))}
-    rows = []
-    for pname, policy in policies.items():
-        with torch.no_grad():
-            routes = model(x, routes=policy, return_routes=True).routing.routes.cpu()
-            big_routes = torch.full_like(routes, BIG)
-        predicted = 1 - mean_flops_per_token(cfg, routes) / mean_flops_per_token(cfg, big_routes)
-        for _ in range(args.warmup):
-            time_forward(model, x, all_big, device)
-            time_forward(model, x, policy, device)
-        t_big, t_routed = [], []
-        for _ in range(args.repeats):  # alternate, same process
-            t_big.append(time_forward(model, x, all_big, device))
-            t_routed.append(time_forward(model, x, policy, device))
-        clock = 1 if args.clock == "cpu" else 0
-        tb, tr = (statistics.median(t[clock] for t in ts) for ts in (t_big, t_routed))
-        wall_b, wall_r = (statistics.median(t[0] for t in ts) for ts in (t_big, t_routed))
-        measured = 1 - tr / tb
-        rows.append(dict(model=name, policy=pname, big_layers=float((routes == BIG).sum(-1).float().mean()),
-                         t_all_big_ms=1e3 * tb, t_routed_ms=1e3 * tr, measured=measured, predicted=predicted,
-                         realised=measured / predicted, wall_measured=1 - wall_r / wall_b))
-    return rows
+    rows = routed_inference_speed(cfg, args.batch, args.seq, args.repeats, args.warmup, args.clock, device, k=4)
+    return [dict(model=name, **r) for r in rows]
 
 
 def main(argv=None) -> int:

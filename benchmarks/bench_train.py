@@ -14,22 +14,19 @@ at least 70% of the predicted one.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM
 
-from duolib import DuoConfig, DuoForCausalLM
-from duolib.convert import llama_config
-from duolib.flops import training_flops_per_token
-from duolib.train import training_routes
+from duolib import DuoConfig
+from duolib.bench import CLOCKS, WIDE, step_fn, train_step_speed  # noqa: F401  (step_fn: re-exported)
+from duolib.bench import timed as _timed
 
 MODELS = {
     "default": {},
     # hidden 512, big FFN 2048 (small 128): the FFN dominates the FLOPs
-    "wide": dict(hidden_size=512, num_attention_heads=8, big_ffn_size=2048, small_ffn_size=128),
+    "wide": WIDE,
 }
 
 
@@ -41,52 +38,17 @@ def row_major_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.
                            reduction="none").view(t.shape)
 
 
-def step_fn(model, x, routes_for_step):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
-
-    def step(i: int) -> None:
-        kw = {} if routes_for_step is None else {"routes": routes_for_step(i)}
-        loss = model(x, labels=x, **kw).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 clock = time.process_time
 
 
 def timed(step, i: int) -> float:
-    t0 = clock()
-    step(i)
-    return clock() - t0
+    return _timed(step, i, clock)
 
 
 def bench(name: str, batch: int, seq: int, repeats: int, p_big: float, warmup: int) -> dict:
+    """The measurement itself lives in :func:`duolib.bench.train_step_speed` (the book calls it too)."""
     cfg = DuoConfig.preset("default", **MODELS[name])
-    torch.manual_seed(0)
-    duo = DuoForCausalLM(cfg).train()
-    dense = LlamaForCausalLM(llama_config(cfg)).train()
-    x = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
-    L = cfg.num_hidden_layers
-    routes = lambda i: training_routes(0, i, range(batch), seq, L, p_big)  # noqa: E731
-    steps_duo, steps_dense = step_fn(duo, x, routes), step_fn(dense, x, None)
-    for i in range(warmup):
-        steps_duo(i), steps_dense(i)
-    t_duo, t_dense = [], []
-    for i in range(warmup, warmup + repeats):  # alternate step by step: both see the same machine load
-        t_duo.append(timed(steps_duo, i))
-        t_dense.append(timed(steps_dense, i))
-    td, tn = statistics.median(t_duo), statistics.median(t_dense)
-    f_duo = training_flops_per_token(cfg, p_big, seq_len=seq)
-    f_dense = training_flops_per_token(cfg, 1.0, seq_len=seq)
-    measured, predicted = 1 - td / tn, 1 - f_duo / f_dense
-    return dict(model=name, d=cfg.hidden_size, big=cfg.big_ffn_size, small=cfg.small_ffn_size, L=L,
-                batch=batch, seq=seq, tok_s_duo=batch * seq / td, tok_s_dense=batch * seq / tn,
-                measured=measured, predicted=predicted, ratio=measured / predicted,
-                spread_duo=(min(t_duo), max(t_duo)), spread_dense=(min(t_dense), max(t_dense)))
+    return dict(model=name, **train_step_speed(cfg, batch, seq, repeats, p_big, warmup, clock=clock))
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,547 @@
+"""Reusable steps of the book's Stage-3 and comparison notebooks (``07_routers`` to ``10_performance``).
+
+The notebooks stay thin: each cell calls one of these functions.
+
+- data slices: :func:`oracle_slices` (the holdout slice of ``03_oracle``), :func:`eval_slices`,
+  :func:`train_batches`;
+- parameter checks that fail early with a clear message: :func:`check_budgets`, :func:`check_settings`;
+- cached router training (``run_dir/routers/<name>``): :func:`cached_router`, :func:`cached_distilled_router`;
+- scoring and route statistics: :func:`score_policies`, :func:`late_fraction`,
+  :func:`early_position_ratio`, :func:`usage_grid`, :func:`oracle_references`, :func:`budget_flops_per_token`;
+- the dense comparison (Fig. 8): :func:`compare_config`, :func:`p_curve`, :func:`pooled_perplexity`;
+- the retrofit (Fig. 9): :func:`opt_config`, :func:`build_opt`, :func:`pretrain_lm`, :func:`retokenize`,
+  :func:`max_logit_diff`, :func:`retrofit_perplexities`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .profiles import get_profile
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL
+
+# ----------------------------------------------------------------------------- data
+
+
+def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
+    """The holdout slice the oracle notebook scores (``{holdout: [n, T]}``): ``n_sequences`` windows of
+    ``seq_len`` tokens from the start of each holdout, as recorded by notebook 03 in ``run_dir``
+    (``duolib.analysis`` manifest) or else from the profile's ``oracle`` section."""
+    from .data import holdout_sequences
+
+    sec = get_profile(profile)["oracle"]
+    if run_dir is not None:
+        try:
+            from .analysis import read_manifest
+
+            sec = {**sec, **{k: v for k, v in read_manifest(run_dir).items() if k in ("n_sequences", "seq_len")}}
+        except (ImportError, ValueError):
+            pass
+    return {h: holdout_sequences(s, int(sec["n_sequences"]), int(sec["seq_len"])) for h, s in data.holdout.items()}
+
+
+def eval_slices(data, n: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """``n`` windows of ``seq_len`` tokens from the start of each holdout (fewer if it is short);
+    ``data``: a ``duolib.data.Prepared`` or a mapping holdout name -> token stream."""
+    from .data import holdout_sequences
+
+    return {h: holdout_sequences(s, n, seq_len) for h, s in getattr(data, "holdout", data).items()}
+
+
+def distill_slice(profile: str, data, seed: int = 0) -> torch.Tensor:
+    """The training slice of the oracle-distilled router: the router section's ``batch_size`` random
+    training windows of the oracle section's ``seq_len`` (one fixed draw, apart from router training's)."""
+    from .data import sample_batch
+
+    p = get_profile(profile)
+    return sample_batch(data.train, 10**6, p["router"]["batch_size"], p["oracle"]["seq_len"], seed)
+
+
+def train_batches(stream, batch_size: int, seq_len: int, seed: int = 0, offset: int = 0) -> Callable[[int], torch.Tensor]:
+    """``step -> [batch_size, seq_len]`` random training windows (``duolib.data.sample_batch``);
+    ``offset`` shifts the step numbers (a different stream of windows for the same seed)."""
+    from .data import sample_batch
+
+    return lambda step: sample_batch(stream, step + offset, batch_size, seq_len, seed)
+
+
+def set_threads(profile: str) -> int:
+    """Use the profile's torch thread count (its ``train.threads``; unchanged if it sets none)."""
+    threads = get_profile(profile)["train"].get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- parameter checks
+
+
+def check_budgets(budgets, num_layers: int, what: str = "budget") -> tuple[int, ...]:
+    """Router budgets as a tuple of whole numbers of big layers in ``0..num_layers``; ValueError otherwise."""
+    if isinstance(budgets, (numbers.Real, str)):
+        budgets = [budgets]
+    out = []
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, numbers.Real) or float(b) != int(b) or not 0 <= b <= num_layers:
+            raise ValueError(f"{what}={b!r} is outside 0..{num_layers}: a budget is the average number of big layers "
+                             f"per token, a whole number from 0 to num_hidden_layers={num_layers}")
+        out.append(int(b))
+    if not out:
+        raise ValueError(f"give at least one {what} (big layers per token, 0..{num_layers})")
+    return tuple(out)
+
+
+def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
+    """Skip settings as ``{name: {option: fraction}}``.
+
+    ``settings``: names of :data:`duolib.router.SETTINGS`, or a mapping name -> fractions per option
+    (``{"mine": {"big": 0.5, "skip": 0.5}}``) that must sum to 1.  ValueError names the bad value."""
+    from .router import SETTINGS, budget_targets
+
+    if isinstance(settings, str):
+        settings = [settings]
+    items = settings.items() if isinstance(settings, Mapping) else [(s, s) for s in settings]
+    out = {}
+    for name, spec in items:
+        if isinstance(spec, str):
+            if spec not in SETTINGS:
+                raise ValueError(f"unknown skip setting {spec!r}; allowed: {', '.join(SETTINGS)} (or a mapping "
+                                 f"name -> {{option: fraction}} summing to 1)")
+            spec = SETTINGS[spec]
+        if not isinstance(spec, Mapping) or not spec:
+            raise ValueError(f"setting {name!r}: {spec!r} is not a mapping option -> fraction")
+        try:
+            budget_targets(num_layers, tuple(spec), option_budget=dict(spec))
+        except ValueError as err:
+            raise ValueError(f"setting {name!r}: {err}") from None
+        out[str(name)] = {str(k): float(v) for k, v in spec.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------- cached routers
+
+
+def _spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tensor_hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _cached(folder: Path, spec: dict, model):
+    """The router saved in ``folder`` and its history if it was trained with ``spec``, else None."""
+    import pandas as pd
+
+    from .router import load_router
+
+    spec_file = folder / "spec.json"
+    if not spec_file.is_file():
+        return None
+    if json.loads(spec_file.read_text()).get("hash") != _spec_hash(spec):
+        return None
+    history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
+    return load_router(folder, model), history
+
+
+def _store(folder: Path, spec: dict, model, router, history) -> None:
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").unlink(missing_ok=True)  # written last: a killed run leaves no valid cache
+    router.save(folder, model)
+    pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+    tmp = folder / ".spec.json.tmp"
+    tmp.write_text(json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, folder / "spec.json")
+
+
+def cached_router(model, folder, batches, steps: int, *, options=("small", "big"), budget: float | None = None,
+                  option_budget: Mapping[str, float] | None = None, data_key: str = "", seed: int = 0, **train_kwargs):
+    """Train a router as in the paper (:func:`duolib.router.train_router`) into ``folder``, or load it
+    if ``folder`` holds one trained with the same settings on the same base weights.
+
+    ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.
+    Returns ``(router, history DataFrame)``."""
+    import pandas as pd
+
+    from .router import RouterPolicy, train_router, weights_fingerprint
+
+    folder = Path(folder)
+    router = RouterPolicy.for_model(model, options, seed=seed)
+    spec = dict(kind="router", options=list(router.option_names), budget=budget, option_budget=option_budget,
+                steps=steps, data=data_key, seed=seed, base=weights_fingerprint(model),
+                **{k: v for k, v in train_kwargs.items() if k != "progress"})
+    hit = _cached(folder, spec, model)
+    if hit is not None:
+        return hit
+    history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget, seed=seed,
+                           **{"progress": False, **train_kwargs})
+    _store(folder, spec, model, router, history)
+    return router, pd.DataFrame(history)
+
+
+def oracle_targets(model, input_ids: torch.Tensor, k: int, semantics: str = "shared"):
+    """The per-token oracle's winning patterns at exactly ``k`` big layers on ``input_ids [N, T]``:
+    ``(routes [M, L], token_index (seq, position), oracle perplexity)`` for
+    :func:`duolib.router.train_distilled_router`."""
+    from .oracle import loss_matrix
+
+    matrix = loss_matrix(model, input_ids, k=k, semantics=semantics)
+    red = matrix.oracle(k)
+    return matrix.patterns[red.winners].long(), (matrix.seq, matrix.position), red.perplexity
+
+
+def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, steps: int, *, semantics: str = "shared",
+                            batch_size: int = 8, lr: float = 1e-2, seed: int = 0):
+    """Beyond the paper: a router trained to imitate the per-token oracle at budget ``k`` on the
+    training slice ``input_ids`` (winners from :func:`oracle_targets`), cached in ``folder``.
+    Returns ``(router, history DataFrame, oracle perplexity on the training slice)``."""
+    import pandas as pd
+
+    from .router import RouterPolicy, train_distilled_router, weights_fingerprint
+
+    folder = Path(folder)
+    spec = dict(kind="distilled", k=k, steps=steps, semantics=semantics, batch_size=batch_size, lr=lr, seed=seed,
+                ids=_tensor_hash(input_ids), base=weights_fingerprint(model))
+    hit = _cached(folder, spec, model)
+    if hit is not None:
+        router, history = hit
+        return router, history, router.meta.get("oracle_train_ppl", float("nan"))
+    routes, index, ppl = oracle_targets(model, input_ids, k, semantics)
+    router = RouterPolicy.for_model(model, ("small", "big"), seed=seed)
+    history = train_distilled_router(model, router, input_ids, routes, steps, batch_size=batch_size, lr=lr,
+                                     seed=seed, token_index=index, progress=False)
+    router.meta["oracle_train_ppl"] = ppl
+    _store(folder, spec, model, router, history)
+    return router, pd.DataFrame(history), ppl
+
+
+# ----------------------------------------------------------------------------- scoring and statistics
+
+
+def budget_flops_per_token(config, k: float, seq_len: int, skip_layers: float = 0.0) -> float:
+    """FLOPs per scored token of a pattern with ``k`` big layers (``skip_layers`` skipped, the rest
+    small), averaged over the scored positions of a ``seq_len`` window (context 1..seq_len-1 keys):
+    the mean of :func:`duolib.flops.pattern_flops`.  Every pattern with the same counts costs the same,
+    so this is exact for a per-token oracle at budget k; fractional counts interpolate linearly."""
+    from .flops import ffn_flops, pattern_flops
+
+    L = config.num_hidden_layers
+    base = np.mean([pattern_flops(config, [SKIP] * L, ctx) for ctx in range(1, seq_len)])
+    small = L - k - skip_layers
+    return float(base + k * ffn_flops(config, BIG) + small * ffn_flops(config, SMALL))
+
+
+def score_policies(model, policies: Mapping[str, object], slices: Mapping[str, torch.Tensor], batch_size: int = 16,
+                   keep_routes: bool = False):
+    """Perplexity, realised budget and FLOPs of hard-routed policies on each holdout slice.
+
+    Returns a DataFrame (holdout, method, kind, budget, ppl, loss, mean_big_layers, frac_skip,
+    frac_small, frac_big, flops_per_token), statistics over the *scored* positions (all but the last
+    of each window, like the oracle), and with ``keep_routes`` also ``{(holdout, method): routes [N, T, L]}``."""
+    import pandas as pd
+
+    from .flops import mean_flops_per_token
+    from .router import route_and_score
+
+    rows, kept = [], {}
+    for h, ids in slices.items():
+        for name, policy in policies.items():
+            losses, routes = route_and_score(model, policy, ids, batch_size)
+            scored = routes[:, :-1]
+            meta = getattr(policy, "meta", {}) or {}
+            row = {"holdout": h, "method": name, "kind": meta.get("kind", type(policy).__name__),
+                   "budget": meta.get("budget"), "loss": float(losses.double().mean()),
+                   "mean_big_layers": float((scored == BIG).sum(-1).double().mean()),
+                   "flops_per_token": mean_flops_per_token(model.config, scored)}
+            row["ppl"] = math.exp(row["loss"])
+            row.update({f"frac_{ROUTE_NAMES[c]}": float((scored == c).double().mean()) for c in (SKIP, SMALL, BIG)})
+            rows.append(row)
+            if keep_routes:
+                kept[(h, name)] = routes
+    frame = pd.DataFrame(rows)
+    return (frame, kept) if keep_routes else frame
+
+
+def _layer_weights(num_layers: int) -> torch.Tensor:
+    """Weight of each layer in "the second half": 1 for i >= L/2, 0 below; the middle layer of an odd L counts 1/2."""
+    i = torch.arange(num_layers, dtype=torch.float64)
+    return torch.where(i + 0.5 == num_layers / 2, torch.tensor(0.5, dtype=torch.float64),
+                       (i + 0.5 > num_layers / 2).double())
+
+
+def late_fraction(routes: torch.Tensor, code: int = BIG) -> float:
+    """Share of the ``code`` decisions (e.g. big) that fall in the second half of the layers
+    (routes ``[..., L]``); 0.5 = spread evenly, NaN if the code is never taken."""
+    hits = (routes == code).double().reshape(-1, routes.shape[-1]).sum(0)  # [L]
+    total = float(hits.sum())
+    return float((hits * _layer_weights(routes.shape[-1])).sum()) / total if total else float("nan")
+
+
+def early_position_ratio(routes: torch.Tensor, code: int = BIG, fraction: float = 0.1) -> float:
+    """Rate of ``code`` at the first ``fraction`` of positions (at least one) over its rate at the
+    other positions; routes ``[N, T, L]``.  Above 1: early tokens take the code more often."""
+    T = routes.shape[1]
+    n_early = max(1, math.ceil(fraction * T))
+    if n_early >= T:
+        raise ValueError(f"sequences of {T} positions leave no 'rest' after the first {n_early}")
+    hits = (routes == code).double()
+    early, rest = float(hits[:, :n_early].mean()), float(hits[:, n_early:].mean())
+    return early / rest if rest else float("nan")
+
+
+def usage_grid(routes: torch.Tensor, code: int = BIG) -> np.ndarray:
+    """``[L, T]``: fraction of the sequences whose token at each position takes ``code`` at each layer."""
+    return (routes == code).double().mean(0).T.numpy()
+
+
+def layer_usage_frame(routes_by_method: Mapping[str, torch.Tensor], codes=(SKIP, SMALL, BIG)):
+    """Per-layer route fractions, rows (method, layer, route, fraction), from routes ``[..., L]``."""
+    import pandas as pd
+
+    rows = []
+    for name, routes in routes_by_method.items():
+        flat = routes.reshape(-1, routes.shape[-1])
+        for code in codes:
+            frac = (flat == code).double().mean(0)
+            rows += [{"method": name, "layer": i, "route": ROUTE_NAMES[code], "fraction": float(f)}
+                     for i, f in enumerate(frac.tolist())]
+    return pd.DataFrame(rows)
+
+
+def pool_routes(kept: Mapping[tuple[str, str], torch.Tensor], method: str) -> torch.Tensor:
+    """Routes of one method over every holdout (``kept`` from :func:`score_policies`), ``[N, T, L]``."""
+    parts = [r for (h, m), r in kept.items() if m == method]
+    if not parts:
+        raise ValueError(f"no routes kept for method {method!r}")
+    T = min(p.shape[1] for p in parts)
+    return torch.cat([p[:, :T] for p in parts])
+
+
+def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
+                      methods: Sequence[str] = ("oracle", "fixed", "best100")):
+    """The reference points of ``03_oracle`` for one holdout as rows (method, budget, mean_big_layers,
+    ppl, flops_per_token, source="reference"): each method at every k it reports, plus all-small (k=0)
+    and all-big (k=L); FLOPs from :func:`budget_flops_per_token`."""
+    import pandas as pd
+
+    d = oracle_results["holdouts"][holdout]
+    L = config.num_hidden_layers
+    rows = []
+    for method in methods:
+        for k, ppl in sorted(d.get(method, {}).items(), key=lambda kv: int(kv[0])):
+            rows.append({"method": method, "budget": int(k), "mean_big_layers": float(k), "ppl": float(ppl)})
+    for name, k in (("all small", 0), ("all big", L)):
+        key = name.replace(" ", "_")
+        if key in d:
+            rows.append({"method": name, "budget": k, "mean_big_layers": float(k), "ppl": float(d[key])})
+    frame = pd.DataFrame(rows)
+    frame["holdout"] = holdout
+    frame["source"] = "reference"
+    frame["flops_per_token"] = [budget_flops_per_token(config, k, seq_len) for k in frame["mean_big_layers"]]
+    return frame
+
+
+# ----------------------------------------------------------------------------- Fig. 8: Duo vs dense
+
+
+def compare_config(profile: str, run_dir, steps: int, seed: int = 0):
+    """The Stage-1 TrainConfig of ``profile`` shortened to ``steps`` (the dense comparison's budget):
+    evaluated once at the end, warm-up scaled by ``steps / profile steps`` (at least 1)."""
+    from .pipeline import book_train_config
+
+    cfg = book_train_config(profile, run_dir, seed=seed)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"compare_steps={steps!r} must be a positive whole number of training steps")
+    warmup = max(1, round(cfg.warmup_steps * steps / cfg.steps))
+    return cfg.replace(steps=int(steps), eval_every=int(steps), warmup_steps=min(warmup, int(steps)))
+
+
+def p_curve(model, sequences: Mapping[str, torch.Tensor], p_values: Sequence[float], seed: int = 0,
+            batch_size: int = 16):
+    """Holdout loss / perplexity of ``model`` under random routing at each p(big) (rows holdout, p,
+    loss, ppl, tokens); a dense model is evaluated once and repeated for every p."""
+    import pandas as pd
+
+    from .train import evaluate, is_duo
+
+    modes = [f"random:{p:g}" for p in p_values]
+    records = evaluate(model, dict(sequences), modes, seed=seed, batch_size=batch_size)
+    if not is_duo(model):
+        records = [{**r, "routes": m} for r in records for m in modes]
+    frame = pd.DataFrame(records)
+    frame["p"] = frame["routes"].str.split(":").str[1].astype(float)
+    return frame[["holdout", "p", "loss", "ppl", "tokens"]]
+
+
+def summary_curve(result, p_values: Sequence[float], routes: str = "dense"):
+    """The final evaluation a finished run stored (``TrainResult.summary["final_eval"]``, one route
+    mode, by default a dense model's) as :func:`p_curve` rows repeated for every p: no reload."""
+    import pandas as pd
+
+    rows = [{"holdout": r["holdout"], "p": float(p), "loss": r["loss"], "ppl": r["ppl"], "tokens": r["tokens"]}
+            for r in result.summary["final_eval"] if r["routes"] == routes for p in p_values]
+    if not rows:
+        raise ValueError(f"run {result.run_dir} has no final evaluation under routes {routes!r}")
+    return pd.DataFrame(rows)
+
+
+def pooled_perplexity(frame, by: str | Sequence[str] | None = None):
+    """``exp`` of the token-weighted mean loss over holdouts (per group of ``by`` if given)."""
+    def pool(g):
+        return math.exp(float((g["loss"] * g["tokens"]).sum() / g["tokens"].sum()))
+
+    if by is None:
+        return pool(frame)
+    import pandas as pd
+
+    out = pd.Series({key: pool(g) for key, g in frame.groupby(by)}, name="ppl")
+    out.index.names = [by] if isinstance(by, str) else list(by)
+    return out
+
+
+# ----------------------------------------------------------------------------- Fig. 9: retrofit
+
+
+def opt_config(profile: str, vocab_size: int, **overrides):
+    """A small ``transformers.OPTConfig`` shaped like the profile's Duo model (hidden size, layers,
+    heads, ``ffn_dim`` = the big FFN width, context), pre-LayerNorm like OPT-1.3B, no dropout."""
+    from transformers import OPTConfig
+
+    m = get_profile(profile)["model"]
+    kw = dict(vocab_size=int(vocab_size), hidden_size=m["hidden_size"], num_hidden_layers=m["num_hidden_layers"],
+              num_attention_heads=m["num_attention_heads"], ffn_dim=m["big_ffn_size"],
+              max_position_embeddings=m["max_position_embeddings"], word_embed_proj_dim=m["hidden_size"],
+              do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+              pad_token_id=int(vocab_size) - 1, bos_token_id=0, eos_token_id=0)
+    kw.update(overrides)
+    return OPTConfig(**kw)
+
+
+def build_opt(config, seed: int = 0):
+    """A randomly initialised ``OPTForCausalLM`` (seeded), in eval mode."""
+    from transformers import OPTForCausalLM
+
+    torch.manual_seed(seed)
+    return OPTForCausalLM(config).eval()
+
+
+def pretrain_lm(model, batches, steps: int, lr: float = 3e-3, warmup: int = 10, seed: int = 0) -> list[dict]:
+    """Plain language-model training of every parameter (AdamW, linear warm-up then cosine decay to
+    10%, clipping at 1.0): the stand-in for a pretrained model's pretraining.  History: step, loss."""
+    from .router import _batch_source
+    from .train import lr_factor
+
+    get_batch = _batch_source(batches)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, min(warmup, steps), 0.1))
+    device = params[0].device
+    history = []
+    model.train()
+    for step in range(steps):
+        ids = get_batch(step).to(device)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        history.append({"step": step, "loss": float(loss.detach())})
+    model.eval()
+    return history
+
+
+def load_pretrained(model_name: str, device: str | None = None):
+    """``(model, tokenizer)`` of a Hugging Face causal LM (``from_pretrained``: a hub name needs the
+    network), in eval mode, on ``device`` (default: the GPU if there is one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .train import _quiet_hf
+
+    with _quiet_hf():
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        model = AutoModelForCausalLM.from_pretrained(model_name).eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device), tokenizer
+
+
+def retokenize(stream, source_tokenizer, target_tokenizer, max_tokens: int = 200_000, chunk: int = 4096) -> torch.Tensor:
+    """The first ``max_tokens`` tokens of a book stream, decoded with ``source_tokenizer`` and encoded
+    with ``target_tokenizer`` (a pretrained model's), as one long tensor."""
+    tokens = np.asarray(getattr(stream, "tokens", stream)[:max_tokens])
+    out = []
+    for start in range(0, len(tokens), chunk):
+        text = source_tokenizer.decode(tokens[start:start + chunk].tolist())
+        out.extend(target_tokenizer(text, add_special_tokens=False)["input_ids"])
+    return torch.tensor(out, dtype=torch.long)
+
+
+def cached_pretrained_opt(profile: str, folder, vocab_size: int, batches, steps: int, *, data_key: str = "",
+                          seed: int = 0, lr: float = 3e-3, **config_overrides):
+    """A small random OPT (:func:`opt_config` with ``config_overrides``, :func:`build_opt`) trained for
+    ``steps`` language-model steps (:func:`pretrain_lm`), saved in ``folder`` and loaded from there when
+    the settings match.  Returns ``(model, history DataFrame)``."""
+    import pandas as pd
+    from transformers import OPTForCausalLM
+
+    folder = Path(folder)
+    config = opt_config(profile, vocab_size, **config_overrides)
+    spec = dict(config=config.to_diff_dict(), steps=steps, data=data_key, seed=seed, lr=lr)
+    spec_file = folder / "spec.json"
+    if spec_file.is_file() and json.loads(spec_file.read_text()).get("hash") == _spec_hash(spec):
+        history = pd.read_csv(folder / "history.csv")
+        from .train import _quiet_hf
+
+        with _quiet_hf():
+            return OPTForCausalLM.from_pretrained(folder).eval(), history
+    model = build_opt(config, seed)
+    history = pd.DataFrame(pretrain_lm(model, batches, steps, lr=lr, warmup=max(1, steps // 10), seed=seed))
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_file.unlink(missing_ok=True)
+    from .train import _quiet_hf
+
+    with _quiet_hf():
+        model.save_pretrained(folder)
+    history.to_csv(folder / "history.csv", index=False)
+    tmp = folder / ".spec.json.tmp"
+    tmp.write_text(json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, spec_file)
+    return model.eval(), history
+
+
+@torch.no_grad()
+def max_logit_diff(model_a, model_b, input_ids: torch.Tensor) -> float:
+    """Largest absolute difference between the logits of two models on ``input_ids``."""
+    a = model_a(input_ids=input_ids.to(next(model_a.parameters()).device)).logits
+    b = model_b(input_ids=input_ids.to(next(model_b.parameters()).device)).logits
+    return float((a.float().cpu() - b.float().cpu()).abs().max())
+
+
+def retrofit_perplexities(model, slices: Mapping[str, torch.Tensor], policies: Mapping[str, object],
+                          batch_size: int = 16):
+    """Perplexity of a retrofitted model on each holdout slice under each policy (``None`` = the
+    original all-big model): rows holdout, routes, loss, ppl, mean_big_layers."""
+    import pandas as pd
+
+    from .router import route_and_score
+
+    rows = []
+    for h, ids in slices.items():
+        for name, policy in policies.items():
+            losses, routes = route_and_score(model, policy, ids, batch_size)
+            loss = float(losses.double().mean())
+            rows.append({"holdout": h, "routes": name, "loss": loss, "ppl": math.exp(loss),
+                         "mean_big_layers": float((routes[:, :-1] == BIG).sum(-1).double().mean())})
+    return pd.DataFrame(rows)

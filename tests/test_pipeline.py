@@ -1,0 +1,98 @@
+"""The whole book path under the tiny profile: papermill executes every notebook in dependency
+order, nbval re-runs them (lax: no errors), jupyter-book builds the result with -W, and every
+figure of the HTML is a real image.  Also: caching of unchanged steps and bad parameters."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from duolib.cli import build_book
+from duolib.pipeline import STEPS, notebook_key, run_pipeline, stored_key
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.book
+
+
+@pytest.fixture(scope="module")
+def tiny_book(tmp_path_factory) -> Path:
+    """A copy of the book sources whose experiments are the notebooks executed under `tiny`."""
+    site = tmp_path_factory.mktemp("site")
+    shutil.copy(ROOT / "_config.yml", site / "_config.yml")
+    shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("_build", "experiments"))
+    results = run_pipeline("tiny", root=ROOT, run_dir=site / "runs", book_dir=site / "book")
+    assert [r.name for r in results] == [s.name for s in STEPS]
+    assert all(r.status == "ran" for r in results)
+    return site
+
+
+def test_every_notebook_has_a_parameters_cell():
+    for step in STEPS:
+        nb = json.loads((ROOT / "notebooks" / f"{step.name}.ipynb").read_text())
+        tags = [t for c in nb["cells"] for t in c.get("metadata", {}).get("tags", [])]
+        assert "parameters" in tags, step.name
+
+
+def test_unchanged_steps_are_not_recomputed(tiny_book):
+    again = run_pipeline("tiny", root=ROOT, run_dir=tiny_book / "runs", book_dir=tiny_book / "book",
+                         only=["01_data", "02_training"])
+    assert [r.status for r in again] == ["cached", "cached"]
+
+
+def test_nbval_lax_on_the_executed_notebooks(tiny_book):
+    notebooks = sorted(str(p) for p in (tiny_book / "book" / "experiments").glob("*.ipynb"))
+    assert len(notebooks) == len(STEPS)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                           *notebooks], cwd=tiny_book, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_book_builds_and_every_figure_exists(tiny_book):
+    html = build_book(tiny_book, tiny_book / "book", quiet=True)
+    pages = sorted((html / "experiments").glob("*.html"))
+    assert len(pages) == len(STEPS)
+    n_images = 0
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert "Traceback" not in text, page.name
+        for src in re.findall(r'<img[^>]+src="([^"]+)"', text):
+            if src.startswith("data:"):
+                assert len(src) > 200, f"empty inline image in {page.name}"
+            elif not src.startswith("http"):
+                image = (page.parent / src).resolve()
+                assert image.is_file() and image.stat().st_size > 1000, f"{page.name}: missing image {src}"
+            n_images += 1
+    assert n_images >= len(STEPS)
+
+
+def test_bad_profile_fails_in_the_first_cells(tmp_path):
+    import papermill
+
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError, match="unknown profile 'huge'"):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "02_training.ipynb"), str(out), kernel_name="python3",
+                                   parameters={"profile": "huge", "run_dir": str(tmp_path)}, progress_bar=False)
+    code = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+    failing = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failing and failing[0] <= 2  # parameters, injected parameters, then the first code cell fails
+
+
+def test_missing_run_folder_fails_clearly(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="does not exist; run the earlier notebooks first"):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "02_training.ipynb"), str(tmp_path / "o.ipynb"),
+                                   kernel_name="python3", progress_bar=False,
+                                   parameters={"profile": "tiny", "run_dir": str(tmp_path / "missing")})
+
+
+def test_notebook_key_changes_with_parameters():
+    src = ROOT / "notebooks" / "01_data.ipynb"
+    assert notebook_key(src, {"profile": "tiny"}, []) != notebook_key(src, {"profile": "default"}, [])
+    assert stored_key(ROOT / "no-such.ipynb") is None
