@@ -53,8 +53,23 @@ def test_nbval_lax_on_the_executed_notebooks(tiny_book):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-def test_book_builds_and_every_figure_exists(tiny_book):
-    html = build_book(tiny_book, tiny_book / "book", quiet=True)
+@pytest.fixture(scope="module")
+def tiny_html(tiny_book) -> Path:
+    return build_book(tiny_book, tiny_book / "book", quiet=True)
+
+
+def test_book_has_intro_choices_bibliography_and_links(tiny_html):
+    assert "Duo-LLM" in (tiny_html / "intro.html").read_text(encoding="utf-8")
+    choices = (tiny_html / "choices.html").read_text(encoding="utf-8")
+    assert "Choices the paper left open" in choices and "fixed-context" in choices
+    bib = (tiny_html / "bibliography.html").read_text(encoding="utf-8")
+    assert "Alizadeh-Vahid" in bib and "Farajtabar" in bib and "2410.10846" in bib
+    page = (tiny_html / "experiments" / "03_oracle.html").read_text(encoding="utf-8")
+    assert "github.com/duo-llm/duolib" in page and "mybinder.org" in page
+
+
+def test_book_builds_and_every_figure_exists(tiny_html):
+    html = tiny_html
     pages = sorted((html / "experiments").glob("*.html"))
     assert len(pages) == len(STEPS)
     n_images = 0
