@@ -13,14 +13,6 @@ from duolib.oracle import loss_matrix
 from duolib.reductions import LossMatrix, enumerate_patterns
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -14,14 +14,6 @@ from duolib import experiments as ex
 from duolib.flops import pattern_flops
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -18,15 +18,6 @@ from duolib.reductions import LossMatrix, budget_schedule, enumerate_patterns, p
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids OpenMP oversubscription (10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

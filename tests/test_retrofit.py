@@ -15,14 +15,6 @@ V, D, INNER, L = 96, 32, 128, 3
 FAMILIES = ("llama", "opt", "gpt2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_model(family: str, seed: int = 0, hidden: int = D):
     torch.manual_seed(seed)
     if family == "llama":

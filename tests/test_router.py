@@ -15,15 +15,6 @@ from duolib.router import (
 V = 512  # the tiny profile's vocabulary
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine is shared: one intra-op thread is both faster and fairer here."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def markov_batch(step: int, batch: int = 8, seq: int = 64, seed: int = 0) -> torch.Tensor:
     """A fixed random successor table, followed 80% of the time: memorising it needs FFN capacity."""
     succ = torch.randint(0, V, (V,), generator=torch.Generator().manual_seed(1234))
