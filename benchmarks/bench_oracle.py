@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,10 +40,10 @@ import torch
 
 import duolib  # noqa: F401  (registers the model type)
 from duolib import BIG, DuoConfig, DuoForCausalLM, RandomRoutes
-from duolib.oracle import (_setup, beam_oracle, brute_force_loss_matrix, brute_force_flops, ffn, loss_matrix,
-                           trie_flops)
+from duolib.bench import oracle_component_costs
+from duolib.oracle import beam_oracle, brute_force_flops, brute_force_loss_matrix, loss_matrix, trie_flops
 from duolib.reductions import enumerate_patterns
-from duolib.routing import ROUTE_NAMES, SMALL
+from duolib.routing import ROUTE_NAMES
 
 
 def peak_rss_mb() -> float:
@@ -86,35 +85,9 @@ def quick_train(model, steps: int, batch: int = 8, seq: int = 64, lr: float = 3e
     return loss
 
 
-def timed(fn, repeats: int = 7, inner: int = 5) -> float:
-    """Median seconds per call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
-
-
-@torch.no_grad()
 def component_costs(model, ids) -> dict:
-    """Seconds for one node (``B x (T-1)`` rows): attention block, each FFN, leaf."""
-    setup = _setup(model, ids, "shared")
-    h = setup.h0[None]
-    mid = len(model.model.layers) // 2
-    layer = model.model.layers[mid]
-    a = setup.attend(mid, h)
-    x = layer.post_attention_layernorm(a)
-    return {
-        "attention": timed(lambda: setup.attend(mid, h)),
-        "norm": timed(lambda: layer.post_attention_layernorm(a)),
-        "big": timed(lambda: ffn(layer, BIG, a, x)),
-        "small": timed(lambda: ffn(layer, SMALL, a, x)),
-        "skip": 0.0,
-        "leaf": timed(lambda: setup.leaf(a)),
-    }
+    """Seconds for one node (``B x (T-1)`` rows): attention block, each FFN, leaf (wall clock)."""
+    return oracle_component_costs(model, ids, clock="wall")
 
 
 def bounds(c: dict, counts: dict, patterns: torch.Tensor) -> dict:
