@@ -8,7 +8,9 @@
   bound the FLOP ledger gives (:func:`duolib.oracle.trie_flops` / :func:`~duolib.oracle.brute_force_flops`).
 
 Each returns plain dicts: measured saving ``1 - t_cheap / t_expensive`` next to the saving the FLOP
-ledger predicts.  Times are medians of alternating repeats (both variants see the same machine load);
+ledger predicts.  The two variants alternate call by call (both see the same machine load); the saving is
+the median over adjacent pairs of ``1 - t_cheap / t_expensive`` (:func:`paired_saving`), which cancels
+the slow drifts of a shared machine that a ratio of two separate medians keeps; reported times are medians;
 ``clock="cpu"`` (default on CPU) times this process's CPU time, robust to other jobs on a shared machine.
 """
 
@@ -34,6 +36,13 @@ def _clock(clock: str | Callable[[], float]) -> Callable[[], float]:
     if clock not in CLOCKS:
         raise ValueError(f"clock={clock!r}; allowed: {', '.join(CLOCKS)}")
     return CLOCKS[clock]
+
+
+def paired_saving(t_cheap: list[float], t_expensive: list[float]) -> float:
+    """Median over adjacent pairs ``i`` of ``1 - t_cheap[i] / t_expensive[i]``."""
+    if len(t_cheap) != len(t_expensive) or not t_cheap:
+        raise ValueError(f"need equally many timings, at least one; got {len(t_cheap)} and {len(t_expensive)}")
+    return statistics.median(1 - c / e for c, e in zip(t_cheap, t_expensive))
 
 
 # ----------------------------------------------------------------------------- training
@@ -88,7 +97,7 @@ def train_step_speed(cfg, batch: int, seq: int, repeats: int, p_big: float = 0.5
     td, tn = statistics.median(t_duo), statistics.median(t_dense)
     f_duo = training_flops_per_token(cfg, p_big, seq_len=seq)
     f_dense = training_flops_per_token(cfg, 1.0, seq_len=seq)
-    measured, predicted = 1 - td / tn, 1 - f_duo / f_dense
+    measured, predicted = paired_saving(t_duo, t_dense), 1 - f_duo / f_dense
     return dict(d=cfg.hidden_size, big=cfg.big_ffn_size, small=cfg.small_ffn_size, L=L,
                 batch=batch, seq=seq, tok_s_duo=batch * seq / td, tok_s_dense=batch * seq / tn,
                 measured=measured, predicted=predicted, ratio=measured / predicted,
@@ -141,7 +150,8 @@ def time_forward(model, x, policy, device) -> tuple[float, float]:
 def routed_inference_speed(cfg, batch: int, seq: int, repeats: int, warmup: int = 3, clock: str = "cpu",
                            device="cpu", k: int | None = None) -> list[dict]:
     """Forward passes of ``DuoForCausalLM(cfg)`` routed with ``k`` big layers of L per token
-    (default ``round(L / 3)``: 4 of 12) vs all-big, alternating; one row per policy:
+    (default ``round(L / 3)``: 4 of 12) vs all-big, alternating (round robin over the policies, each
+    routed pass paired with the all-big pass just before it); one row per policy:
 
     ``token<k>`` (exactly k random big layers per token), ``router`` (a random router calibrated to
     k / L big per layer) and ``fixed<k>`` (one pattern for all tokens: no gather / scatter, the
@@ -162,27 +172,28 @@ def routed_inference_speed(cfg, batch: int, seq: int, repeats: int, warmup: int 
                 "router": calibrated_router(model, x, k / L),
                 # reference: one pattern for all tokens, no gather / scatter (the routing-overhead-free bound)
                 f"fixed{k}": FixedRoutes([BIG] * k + [SMALL] * (L - k))}
-    rows = []
+    predicted, big_layers = {}, {}
     for pname, policy in policies.items():
         with torch.no_grad():
             routes = model(x, routes=policy, return_routes=True).routing.routes.cpu()
-            big_routes = torch.full_like(routes, BIG)
-        predicted = 1 - mean_flops_per_token(cfg, routes) / mean_flops_per_token(cfg, big_routes)
-        for _ in range(warmup):
-            time_forward(model, x, all_big, device)
-            time_forward(model, x, policy, device)
-        t_big, t_routed = [], []
-        for _ in range(repeats):  # alternate, same process
-            t_big.append(time_forward(model, x, all_big, device))
-            t_routed.append(time_forward(model, x, policy, device))
-        which = 1 if clock == "cpu" else 0
+        predicted[pname] = 1 - mean_flops_per_token(cfg, routes) / mean_flops_per_token(cfg, torch.full_like(routes, BIG))
+        big_layers[pname] = float((routes == BIG).sum(-1).float().mean())
+    times = {pname: ([], []) for pname in policies}  # (all-big, routed) (wall, cpu) pairs
+    for i in range(warmup + repeats):  # round robin over the policies, each routed pass next to an all-big one
+        for pname, policy in policies.items():
+            pair = time_forward(model, x, all_big, device), time_forward(model, x, policy, device)
+            if i >= warmup:
+                for kept, t in zip(times[pname], pair):
+                    kept.append(t)
+    which = 1 if clock == "cpu" else 0
+    rows = []
+    for pname, (t_big, t_routed) in times.items():
         tb, tr = (statistics.median(t[which] for t in ts) for ts in (t_big, t_routed))
-        wall_b, wall_r = (statistics.median(t[0] for t in ts) for ts in (t_big, t_routed))
-        measured = 1 - tr / tb
-        rows.append(dict(policy=pname, big_layers=float((routes == BIG).sum(-1).float().mean()),
-                         t_all_big_ms=1e3 * tb, t_routed_ms=1e3 * tr, measured=measured, predicted=predicted,
-                         realised=measured / predicted if predicted else float("nan"),
-                         wall_measured=1 - wall_r / wall_b))
+        measured = paired_saving([t[which] for t in t_routed], [t[which] for t in t_big])
+        rows.append(dict(policy=pname, big_layers=big_layers[pname],
+                         t_all_big_ms=1e3 * tb, t_routed_ms=1e3 * tr, measured=measured, predicted=predicted[pname],
+                         realised=measured / predicted[pname] if predicted[pname] else float("nan"),
+                         wall_measured=paired_saving([t[0] for t in t_routed], [t[0] for t in t_big])))
     return rows
 
 

@@ -128,13 +128,15 @@ class DuoLayer(nn.Module):
     def ffn_hard(self, x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
         """FFN output for normalised input x ``[B, T, d]`` under hard routes ``[B, T]``.
 
-        Each module runs only on its own rows (gather, compute, scatter); skipped rows get zero."""
+        Each module runs only on its own rows (gather, compute, scatter); skipped rows get zero.
+        (A sort-based dispatch with a custom permutation backward measured no faster on CPU.)"""
         flat_x, flat_r = x.reshape(-1, x.shape[-1]), routes.reshape(-1)  # [N, d], [N]
         rows = {code: (flat_r == code).nonzero().squeeze(1) for code in (BIG, SMALL)}  # [n_code] each
         for code, idx in rows.items():
             if idx.numel() == flat_r.numel():  # every token takes one module: no gather / scatter
                 return self.module(code)(x)
-        out = flat_x.new_zeros(flat_x.shape)
+        covered = sum(idx.numel() for idx in rows.values()) == flat_r.numel()  # no token skips
+        out = flat_x.new_empty(flat_x.shape) if covered else flat_x.new_zeros(flat_x.shape)  # [N, d]
         for code, idx in rows.items():
             if idx.numel():
                 out.index_copy_(0, idx, self.module(code)(flat_x.index_select(0, idx)))
@@ -345,12 +347,14 @@ class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
 
 
 def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token cross-entropy ``[B, T-1]`` (float32; 0 where labels are -100)."""
-    logits = logits[:, :-1].float()  # [B, T-1, V]
-    targets = labels[:, 1:]  # [B, T-1]
-    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                           reduction="none")  # row-major: much faster than a [B, V, T] view
-    return flat.view(targets.shape)
+    """Per-token next-token cross-entropy ``[B, T-1]`` (float32; 0 where labels are -100).
+
+    The labels are shifted (padded with -100), not the logits: slicing ``logits[:, :-1]`` would copy the
+    ``[B, T, V]`` tensor and zero-fill its gradient, which cost ~2.5% of a default-model training step."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # [B, T]: the last position has no next token
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                           reduction="none")  # [B*T], row-major: much faster than a [B, V, T] view
+    return flat.view(targets.shape)[:, :-1]  # [B, T-1]
 
 
 def trace_from(decisions: list[torch.Tensor]) -> RoutingTrace:

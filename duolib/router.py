@@ -292,8 +292,13 @@ class RouterPolicy(RoutingPolicy, nn.Module):
             return self.full_probs(self.option_probs(layer_idx, hidden_states)).to(hidden_states.dtype)
         if self.mode != "hard":
             raise ValueError(f"router mode {self.mode!r}; allowed: 'hard', 'soft'")
-        choice = self.logits(layer_idx, hidden_states).argmax(-1)  # [B, T]
-        return self.option_codes.to(choice.device)[choice]
+        if len(self.options) == 2:  # argmax of two logits is the sign of their difference: one mat-vec
+            lin, (first, second) = self.layers[layer_idx], self.options
+            flat = hidden_states.reshape(-1, hidden_states.shape[-1]).to(lin.weight.dtype)  # [B*T, d]
+            margin = torch.mv(flat, lin.weight[1] - lin.weight[0])  # [B*T]
+            return torch.where(margin > lin.bias[0] - lin.bias[1], second, first).view(hidden_states.shape[:-1])
+        codes = self.option_codes.to(hidden_states.device)
+        return codes[self.logits(layer_idx, hidden_states).argmax(-1)]  # [B, T]
 
     @contextmanager
     def soft(self, tau: float = 1.0):
