@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args._func(args)
-    except CLIError as exc:
+    except (CLIError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
         print(f"duo: error: {exc}", file=sys.stderr)
         return 1
     return int(rc or 0)
@@ -265,10 +265,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     root = repo_root()
     start = time.perf_counter()
     if not args.skip_notebooks:
-        try:
-            results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from exc
+        results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
     if not args.skip_build:
@@ -330,10 +327,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from duolib.train import run_from_args
 
-    try:
-        return run_from_args(args)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    return run_from_args(args)
 
 
 @subcommand(
@@ -354,10 +348,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_oracle(args: argparse.Namespace) -> int:
     from duolib.oracle_io import cli_main
 
-    try:
-        return cli_main(args)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    return cli_main(args)
 
 
 @subcommand(
@@ -380,10 +371,8 @@ def cmd_oracle(args: argparse.Namespace) -> int:
 def cmd_route(args: argparse.Namespace) -> int:
     from duolib.router import cli_main
 
-    try:
-        return cli_main(args)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    return cli_main(args)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

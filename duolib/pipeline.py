@@ -6,7 +6,10 @@ one profile and writes the executed copies where the book reads them (``book/exp
 
 Caching: an executed notebook records, in its metadata, a key made of its source cells, its
 parameters and the keys of the steps it needs.  When the key is unchanged the step is skipped
-("an unchanged step is not recomputed"); ``force=True`` reruns everything.  Heavy artefacts
+("an unchanged step is not recomputed") if ``run_dir`` also holds that step's stamp
+(``run_dir/.pipeline/<step>.key``, written after the step ran there): the executed notebooks committed
+to the repository therefore never stand in for a run folder that lacks their artefacts, and a fresh clone
+reruns everything.  ``force=True`` reruns everything.  Heavy artefacts
 (tokenizer, token caches, the trained model) additionally live in ``run_dir`` with their own
 caches, so e.g. editing the oracle notebook reruns the oracle but not Stage-1 training.
 """
@@ -132,20 +135,40 @@ def run_pipeline(
         source = root / "notebooks" / f"{step.name}.ipynb"
         if only and step.name not in only and not source.is_file():
             continue
-        params = {"profile": profile, "run_dir": str(run_dir), "seed": seed, **step.params}
+        params = {"profile": profile, "run_dir": _run_dir_param(run_dir, root, source.parent), "seed": seed,
+                  **step.params}
         keys[step.name] = notebook_key(source, params, [keys.get(n, "") for n in step.needs])
         output = out_dir / f"{step.name}.ipynb"
         if only and step.name not in only:
             continue
         bar.set_postfix_str(step.name)
         start = time.perf_counter()
-        if not force and stored_key(output) == keys[step.name]:
+        stamp = run_dir / ".pipeline" / f"{step.name}.key"
+        if not force and stored_key(output) == keys[step.name] == _read(stamp):
             results.append(StepResult(step.name, "cached", 0.0, output))
             continue
         _execute(source, output, params, keys[step.name], cwd=source.parent)
+        _write_atomic(stamp, keys[step.name])
         results.append(StepResult(step.name, "ran", time.perf_counter() - start, output))
         bar.write(f"  {step.name}: ran in {results[-1].seconds:.1f} s")
     return results
+
+
+def _run_dir_param(run_dir: Path, root: Path, cwd: Path) -> str:
+    """The ``run_dir`` a notebook is given: relative to its working folder when the run folder lies inside
+    the repository (so the committed notebooks show ``../runs/default``, not this machine's path)."""
+    return os.path.relpath(run_dir, cwd) if run_dir.is_relative_to(root) else str(run_dir)
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ---- helpers the notebooks call in their first cells ------------------------------------------
@@ -177,10 +200,7 @@ def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
 def save_results(run_dir: str | os.PathLike, step: str, results: dict) -> Path:
     """Write a notebook's headline numbers to ``run_dir/results/<step>.json`` (read by the scorecard)."""
     path = Path(run_dir) / "results" / f"{step}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    _write_atomic(path, json.dumps(results, indent=2, sort_keys=True, default=float))
     return path
 
 

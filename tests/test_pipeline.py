@@ -45,6 +45,23 @@ def test_unchanged_steps_are_not_recomputed(tiny_book):
     assert [r.status for r in again] == ["cached", "cached"]
 
 
+def test_executed_notebooks_do_not_stand_in_for_a_missing_run_folder(tiny_book):
+    """Committed notebooks with matching keys are rerun when the run folder lacks their stamp (fresh clone)."""
+    fresh = run_pipeline("tiny", root=ROOT, run_dir=tiny_book / "runs", book_dir=tiny_book / "book", only=["01_data"])
+    assert [r.status for r in fresh] == ["cached"]
+    (tiny_book / "runs" / ".pipeline" / "01_data.key").unlink()
+    rerun = run_pipeline("tiny", root=ROOT, run_dir=tiny_book / "runs", book_dir=tiny_book / "book", only=["01_data"])
+    assert [r.status for r in rerun] == ["ran"]
+    assert (tiny_book / "runs" / ".pipeline" / "01_data.key").is_file()
+
+
+def test_run_folder_inside_the_repository_is_passed_relative(tmp_path):
+    from duolib.pipeline import _run_dir_param
+
+    assert _run_dir_param(ROOT / "runs" / "default", ROOT, ROOT / "notebooks") == "../runs/default"
+    assert _run_dir_param(tmp_path / "runs", ROOT, ROOT / "notebooks") == str(tmp_path / "runs")
+
+
 def test_nbval_lax_on_the_executed_notebooks(tiny_book):
     notebooks = sorted(str(p) for p in (tiny_book / "book" / "experiments").glob("*.ipynb"))
     assert len(notebooks) == len(STEPS)
