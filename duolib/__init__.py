@@ -20,7 +20,8 @@ from .routing import (
 )
 
 from . import retrofit  # callable module: duolib.retrofit(model, small_ffn_size=None, init="importance")
-from .router import RouterPolicy, load_router, train_distilled_router, train_router
+from .router import RouterPolicy, load_router
+from .router_train import train_distilled_router, train_router
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ import torch
 
 from .profiles import get_profile
 from .reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices
-from .routing import BIG, SKIP
+from .routing import BIG
 
 ORACLE_DIR = "oracle"
 MANIFEST = "book.json"

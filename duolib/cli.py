@@ -16,7 +16,6 @@ order. Keep module-level imports light (stdlib only) so that ``duo --help`` is f
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import subprocess
@@ -369,7 +368,7 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 def cmd_route(args: argparse.Namespace) -> int:
-    from duolib.router import cli_main
+    from duolib.router_train import cli_main
 
     return cli_main(args)
 

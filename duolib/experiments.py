@@ -167,14 +167,15 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
 
 def cached_router(model, folder, batches, steps: int, *, options=("small", "big"), budget: float | None = None,
                   option_budget: Mapping[str, float] | None = None, data_key: str = "", seed: int = 0, **train_kwargs):
-    """Train a router as in the paper (:func:`duolib.router.train_router`) into ``folder``, or load it
+    """Train a router as in the paper (:func:`duolib.router_train.train_router`) into ``folder``, or load it
     if ``folder`` holds one trained with the same settings on the same base weights.
 
     ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.
     Returns ``(router, history DataFrame)``."""
     import pandas as pd
 
-    from .router import RouterPolicy, train_router, weights_fingerprint
+    from .router import RouterPolicy, weights_fingerprint
+    from .router_train import train_router
 
     folder = Path(folder)
     router = RouterPolicy.for_model(model, options, seed=seed)
@@ -193,7 +194,7 @@ def cached_router(model, folder, batches, steps: int, *, options=("small", "big"
 def oracle_targets(model, input_ids: torch.Tensor, k: int, semantics: str = "shared"):
     """The per-token oracle's winning patterns at exactly ``k`` big layers on ``input_ids [N, T]``:
     ``(routes [M, L], token_index (seq, position), oracle perplexity)`` for
-    :func:`duolib.router.train_distilled_router`."""
+    :func:`duolib.router_train.train_distilled_router`."""
     from .oracle import loss_matrix
 
     matrix = loss_matrix(model, input_ids, k=k, semantics=semantics)
@@ -208,7 +209,8 @@ def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, step
     Returns ``(router, history DataFrame, oracle perplexity on the training slice)``."""
     import pandas as pd
 
-    from .router import RouterPolicy, train_distilled_router, weights_fingerprint
+    from .router import RouterPolicy, weights_fingerprint
+    from .router_train import train_distilled_router
 
     folder = Path(folder)
     spec = dict(kind="distilled", k=k, steps=steps, semantics=semantics, batch_size=batch_size, lr=lr, seed=seed,
@@ -439,7 +441,7 @@ def build_opt(config, seed: int = 0):
 def pretrain_lm(model, batches, steps: int, lr: float = 3e-3, warmup: int = 10, seed: int = 0) -> list[dict]:
     """Plain language-model training of every parameter (AdamW, linear warm-up then cosine decay to
     10%, clipping at 1.0): the stand-in for a pretrained model's pretraining.  History: step, loss."""
-    from .router import _batch_source
+    from .router_train import _batch_source
     from .train import lr_factor
 
     get_batch = _batch_source(batches)

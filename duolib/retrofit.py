@@ -34,7 +34,7 @@ the big MLP with the largest importance score, copied (weights and biases; the o
 Score of unit j: ``||W_in[j]|| * ||W_out[:, j]||`` (fc1 row x fc2 column for OPT, c_fc column x
 c_proj row for GPT-2), times ``||W_gate[j]||`` for SwiGLU.  ``init="random"``: normal(0, 0.02),
 zero biases.  Then :func:`train_small_modules` trains the small modules with random routing
-(original weights frozen) and :func:`duolib.router.train_router` trains a router.
+(original weights frozen) and :func:`duolib.router_train.train_router` trains a router.
 """
 
 from __future__ import annotations
@@ -410,7 +410,7 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
     Each token, at each layer, is big with probability ``p_big`` (skip ``p_skip``, else small), as
     in the paper.  ``batches``: a function step -> LongTensor [B, T] (or tensor / iterable).  The model
     runs in eval mode (no dropout: the base is frozen).  Returns the history (step, loss)."""
-    from .router import _batch_source, _progress
+    from .router_train import _batch_source, _progress
 
     params = small_parameters(model)
     get_batch = _batch_source(batches)
@@ -445,8 +445,8 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
 
 
 def train_router(model, router, batches, steps: int, **kwargs):
-    """:func:`duolib.router.train_router` (works on retrofitted models)."""
-    from .router import train_router as _train
+    """:func:`duolib.router_train.train_router` (works on retrofitted models)."""
+    from .router_train import train_router as _train
 
     return _train(model, router, batches, steps, **kwargs)
 

@@ -269,7 +269,7 @@ def test_distilled_router_imitates_the_oracle(trained, holdout, router_k2):
 def test_teacher_forcing_follows_the_oracle_routes(trained):
     x = markov_batch(0, batch=2, seq=16, seed=8)
     routes = torch.randint(1, 3, (2, 16, 4), generator=torch.Generator().manual_seed(0))
-    from duolib.router import _TeacherForced
+    from duolib.router_train import _TeacherForced
 
     teacher = _TeacherForced(routes)
     with torch.no_grad():

@@ -167,7 +167,7 @@ def test_kill9_then_resume_is_bitwise_identical_to_an_uninterrupted_run(cache_di
 
     cfg = tiny(cache_dir, steps=steps, checkpoint_every=every, log_every=1)
     resumed = train(cfg, killed)
-    full = train(cfg, tmp_path / "full")
+    train(cfg, tmp_path / "full")
     assert not resumed.skipped
     a, b = weights(killed), weights(tmp_path / "full")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

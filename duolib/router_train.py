@@ -1,0 +1,350 @@
+"""Router training (the paper's Stage 3), oracle distillation (ours) and the ``duo route`` command.
+
+:func:`train_router` trains a :class:`~duolib.router.RouterPolicy` on a frozen (by default) base model
+with the soft mixture, the annealed temperature and the budget penalty described in
+:mod:`duolib.router`; :func:`train_distilled_router` teaches the same router to imitate an oracle's
+per-layer choices.  Both work on Duo models and on models retrofitted by :func:`duolib.retrofit`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .router import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, SETTINGS, RouterPolicy, _is_duo,
+                     _model_sizes, budget_penalty, budget_targets, parse_options, routed_forward, temperature)
+from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, TokenRoutes, check_codes
+
+
+def _batch_source(batches) -> Callable[[int], torch.Tensor]:
+    """``batches``: a function step -> LongTensor [B, T], a tensor [N, B, T] / [B, T], or an iterable."""
+    if callable(batches) and not torch.is_tensor(batches):
+        return batches
+    if torch.is_tensor(batches):
+        if batches.dim() == 2:
+            return lambda step: batches
+        if batches.dim() == 3:
+            return lambda step: batches[step % batches.shape[0]]
+        raise ValueError(f"a tensor of batches must be [B, T] or [N, B, T]; got {tuple(batches.shape)}")
+    iterator = iter(batches)
+
+    def next_batch(step):
+        nonlocal iterator
+        try:
+            return next(iterator)
+        except StopIteration:
+            iterator = iter(batches)
+            return next(iterator)
+
+    return next_batch
+
+
+@contextmanager
+def _frozen(model, freeze: bool):
+    """Freeze (requires_grad False, eval mode) the base model for the duration; restore afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        if freeze:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            model.eval()
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _progress(iterable, progress: bool, desc: str):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+# ----------------------------------------------------------------------------- training (paper)
+
+
+def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: float | None = None,
+                 option_budget: Mapping[str | int, float] | str | None = None, alpha: float = DEFAULT_ALPHA,
+                 lr: float = DEFAULT_LR, tau0: float = DEFAULT_TAU0, tau_min: float = DEFAULT_TAU_MIN,
+                 freeze_base: bool = True, base_lr: float = 1e-4, grad_clip: float | None = 1.0,
+                 init_prior: bool = True, seed: int = 0, progress: bool = True,
+                 log_every: int = 1) -> list[dict]:
+    """Train ``router`` on ``model`` as in the paper; returns the history (one dict per logged step).
+
+    ``batches``: a function ``step -> LongTensor [B, T]`` (e.g. ``lambda s: sample_batch(stream, s, B, T)``),
+    a tensor of batches, or an iterable.  Loss: ``CE + alpha * budget_penalty`` with the router
+    routing softly at ``temperature(step, steps, tau0, tau_min)``.  ``budget``: big layers per token
+    (0..L); ``option_budget``: a fraction per option (see :func:`budget_targets`).  The base model is
+    frozen (and in eval mode) unless ``freeze_base=False`` (then trained at ``base_lr``).
+    ``init_prior`` first sets the router biases so that its initial choices match the targets.
+    Afterwards the router is in hard mode.  History keys: step, tau, loss, ce, penalty,
+    mean_big_layers (soft), frac_skip / frac_small / frac_big (soft).
+    """
+    hidden, L = _model_sizes(model)
+    if router.num_layers != L or router.hidden_size != hidden:
+        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
+                         f"has hidden_size={hidden}, {L} layers")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1")
+    targets = budget_targets(L, router.options, budget, option_budget)
+    get_batch = _batch_source(batches)
+    torch.manual_seed(seed)
+    if init_prior and router.meta.get("trained_steps", 0) == 0:
+        router.set_prior(targets)
+    device = next(router.parameters()).device
+    groups = [{"params": list(router.parameters()), "lr": lr}]
+    if not freeze_base:
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": base_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    history = []
+    router.train()
+    with _frozen(model, freeze_base):
+        if not freeze_base:
+            model.train()
+        for step in _progress(range(steps), progress, "router"):
+            tau = temperature(step, steps, tau0, tau_min)
+            ids = get_batch(step).to(device)
+            with router.soft(tau):
+                out, trace = routed_forward(model, ids, router, labels=ids)
+            penalty = budget_penalty(trace.probs, targets)
+            loss = out.loss + alpha * penalty
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                probs = trace.probs.detach().float()
+                history.append({
+                    "step": step, "tau": tau, "loss": float(loss.detach()), "ce": float(out.loss.detach()),
+                    "penalty": float(penalty.detach()),
+                    "mean_big_layers": float(probs[..., BIG].sum(-1).mean()),
+                    **{f"frac_{ROUTE_NAMES[c]}": float(probs[..., c].mean()) for c in (SKIP, SMALL, BIG)},
+                })
+    router.eval()
+    router.mode = "hard"
+    router.targets = targets
+    router.meta.update(kind=router.meta.get("kind", "router"),
+                       trained_steps=router.meta.get("trained_steps", 0) + steps,
+                       budget=budget, option_budget={ROUTE_NAMES[c]: f for c, f in targets.items()},
+                       alpha=alpha, lr=lr, tau0=tau0, tau_min=tau_min, freeze_base=freeze_base)
+    if router.base is None:
+        router.base = RouterPolicy.for_model(model, router.options).base
+    return history
+
+
+# ----------------------------------------------------------------------------- oracle distillation (ours)
+
+
+class _TeacherForced(RoutingPolicy):
+    """Routes along given per-token codes and records the hidden state entering each FFN slot."""
+
+    def __init__(self, routes: torch.Tensor):
+        self.inner = TokenRoutes(routes)
+        self.hidden: dict[int, torch.Tensor] = {}
+
+    def route_layer(self, layer_idx, hidden_states, position_ids):
+        self.hidden[layer_idx] = hidden_states.detach()
+        return self.inner.route_layer(layer_idx, hidden_states, position_ids)
+
+
+def oracle_routes_per_sequence(input_ids: torch.Tensor, oracle_routes: torch.Tensor, fill: int = BIG,
+                               token_index: tuple[torch.Tensor, torch.Tensor] | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reshape an oracle's winning patterns to ``[N, T, L]`` codes plus a mask ``[N, T]`` of scored tokens.
+
+    ``oracle_routes``: ``[N, T, L]``, ``[N, T - 1, L]`` (one pattern per scored token: token t's
+    pattern is the route of position t, whose output predicts token t + 1), or flat
+    ``[N * T, L]`` / ``[N * (T - 1), L]`` (sequence-major).  With ``token_index = (seq, position)``
+    (``[M]`` each, e.g. a loss matrix's ``seq`` / ``position``) the flat rows ``[M, L]`` go to those
+    tokens, in any order and for any subset.  Unscored positions take ``fill`` and mask 0.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [N, T]; got shape {tuple(input_ids.shape)}")
+    N, T = input_ids.shape
+    r = torch.as_tensor(oracle_routes)
+    check_codes(r, "oracle routes")
+    if token_index is not None:
+        seq, pos = (torch.as_tensor(t).long() for t in token_index)
+        if r.dim() != 2 or not (len(seq) == len(pos) == r.shape[0]):
+            raise ValueError(f"with token_index, oracle routes must be [M, L] with M = len(seq) = len(position); got "
+                             f"{tuple(r.shape)}, {len(seq)}, {len(pos)}")
+        if len(seq) and (seq.min() < 0 or seq.max() >= N or pos.min() < 0 or pos.max() >= T):
+            raise ValueError(f"token_index points outside input_ids of shape {tuple(input_ids.shape)}")
+        full = torch.full((N, T, r.shape[1]), fill, dtype=torch.long)
+        full[seq, pos] = r.long()
+        mask = torch.zeros(N, T, dtype=torch.bool)
+        mask[seq, pos] = True
+        return full, mask
+    if r.dim() == 2:
+        if r.shape[0] == N * T:
+            r = r.view(N, T, -1)
+        elif r.shape[0] == N * (T - 1):
+            r = r.view(N, T - 1, -1)
+        else:
+            raise ValueError(f"oracle routes have {r.shape[0]} rows; expected N*T={N * T} or N*(T-1)={N * (T - 1)} "
+                             f"for input_ids of shape {tuple(input_ids.shape)}")
+    if r.dim() != 3 or r.shape[0] != N or r.shape[1] not in (T, T - 1):
+        raise ValueError(f"oracle routes of shape {tuple(r.shape)} do not match input_ids {tuple(input_ids.shape)}; "
+                         f"expected [N, T, L] or [N, T-1, L]")
+    mask = torch.ones(N, T, dtype=torch.bool)
+    if r.shape[1] == T - 1:
+        r = torch.cat([r, torch.full((N, 1, r.shape[2]), fill, dtype=r.dtype)], dim=1)
+        mask[:, -1] = False
+    return r.long(), mask
+
+
+def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor, oracle_routes: torch.Tensor,
+                           steps: int, *, batch_size: int = 8, lr: float = DEFAULT_LR, seed: int = 0,
+                           token_index: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           progress: bool = True, log_every: int = 1) -> list[dict]:
+    """Train ``router`` to imitate an oracle's per-layer choices (cross-entropy), teacher-forced.
+
+    ``input_ids [N, T]`` and the oracle's winning patterns (see :func:`oracle_routes_per_sequence`)
+    are plain inputs (e.g. ``matrix.patterns[matrix.oracle(k).winners]`` with ``token_index=(matrix.seq,
+    matrix.position)`` from :mod:`duolib.oracle`; any ``[N_tokens, L]`` codes at budget k).  Each step runs
+    the frozen model
+    along the oracle's own routes, takes the hidden state entering every FFN slot and trains
+    the layer's linear router to predict the oracle's code there.  History: step, loss, accuracy.
+    """
+    hidden, L = _model_sizes(model)
+    if router.num_layers != L or router.hidden_size != hidden:
+        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
+                         f"has hidden_size={hidden}, {L} layers")
+    routes, mask = oracle_routes_per_sequence(input_ids, oracle_routes, fill=router.options[-1],
+                                              token_index=token_index)
+    if routes.shape[2] != L:
+        raise ValueError(f"oracle patterns have {routes.shape[2]} layers but the model has {L}")
+    used = sorted(set(routes[mask].unique().tolist()))
+    if not set(used) <= set(router.options):
+        raise ValueError(f"oracle routes use {[ROUTE_NAMES[c] for c in used]} but the router's options are "
+                         f"{list(router.option_names)}")
+    to_index = torch.full((3,), -100, dtype=torch.long)
+    to_index[list(router.options)] = torch.arange(len(router.options))
+    targets = to_index[routes]  # [N, T, L] option indices
+    targets[~mask] = -100
+    gen = torch.Generator().manual_seed(seed)
+    device = next(router.parameters()).device
+    opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=0.0)
+    N = input_ids.shape[0]
+    history = []
+    router.train()
+    with _frozen(model, True):
+        for step in _progress(range(steps), progress, "distil"):
+            idx = torch.randperm(N, generator=gen)[:batch_size]
+            ids, r, tgt = input_ids[idx].to(device), routes[idx].to(device), targets[idx].to(device)
+            teacher = _TeacherForced(r)
+            with torch.no_grad():
+                routed_forward(model, ids, teacher)
+            losses, correct, count = [], 0, 0
+            for layer in range(L):
+                logits = router.logits(layer, teacher.hidden[layer]).float()  # [b, T, n]
+                losses.append(F.cross_entropy(logits.transpose(1, 2), tgt[..., layer], ignore_index=-100))
+                valid = tgt[..., layer] != -100
+                correct += int((logits.argmax(-1) == tgt[..., layer])[valid].sum())
+                count += int(valid.sum())
+            loss = torch.stack(losses).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                history.append({"step": step, "loss": float(loss.detach()), "accuracy": correct / max(1, count)})
+    router.eval()
+    router.mode = "hard"
+    k = float((routes[mask] == BIG).sum(-1).float().mean()) if mask.any() else float("nan")
+    router.targets = {BIG: k / L}
+    router.meta.update(kind="distilled", trained_steps=router.meta.get("trained_steps", 0) + steps,
+                       budget=k, lr=lr, teacher="oracle")
+    if router.base is None:
+        router.base = RouterPolicy.for_model(model, router.options).base
+    return history
+
+
+# ----------------------------------------------------------------------------- command line (`duo route`)
+
+
+def _load_base(spec: str):
+    """A model folder, or a `duo train` run folder (its ``final/``), loaded with the Auto classes."""
+    from transformers import AutoModelForCausalLM
+
+    from . import DuoConfig  # noqa: F401  (registers the duo model type)
+
+    path = Path(spec)
+    if (path / "final" / "config.json").is_file():
+        path = path / "final"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {spec}: no config.json there (nor in {spec}/final); give a model folder or a "
+                         f"`duo train` run folder")
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def cli_main(args) -> int:
+    """``duo route``: train a router on a model (or a random tiny one), evaluate it, save it to ``--out``."""
+    from .config import DuoConfig
+    from .model import DuoForCausalLM
+    from .profiles import get_profile
+    from .router_eval import evaluate_routers, history_frame
+    from .routing import FixedRoutes
+
+    knobs = get_profile(args.profile).get("router", {})
+    pick = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
+    steps, batch_size, seq_len, n_eval = pick("steps"), pick("batch_size"), pick("seq_len"), pick("eval_sequences")
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
+    elif args.model:
+        model = _load_base(args.model)
+    else:
+        raise ValueError("give --model (a model or `duo train` run folder) or --random-init")
+    vocab = int(model.config.vocab_size)
+    corpus = args.corpus or ("random" if args.random_init else "mix")
+    if corpus == "random":
+        def batches(step):
+            return torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(
+                args.seed * 1_000_003 + step))
+        holdout = torch.randint(0, vocab, (n_eval, seq_len),
+                                generator=torch.Generator().manual_seed(987_654 + args.seed))
+    else:
+        from .data import holdout_sequences, prepare, sample_batch
+
+        prepared = prepare(corpus, vocab_size=vocab, progress=not args.quiet)
+
+        def batches(step):
+            return sample_batch(prepared.train, step, batch_size, seq_len, seed=args.seed)
+        holdout = holdout_sequences(next(iter(prepared.holdout.values())), n_eval, seq_len)
+    if args.setting and args.budget is not None:
+        raise ValueError("give --budget or --setting, not both")
+    if args.setting:
+        option_budget, budget = args.setting, None
+        if args.setting not in SETTINGS:
+            raise ValueError(f"unknown setting {args.setting!r}; allowed: {', '.join(SETTINGS)}")
+        options = tuple(SETTINGS[args.setting])
+    else:
+        option_budget, budget = None, args.budget if args.budget is not None else knobs["budgets"][0]
+        options = parse_options(args.options or "small,big")
+    router = RouterPolicy.for_model(model, options, seed=args.seed)
+    history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget,
+                           alpha=pick("alpha"), lr=pick("lr"), tau0=knobs.get("tau0", DEFAULT_TAU0),
+                           tau_min=knobs.get("tau_min", DEFAULT_TAU_MIN), seed=args.seed, progress=not args.quiet)
+    L = int(model.config.num_hidden_layers)
+    policies = {"router": router, "all big": FixedRoutes([BIG] * L), "all small": FixedRoutes([SMALL] * L)}
+    if _is_duo(model):
+        table = evaluate_routers(model, policies, holdout)
+    else:
+        table = evaluate_routers(model, {"router": router}, holdout)
+    out = Path(args.out)
+    router.save(out / "router", model)
+    history_frame(history).to_csv(out / "history.csv", index=False)
+    table.to_csv(out / "eval.csv", index=False)
+    cols = ["method", "mean_big_layers", "frac_skip", "frac_small", "frac_big", "ppl", "flops_per_token"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"router saved to {out / 'router'}; history.csv and eval.csv in {out}")
+    return 0
