@@ -124,6 +124,19 @@ def test_missing_run_folder_fails_clearly(tmp_path):
                                    parameters={"profile": "tiny", "run_dir": str(tmp_path / "missing")})
 
 
+def test_budget_out_of_range_fails_in_the_first_cells(tmp_path):
+    import papermill
+
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError, match=r"budget=99 is outside 0\.\.4"):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "07_routers.ipynb"), str(out), kernel_name="python3",
+                                   parameters={"profile": "tiny", "run_dir": str(tmp_path), "budgets": [99]},
+                                   progress_bar=False)
+    code = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+    failing = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failing and failing[0] <= 2
+
+
 def test_notebook_key_changes_with_parameters():
     src = ROOT / "notebooks" / "01_data.ipynb"
     assert notebook_key(src, {"profile": "tiny"}, []) != notebook_key(src, {"profile": "default"}, [])
