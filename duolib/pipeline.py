@@ -59,10 +59,13 @@ def step_names() -> list[str]:
 
 
 def notebook_key(source: Path, params: dict, upstream: list[str]) -> str:
-    """Hash of the notebook's cell sources, its parameters and its upstream keys."""
+    """Hash of the notebook's cell sources, its parameters, the knobs of its profile and its upstream keys.
+
+    (Changes to duolib itself are not part of the key: ``duo book --force`` reruns after them.)"""
     nb = json.loads(Path(source).read_text(encoding="utf-8"))
     cells = [[c.get("cell_type"), "".join(c.get("source", []))] for c in nb.get("cells", [])]
-    blob = json.dumps([cells, params, upstream], sort_keys=True, default=str)
+    profile = get_profile(params["profile"]) if "profile" in params else None
+    blob = json.dumps([cells, params, profile, upstream], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -84,18 +87,21 @@ class StepResult:
     output: Path
 
 
-def _execute(source: Path, output: Path, params: dict, key: str, cwd: Path) -> None:
+def _execute(source: Path, output: Path, params: dict, key: str, root: Path) -> None:
+    """papermill ``source`` -> ``output`` (atomically), run in the notebook's own folder."""
     import nbformat
     import papermill
 
     tmp = output.with_name(f".tmp-{output.name}")
     try:
         papermill.execute_notebook(
-            str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(cwd),
+            str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(source.parent),
             progress_bar=False, report_mode=False,
         )
         nb = nbformat.read(tmp, as_version=4)
         nb.metadata[METADATA_KEY] = {"key": key, "profile": params["profile"]}
+        paths = nb.metadata.get("papermill", {})  # this machine's paths -> the final names, relative where possible
+        paths.update(input_path=_shown(source, root), output_path=_shown(output, root))
         nbformat.write(nb, tmp)
         os.replace(tmp, output)  # nothing half-written is ever read by the book
     finally:
@@ -147,7 +153,7 @@ def run_pipeline(
         if not force and stored_key(output) == keys[step.name] == _read(stamp):
             results.append(StepResult(step.name, "cached", 0.0, output))
             continue
-        _execute(source, output, params, keys[step.name], cwd=source.parent)
+        _execute(source, output, params, keys[step.name], root)
         _write_atomic(stamp, keys[step.name])
         results.append(StepResult(step.name, "ran", time.perf_counter() - start, output))
         bar.write(f"  {step.name}: ran in {results[-1].seconds:.1f} s")
@@ -158,6 +164,11 @@ def _run_dir_param(run_dir: Path, root: Path, cwd: Path) -> str:
     """The ``run_dir`` a notebook is given: relative to its working folder when the run folder lies inside
     the repository (so the committed notebooks show ``../runs/default``, not this machine's path)."""
     return os.path.relpath(run_dir, cwd) if run_dir.is_relative_to(root) else str(run_dir)
+
+
+def _shown(path: Path, root: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _read(path: Path) -> str | None:

@@ -99,7 +99,7 @@ for _name, _section in _ROUTER_SECTIONS.items():
 # train sections do not cover; the CPU book must finish in about an hour on 2 cores.
 _BOOK_SECTIONS = {
     "tiny": dict(compare_steps=20, synthetic_steps=30, heatmap_bins=8, bench_repeats=2),
-    "default": dict(compare_steps=100, synthetic_steps=150, heatmap_bins=16, bench_repeats=5),
+    "default": dict(compare_steps=100, synthetic_steps=150, heatmap_bins=16, bench_repeats=9),
     "paper": dict(compare_steps=20_000, synthetic_steps=20_000, heatmap_bins=32, bench_repeats=20),
 }
 for _name, _section in _BOOK_SECTIONS.items():

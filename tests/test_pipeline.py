@@ -93,6 +93,7 @@ def test_book_builds_and_every_figure_exists(tiny_html):
     for page in pages:
         text = page.read_text(encoding="utf-8")
         assert "Traceback" not in text, page.name
+        assert "{glue" not in text, f"{page.name}: a glue reference was not resolved (MyST cannot nest it in code)"
         for src in re.findall(r'<img[^>]+src="([^"]+)"', text):
             if src.startswith("data:"):
                 assert len(src) > 200, f"empty inline image in {page.name}"
@@ -140,4 +141,14 @@ def test_budget_out_of_range_fails_in_the_first_cells(tmp_path):
 def test_notebook_key_changes_with_parameters():
     src = ROOT / "notebooks" / "01_data.ipynb"
     assert notebook_key(src, {"profile": "tiny"}, []) != notebook_key(src, {"profile": "default"}, [])
+
+
+def test_notebook_key_changes_with_the_profile_knobs(monkeypatch):
+    from duolib import profiles
+
+    src = ROOT / "notebooks" / "10_performance.ipynb"
+    before = notebook_key(src, {"profile": "tiny"}, [])
+    tiny = {**profiles.PROFILES["tiny"], "book": {**profiles.PROFILES["tiny"]["book"], "bench_repeats": 3}}
+    monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
+    assert notebook_key(src, {"profile": "tiny"}, []) != before
     assert stored_key(ROOT / "no-such.ipynb") is None
