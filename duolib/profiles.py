@@ -38,10 +38,10 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=32,
             max_position_embeddings=256,
         ),
-        # [ours] 900 x 16 x 128 = 1.8M tokens. Measured on the shared 2-core CPU (one thread, other users'
-        # jobs running): 19 min wall, 1.24 s/step on average, 0.9-2.1 s/step as their load came and went,
-        # i.e. ~25 min under sustained heavier load. Holdout ppl english 199 / python 136 (random routes)
-        # vs unigram 981 / 1034.
+        # [ours] 900 x 16 x 128 = 1.8M tokens. Measured in the book run of 2026-11-28 (fresh clone, `make
+        # book`, one thread on the 2-core CPU): 11.7 min of training (0.78 s/step); an earlier run under
+        # other users' load took 19 min (0.9-2.1 s/step). Holdout ppl english 204 / python 138 (random
+        # routes) vs unigram 981 / 1034.
         "train": dict(steps=900, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=50, eval_every=300,
                       eval_sequences=64, log_every=10, threads=1),
     },
