@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .fileio import atomic_write, atomic_write_text
 from .profiles import get_profile
 from .reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices
 from .routing import BIG
@@ -107,12 +107,7 @@ def _fingerprint(model) -> str:
 
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_matrix(matrix: LossMatrix, path) -> None:
@@ -151,9 +146,7 @@ def cached_json(run_dir, name: str, key_parts: list, compute):
         return json.loads(path.read_text())
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, default=float))
     return value
 
 

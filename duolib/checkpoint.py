@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fileio import atomic_write_text
+
 CKPT_DIR = "checkpoint"
 
 
@@ -55,12 +57,7 @@ def _save_model(model: nn.Module, folder: Path) -> None:
 
 def _write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file + os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 def _sha256(path: Path) -> str:

@@ -19,13 +19,13 @@ import hashlib
 import json
 import math
 import numbers
-import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .fileio import atomic_write_text
 from .profiles import get_profile
 from .routing import BIG, ROUTE_NAMES, SKIP, SMALL
 
@@ -160,9 +160,8 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
     (folder / "spec.json").unlink(missing_ok=True)  # written last: a killed run leaves no valid cache
     router.save(folder, model)
     pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
-    tmp = folder / ".spec.json.tmp"
-    tmp.write_text(json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, folder / "spec.json")
+    atomic_write_text(folder / "spec.json",
+                      json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
 
 
 def cached_router(model, folder, batches, steps: int, *, options=("small", "big"), budget: float | None = None,
@@ -517,9 +516,8 @@ def cached_pretrained_opt(profile: str, folder, vocab_size: int, batches, steps:
     with _quiet_hf():
         model.save_pretrained(folder)
     history.to_csv(folder / "history.csv", index=False)
-    tmp = folder / ".spec.json.tmp"
-    tmp.write_text(json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, spec_file)
+    atomic_write_text(spec_file,
+                      json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
     return model.eval(), history
 
 

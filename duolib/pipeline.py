@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fileio import atomic_write_text
 from .profiles import get_profile
 
 METADATA_KEY = "duolib"
@@ -154,7 +155,8 @@ def run_pipeline(
             results.append(StepResult(step.name, "cached", 0.0, output))
             continue
         _execute(source, output, params, keys[step.name], root)
-        _write_atomic(stamp, keys[step.name])
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, keys[step.name])
         results.append(StepResult(step.name, "ran", time.perf_counter() - start, output))
         bar.write(f"  {step.name}: ran in {results[-1].seconds:.1f} s")
     return results
@@ -173,13 +175,6 @@ def _shown(path: Path, root: Path) -> str:
 
 def _read(path: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- helpers the notebooks call in their first cells ------------------------------------------
@@ -211,7 +206,8 @@ def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
 def save_results(run_dir: str | os.PathLike, step: str, results: dict) -> Path:
     """Write a notebook's headline numbers to ``run_dir/results/<step>.json`` (read by the scorecard)."""
     path = Path(run_dir) / "results" / f"{step}.json"
-    _write_atomic(path, json.dumps(results, indent=2, sort_keys=True, default=float))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True, default=float))
     return path
 
 

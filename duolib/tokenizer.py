@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_write
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
@@ -223,16 +225,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get("DUOLIB_CACHE") or Path.home() / ".cache" / "duolib").expanduser()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename it onto ``path`` (never leaves a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_array(path: Path, array: np.ndarray) -> None:
     """Write ``array`` as an ``.npy`` file through a memmap, atomically."""
     def write(tmp: Path) -> None:
@@ -240,7 +232,7 @@ def _save_array(path: Path, array: np.ndarray) -> None:
         out[:] = array
         out.flush()
         del out
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _part(base: Path, suffix: str) -> Path:
@@ -280,5 +272,5 @@ def build_stream(texts: Sequence[str], tok, base: str | os.PathLike, meta: dict,
     meta = {**meta, "n_tokens": sum(len(a) + 1 for a in ids) + 1, "n_docs": len(texts),
             "n_chars": sum(len(t) for t in texts), "vocab_size": len(tok), "dtype": str(dtype),
             "has_labels": labs is not None}
-    _atomic_write(_part(base, ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    atomic_write(_part(base, ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return load_stream(base)

@@ -77,6 +77,7 @@ from .checkpoint import (CKPT_DIR, _atomic_dir, _differences, _hash, _quiet_hf, 
 from .train_config import (  # noqa: F401 (re-exported: duolib.train is the public entry point)
     ARCHS, COSMETIC_FIELDS, LATER_FIELDS, P_GRID, STAGES, TRAIN_ROUTES, TrainConfig, lr_at, lr_factor,
     parse_route_mode)
+from .fileio import atomic_write_text
 from .convert import llama_config
 from .model import DuoForCausalLM
 from .routing import BIG, SKIP, SMALL
@@ -612,12 +613,7 @@ class _MetricsLog:
 
 
 def _write_json_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 # ----------------------------------------------------------------------------- experiment helpers
