@@ -33,12 +33,13 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps)  # x * x: faster than pow(2), same bits
         return self.weight * x.to(dtype)
 
 
 class RotaryEmbedding(nn.Module):
-    """cos / sin tables for rotary positions (the Llama "rotate half" convention).
+    """Rotary positions (the Llama "rotate half" convention): dims ``i`` and ``i + hd/2`` of a head
+    rotate together by the angle ``position * theta^(-2i/hd)``.
 
     The inverse frequencies are recomputed on every call (head_dim / 2 numbers) rather than kept in
     a buffer, so models built on the meta device and loaded with ``from_pretrained`` stay exact."""
@@ -47,27 +48,34 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.dim, self.theta = config.head_dim, config.rope_theta
 
+    def angles(self, position_ids: torch.Tensor) -> torch.Tensor:
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float, device=position_ids.device) / self.dim
+        inv_freq = 1.0 / (self.theta ** exponents)  # [hd/2]
+        return position_ids[..., None].float() * inv_freq  # [B, T, hd/2]
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        exponents = torch.arange(0, self.dim, 2, dtype=torch.float, device=x.device) / self.dim
-        inv_freq = 1.0 / (self.theta ** exponents)  # [hd/2]
-        freqs = position_ids[..., None].float() * inv_freq  # [B, T, hd/2]
+        """HF-style ``cos, sin`` tables ``[B, T, hd]`` (the oracle's attention uses them)."""
+        freqs = self.angles(position_ids)
         emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, hd]
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(q, k, cos, sin):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, hd]
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    @torch.no_grad()
+    def rotations(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Unit complex numbers ``e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64): what :class:`Attention` takes."""
+        freqs = self.angles(position_ids)
+        return torch.polar(torch.ones_like(freqs), freqs)[:, :, None]
 
 
 class Attention(nn.Module):
-    """Causal multi-head (optionally grouped-query) attention with rotary positions."""
+    """Causal multi-head (optionally grouped-query) attention with rotary positions.
+
+    The q, k and v projections run as one matrix product.  In it, the q and k rows of every head are
+    reordered from Llama's rotate-half layout (dims ``i`` and ``i + hd/2`` rotate together) to adjacent
+    pairs, so the rotary step is one complex multiplication instead of half-swaps, negations and
+    broadcast products (about 5x less time on CPU).  q and k are reordered alike, so the attention
+    scores, and everything after them, are those of the Llama layout (up to float rounding); only
+    the keys in a KV cache are stored in the pair order."""
 
     def __init__(self, config: DuoConfig, layer_idx: int):
         super().__init__()
@@ -79,14 +87,32 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self._row_order: dict[torch.device, torch.Tensor] = {}
 
-    def forward(self, x, position_embeddings, mask, cache: Cache | None = None):
-        """x ``[B, T, d]``; mask: None (plain causal, or one query seeing all keys) or bool ``[B, 1, T, S]``."""
+    def row_order(self, device) -> torch.Tensor:
+        """Rows of ``cat(Wq, Wk, Wv)`` in the fused order: q and k heads as pairs ``(i, i + hd/2)``, then v."""
+        if device not in self._row_order:
+            hd, qk_heads = self.head_dim, self.n_heads + self.n_kv
+            pairs = torch.arange(hd).view(2, hd // 2).t().reshape(-1)  # [0, hd/2, 1, hd/2 + 1, ...]
+            qk = (torch.arange(qk_heads)[:, None] * hd + pairs).reshape(-1)
+            self._row_order[device] = torch.cat((qk, torch.arange(qk_heads * hd, (qk_heads + self.n_kv) * hd))).to(device)
+        return self._row_order[device]
+
+    def fused_weight(self) -> torch.Tensor:
+        """``[(H + 2 Hkv) hd, d]``: the stacked q, k, v projection weights in :meth:`row_order`."""
+        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        return w.index_select(0, self.row_order(w.device))
+
+    def forward(self, x, rotations, mask, cache: Cache | None = None):
+        """x ``[B, T, d]``; rotations ``[B or 1, T, 1, hd/2]`` complex (:meth:`RotaryEmbedding.rotations`);
+        mask: None (plain causal, or one query seeing all keys) or bool ``[B, 1, T, S]``."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, k, *position_embeddings)
+        H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
+        qk, v = F.linear(x, self.fused_weight()).split(((H + Hkv) * hd, Hkv * hd), dim=-1)  # [B, T, (H+Hkv) hd], [B, T, Hkv hd]
+        pairs = torch.view_as_complex(qk.float().unflatten(-1, (H + Hkv, hd // 2, 2)))  # [B, T, H+Hkv, hd/2]
+        qk = torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype).transpose(1, 2)  # [B, H+Hkv, T, hd]
+        q, k = qk.split((H, Hkv), dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
+        v = v.unflatten(-1, (Hkv, hd)).transpose(1, 2)  # [B, Hkv, T, hd]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, hd]
         if self.n_kv != self.n_heads:
@@ -122,38 +148,51 @@ class DuoLayer(nn.Module):
     def module(self, code: int) -> nn.Module | None:
         return {BIG: self.big, SMALL: self.small, SKIP: None}[code]
 
-    def attention_block(self, h, position_embeddings, mask, cache=None):
-        return h + self.self_attn(self.input_layernorm(h), position_embeddings, mask, cache)
+    def attention_block(self, h, rotations, mask, cache=None):
+        return h + self.self_attn(self.input_layernorm(h), rotations, mask, cache)
 
-    def ffn_hard(self, x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
-        """FFN output for normalised input x ``[B, T, d]`` under hard routes ``[B, T]``.
+    def ffn_hard(self, x: torch.Tensor, routes: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """FFN output for normalised input x ``[B, T, d]`` under hard routes ``[B, T]``; with
+        ``residual`` ``[B, T, d]``, ``residual + FFN output`` (the same numbers, one pass fewer).
 
         Each module runs only on its own rows (gather, compute, scatter); skipped rows get zero.
+        The residual form adds each module's rows straight into the residual stream instead of
+        scattering them into a buffer and adding that; **with autograd off it writes into**
+        ``residual`` **itself** (the layer passes its own fresh attention output).
         (A sort-based dispatch with a custom permutation backward measured no faster on CPU.)"""
         flat_x, flat_r = x.reshape(-1, x.shape[-1]), routes.reshape(-1)  # [N, d], [N]
         rows = {code: (flat_r == code).nonzero().squeeze(1) for code in (BIG, SMALL)}  # [n_code] each
         for code, idx in rows.items():
             if idx.numel() == flat_r.numel():  # every token takes one module: no gather / scatter
-                return self.module(code)(x)
-        covered = sum(idx.numel() for idx in rows.values()) == flat_r.numel()  # no token skips
-        out = flat_x.new_empty(flat_x.shape) if covered else flat_x.new_zeros(flat_x.shape)  # [N, d]
+                out = self.module(code)(x)
+                return out if residual is None else residual + out
+        if residual is None:
+            covered = sum(idx.numel() for idx in rows.values()) == flat_r.numel()  # no token skips
+            out = flat_x.new_empty(flat_x.shape) if covered else flat_x.new_zeros(flat_x.shape)  # [N, d]
+            for code, idx in rows.items():
+                if idx.numel():
+                    out.index_copy_(0, idx, self.module(code)(flat_x.index_select(0, idx)))
+            return out.view_as(x)
+        out = residual.reshape(flat_x.shape)  # [N, d]
+        if torch.is_grad_enabled():
+            out = out.clone()
         for code, idx in rows.items():
             if idx.numel():
-                out.index_copy_(0, idx, self.module(code)(flat_x.index_select(0, idx)))
+                out.index_add_(0, idx, self.module(code)(flat_x.index_select(0, idx)))
         return out.view_as(x)
 
     def ffn_soft(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Soft mixture ``P(small) * small(x) + P(big) * big(x)`` (skip contributes zero); probs ``[B, T, 3]``."""
         return probs[..., SMALL, None] * self.small(x) + probs[..., BIG, None] * self.big(x)
 
-    def forward(self, h, position_embeddings, mask, policy: RoutingPolicy, position_ids, cache=None):
+    def forward(self, h, rotations, mask, policy: RoutingPolicy, position_ids, cache=None):
         """Returns the new hidden state ``[B, T, d]`` and the layer's decision (codes ``[B, T]`` or probs ``[B, T, 3]``)."""
-        h = self.attention_block(h, position_embeddings, mask, cache)
+        h = self.attention_block(h, rotations, mask, cache)
         x = self.post_attention_layernorm(h)
         decision = policy.route_layer(self.self_attn.layer_idx, x, position_ids)
         if decision.is_floating_point():
             return h + self.ffn_soft(x, decision), decision
-        return h + self.ffn_hard(x, decision), decision
+        return self.ffn_hard(x, decision, residual=h), decision
 
 
 @dataclass
@@ -299,10 +338,10 @@ class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
         mask = attention_mask_for(attention_mask, B, T, past, input_ids.device)
 
         h = self.model.embed_tokens(input_ids)  # [B, T, d]
-        pos_emb = self.model.rotary_emb(h, position_ids)
+        rotations = self.model.rotary_emb.rotations(position_ids)  # [B, T, 1, hd/2]
         decisions, hidden_states = [], [h] if output_hidden_states else None
         for layer in self.model.layers:
-            h, decision = layer(h, pos_emb, mask, policy, position_ids, cache)
+            h, decision = layer(h, rotations, mask, policy, position_ids, cache)
             decisions.append(decision)
             if output_hidden_states:
                 hidden_states.append(h)

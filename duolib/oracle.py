@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .model import rotate_half
 from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
 from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
 
@@ -131,8 +130,9 @@ def _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats
 # ----------------------------------------------------------------------------- layer pieces
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary positions on ``x [..., T, hd]`` with tables ``[T, hd]``."""
-    return x * cos + rotate_half(x) * sin
+    """Rotary positions on ``x [..., T, hd]`` with tables ``[T, hd]`` (Llama's rotate-half layout)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def _heads(attn, x: torch.Tensor, proj, n: int) -> torch.Tensor:
@@ -178,6 +178,7 @@ class _Setup:
     h0: torch.Tensor  # [B, T1, d] embeddings of the scored positions (T1 = T - 1)
     cos: torch.Tensor  # [T1, hd]
     sin: torch.Tensor
+    rotations: torch.Tensor  # [1, T1, 1, hd/2] complex: the same positions for the model's own attention
     targets: torch.Tensor  # [B, T1]
     w_target: torch.Tensor  # [N, d] float32 head rows of the targets (N = B * T1)
     ref_kv: list | None = None  # per layer (K, V) [B, H, T1, hd] of the reference route
@@ -195,7 +196,7 @@ class _Setup:
         if self.semantics == "fixed-context":
             return fixed_context_attention(layer, h, *self.ref_kv[i], self.cos, self.sin)
         G, B, T1, d = h.shape
-        out = layer.attention_block(h.reshape(G * B, T1, d), (self.cos[None], self.sin[None]), None)
+        out = layer.attention_block(h.reshape(G * B, T1, d), self.rotations, None)
         return out.view(G, B, T1, d)
 
     def leaf(self, h: torch.Tensor) -> torch.Tensor:
@@ -248,10 +249,12 @@ def _setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf
     B, T = ids.shape
     T1 = T - 1
     h0 = model.model.embed_tokens(ids[:, :T1])  # [B, T1, d]
-    cos, sin = model.model.rotary_emb(h0, torch.arange(T1, device=device)[None])
+    positions = torch.arange(T1, device=device)[None]  # [1, T1]
+    cos, sin = model.model.rotary_emb(h0, positions)
+    rotations = model.model.rotary_emb.rotations(positions)  # [1, T1, 1, hd/2]
     targets = ids[:, 1:]  # [B, T1]
     w_target = model.lm_head.weight.float()[targets.reshape(-1)]  # [N, d]
-    setup = _Setup(model, semantics, h0, cos[0], sin[0], targets, w_target, leaf_rows=leaf_rows)
+    setup = _Setup(model, semantics, h0, cos[0], sin[0], rotations, targets, w_target, leaf_rows=leaf_rows)
     if semantics == "fixed-context" or proxy_vocab:
         routes = _reference_routes(reference, setup.num_layers, B, T).to(device)[:, :T1]  # [B, T1, L]
         ref_kv, h = [], h0
@@ -261,7 +264,7 @@ def _setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf
             k = _repeat_kv(_rope(_heads(attn, x, attn.k_proj, attn.n_kv), setup.cos, setup.sin), attn)
             v = _repeat_kv(_heads(attn, x, attn.v_proj, attn.n_kv), attn)
             ref_kv.append((k, v))  # [B, H, T1, hd]
-            a = layer.attention_block(h, (cos, sin), None)
+            a = layer.attention_block(h, rotations, None)
             h = a + layer.ffn_hard(layer.post_attention_layernorm(a), routes[..., i])
         if semantics == "fixed-context":
             setup.ref_kv = ref_kv

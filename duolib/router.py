@@ -295,7 +295,10 @@ class RouterPolicy(RoutingPolicy, nn.Module):
             lin, (first, second) = self.layers[layer_idx], self.options
             flat = hidden_states.reshape(-1, hidden_states.shape[-1]).to(lin.weight.dtype)  # [B*T, d]
             margin = torch.mv(flat, lin.weight[1] - lin.weight[0])  # [B*T]
-            return torch.where(margin > lin.bias[0] - lin.bias[1], second, first).view(hidden_states.shape[:-1])
+            codes = (margin > lin.bias[0] - lin.bias[1]).long()  # [B*T] 1 where the second option wins
+            if second - first != 1:
+                codes.mul_(second - first)
+            return codes.add_(first).view(hidden_states.shape[:-1])
         codes = self.option_codes.to(hidden_states.device)
         return codes[self.logits(layer_idx, hidden_states).argmax(-1)]  # [B, T]
 
