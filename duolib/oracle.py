@@ -265,7 +265,7 @@ def _setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf
             v = _repeat_kv(_heads(attn, x, attn.v_proj, attn.n_kv), attn)
             ref_kv.append((k, v))  # [B, H, T1, hd]
             a = layer.attention_block(h, rotations, None)
-            h = a + layer.ffn_hard(layer.post_attention_layernorm(a), routes[..., i])
+            h = layer.ffn_hard(layer.post_attention_layernorm(a), routes[..., i], residual=a)
         if semantics == "fixed-context":
             setup.ref_kv = ref_kv
         if proxy_vocab:
