@@ -40,9 +40,10 @@ import torch
 
 import duolib  # noqa: F401  (registers the model type)
 from duolib import BIG, DuoConfig, DuoForCausalLM, RandomRoutes
-from duolib.bench import oracle_component_costs
-from duolib.oracle import beam_oracle, brute_force_flops, brute_force_loss_matrix, loss_matrix, trie_flops
-from duolib.reductions import enumerate_patterns
+from duolib.book.bench import oracle_component_costs
+from duolib.oracle.beam import beam_oracle
+from duolib.oracle.engine import brute_force_flops, brute_force_loss_matrix, loss_matrix, trie_flops
+from duolib.oracle.reductions import enumerate_patterns
 from duolib.routing import ROUTE_NAMES
 
 

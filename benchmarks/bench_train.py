@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from duolib import DuoConfig
-from duolib.bench import CLOCKS, WIDE, step_fn, train_step_speed  # noqa: F401  (step_fn: re-exported)
-from duolib.bench import timed as _timed
+from duolib.book.bench import CLOCKS, WIDE, step_fn, train_step_speed  # noqa: F401  (step_fn: re-exported)
+from duolib.book.bench import timed as _timed
 
 MODELS = {
     "default": {},

@@ -1,36 +1,36 @@
-"""duolib: the open implementation of Duo-LLM (adaptive computation with big / small / skip FFN routes)."""
+"""duolib: the open implementation of Duo-LLM (adaptive computation with big / small / skip FFN routes).
 
-from transformers import AutoConfig, AutoModelForCausalLM
+The package's face: ``from duolib import DuoConfig, DuoForCausalLM, RandomRoutes, retrofit_model, ...``.
+Names load on first use (PEP 562), so ``import duolib`` and ``duo --help`` do not import torch or
+transformers; importing :mod:`duolib.model` registers the ``duo`` model type with transformers.
+"""
 
-from .config import DuoConfig
-from .model import DuoCausalLMOutput, DuoForCausalLM, DuoModel
-from .profiles import PROFILES, get_profile
-from .routing import (
-    BIG,
-    ROUTE_NAMES,
-    SKIP,
-    SMALL,
-    FixedRoutes,
-    PositionRoutes,
-    RandomRoutes,
-    RoutingPolicy,
-    RoutingTrace,
-    TokenRoutes,
-    pattern_to_str,
-)
-
-from . import retrofit  # callable module: duolib.retrofit(model, small_ffn_size=None, init="importance")
-from .router import RouterPolicy, load_router
-from .router_train import train_distilled_router, train_router
+import importlib
 
 __version__ = "0.1.0"
 
-AutoConfig.register("duo", DuoConfig, exist_ok=True)
-AutoModelForCausalLM.register(DuoConfig, DuoForCausalLM, exist_ok=True)
+# public name -> the module that defines it
+_FACE = {
+    **dict.fromkeys(["DuoConfig"], "config"),
+    **dict.fromkeys(["DuoCausalLMOutput", "DuoForCausalLM", "DuoModel"], "model"),
+    **dict.fromkeys(["PROFILES", "get_profile"], "profiles"),
+    **dict.fromkeys(["BIG", "ROUTE_NAMES", "SKIP", "SMALL", "FixedRoutes", "PositionRoutes", "RandomRoutes",
+                     "RoutingPolicy", "RoutingTrace", "TokenRoutes", "pattern_to_str"], "routing"),
+    **dict.fromkeys(["retrofit_model"], "retrofit"),
+    **dict.fromkeys(["RouterPolicy", "load_router"], "router.policy"),
+    **dict.fromkeys(["train_distilled_router", "train_router"], "router.train"),
+}
 
-__all__ = [
-    "BIG", "SMALL", "SKIP", "ROUTE_NAMES", "DuoConfig", "DuoForCausalLM", "DuoModel", "DuoCausalLMOutput",
-    "RoutingPolicy", "FixedRoutes", "RandomRoutes", "PositionRoutes", "TokenRoutes", "RoutingTrace",
-    "pattern_to_str", "PROFILES", "get_profile",
-    "retrofit", "RouterPolicy", "train_router", "train_distilled_router", "load_router",
-]
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name in _FACE:
+        value = getattr(importlib.import_module(f".{_FACE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FACE))

@@ -3,19 +3,21 @@
 Every subcommand is one function ``cmd_NAME(args) -> int`` registered by a single
 ``@subcommand(...)`` line, which also declares its arguments::
 
-    @subcommand("train", "train a Duo model", arg("--profile", choices=PRESETS))
+    @subcommand("train", "train a Duo model", PROFILE, OUT, ...)
     def cmd_train(args):
-        from duolib.train import main as train   # heavy imports stay inside
-        ...
-        return 0
+        return entry_point("train")(args)   # the stage's code is imported only now
 
 Registered subcommands appear in ``duo --help`` automatically, in registration
-order. Keep module-level imports light (stdlib only) so that ``duo --help`` is fast.
+order. ``ENTRY_POINTS`` is the one table from a command to the function in its stage's
+subpackage. Keep module-level imports light (stdlib only) so that ``duo --help`` is fast.
+The same option means the same thing in every subcommand: ``--profile`` (default
+``default``), ``--out`` (the folder a command writes), ``--no-progress``, ``--budget``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import shlex
 import subprocess
@@ -25,6 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 PRESETS = ("tiny", "default", "paper")
+
+# command -> "module:function" taking the parsed arguments and returning an exit status
+ENTRY_POINTS = {
+    "train": "duolib.train.command:run_from_args",
+    "oracle": "duolib.oracle.runs:cli_main",
+    "route": "duolib.router.train:cli_main",
+}
 
 # The parameter counts the paper reports for its 1.399B model (section "Architecture").
 PAPER_REPORTED = {
@@ -109,6 +118,12 @@ def _version() -> str:
         return version("duolib")
     except Exception:  # not installed (running from a source tree)
         return "unknown"
+
+
+def entry_point(command: str) -> Callable[[argparse.Namespace], int]:
+    """The function behind ``duo COMMAND`` (imported now: its stage's heavy imports come with it)."""
+    module, _, func = ENTRY_POINTS[command].partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -243,23 +258,30 @@ def format_breakdown(name: str, breakdown: dict[str, int], config: Any = None) -
 
 # --------------------------------------------------------------------------- commands
 
+PROFILE = arg("--profile", choices=PRESETS, default="default",
+              help="experiment profile: model preset and every size / budget knob (default: %(default)s)")
+NO_PROGRESS = arg("--no-progress", dest="quiet", action="store_true", help="no progress bar")
+SEED = arg("--seed", type=int, default=None, help="random seed (default: the profile's, else 0)")
+MODEL = arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)")
+RANDOM_INIT = arg("--random-init", action="store_true",
+                  help="a randomly initialised model of --profile (smoke test)")
+
 
 @subcommand(
     "book",
     "execute the experiment notebooks (papermill, dependency order, cached) and build the book",
-    arg("--profile", choices=PRESETS, default="default",
-        help="experiment profile the book's notebooks run with (default: %(default)s)"),
-    arg("--run-dir", type=Path, default=None, help="artefact folder (default: runs/<profile>)"),
+    PROFILE,
+    arg("--out", dest="run_dir", type=Path, default=None, help="run folder of the notebooks' artefacts (default: runs/<profile>)"),
     arg("--only", nargs="*", default=None, metavar="STEP", help="execute only these notebooks"),
     arg("--force", action="store_true", help="re-execute notebooks even when unchanged"),
     arg("--skip-notebooks", action="store_true", help="build from the notebooks already in book/experiments"),
     arg("--skip-build", action="store_true", help="execute the notebooks but do not build the HTML"),
-    arg("--output", type=Path, default=None, help="folder that receives _build/html (default: book/)"),
+    arg("--html-dir", dest="output", type=Path, default=None, help="folder that receives _build/html (default: book/)"),
 )
 def cmd_book(args: argparse.Namespace) -> int:
     import time
 
-    from duolib.pipeline import run_pipeline
+    from duolib.book.pipeline import run_pipeline
 
     root = repo_root()
     start = time.perf_counter()
@@ -283,7 +305,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     import torch
 
-    from duolib import DuoConfig, DuoForCausalLM
+    from duolib.config import DuoConfig
+    from duolib.model import DuoForCausalLM
 
     names = args.names or list(PRESETS)
     unknown = [n for n in names if n not in PRESETS]
@@ -303,74 +326,73 @@ def cmd_presets(args: argparse.Namespace) -> int:
 @subcommand(
     "train",
     "Stage 1: train a Duo model with random routing (or a dense baseline); resumable, torchrun-ready",
-    arg("--profile", choices=PRESETS, default="default", help="experiment profile (default: %(default)s)"),
-    arg("--run-dir", type=Path, default=None, help="run folder (default: runs/<profile>)"),
-    arg("--corpus", default=None, help="corpus spec (default: mix; see duolib.data)"),
-    arg("--steps", type=int, default=None), arg("--batch-size", type=int, default=None),
-    arg("--seq-len", type=int, default=None), arg("--lr", type=float, default=None),
-    arg("--warmup-steps", type=int, default=None), arg("--seed", type=int, default=None),
+    PROFILE,
+    arg("--out", dest="run_dir", type=Path, default=None, help="run folder (default: runs/<profile>)"),
+    arg("--corpus", default=None, help="corpus spec (default: the profile's; see duolib.data.corpus)"),
+    arg("--steps", type=int, default=None, help="optimizer steps"),
+    arg("--batch-size", type=int, default=None, help="global batch size (sequences)"),
+    arg("--seq-len", type=int, default=None, help="tokens per training sequence"),
+    arg("--lr", type=float, default=None, help="peak learning rate"),
+    arg("--warmup-steps", type=int, default=None, help="linear warmup steps"), SEED,
     arg("--p-big", type=float, default=None, help="probability of the big FFN per token and layer (0.5)"),
     arg("--p-skip", type=float, default=None, help="probability of skipping the FFN (0)"),
     arg("--arch", choices=("duo", "dense"), default=None, help="duo, or a dense Llama baseline"),
     arg("--dense-p-big", type=float, default=None, help="dense baseline FLOP-matched to p(big)"),
     arg("--stage", choices=("joint", "big", "small"), default=None, help="freeze ablation stage (joint)"),
     arg("--init-from", default=None, help="stage small: the stage-big run folder"),
-    arg("--eval-every", type=int, default=None), arg("--checkpoint-every", type=int, default=None),
-    arg("--log-every", type=int, default=None),
+    arg("--eval-every", type=int, default=None, help="steps between holdout evaluations"),
+    arg("--checkpoint-every", type=int, default=None, help="steps between checkpoints"),
+    arg("--log-every", type=int, default=None, help="steps between metrics lines"),
     arg("--threads", type=int, default=None, help="torch CPU threads"),
     arg("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (JSON value)"),
     arg("--no-resume", action="store_true", help="start afresh (deletes the run folder's results)"),
     arg("--overwrite", action="store_true", help="delete the run folder first"),
-    arg("--no-progress", action="store_true", help="no progress bar"),
+    NO_PROGRESS,
 )
 def cmd_train(args: argparse.Namespace) -> int:
-    from duolib.train import run_from_args
-
-    return run_from_args(args)
+    return entry_point("train")(args)
 
 
 @subcommand(
     "oracle",
     "Stage 2: exhaustive routing oracles (loss matrix, reductions, token difficulty) into a run folder",
-    arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)"),
-    arg("--random-init", action="store_true", help="a randomly initialised model of --profile (smoke test)"),
-    arg("--profile", choices=PRESETS, default="tiny", help="model preset and oracle knobs (default: %(default)s)"),
+    MODEL, RANDOM_INIT, PROFILE,
     arg("--out", type=Path, required=True, help="run folder receiving <holdout>/<semantics>/ tables"),
-    arg("--corpus", default=None, help="holdout corpus (duolib.data spec) or 'random' (default with --random-init)"),
-    arg("--n-seqs", type=int, default=None), arg("--seq-len", type=int, default=None),
+    arg("--corpus", default=None, help="holdout corpus (duolib.data.corpus spec) or 'random' (default with --random-init)"),
+    arg("--n-seqs", type=int, default=None, help="holdout sequences per slice (default: the profile's)"),
+    arg("--seq-len", type=int, default=None, help="tokens per sequence (default: the profile's)"),
     arg("--choices", default=None, help="routes to enumerate, e.g. small,big (default) or skip,big"),
-    arg("--semantics", choices=("shared", "fixed-context", "both"), default=None),
-    arg("--k", type=int, default=None, help="budget (big layers) of the difficulty table"),
-    arg("--seed", type=int, default=0), arg("--save-matrix", action="store_true", help="also write losses.npy"),
-    arg("--quiet", action="store_true", help="no progress bar"),
+    arg("--semantics", choices=("shared", "fixed-context", "both"), default=None,
+        help="how a route changes later tokens' context (default: the profile's)"),
+    arg("--budget", dest="k", type=int, default=None, help="budget (big layers per token) of the difficulty table"),
+    arg("--seed", type=int, default=0, help="random seed (default: %(default)s)"),
+    arg("--save-matrix", action="store_true", help="also write losses.npy"),
+    NO_PROGRESS,
 )
 def cmd_oracle(args: argparse.Namespace) -> int:
-    from duolib.oracle_io import cli_main
-
-    return cli_main(args)
+    return entry_point("oracle")(args)
 
 
 @subcommand(
     "route",
     "Stage 3: train a router (soft mixture, annealed temperature, budget penalty), evaluate and save it",
-    arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)"),
-    arg("--random-init", action="store_true", help="a randomly initialised model of --profile (smoke test)"),
-    arg("--profile", choices=PRESETS, default="tiny", help="router knobs and preset (default: %(default)s)"),
+    MODEL, RANDOM_INIT, PROFILE,
     arg("--out", type=Path, required=True, help="folder receiving router/, history.csv and eval.csv"),
-    arg("--corpus", default=None, help="corpus spec (duolib.data) or 'random' (default with --random-init)"),
+    arg("--corpus", default=None, help="corpus spec (duolib.data.corpus) or 'random' (default with --random-init)"),
     arg("--budget", type=float, default=None, help="average big layers per token (default: profile's first)"),
     arg("--setting", default=None, help="skip setting instead: small70_big30, big50_skip50, big50_small30_skip20"),
     arg("--options", default=None, help="router options with --budget, e.g. small,big (default) or skip,small,big"),
-    arg("--steps", type=int, default=None), arg("--batch-size", type=int, default=None),
-    arg("--seq-len", type=int, default=None), arg("--lr", type=float, default=None),
+    arg("--steps", type=int, default=None, help="router training steps (default: the profile's)"),
+    arg("--batch-size", type=int, default=None, help="sequences per step (default: the profile's)"),
+    arg("--seq-len", type=int, default=None, help="tokens per sequence (default: the profile's)"),
+    arg("--lr", type=float, default=None, help="router learning rate (default: the profile's)"),
     arg("--alpha", type=float, default=None, help="budget-penalty weight"),
-    arg("--eval-sequences", type=int, default=None), arg("--seed", type=int, default=0),
-    arg("--quiet", action="store_true", help="no progress bar"),
+    arg("--eval-sequences", type=int, default=None, help="holdout sequences for the evaluation"),
+    arg("--seed", type=int, default=0, help="random seed (default: %(default)s)"),
+    NO_PROGRESS,
 )
 def cmd_route(args: argparse.Namespace) -> int:
-    from duolib.router_train import cli_main
-
-    return cli_main(args)
+    return entry_point("route")(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """Retrofit an existing Hugging Face causal LM into a Duo-routable model (the paper's OPT-1.3B appendix).
 
-``duolib.retrofit(model, small_ffn_size=None, init="importance")`` (this module is callable; the
-function is also :func:`retrofit.retrofit <retrofit>`) works **in place** on models of three families:
+``duolib.retrofit_model(model, small_ffn_size=None, init="importance")`` works **in place** on models of
+three families:
 
 - **Llama** (and Llama-like: Mistral, Qwen2 ...): ``model.model.layers[i].mlp`` (SwiGLU gate/up/down);
 - **OPT**: ``model.model.decoder.layers[i]``, whose forward calls ``self.fc1``, ``self.activation_fn``
@@ -22,7 +22,7 @@ small or nothing (skip) per a routing policy, with gather / scatter (sparse exec
 
 Routes are given through a context manager, since HF forwards take no ``routes`` argument::
 
-    duolib.retrofit(model)
+    duolib.retrofit_model(model)
     with routing(model, policy) as rec:       # any RoutingPolicy, pattern, or [B, T, L] codes
         out = model(input_ids)
     rec.trace().routes                         # [B, T, L]
@@ -34,19 +34,19 @@ the big MLP with the largest importance score, copied (weights and biases; the o
 Score of unit j: ``||W_in[j]|| * ||W_out[:, j]||`` (fc1 row x fc2 column for OPT, c_fc column x
 c_proj row for GPT-2), times ``||W_gate[j]||`` for SwiGLU.  ``init="random"``: normal(0, 0.02),
 zero biases.  Then :func:`train_small_modules` trains the small modules with random routing
-(original weights frozen) and :func:`duolib.router_train.train_router` trains a router.
+(original weights frozen) and :func:`duolib.router.train.train_router` trains a router.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from contextlib import contextmanager
 from functools import partial
 
 import torch
 from torch import nn
 
+from .utils import batch_source, progress as progress_bar
+from .model import hard_ffn, trace_from
 from .routing import BIG, SKIP, SMALL, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, make_policy
 
 FAMILIES = ("llama", "opt", "gpt2")
@@ -93,7 +93,7 @@ class DuoFFN(nn.Module):
         self.layer_idx, self.hidden_size = layer_idx, hidden_size
         # a plain dict, not attributes: a router is an nn.Module and must not become a submodule here
         self._route_state: dict = {"policy": None, "recorder": None}
-        self._bt: tuple[int, int] | None = None
+        self.batch_shape: tuple[int, int] | None = None
         self._positions: torch.Tensor | None = None
 
     @property
@@ -113,8 +113,8 @@ class DuoFFN(nn.Module):
     def _shape(self, x: torch.Tensor) -> tuple[int, int]:
         if x.dim() == 3:
             return x.shape[0], x.shape[1]
-        if self._bt is not None and self._bt[0] * self._bt[1] == x.shape[0]:
-            return self._bt
+        if self.batch_shape is not None and self.batch_shape[0] * self.batch_shape[1] == x.shape[0]:
+            return self.batch_shape
         return 1, x.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,17 +133,7 @@ class DuoFFN(nn.Module):
         if decision.is_floating_point():
             out = decision[..., SMALL, None] * self.small(x3) + decision[..., BIG, None] * self.big(x3)
             return out.reshape(x.shape)
-        codes = decision.unique()
-        if codes.numel() == 1:  # one route for the whole batch: run on the original tensor
-            module = self.module(int(codes))
-            return torch.zeros_like(x) if module is None else module(x)
-        flat_x, flat_r = x3.reshape(-1, x.shape[-1]), decision.reshape(-1)
-        out = flat_x.new_zeros(flat_x.shape)
-        for code in (BIG, SMALL):
-            rows = (flat_r == code).nonzero().squeeze(1)
-            if rows.numel():
-                out = out.index_copy(0, rows, self.module(code)(flat_x.index_select(0, rows)))
-        return out.reshape(x.shape)
+        return hard_ffn(x3, decision, self.module).reshape(x.shape)
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}"
@@ -153,7 +143,7 @@ def _capture(ffn: DuoFFN, module, args, kwargs):
     """Forward pre-hook on a decoder layer: tell its DuoFFN the batch shape and positions."""
     hs = args[0] if args else kwargs.get("hidden_states")
     if hs is not None and hs.dim() == 3:
-        ffn._bt = (hs.shape[0], hs.shape[1])
+        ffn.batch_shape = (hs.shape[0], hs.shape[1])
     pos = kwargs.get("position_ids")
     ffn._positions = pos.clamp(min=0) if pos is not None else None
     return None
@@ -196,7 +186,7 @@ def duo_ffns(model) -> list[DuoFFN]:
     """The DuoFFN modules of a retrofitted model, in layer order (ValueError if there are none)."""
     ffns = sorted((m for m in model.modules() if isinstance(m, DuoFFN)), key=lambda m: m.layer_idx)
     if not ffns:
-        raise ValueError(f"{type(model).__name__} is not retrofitted: call duolib.retrofit(model) first")
+        raise ValueError(f"{type(model).__name__} is not retrofitted: call duolib.retrofit_model(model) first")
     return ffns
 
 
@@ -275,7 +265,7 @@ def _init_small(small: nn.Module, big: nn.Module, family: str, init: str, std: f
 # ----------------------------------------------------------------------------- retrofit
 
 
-def retrofit(model, small_ffn_size: int | None = None, init: str = "importance", freeze: bool = True):
+def retrofit_model(model, small_ffn_size: int | None = None, init: str = "importance", freeze: bool = True):
     """Turn a Llama / OPT / GPT-2 causal LM into a Duo-routable model, in place; returns ``model``.
 
     Every layer's MLP becomes the ``big`` module of a :class:`DuoFFN` and gets a ``small`` module of
@@ -350,14 +340,10 @@ class RoutingRecorder:
     def trace(self) -> RoutingTrace:
         if not all(self.decisions):
             raise ValueError("no routed forward pass was recorded in this routing() block")
-        per_layer = [torch.cat(d, dim=1) for d in self.decisions]
-        if per_layer[0].is_floating_point():
-            probs = torch.stack(per_layer, dim=2)  # [B, T, L, 3]
-            return RoutingTrace(routes=probs.argmax(-1), probs=probs)
-        return RoutingTrace(routes=torch.stack(per_layer, dim=2))
+        return trace_from([torch.cat(d, dim=1) for d in self.decisions])
 
 
-class _Lazy(RoutingPolicy):
+class DeferredRoutes(RoutingPolicy):
     """Turns a pattern / per-token tensor into a policy once the batch shape is known."""
 
     def __init__(self, routes, num_layers: int):
@@ -378,7 +364,7 @@ def routing(model, policy, record: bool = True):
     codes ``[B, T, L]``; ``None`` means all big."""
     ffns = duo_ffns(model)
     if policy is not None and not isinstance(policy, RoutingPolicy):
-        policy = _Lazy(policy, len(ffns))
+        policy = DeferredRoutes(policy, len(ffns))
     recorder = RoutingRecorder(len(ffns)) if record else None
     saved = [(f.policy, f.recorder) for f in ffns]
     for f in ffns:
@@ -394,7 +380,7 @@ def set_policy(model, policy) -> None:
     """Set a persistent policy on every DuoFFN (``None``: back to the original all-big model)."""
     ffns = duo_ffns(model)
     if policy is not None and not isinstance(policy, RoutingPolicy):
-        policy = _Lazy(policy, len(ffns))
+        policy = DeferredRoutes(policy, len(ffns))
     for f in ffns:
         f.set_route(policy)
 
@@ -410,10 +396,8 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
     Each token, at each layer, is big with probability ``p_big`` (skip ``p_skip``, else small), as
     in the paper.  ``batches``: a function step -> LongTensor [B, T] (or tensor / iterable).  The model
     runs in eval mode (no dropout: the base is frozen).  Returns the history (step, loss)."""
-    from .router_train import _batch_source, _progress
-
     params = small_parameters(model)
-    get_batch = _batch_source(batches)
+    get_batch = batch_source(batches)
     torch.manual_seed(seed)
     policy = RandomRoutes(p_big=p_big, p_skip=p_skip, seed=seed)
     small_ids = {id(p) for p in params}
@@ -426,7 +410,7 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
         for p, _ in flags:
             p.requires_grad_(id(p) in small_ids)
         model.eval()
-        for step in _progress(range(steps), progress, "small modules"):
+        for step in progress_bar(range(steps), progress, "small modules"):
             ids = get_batch(step).to(device)
             with routing(model, policy, record=False):
                 loss = model(input_ids=ids, labels=ids).loss
@@ -444,24 +428,8 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
     return history
 
 
-def train_router(model, router, batches, steps: int, **kwargs):
-    """:func:`duolib.router_train.train_router` (works on retrofitted models)."""
-    from .router_train import train_router as _train
-
-    return _train(model, router, batches, steps, **kwargs)
-
-
 @torch.no_grad()
 def route_loss(model, input_ids: torch.Tensor, policy) -> float:
     """Mean next-token loss of a retrofitted model on ``input_ids`` routed by ``policy``."""
     with routing(model, policy, record=False):
         return float(model(input_ids=input_ids, labels=input_ids).loss)
-
-
-# ``duolib.retrofit(model)`` calls :func:`retrofit`: the module itself is callable.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return retrofit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -17,8 +17,9 @@ A *pattern* is one route per layer (length L).  The model accepts, as ``routes``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 SKIP, SMALL, BIG = 0, 1, 2
@@ -85,6 +86,35 @@ class FixedRoutes(RoutingPolicy):
         return f"FixedRoutes({pattern_to_str(self.pattern)!r})"
 
 
+def random_route_codes(u: torch.Tensor, p_big: float, p_skip: float = 0.0) -> torch.Tensor:
+    """The random-route rule: route codes (long, shape of ``u``) from uniform draws ``u`` in [0, 1):
+    big if ``u < p_big``, skip if ``p_big <= u < p_big + p_skip``, small otherwise."""
+    codes = torch.full_like(u, SMALL, dtype=torch.long)
+    codes[u < p_big] = BIG
+    codes[(u >= p_big) & (u < p_big + p_skip)] = SKIP
+    return codes
+
+
+def _seed64(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def training_routes(seed: int, step: int, rows: Iterable[int], seq_len: int, num_layers: int,
+                    p_big: float, p_skip: float = 0.0, stream: int = 0) -> torch.Tensor:
+    """Random routes ``[len(rows), seq_len, num_layers]`` of the given global batch rows at ``step``.
+
+    Row ``r`` draws ``u ~ U[0, 1)^(seq_len x L)`` from a generator seeded by ``(seed, stream, step, r)``:
+    big if ``u < p_big``, skip if ``p_big <= u < p_big + p_skip``, small otherwise (the rule of
+    :class:`~duolib.routing.RandomRoutes`).  Independent of how rows are spread over processes.
+    ``stream`` separates training (0) from evaluation (1) draws.
+    """
+    out = []
+    for r in rows:
+        g = torch.Generator().manual_seed(_seed64(seed, stream, step, r))
+        out.append(random_route_codes(torch.rand((seq_len, num_layers), generator=g), p_big, p_skip))
+    return torch.stack(out)
+
+
 class RandomRoutes(RoutingPolicy):
     """Stage-1 random routing: each token, at each layer, independently big with probability
     ``p_big``, skip with ``p_skip``, small otherwise.  Draws come from ``generator`` (seeded for
@@ -103,10 +133,7 @@ class RandomRoutes(RoutingPolicy):
 
     def route_layer(self, layer_idx, hidden_states, position_ids):
         u = torch.rand(hidden_states.shape[:2], generator=self.generator, device=self.generator.device)
-        codes = torch.full_like(u, SMALL, dtype=torch.long)
-        codes[u < self.p_big] = BIG
-        codes[(u >= self.p_big) & (u < self.p_big + self.p_skip)] = SKIP
-        return codes.to(hidden_states.device)
+        return random_route_codes(u, self.p_big, self.p_skip).to(hidden_states.device)
 
     def __repr__(self):
         return f"RandomRoutes(p_big={self.p_big}, p_skip={self.p_skip})"

@@ -1,4 +1,4 @@
-"""duolib.analysis: knob validation, cached loss matrices, the numbers of the oracle notebooks 03-06."""
+"""duolib.book.analysis: knob validation, cached loss matrices, the numbers of the oracle notebooks 03-06."""
 
 import math
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
-from duolib import analysis
-from duolib.oracle import loss_matrix
-from duolib.reductions import LossMatrix, enumerate_patterns
+from duolib.book import analysis
+from duolib.oracle.engine import loss_matrix
+from duolib.oracle.reductions import LossMatrix, enumerate_patterns
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def test_book_skip_everything(capsys, monkeypatch):
 
 def test_book_unknown_step_is_a_clear_error(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
-    assert cli.main(["book", "--profile", "tiny", "--run-dir", str(tmp_path), "--only", "99_nope", "--skip-build"]) == 1
+    assert cli.main(["book", "--profile", "tiny", "--out", str(tmp_path), "--only", "99_nope", "--skip-build"]) == 1
     assert "unknown step(s) ['99_nope']" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from duolib import data as D
+from duolib.data import corpus as D
 
 SYN = dict(n_docs=60, seed=3)
 SMALL = dict(vocab_size=512, tokenizer_chars=60_000, progress=False)

@@ -1,4 +1,4 @@
-"""duolib.experiments and duolib.bench: the reusable steps of the book's notebooks 07-10."""
+"""duolib.book.experiments and duolib.book.bench: the reusable steps of the book's notebooks 07-10."""
 
 import copy
 import math
@@ -9,8 +9,8 @@ import torch
 
 import duolib
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
-from duolib import bench
-from duolib import experiments as ex
+from duolib.book import bench
+from duolib.book import experiments as ex
 from duolib.flops import pattern_flops
 
 
@@ -57,7 +57,7 @@ def test_oracle_slices_follow_the_manifest_of_notebook_03(tmp_path):
 
     default = ex.oracle_slices("tiny", Data())  # profile: 2 x 16
     assert default["a"].shape == (2, 16) and int(default["b"][0, 0]) == 1000
-    pytest.importorskip("duolib.analysis").write_manifest(tmp_path, {"n_sequences": 3, "seq_len": 8})
+    pytest.importorskip("duolib.book.analysis").write_manifest(tmp_path, {"n_sequences": 3, "seq_len": 8})
     assert ex.oracle_slices("tiny", Data(), tmp_path)["a"].shape == (3, 8)
     assert ex.oracle_slices("tiny", Data(), tmp_path / "none")["a"].shape == (2, 16)
 
@@ -195,7 +195,7 @@ def test_small_opt_retrofit_keeps_the_original(tmp_path):
     again, _ = ex.cached_pretrained_opt("tiny", tmp_path / "opt", 512, batches, 2)
     assert ex.max_logit_diff(opt, again, batches) == 0.0
     original = copy.deepcopy(opt)
-    duolib.retrofit(opt)
+    duolib.retrofit_model(opt)
     assert ex.max_logit_diff(original, opt, batches) == 0.0
     table = ex.retrofit_perplexities(opt, {"a": batches}, {"orig": None, "small": FixedRoutes([SMALL] * 4),
                                                           "rand": RandomRoutes(0.5, seed=0)})

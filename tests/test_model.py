@@ -4,9 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from duolib import (
-    BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, PositionRoutes, RandomRoutes, RoutingPolicy,
-)
+from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, PositionRoutes, RandomRoutes, RoutingPolicy
 from duolib.convert import big_path_to_llama, llama_config, load_llama_into_duo
 
 

@@ -11,9 +11,9 @@ import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
 from duolib import cli
-from duolib.oracle import (beam_oracle, brute_force_flops, brute_force_loss_matrix, loss_matrix, resolve_patterns,
-                           trie_flops)
-from duolib.reductions import LossMatrix, budget_schedule, enumerate_patterns, parse_choices, token_difficulty
+from duolib.oracle.beam import beam_oracle
+from duolib.oracle.engine import brute_force_flops, brute_force_loss_matrix, loss_matrix, resolve_patterns, trie_flops
+from duolib.oracle.reductions import LossMatrix, budget_schedule, enumerate_patterns, parse_choices, token_difficulty
 
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}
 
@@ -260,7 +260,7 @@ def test_two_process_gloo_equals_single_process(model, tmp_path):
 def test_cli_oracle_writes_a_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["oracle", "--random-init", "--profile", "tiny", "--out", str(out), "--n-seqs", "2",
-                     "--seq-len", "6", "--semantics", "both", "--quiet", "--save-matrix"]) == 0
+                     "--seq-len", "6", "--semantics", "both", "--no-progress", "--save-matrix"]) == 0
     for sem in ("shared", "fixed-context"):
         folder = out / "random" / sem
         for name in ("summary.json", "per_k.csv", "patterns.csv", "usage.csv", "difficulty.parquet", "losses.npy"):

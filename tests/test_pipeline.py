@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from duolib.cli import build_book
-from duolib.pipeline import STEPS, notebook_key, run_pipeline, stored_key
+from duolib.book.pipeline import STEPS, notebook_key, run_pipeline, stored_key
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.book
@@ -56,7 +56,7 @@ def test_executed_notebooks_do_not_stand_in_for_a_missing_run_folder(tiny_book):
 
 
 def test_run_folder_inside_the_repository_is_passed_relative(tmp_path):
-    from duolib.pipeline import _run_dir_param
+    from duolib.book.pipeline import _run_dir_param
 
     assert _run_dir_param(ROOT / "runs" / "default", ROOT, ROOT / "notebooks") == "../runs/default"
     assert _run_dir_param(tmp_path / "runs", ROOT, ROOT / "notebooks") == str(tmp_path / "runs")

@@ -6,10 +6,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 import duolib
 from duolib import BIG, SKIP, SMALL, FixedRoutes, RoutingPolicy
-from duolib.retrofit import (
-    DuoFFN, detect_family, duo_ffns, importance_scores, route_loss, routing, small_parameters, train_small_modules,
-)
-from duolib.router import RouterPolicy, evaluate_policy, load_router, train_router
+from duolib.retrofit import DuoFFN, detect_family, duo_ffns, importance_scores, route_loss, routing, small_parameters, train_small_modules
+from duolib.router.policy import RouterPolicy, load_router
+from duolib.router.evaluate import evaluate_policy
+from duolib.router.train import train_router
 
 V, D, INNER, L = 96, 32, 128, 3
 FAMILIES = ("llama", "opt", "gpt2")
@@ -53,7 +53,7 @@ def test_all_big_logits_equal_the_original(family):
     x = tokens()
     with torch.no_grad():
         ref = original(x).logits
-    model = duolib.retrofit(make_model(family), init="importance")
+    model = duolib.retrofit_model(make_model(family), init="importance")
     assert detect_family(model) == family and len(duo_ffns(model)) == L
     mixed = torch.randint(0, 3, (2, 16, L), generator=torch.Generator().manual_seed(0))
     mixed[..., 0] = torch.tensor([BIG, SMALL] * 8)  # every layer mixes routes within the batch
@@ -73,7 +73,7 @@ def test_all_big_logits_equal_the_original(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sparse_routes_equal_the_dense_one_hot_mixture(family):
-    model = duolib.retrofit(make_model(family))
+    model = duolib.retrofit_model(make_model(family))
     x = tokens()
     routes = torch.randint(0, 3, (2, 16, L), generator=torch.Generator().manual_seed(3))
 
@@ -100,7 +100,7 @@ def test_sparse_routes_equal_the_dense_one_hot_mixture(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_importance_init_copies_the_top_units_and_freezes_the_original(family):
     model = make_model(family)
-    model = duolib.retrofit(model, small_ffn_size=8)
+    model = duolib.retrofit_model(model, small_ffn_size=8)
     ffn = duo_ffns(model)[0]
     keep = importance_scores(ffn.big, family).topk(8).indices.sort().values
     if family == "llama":
@@ -116,13 +116,13 @@ def test_importance_init_copies_the_top_units_and_freezes_the_original(family):
     assert trainable == {id(p) for p in small_parameters(model)}
     assert model.duo_retrofit == {"family": family, "big_ffn_size": INNER, "small_ffn_size": 8,
                                   "init": "importance", "num_layers": L}
-    default = duolib.retrofit(make_model(family))
+    default = duolib.retrofit_model(make_model(family))
     assert default.duo_retrofit["small_ffn_size"] == INNER // 16
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_small_module_training_lowers_the_small_route_loss(family):
-    model = duolib.retrofit(make_model(family))
+    model = duolib.retrofit_model(make_model(family))
     snapshot = {k: v.clone() for k, v in model.state_dict().items() if ".small." not in k}
     held = markov_batch(0, seed=1)
     all_small = [SMALL] * L
@@ -136,7 +136,7 @@ def test_small_module_training_lowers_the_small_route_loss(family):
 
 
 def test_router_on_a_retrofitted_model(tmp_path):
-    model = duolib.retrofit(make_model("gpt2"))
+    model = duolib.retrofit_model(make_model("gpt2"))
     train_small_modules(model, markov_batch, steps=10, lr=1e-2, progress=False)
     router = RouterPolicy.for_model(model)
     history = train_router(model, router, markov_batch, steps=15, budget=1.5, progress=False)
@@ -169,22 +169,22 @@ def test_router_on_a_retrofitted_model(tmp_path):
     router.save(tmp_path / "r")
     assert load_router(tmp_path / "r", model).options == router.options
     with pytest.raises(ValueError, match="hidden_size=32 but the model has hidden_size=64"):
-        load_router(tmp_path / "r", duolib.retrofit(make_model("gpt2", hidden=64)))
+        load_router(tmp_path / "r", duolib.retrofit_model(make_model("gpt2", hidden=64)))
     with pytest.raises(ValueError, match="different base model"):
-        load_router(tmp_path / "r", duolib.retrofit(make_model("llama")))
+        load_router(tmp_path / "r", duolib.retrofit_model(make_model("llama")))
 
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="cannot retrofit Linear: supported families are"):
-        duolib.retrofit(torch.nn.Linear(2, 2))
-    model = duolib.retrofit(make_model("llama"))
+        duolib.retrofit_model(torch.nn.Linear(2, 2))
+    model = duolib.retrofit_model(make_model("llama"))
     with pytest.raises(ValueError, match="already retrofitted"):
-        duolib.retrofit(model)
+        duolib.retrofit_model(model)
     message = f"small_ffn_size={INNER} must be at least 1 and below the big MLP width {INNER}"
     with pytest.raises(ValueError, match=message):
-        duolib.retrofit(make_model("opt"), small_ffn_size=INNER)
+        duolib.retrofit_model(make_model("opt"), small_ffn_size=INNER)
     with pytest.raises(ValueError, match="init='magic'; allowed: 'importance', 'random'"):
-        duolib.retrofit(make_model("opt"), init="magic")
+        duolib.retrofit_model(make_model("opt"), init="magic")
     with pytest.raises(ValueError, match="is not retrofitted"):
         with routing(make_model("gpt2"), FixedRoutes("BBB")):
             pass
@@ -194,7 +194,7 @@ def test_bad_inputs_raise():
 
 
 def test_retrofit_is_callable_as_a_module_and_a_function():
-    from duolib.retrofit import retrofit
+    from duolib.retrofit import retrofit_model as retrofit
 
     assert callable(duolib.retrofit) and duolib.retrofit.retrofit is retrofit
     model = retrofit(make_model("opt"), init="random")

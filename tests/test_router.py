@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
-from duolib.router import (
-    SETTINGS, RouterPolicy, budget_penalty, budget_targets, decision_grid, decision_heatmap, evaluate_policy,
-    evaluate_routers, heatmap_from_routes, load_router, oracle_routes_per_sequence, perplexity_vs_budget,
-    perplexity_vs_flops, routed_forward, temperature, train_distilled_router, train_router,
-)
+from duolib.router.policy import SETTINGS, RouterPolicy, budget_penalty, budget_targets, load_router, routed_forward, temperature
+from duolib.router.evaluate import decision_grid, decision_heatmap, evaluate_policy, evaluate_routers, heatmap_from_routes, perplexity_vs_budget, perplexity_vs_flops
+from duolib.router.train import oracle_routes_per_sequence, train_distilled_router, train_router
 
 V = 512  # the tiny profile's vocabulary
 
@@ -269,7 +267,7 @@ def test_distilled_router_imitates_the_oracle(trained, holdout, router_k2):
 def test_teacher_forcing_follows_the_oracle_routes(trained):
     x = markov_batch(0, batch=2, seq=16, seed=8)
     routes = torch.randint(1, 3, (2, 16, 4), generator=torch.Generator().manual_seed(0))
-    from duolib.router_train import _TeacherForced
+    from duolib.router.train import _TeacherForced
 
     teacher = _TeacherForced(routes)
     with torch.no_grad():
@@ -373,10 +371,10 @@ def test_heatmap_and_grid(trained, holdout, router_k2):
 def test_duo_route_command(tmp_path, capsys):
     from duolib import cli
 
-    rc = cli.main(["route", "--random-init", "--out", str(tmp_path), "--quiet", "--steps", "3",
+    rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", "--steps", "3",
                    "--eval-sequences", "2", "--seq-len", "16", "--batch-size", "2"])
     assert rc == 0
     assert (tmp_path / "router" / "router.json").is_file() and (tmp_path / "eval.csv").is_file()
     assert "router saved to" in capsys.readouterr().out
-    rc = cli.main(["route", "--random-init", "--out", str(tmp_path), "--quiet", "--budget", "9"])
+    rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", "--budget", "9"])
     assert rc == 1 and "budget=9.0 is outside 0..4" in capsys.readouterr().err

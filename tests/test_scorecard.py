@@ -2,7 +2,7 @@
 
 import pytest
 
-from duolib.scorecard import FAILS, HOLDS, MISSING, PARTLY, scorecard
+from duolib.book.scorecard import FAILS, HOLDS, MISSING, PARTLY, scorecard
 
 
 def oracle(oracle_by_k, best100=10.0, fixed=10.0, all_big=10.0):

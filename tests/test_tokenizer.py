@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from duolib import tokenizer as T
+from duolib.data import tokenizer as T
 
 TEXTS = [
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20,

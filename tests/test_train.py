@@ -21,10 +21,12 @@ from safetensors.torch import load_file
 from duolib import DuoConfig
 from duolib.flops import dense_equivalent_width, ffn_flops
 from duolib.routing import BIG, SKIP, SMALL
-from duolib.train import (
-    P_GRID, TrainConfig, build_model, freeze_ablation, latest_checkpoint, lr_at, read_metrics, train,
-    training_routes, unigram_perplexity,
-)
+from duolib.train.config import P_GRID, TrainConfig, lr_at
+from duolib.train.loop import build_model, train
+from duolib.train.baselines import freeze_ablation
+from duolib.train.run_folder import latest_checkpoint, read_metrics
+from duolib.routing import training_routes
+from duolib.train.evaluate import unigram_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = {"synthetic": {"n_docs": 60}}
@@ -32,7 +34,7 @@ SYNTH = {"synthetic": {"n_docs": 60}}
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    from duolib.data import prepare
+    from duolib.data.corpus import prepare
 
     path = tmp_path_factory.mktemp("duo_cache")
     prepare("synthetic", 512, path, synthetic=SYNTH["synthetic"], progress=False)
@@ -69,7 +71,7 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     mid = 10 + (99 - 10) // 2
     assert lrs[mid] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * (mid - 10) / 89)))
     # the optimizer sees exactly this schedule
-    from duolib.train import make_optimizer, make_scheduler
+    from duolib.train.loop import make_optimizer, make_scheduler
 
     p = torch.nn.Parameter(torch.zeros(2, 2))
     opt = make_optimizer([("w", p)], cfg)
@@ -147,7 +149,7 @@ def test_kill9_then_resume_is_bitwise_identical_to_an_uninterrupted_run(cache_di
     steps, every = 40, 10
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "duolib.train", *cli_args(cache_dir, "--run-dir", str(killed), "--steps", str(steps),
+        [sys.executable, "-m", "duolib", "train", *cli_args(cache_dir, "--out", str(killed), "--steps", str(steps),
                                                          "--checkpoint-every", str(every), "--log-every", "1")],
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -184,7 +186,7 @@ def test_ddp_two_cpu_ranks_match_single_process(cache_dir, tmp_path):
     ddp_dir = tmp_path / "ddp"
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "duolib.train", *cli_args(cache_dir, "--run-dir", str(ddp_dir), "--steps", str(steps),
+         "-m", "duolib", "train", *cli_args(cache_dir, "--out", str(ddp_dir), "--steps", str(steps),
                                          "--log-every", "1", "--eval-every", str(steps))],
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -302,5 +304,5 @@ def test_empty_corpus_is_a_clear_error(cache_dir, tmp_path):
 def test_duo_train_cli_reports_errors(cache_dir, tmp_path, capsys):
     from duolib.cli import main
 
-    assert main(["train", *cli_args(cache_dir, "--run-dir", str(tmp_path / "r"), "--seq-len", "999")]) == 1
+    assert main(["train", *cli_args(cache_dir, "--out", str(tmp_path / "r"), "--seq-len", "999")]) == 1
     assert "seq_len=999 is longer than the model's context" in capsys.readouterr().err

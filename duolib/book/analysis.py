@@ -19,10 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .fileio import atomic_write, atomic_write_text
-from .profiles import get_profile
-from .reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices
-from .routing import BIG
+from ..utils import parts_hash
+from ..fileio import atomic_write, atomic_write_text
+from ..profiles import get_profile
+from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices, token_difficulty
+from ..routing import BIG, ROUTE_NAMES
+from ..oracle.beam import beam_oracle
+from ..oracle.engine import loss_matrix, trie_flops
+from ..data.corpus import holdout_sequences, prepare
+from .pipeline import book_train_config
+from ..train.loop import train
 
 ORACLE_DIR = "oracle"
 MANIFEST = "book.json"
@@ -71,21 +77,7 @@ def paper_budgets(num_layers: int) -> list[int]:
     return [round(num_layers / 3), num_layers // 2, round(2 * num_layers / 3)]
 
 
-def set_threads(profile: str) -> None:
-    """Use the profile's CPU thread count (``train.threads``; e.g. 1 on the shared CPU), if it sets one."""
-    threads = get_profile(profile)["train"].get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-
-
 # ----------------------------------------------------------------------------- caching
-
-def _sha(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
 
 def model_fingerprint(model) -> str:
     """Hash of a model's weights (names, shapes and values)."""
@@ -124,12 +116,10 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
                        semantics: str = "shared", reference: str = "big", progress: bool = False) -> LossMatrix:
     """:func:`duolib.oracle.loss_matrix` of every pattern over ``choices`` (exactly ``k`` big layers if
     given), loaded from ``run_dir/oracle/`` when the same model, ids and arguments were computed before."""
-    from .oracle import loss_matrix
-
     input_ids = torch.as_tensor(input_ids).long()
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
                 reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape))
-    key = _sha(_fingerprint(model), spec, input_ids.numpy().tobytes())
+    key = parts_hash(_fingerprint(model), spec, input_ids.numpy().tobytes())
     path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
     if path.is_file():
         return load_matrix(path)
@@ -141,7 +131,7 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
 
 def cached_json(run_dir, name: str, key_parts: list, compute):
     """``compute()`` (JSON-ready), stored as ``run_dir/oracle/<name>-<key>.json``."""
-    path = Path(run_dir) / ORACLE_DIR / f"{name}-{_sha(*key_parts)}.json"
+    path = Path(run_dir) / ORACLE_DIR / f"{name}-{parts_hash(*key_parts)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     value = compute()
@@ -154,8 +144,6 @@ def cached_json(run_dir, name: str, key_parts: list, compute):
 
 def holdout_ids(data, n_sequences: int, seq_len: int) -> dict[str, torch.Tensor]:
     """The first ``n_sequences`` windows of ``seq_len`` tokens of every holdout of ``data``."""
-    from .data import holdout_sequences
-
     return {name: holdout_sequences(stream, n_sequences, seq_len) for name, stream in data.holdout.items()}
 
 
@@ -216,8 +204,6 @@ def curves_frame(results: dict[str, dict], **extra) -> pd.DataFrame:
 def trie_counts(patterns: torch.Tensor) -> dict:
     """Node counts of the exhaustive trie over ``patterns`` (the ``stats`` format of
     :func:`duolib.oracle.loss_matrix`, for :func:`duolib.oracle.trie_flops`)."""
-    from .routing import ROUTE_NAMES
-
     p = np.unique(np.asarray(patterns, dtype=np.int8), axis=0)
     L = p.shape[1]
     edges = {name: 0 for name in ROUTE_NAMES}
@@ -235,8 +221,6 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
     """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
     oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
     exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.trie_flops`)."""
-    from .oracle import beam_oracle, trie_flops
-
     L = exact.num_layers
     k = check_budget(k, L)
     B, T = input_ids.shape
@@ -336,8 +320,6 @@ def difficulty_frame(matrix: LossMatrix, k: int, ids: torch.Tensor, tokenizer, l
                      label_names=None) -> pd.DataFrame:
     """:func:`duolib.reductions.token_difficulty` plus ``loss`` (= all-big loss, the full model [ours])
     and ``context`` (the text before the predicted token)."""
-    from .reductions import token_difficulty
-
     df = token_difficulty(matrix, k, tokenizer=tokenizer, labels=labels, label_names=label_names)
     df.insert(df.columns.get_loc("loss_small"), "loss", df["loss_big"])
     df["context"] = token_contexts(ids, df["seq"], df["position"], tokenizer)
@@ -354,10 +336,6 @@ def passage(df: pd.DataFrame, ids: torch.Tensor, seq: int, tokenizer, column: st
 def synthetic_run(profile: str, run_dir, steps: int):
     """Train (or load: train's own skip logic) a Duo model on the synthetic corpus in ``run_dir/synthetic``;
     returns ``(model, data)``."""
-    from .data import prepare
-    from .pipeline import book_train_config
-    from .train import train
-
     cfg = book_train_config(profile, run_dir, corpus="synthetic", steps=check_int("synthetic_steps", steps, 1))
     result = train(cfg, Path(run_dir) / SYNTHETIC_DIR)
     data = prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)

@@ -22,7 +22,13 @@ from typing import Callable
 
 import torch
 
-from .routing import BIG, SMALL, FixedRoutes, RoutingPolicy, TokenRoutes
+from ..routing import BIG, ROUTE_NAMES, SMALL, FixedRoutes, RoutingPolicy, TokenRoutes
+from ..convert import llama_config
+from ..flops import mean_flops_per_token, training_flops_per_token
+from ..model import DuoForCausalLM
+from ..train.loop import training_routes
+from ..router.policy import RouterPolicy
+from ..oracle.engine import oracle_setup, brute_force_flops, brute_force_loss_matrix, ffn_residual, loss_matrix, resolve_patterns, trie_flops
 
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
@@ -75,11 +81,6 @@ def train_step_speed(cfg, batch: int, seq: int, repeats: int, p_big: float = 0.5
     :func:`duolib.flops.training_flops_per_token`."""
     from transformers import LlamaForCausalLM
 
-    from .convert import llama_config
-    from .flops import training_flops_per_token
-    from .model import DuoForCausalLM
-    from .train import training_routes
-
     clk = _clock(clock)
     torch.manual_seed(0)
     duo = DuoForCausalLM(cfg).train()
@@ -120,8 +121,6 @@ def calibrated_router(model, x, frac_big: float):
     """Random router (std 1) whose bias puts a fraction ``frac_big`` of the tokens big at every layer.
 
     Calibrated layer by layer along the router's own routes (later layers see the routed states)."""
-    from .router import RouterPolicy
-
     router = RouterPolicy.for_model(model, init_std=1.0, seed=0)
 
     class Calibrate(RoutingPolicy):  # sets each layer's bias, then routes
@@ -156,9 +155,6 @@ def routed_inference_speed(cfg, batch: int, seq: int, repeats: int, warmup: int 
     ``token<k>`` (exactly k random big layers per token), ``router`` (a random router calibrated to
     k / L big per layer) and ``fixed<k>`` (one pattern for all tokens: no gather / scatter, the
     overhead-free reference).  ``measured`` uses ``clock``; ``wall_measured`` is always wall-clock."""
-    from .flops import mean_flops_per_token
-    from .model import DuoForCausalLM
-
     device = torch.device(device)
     torch.manual_seed(0)
     model = DuoForCausalLM(cfg).to(device).eval()
@@ -215,10 +211,8 @@ def _median_time(fn, clk, repeats: int = 5, inner: int = 3) -> float:
 def oracle_component_costs(model, input_ids: torch.Tensor, clock="cpu") -> dict:
     """Seconds of one trie node (``B x (T-1)`` rows) per piece: attention block, norm, each FFN, leaf
     (final norm + head + loss), measured on the middle layer (as ``benchmarks/bench_oracle.py`` does)."""
-    from .oracle import _setup, ffn
-
     clk = _clock(clock)
-    setup = _setup(model, input_ids, "shared")
+    setup = oracle_setup(model, input_ids, "shared")
     h = setup.h0[None]
     mid = len(model.model.layers) // 2
     layer = model.model.layers[mid]
@@ -226,8 +220,8 @@ def oracle_component_costs(model, input_ids: torch.Tensor, clock="cpu") -> dict:
     x = layer.post_attention_layernorm(a)
     return {"attention": _median_time(lambda: setup.attend(mid, h), clk),
             "norm": _median_time(lambda: layer.post_attention_layernorm(a), clk),
-            "big": _median_time(lambda: ffn(layer, BIG, a, x), clk),
-            "small": _median_time(lambda: ffn(layer, SMALL, a, x), clk),
+            "big": _median_time(lambda: ffn_residual(layer, BIG, a, x), clk),
+            "small": _median_time(lambda: ffn_residual(layer, SMALL, a, x), clk),
             "skip": 0.0,
             "leaf": _median_time(lambda: setup.leaf(a), clk)}
 
@@ -235,8 +229,6 @@ def oracle_component_costs(model, input_ids: torch.Tensor, clock="cpu") -> dict:
 def oracle_cost_bound(costs: dict, counts: dict, patterns: torch.Tensor) -> float:
     """The speed-up the evaluation counts allow (``benchmarks/bench_oracle.py``'s bound):
     brute = sum_p (L c_attn + sum_i c_ffn(p_i) + c_leaf), trie = nodes c_attn + sum_edges c_ffn + leaves c_leaf."""
-    from .routing import ROUTE_NAMES
-
     L, P = patterns.shape[1], len(patterns)
     attn = costs["attention"] + costs["norm"]
     per_code = torch.tensor([costs[name] for name in ROUTE_NAMES], dtype=torch.float64)
@@ -256,8 +248,6 @@ def oracle_speedup(model, input_ids: torch.Tensor, patterns=None, *, k: int | No
     ``flops_bound`` = ``brute_force_flops / trie_flops`` (the FLOP ledger: the work the trie saves) and
     ``cost_bound`` = :func:`oracle_cost_bound` from measured per-node costs (:func:`oracle_component_costs`).
     Batching many nodes per call can beat both: they count work, not per-call overheads."""
-    from .oracle import brute_force_flops, brute_force_loss_matrix, loss_matrix, resolve_patterns, trie_flops
-
     clk = _clock(clock)
     cfg = model.config
     patterns, _ = resolve_patterns(cfg.num_hidden_layers, patterns, ("small", "big"), k)

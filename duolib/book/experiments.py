@@ -15,7 +15,6 @@ The notebooks stay thin: each cell calls one of these functions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -25,9 +24,21 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .fileio import atomic_write_text
-from .profiles import get_profile
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL
+from ..utils import batch_source, json_hash, tensor_hash
+from ..fileio import atomic_write_text
+from ..profiles import get_profile
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
+from ..data.corpus import holdout_sequences, sample_batch
+from ..router.evaluate import route_and_score
+from ..router.policy import SETTINGS, RouterPolicy, budget_targets, load_router, weights_fingerprint
+from ..router.train import train_distilled_router, train_router
+from ..oracle.engine import loss_matrix
+from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
+from .pipeline import book_train_config
+from ..train.config import lr_factor
+from ..train.evaluate import evaluate_route_modes, is_duo
+from ..train.run_folder import quiet_hf
+from .analysis import read_manifest
 
 # ----------------------------------------------------------------------------- data
 
@@ -36,13 +47,9 @@ def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
     """The holdout slice the oracle notebook scores (``{holdout: [n, T]}``): ``n_sequences`` windows of
     ``seq_len`` tokens from the start of each holdout, as recorded by notebook 03 in ``run_dir``
     (``duolib.analysis`` manifest) or else from the profile's ``oracle`` section."""
-    from .data import holdout_sequences
-
     sec = get_profile(profile)["oracle"]
     if run_dir is not None:
         try:
-            from .analysis import read_manifest
-
             sec = {**sec, **{k: v for k, v in read_manifest(run_dir).items() if k in ("n_sequences", "seq_len")}}
         except (ImportError, ValueError):
             pass
@@ -52,16 +59,12 @@ def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
 def eval_slices(data, n: int, seq_len: int) -> dict[str, torch.Tensor]:
     """``n`` windows of ``seq_len`` tokens from the start of each holdout (fewer if it is short);
     ``data``: a ``duolib.data.Prepared`` or a mapping holdout name -> token stream."""
-    from .data import holdout_sequences
-
     return {h: holdout_sequences(s, n, seq_len) for h, s in getattr(data, "holdout", data).items()}
 
 
 def distill_slice(profile: str, data, seed: int = 0) -> torch.Tensor:
     """The training slice of the oracle-distilled router: the router section's ``batch_size`` random
     training windows of the oracle section's ``seq_len`` (one fixed draw, apart from router training's)."""
-    from .data import sample_batch
-
     p = get_profile(profile)
     return sample_batch(data.train, 10**6, p["router"]["batch_size"], p["oracle"]["seq_len"], seed)
 
@@ -69,17 +72,7 @@ def distill_slice(profile: str, data, seed: int = 0) -> torch.Tensor:
 def train_batches(stream, batch_size: int, seq_len: int, seed: int = 0, offset: int = 0) -> Callable[[int], torch.Tensor]:
     """``step -> [batch_size, seq_len]`` random training windows (``duolib.data.sample_batch``);
     ``offset`` shifts the step numbers (a different stream of windows for the same seed)."""
-    from .data import sample_batch
-
     return lambda step: sample_batch(stream, step + offset, batch_size, seq_len, seed)
-
-
-def set_threads(profile: str) -> int:
-    """Use the profile's torch thread count (its ``train.threads``; unchanged if it sets none)."""
-    threads = get_profile(profile)["train"].get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- parameter checks
@@ -105,8 +98,6 @@ def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
 
     ``settings``: names of :data:`duolib.router.SETTINGS`, or a mapping name -> fractions per option
     (``{"mine": {"big": 0.5, "skip": 0.5}}``) that must sum to 1.  ValueError names the bad value."""
-    from .router import SETTINGS, budget_targets
-
     if isinstance(settings, str):
         settings = [settings]
     items = settings.items() if isinstance(settings, Mapping) else [(s, s) for s in settings]
@@ -130,24 +121,14 @@ def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
 # ----------------------------------------------------------------------------- cached routers
 
 
-def _spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _tensor_hash(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def _cached(folder: Path, spec: dict, model):
     """The router saved in ``folder`` and its history if it was trained with ``spec``, else None."""
     import pandas as pd
 
-    from .router import load_router
-
     spec_file = folder / "spec.json"
     if not spec_file.is_file():
         return None
-    if json.loads(spec_file.read_text()).get("hash") != _spec_hash(spec):
+    if json.loads(spec_file.read_text()).get("hash") != json_hash(spec)[:16]:
         return None
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
     return load_router(folder, model), history
@@ -161,7 +142,7 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
     router.save(folder, model)
     pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
     atomic_write_text(folder / "spec.json",
-                      json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
+                      json.dumps({"hash": json_hash(spec)[:16], "spec": spec}, indent=2, sort_keys=True, default=str))
 
 
 def cached_router(model, folder, batches, steps: int, *, options=("small", "big"), budget: float | None = None,
@@ -172,9 +153,6 @@ def cached_router(model, folder, batches, steps: int, *, options=("small", "big"
     ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.
     Returns ``(router, history DataFrame)``."""
     import pandas as pd
-
-    from .router import RouterPolicy, weights_fingerprint
-    from .router_train import train_router
 
     folder = Path(folder)
     router = RouterPolicy.for_model(model, options, seed=seed)
@@ -194,8 +172,6 @@ def oracle_targets(model, input_ids: torch.Tensor, k: int, semantics: str = "sha
     """The per-token oracle's winning patterns at exactly ``k`` big layers on ``input_ids [N, T]``:
     ``(routes [M, L], token_index (seq, position), oracle perplexity)`` for
     :func:`duolib.router_train.train_distilled_router`."""
-    from .oracle import loss_matrix
-
     matrix = loss_matrix(model, input_ids, k=k, semantics=semantics)
     red = matrix.oracle(k)
     return matrix.patterns[red.winners].long(), (matrix.seq, matrix.position), red.perplexity
@@ -208,12 +184,9 @@ def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, step
     Returns ``(router, history DataFrame, oracle perplexity on the training slice)``."""
     import pandas as pd
 
-    from .router import RouterPolicy, weights_fingerprint
-    from .router_train import train_distilled_router
-
     folder = Path(folder)
     spec = dict(kind="distilled", k=k, steps=steps, semantics=semantics, batch_size=batch_size, lr=lr, seed=seed,
-                ids=_tensor_hash(input_ids), base=weights_fingerprint(model))
+                ids=tensor_hash(input_ids), base=weights_fingerprint(model))
     hit = _cached(folder, spec, model)
     if hit is not None:
         router, history = hit
@@ -235,8 +208,6 @@ def budget_flops_per_token(config, k: float, seq_len: int, skip_layers: float = 
     small), averaged over the scored positions of a ``seq_len`` window (context 1..seq_len-1 keys):
     the mean of :func:`duolib.flops.pattern_flops`.  Every pattern with the same counts costs the same,
     so this is exact for a per-token oracle at budget k; fractional counts interpolate linearly."""
-    from .flops import ffn_flops, pattern_flops
-
     L = config.num_hidden_layers
     base = np.mean([pattern_flops(config, [SKIP] * L, ctx) for ctx in range(1, seq_len)])
     small = L - k - skip_layers
@@ -251,9 +222,6 @@ def score_policies(model, policies: Mapping[str, object], slices: Mapping[str, t
     frac_small, frac_big, flops_per_token), statistics over the *scored* positions (all but the last
     of each window, like the oracle), and with ``keep_routes`` also ``{(holdout, method): routes [N, T, L]}``."""
     import pandas as pd
-
-    from .flops import mean_flops_per_token
-    from .router import route_and_score
 
     rows, kept = [], {}
     for h, ids in slices.items():
@@ -359,8 +327,6 @@ def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
 def compare_config(profile: str, run_dir, steps: int, seed: int = 0):
     """The Stage-1 TrainConfig of ``profile`` shortened to ``steps`` (the dense comparison's budget):
     evaluated once at the end, warm-up scaled by ``steps / profile steps`` (at least 1)."""
-    from .pipeline import book_train_config
-
     cfg = book_train_config(profile, run_dir, seed=seed)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"compare_steps={steps!r} must be a positive whole number of training steps")
@@ -374,10 +340,8 @@ def p_curve(model, sequences: Mapping[str, torch.Tensor], p_values: Sequence[flo
     loss, ppl, tokens); a dense model is evaluated once and repeated for every p."""
     import pandas as pd
 
-    from .train import evaluate, is_duo
-
     modes = [f"random:{p:g}" for p in p_values]
-    records = evaluate(model, dict(sequences), modes, seed=seed, batch_size=batch_size)
+    records = evaluate_route_modes(model, dict(sequences), modes, seed=seed, batch_size=batch_size)
     if not is_duo(model):
         records = [{**r, "routes": m} for r in records for m in modes]
     frame = pd.DataFrame(records)
@@ -440,10 +404,7 @@ def build_opt(config, seed: int = 0):
 def pretrain_lm(model, batches, steps: int, lr: float = 3e-3, warmup: int = 10, seed: int = 0) -> list[dict]:
     """Plain language-model training of every parameter (AdamW, linear warm-up then cosine decay to
     10%, clipping at 1.0): the stand-in for a pretrained model's pretraining.  History: step, loss."""
-    from .router_train import _batch_source
-    from .train import lr_factor
-
-    get_batch = _batch_source(batches)
+    get_batch = batch_source(batches)
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -469,9 +430,7 @@ def load_pretrained(model_name: str, device: str | None = None):
     network), in eval mode, on ``device`` (default: the GPU if there is one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .train import _quiet_hf
-
-    with _quiet_hf():
+    with quiet_hf():
         tokenizer = AutoTokenizer.from_pretrained(model_name)
         model = AutoModelForCausalLM.from_pretrained(model_name).eval()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -501,23 +460,19 @@ def cached_pretrained_opt(profile: str, folder, vocab_size: int, batches, steps:
     config = opt_config(profile, vocab_size, **config_overrides)
     spec = dict(config=config.to_diff_dict(), steps=steps, data=data_key, seed=seed, lr=lr)
     spec_file = folder / "spec.json"
-    if spec_file.is_file() and json.loads(spec_file.read_text()).get("hash") == _spec_hash(spec):
+    if spec_file.is_file() and json.loads(spec_file.read_text()).get("hash") == json_hash(spec)[:16]:
         history = pd.read_csv(folder / "history.csv")
-        from .train import _quiet_hf
-
-        with _quiet_hf():
+        with quiet_hf():
             return OPTForCausalLM.from_pretrained(folder).eval(), history
     model = build_opt(config, seed)
     history = pd.DataFrame(pretrain_lm(model, batches, steps, lr=lr, warmup=max(1, steps // 10), seed=seed))
     folder.mkdir(parents=True, exist_ok=True)
     spec_file.unlink(missing_ok=True)
-    from .train import _quiet_hf
-
-    with _quiet_hf():
+    with quiet_hf():
         model.save_pretrained(folder)
     history.to_csv(folder / "history.csv", index=False)
     atomic_write_text(spec_file,
-                      json.dumps({"hash": _spec_hash(spec), "spec": spec}, indent=2, sort_keys=True, default=str))
+                      json.dumps({"hash": json_hash(spec)[:16], "spec": spec}, indent=2, sort_keys=True, default=str))
     return model.eval(), history
 
 
@@ -534,8 +489,6 @@ def retrofit_perplexities(model, slices: Mapping[str, torch.Tensor], policies: M
     """Perplexity of a retrofitted model on each holdout slice under each policy (``None`` = the
     original all-big model): rows holdout, routes, loss, ppl, mean_big_layers."""
     import pandas as pd
-
-    from .router import route_and_score
 
     rows = []
     for h, ids in slices.items():

@@ -23,8 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fileio import atomic_write_text
-from .profiles import get_profile
+from ..fileio import atomic_write_text
+from ..profiles import get_profile
+from .plots import use_style
+from ..train.loop import TrainConfig, load_run
+from ..data.corpus import prepare
 
 METADATA_KEY = "duolib"
 
@@ -182,8 +185,6 @@ def notebook_setup(profile: str, run_dir: str | os.PathLike, *, must_exist: bool
     """Validate a notebook's parameters (fail in the first cells with a clear message), set the plot style.
 
     must_exist: the run folder must already hold what earlier steps wrote (every notebook but the first)."""
-    from .plots import use_style
-
     get_profile(profile)
     run_dir = Path(run_dir)
     if must_exist and not run_dir.is_dir():
@@ -198,8 +199,6 @@ def notebook_setup(profile: str, run_dir: str | os.PathLike, *, must_exist: bool
 
 def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
     """The Stage-1 TrainConfig the book uses for ``profile``: token caches live inside ``run_dir``."""
-    from .train import TrainConfig
-
     return TrainConfig.from_profile(profile, cache_dir=str(Path(run_dir) / "cache"), progress=False, **overrides)
 
 
@@ -222,16 +221,12 @@ STAGE1_DIR = "stage1"
 
 def book_data(profile: str, run_dir: str | os.PathLike):
     """The corpus of the book's Stage-1 run (``duolib.data.Prepared``; cached inside ``run_dir``)."""
-    from .data import prepare
-
     cfg = book_train_config(profile, run_dir)
     return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
 
 
 def stage1_model(run_dir: str | os.PathLike):
     """The Stage-1 model trained by the 02_training notebook (eval mode)."""
-    from .train import load_run
-
     path = Path(run_dir) / STAGE1_DIR
     if not (path / "summary.json").is_file():
         raise ValueError(f"no finished Stage-1 run in {str(path)!r}; run notebooks/02_training.ipynb first")

@@ -15,7 +15,7 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import FancyBboxPatch
 
-from .routing import ROUTE_NAMES
+from ..routing import ROUTE_NAMES
 
 ROUTE_COLOURS = {"skip": "#bdbdbd", "small": "#4c72b0", "big": "#dd8452"}
 

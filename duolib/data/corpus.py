@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import json_hash
 from .tokenizer import (DEFAULT_TRAIN_CHARS, EOS_TOKEN, TokenStream, build_stream, cache_root,
                         check_vocab_size, load_stream, load_tokenizer, tokenizer_hash, train_tokenizer)
 
@@ -169,7 +170,7 @@ def corpus_fingerprint(spec: str, *, max_docs: int | None = None, synthetic=None
             for doc_id, path in _files(sub, arg, max_docs):
                 st = path.stat()
                 parts.append((doc_id, st.st_size, st.st_mtime_ns))
-    return _hash(parts)
+    return json_hash(parts)
 
 
 def load_documents(spec: str, *, max_docs: int | None = None, synthetic=None) -> list[Document]:
@@ -325,10 +326,6 @@ def synthetic_documents(cfg: SyntheticConfig | dict | None = None) -> list[Docum
 
 # ----------------------------------------------------------------------------- split and mixture
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def doc_unit(doc_id: str) -> float:
     """Deterministic number in [0, 1) from ``sha256(doc_id)`` (split and ordering key)."""
     return int(hashlib.sha256(doc_id.encode()).hexdigest()[:16], 16) / 2**64
@@ -476,7 +473,7 @@ def prepare(corpus: str = "mix", vocab_size: int = 4096, cache_dir: str | os.Pat
             "label_names": list(LABEL_NAMES) if syn else None, "version": CACHE_VERSION}
     root = cache_root(cache_dir)
     docs = cache(lambda: _splits(corpus, max_docs, syn, holdout_fraction))
-    tok_dir = root / "tokenizers" / _hash({**base, "vocab_size": vocab_size, "chars": tokenizer_chars})[:24]
+    tok_dir = root / "tokenizers" / json_hash({**base, "vocab_size": vocab_size, "chars": tokenizer_chars})[:24]
     if not (tok_dir / "tokenizer.json").is_file():
         texts = (d.text for d in docs()[0])
         train_tokenizer(texts, vocab_size, max_chars=tokenizer_chars, out_dir=tok_dir, show_progress=progress)
@@ -490,7 +487,7 @@ def prepare(corpus: str = "mix", vocab_size: int = 4096, cache_dir: str | os.Pat
 
 def _stream(root: Path, meta: dict, tok, docs, progress: bool) -> TokenStream:
     """The cached stream keyed by ``meta`` (hash), built from ``docs()`` when missing."""
-    path = root / "streams" / _hash(meta)[:24]
+    path = root / "streams" / json_hash(meta)[:24]
     stream = load_stream(path)
     if stream is None:
         train, holdout = docs()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write
+from ..fileio import atomic_write
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

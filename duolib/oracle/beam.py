@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .oracle import (_attention_node_flops, _check_ids, _check_semantics, _eval_mode, _reference_routes, _setup,
-                     ffn)
+from ..utils import eval_mode
+from .engine import (attention_node_flops, check_ids, check_semantics, ffn_residual, oracle_setup,
+                     reference_routes)
 from .reductions import check_budget, parse_choices
-from .routing import BIG, ROUTE_NAMES, SKIP
+from ..routing import BIG, ROUTE_NAMES, SKIP
+from ..flops import ffn_flops, head_flops
 
 @dataclass
 class BeamResult:
@@ -70,21 +72,21 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
     slot w of each token holding its own prefix).  shared: a prefix's state is the whole sequence,
     so the nodes expanded are the *union* of the tokens' beams (cost grows when tokens disagree).
     ``cost`` counts rows and forward FLOPs, to compare with :func:`trie_flops` of the exhaustive search."""
-    _check_semantics(semantics)
+    check_semantics(semantics)
     if proxy not in PROXIES:
         raise ValueError(f"proxy={proxy!r} is unknown; allowed: {', '.join(PROXIES)}")
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ValueError(f"width={width!r} must be a positive integer")
     if proxy_vocab is not None and (isinstance(proxy_vocab, bool) or int(proxy_vocab) < 1):
         raise ValueError(f"proxy_vocab={proxy_vocab!r} must be a positive number of tokens or None")
-    input_ids = _check_ids(model, input_ids)
+    input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
     codes = parse_choices(choices)
     if k is not None:
         k = check_budget(k, L)
         if k > 0 and BIG not in codes:
             raise ValueError(f"k={k} big layers needs 'big' among the choices")
-    ref = _reference_routes(reference, L, *input_ids.shape)
+    ref = reference_routes(reference, L, *input_ids.shape)
     if ref.dim() == 3 and not (ref == ref[:1, :1]).all():
         ref_pattern = None
     else:
@@ -92,16 +94,14 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
     if proxy == "suffix" and ref_pattern is None:
         raise ValueError("proxy='suffix' needs a single reference pattern (not per-token routes)")
     start = time.perf_counter()
-    with _eval_mode(model):
-        setup = _setup(model, input_ids, semantics, reference, leaf_rows, proxy_vocab)
+    with eval_mode(model):
+        setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows, proxy_vocab)
         B, T1, d = setup.h0.shape
         N = B * T1
         cost = {"attention_rows": 0, "ffn_rows": {n: 0 for n in ROUTE_NAMES}, "leaf_rows": 0, "proxy_rows": 0,
                 "flops": 0.0}
-        from .flops import ffn_flops, head_flops
-
         cfg = model.config
-        attn_row = _attention_node_flops(cfg, B, T1) / N  # mean attention FLOPs per token row
+        attn_row = attention_node_flops(cfg, B, T1) / N  # mean attention FLOPs per token row
 
         def count(kind: str, rows: int, code: int | None = None):
             if kind == "attention":
@@ -125,7 +125,7 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
             a = setup.attend(j, h)
             count("attention", len(h) * N)
             count("ffn", len(h) * N, code)
-            return ffn(layer, code, a, layer.post_attention_layernorm(a))
+            return ffn_residual(layer, code, a, layer.post_attention_layernorm(a))
 
         def score(i, h):
             """Proxy (or, at the last layer, exact) losses ``[G, N]`` of depth-(i + 1) states ``h``."""
@@ -164,7 +164,7 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
                 count("attention", W * N)
                 cand = []
                 for code in codes:  # [C * W, B, T1, d], code-major
-                    cand.append(ffn(layer, code, a, x))
+                    cand.append(ffn_residual(layer, code, a, x))
                     if code != SKIP:
                         count("ffn", W * N, code)
                 cand = torch.cat(cand)
@@ -194,7 +194,7 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
                     a = setup.attend(i, h[s:s + group])
                     x = layer.post_attention_layernorm(a)
                     for code in codes:
-                        cand.append(ffn(layer, code, a, x))
+                        cand.append(ffn_residual(layer, code, a, x))
                         new = torch.full((len(a), 1), code, dtype=torch.int8)
                         cand_hist.append(torch.cat([hist[s:s + group], new], 1))
                         if code != SKIP:

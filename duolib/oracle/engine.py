@@ -28,7 +28,6 @@ ranks and gathers the full matrix on every rank.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -36,21 +35,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..utils import eval_mode
 from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
+from ..flops import attention_flops, ffn_flops, head_flops
 
 _FFN_ORDER = (BIG, SMALL, SKIP)
 
 
 # ----------------------------------------------------------------------------- validation
 
-def _check_semantics(semantics: str) -> str:
+def check_semantics(semantics: str) -> str:
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics={semantics!r} is unknown; allowed: {', '.join(SEMANTICS)}")
     return semantics
 
 
-def _check_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
+def check_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
     input_ids = torch.as_tensor(input_ids)
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 2; got shape {tuple(input_ids.shape)}")
@@ -91,7 +92,7 @@ def resolve_patterns(num_layers: int, patterns=None, choices=("small", "big"), k
     return patterns, tuple(sorted(set(patterns.unique().tolist())))
 
 
-def _reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch.Tensor:
+def reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch.Tensor:
     """The fixed-context reference as per-token routes ``[B, T, L]`` (long)."""
     if isinstance(reference, str) and reference.lower() in ROUTE_NAMES:
         reference = [ROUTE_NAMES.index(reference.lower())] * num_layers
@@ -103,24 +104,13 @@ def _reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch
     return as_pattern(reference, num_layers)[None, None].expand(batch, seq, num_layers)
 
 
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Evaluation mode for the duration (the previous mode restored even on errors)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats) -> LossMatrix:
     """A :class:`LossMatrix` for sequences ``input_ids [B, T]`` (tokens sequence-major)."""
     B, T = input_ids.shape
     ref = None
     if semantics == "fixed-context":  # the reference: a pattern [L], or per-token routes [B, T, L]
         ref = reference if torch.is_tensor(reference) and reference.dim() == 3 else \
-            _reference_routes(reference, patterns.shape[1], 1, 1)[0, 0]
+            reference_routes(reference, patterns.shape[1], 1, 1)[0, 0]
         ref = ref.to(torch.int8).cpu()
     return LossMatrix(losses, patterns, seq=torch.arange(B).repeat_interleave(T - 1),
                       position=torch.arange(T - 1).repeat(B), target=input_ids[:, 1:].reshape(-1).cpu(), seq_len=T,
@@ -170,7 +160,7 @@ def fixed_context_attention(layer, h: torch.Tensor, ref_k: torch.Tensor, ref_v: 
 
 
 @dataclass
-class _Setup:
+class OracleSetup:
     """Everything the engines share for one batch of sequences (on the model's device)."""
 
     model: object
@@ -234,14 +224,14 @@ class _Setup:
         return torch.logsumexp(torch.cat([sub, target_logit[..., None]], -1), -1) - target_logit
 
 
-def ffn(layer, code: int, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def ffn_residual(layer, code: int, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Residual after the FFN slot: ``a + module(x)`` (``a`` for skip)."""
     return a if code == SKIP else a + layer.module(code)(x)
 
 
 @torch.no_grad()
-def _setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf_rows: int = 1024,
-           proxy_vocab: int | None = None) -> _Setup:
+def oracle_setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf_rows: int = 1024,
+           proxy_vocab: int | None = None) -> OracleSetup:
     """Embeddings, rotary tables and target head rows; for fixed-context the reference keys /
     values of every layer; with ``proxy_vocab`` the reference route's top tokens (beam proxy)."""
     device = next(model.parameters()).device
@@ -254,9 +244,9 @@ def _setup(model, input_ids: torch.Tensor, semantics: str, reference="big", leaf
     rotations = model.model.rotary_emb.rotations(positions)  # [1, T1, 1, hd/2]
     targets = ids[:, 1:]  # [B, T1]
     w_target = model.lm_head.weight.float()[targets.reshape(-1)]  # [N, d]
-    setup = _Setup(model, semantics, h0, cos[0], sin[0], rotations, targets, w_target, leaf_rows=leaf_rows)
+    setup = OracleSetup(model, semantics, h0, cos[0], sin[0], rotations, targets, w_target, leaf_rows=leaf_rows)
     if semantics == "fixed-context" or proxy_vocab:
-        routes = _reference_routes(reference, setup.num_layers, B, T).to(device)[:, :T1]  # [B, T1, L]
+        routes = reference_routes(reference, setup.num_layers, B, T).to(device)[:, :T1]  # [B, T1, L]
         ref_kv, h = [], h0
         for i, layer in enumerate(model.model.layers):
             attn = layer.self_attn
@@ -312,7 +302,7 @@ class _Trie:
 
 
 class _TrieWalk:
-    def __init__(self, setup: _Setup, trie: _Trie, max_rows: int, bar):
+    def __init__(self, setup: OracleSetup, trie: _Trie, max_rows: int, bar):
         self.setup, self.trie, self.bar = setup, trie, bar
         rows = setup.h0.shape[0] * setup.h0.shape[1]
         self.max_group = max(1, max_rows // max(1, rows))
@@ -338,10 +328,10 @@ class _TrieWalk:
                     continue
                 idx = [kid[0] for kid in sel]
                 if idx == list(range(len(nodes))):
-                    parts.append(ffn(layer, code, a, x))
+                    parts.append(ffn_residual(layer, code, a, x))
                 else:
                     index = torch.tensor(idx, device=a.device)
-                    parts.append(ffn(layer, code, a.index_select(0, index), x.index_select(0, index)))
+                    parts.append(ffn_residual(layer, code, a.index_select(0, index), x.index_select(0, index)))
                 child_nodes += [(lo, hi) for _, _, lo, hi in sel]
             self.descend(depth + 1, parts[0] if len(parts) == 1 else torch.cat(parts), child_nodes)
 
@@ -361,12 +351,12 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
     attention scores (lower it for long sequences or wide models);
     leaf_rows: rows per head chunk (the logits chunk is ``leaf_rows x vocab`` floats).
     distributed: shard sequences over the initialised ``torch.distributed`` ranks and gather."""
-    _check_semantics(semantics)
-    input_ids = _check_ids(model, input_ids)
+    check_semantics(semantics)
+    input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
     patterns, codes = resolve_patterns(L, patterns, choices, k)
     if semantics == "fixed-context":
-        _reference_routes(reference, L, *input_ids.shape)  # validate before any work
+        reference_routes(reference, L, *input_ids.shape)  # validate before any work
     if distributed:
         return _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress)
     B, T = input_ids.shape
@@ -374,9 +364,9 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
     uniq, inverse = np.unique(patterns.numpy(), axis=0, return_inverse=True)
     trie = _Trie(uniq)
     if B > 0:
-        with _eval_mode(model), tqdm(total=len(uniq), desc=f"oracle ({semantics})", unit="pattern",
+        with eval_mode(model), tqdm(total=len(uniq), desc=f"oracle ({semantics})", unit="pattern",
                                      disable=not progress) as bar:
-            setup = _setup(model, input_ids, semantics, reference, leaf_rows)
+            setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows)
             walk = _TrieWalk(setup, trie, max_rows, bar)
             walk.descend(0, setup.h0[None], [(0, len(uniq))])
         losses = walk.out[torch.from_numpy(inverse.reshape(-1))]
@@ -420,8 +410,8 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
     of ``T - 1`` copies of the batch, copy t routed by the reference everywhere except token t
     (which takes the pattern); token t's loss is read from copy t (causal attention: only later
     tokens read token t, so this is exactly the fixed-context loss)."""
-    _check_semantics(semantics)
-    input_ids = _check_ids(model, input_ids)
+    check_semantics(semantics)
+    input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
     patterns, codes = resolve_patterns(L, patterns, choices, k)
     device = next(model.parameters()).device
@@ -431,10 +421,10 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
     start = time.perf_counter()
     losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
     if semantics == "fixed-context":
-        ref = _reference_routes(reference, L, B, T).to(device)
+        ref = reference_routes(reference, L, B, T).to(device)
         copies = ids.repeat(T1, 1)  # [T1 * B, T]
         eye = torch.arange(T1, device=device)
-    with _eval_mode(model):
+    with eval_mode(model):
         for p, pattern in enumerate(tqdm(patterns, desc="brute force", unit="pattern", disable=not progress)):
             if semantics == "shared":
                 out = model(ids, routes=pattern.long().to(device), labels=ids, return_token_losses=True)
@@ -451,10 +441,8 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
 
 # ----------------------------------------------------------------------------- cost accounting
 
-def _attention_node_flops(config, batch: int, t1: int) -> float:
+def attention_node_flops(config, batch: int, t1: int) -> float:
     """Attention FLOPs of one node: ``batch`` sequences of ``t1`` positions (position t sees t + 1 keys)."""
-    from .flops import attention_flops
-
     ctx = torch.arange(1, t1 + 1, dtype=torch.float64)
     return batch * float(attention_flops(config, ctx).sum())
 
@@ -462,34 +450,16 @@ def _attention_node_flops(config, batch: int, t1: int) -> float:
 def trie_flops(config, counts: dict, batch: int, seq_len: int) -> float:
     """Forward FLOPs of the trie engine for ``counts`` (:attr:`LossMatrix.stats`): one attention per
     internal node, one FFN per edge, one head per leaf, each over ``batch * (seq_len - 1)`` rows."""
-    from .flops import ffn_flops, head_flops
-
     rows = batch * (seq_len - 1)
     ffn = sum(n * ffn_flops(config, ROUTE_NAMES.index(name)) for name, n in counts["edges"].items())
-    return (counts["internal_nodes"] * _attention_node_flops(config, batch, seq_len - 1)
+    return (counts["internal_nodes"] * attention_node_flops(config, batch, seq_len - 1)
             + rows * (ffn + counts["leaves"] * head_flops(config)))
 
 
 def brute_force_flops(config, patterns: torch.Tensor, batch: int, seq_len: int) -> float:
     """Forward FLOPs of one full forward per pattern over the ``seq_len - 1`` scored positions."""
-    from .flops import ffn_flops, head_flops
-
     L, rows = patterns.shape[1], batch * (seq_len - 1)
     per_code = torch.tensor([ffn_flops(config, c) for c in (SKIP, SMALL, BIG)], dtype=torch.float64)
     ffn = float(per_code[patterns.long()].sum())
-    return (len(patterns) * (L * _attention_node_flops(config, batch, seq_len - 1) + rows * head_flops(config))
+    return (len(patterns) * (L * attention_node_flops(config, batch, seq_len - 1) + rows * head_flops(config))
             + rows * ffn)
-
-
-# Beam search lives in duolib.beam and the `duo oracle` run folders in duolib.oracle_io; their
-# public names stay reachable from here.
-_MOVED = {"BeamResult": "beam", "PROXIES": "beam", "beam_oracle": "beam", "write_oracle_tables": "oracle_io",
-          "cli_main": "oracle_io"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, pattern_to_str
 
 SEMANTICS = ("shared", "fixed-context")
 #: The paper's three budget schedules on 12 layers: (budget at the first token, at the last token).
@@ -179,8 +179,6 @@ class LossMatrix:
 
     def pattern_index(self, pattern) -> int:
         """Row of ``pattern`` (codes or a string like ``"BBS-"``); ValueError if it is not in the matrix."""
-        from .routing import as_pattern
-
         codes = as_pattern(pattern, self.num_layers).to(self.patterns.dtype)
         rows = (self.patterns == codes).all(1).nonzero().flatten()
         if len(rows) == 0:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .oracle import loss_matrix
-from .reductions import SEMANTICS, LossMatrix, check_budget
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL
+from .engine import loss_matrix
+from .reductions import SEMANTICS, LossMatrix, check_budget, token_difficulty
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
+from ..config import DuoConfig
+from ..model import DuoForCausalLM
+from ..profiles import get_profile
+from ..data.corpus import LABEL_NAMES, holdout_sequences, prepare
+
 
 def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,
                         tokenizer=None, labels=None, label_names=None, save_matrix: bool = False) -> dict:
@@ -23,9 +28,6 @@ def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_r
     from pathlib import Path
 
     import pandas as pd
-
-    from .reductions import token_difficulty
-    from .routing import pattern_to_str
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,12 +64,6 @@ def cli_main(args) -> int:
     import json
     from pathlib import Path
 
-    import duolib  # noqa: F401  (registers the model type with transformers)
-
-    from .config import DuoConfig
-    from .model import DuoForCausalLM
-    from .profiles import get_profile
-
     section = get_profile(args.profile).get("oracle", {})
     if bool(args.model) == bool(args.random_init):
         raise ValueError("give exactly one of --model DIR and --random-init")
@@ -96,8 +92,6 @@ def cli_main(args) -> int:
         g = torch.Generator().manual_seed(args.seed)
         sequences["random"] = (torch.randint(0, cfg.vocab_size, (n, seq_len), generator=g), None)
     else:
-        from .data import LABEL_NAMES, holdout_sequences, prepare
-
         prep = prepare(corpus, vocab_size=cfg.vocab_size, progress=False)
         tokenizer = tokenizer or prep.tokenizer
         for name, stream in prep.holdout.items():

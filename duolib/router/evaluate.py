@@ -13,8 +13,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .router import RouterPolicy, _token_losses, routed_forward
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, RoutingTrace
+from .policy import RouterPolicy, token_losses, routed_forward
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, RoutingTrace
+from ..flops import ffn_flops, mean_flops_per_token
 
 def realised_budget(trace: RoutingTrace | torch.Tensor) -> dict[str, float]:
     """Mean big layers per token and the fraction of (token, layer) slots per option."""
@@ -51,7 +52,7 @@ def route_and_score(model, policy, input_ids: torch.Tensor, batch_size: int = 16
         for start in range(0, input_ids.shape[0], batch_size):
             ids = input_ids[start:start + batch_size].to(device)
             out, trace = routed_forward(model, ids, policy)
-            losses.append(_token_losses(out, ids).cpu())
+            losses.append(token_losses(out, ids).cpu())
             routes.append(trace.routes.cpu())
     return torch.cat(losses), torch.cat(routes)
 
@@ -62,8 +63,6 @@ def evaluate_policy(model, policy, input_ids: torch.Tensor, batch_size: int = 16
     loss = float(token_losses.mean())
     cfg = _flops_config(model)
     if cfg is not None:
-        from .flops import mean_flops_per_token
-
         flops = mean_flops_per_token(cfg, routes)
     else:
         flops = float("nan")
@@ -74,8 +73,6 @@ def evaluate_policy(model, policy, input_ids: torch.Tensor, batch_size: int = 16
 def budget_flops(config, big_layers: float, seq_len: int, skip_layers: float = 0.0) -> float:
     """FLOPs per token (averaged over a ``seq_len`` sequence) with ``big_layers`` big, ``skip_layers``
     skipped and the rest small (fractional counts interpolate linearly: FFN FLOPs are linear)."""
-    from .flops import ffn_flops, mean_flops_per_token
-
     L = config.num_hidden_layers
     base = mean_flops_per_token(config, torch.full((1, seq_len, L), SKIP, dtype=torch.long))
     small = L - big_layers - skip_layers
@@ -185,7 +182,7 @@ def decision_grid(model, policy, input_ids: torch.Tensor, tokenizer=None):
     ids = ids.to(device)
     with _hard(policy):
         out, trace = routed_forward(model, ids, rec)
-    losses = _token_losses(out, ids)[0].cpu()
+    losses = token_losses(out, ids)[0].cpu()
     routes = trace.routes[0].cpu()  # [T, L]
     T, L = routes.shape
     rows = []

@@ -45,7 +45,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy
+from ..model import DuoForCausalLM, shifted_token_losses
+from ..retrofit import routing
 
 OPTION_CODES = {"skip": SKIP, "small": SMALL, "big": BIG}
 
@@ -205,7 +207,7 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_sizes(model) -> tuple[int, int]:
+def model_sizes(model) -> tuple[int, int]:
     cfg = model.config
     return int(cfg.hidden_size), int(cfg.num_hidden_layers)
 
@@ -247,7 +249,7 @@ class RouterPolicy(RoutingPolicy, nn.Module):
     @classmethod
     def for_model(cls, model, options: Sequence[str | int] | str = ("small", "big"), **kwargs) -> "RouterPolicy":
         """A router sized for ``model`` (Duo or retrofitted), remembering the base model's signature."""
-        hidden, layers = _model_sizes(model)
+        hidden, layers = model_sizes(model)
         router = cls(hidden, layers, options, **kwargs)
         router.base = {"signature": base_signature(model), "config_fingerprint": config_fingerprint(model),
                        "weights_fingerprint": weights_fingerprint(model)}
@@ -350,7 +352,7 @@ def load_router(path: str | Path, model) -> RouterPolicy:
     info = json.loads((path / "router.json").read_text())
     if info.get("format") != FORMAT:
         raise ValueError(f"{path / 'router.json'} is not a duolib router (format {info.get('format')!r})")
-    hidden, layers = _model_sizes(model)
+    hidden, layers = model_sizes(model)
     if info["hidden_size"] != hidden:
         raise ValueError(f"router at {path} was trained for hidden_size={info['hidden_size']} but the model has "
                          f"hidden_size={hidden}; load it into a model of the same base")
@@ -381,46 +383,20 @@ def load_router(path: str | Path, model) -> RouterPolicy:
 # ----------------------------------------------------------------------------- forward on any routable model
 
 
-def _is_duo(model) -> bool:
-    from .model import DuoForCausalLM
-
+def is_duo_model(model) -> bool:
     return isinstance(model, DuoForCausalLM)
 
 
 def routed_forward(model, input_ids: torch.Tensor, policy, labels: torch.Tensor | None = None):
     """Run ``model`` (Duo or retrofitted) on ``input_ids`` routed by ``policy``; returns
     ``(output, RoutingTrace)``; ``output.loss`` is the mean next-token loss when labels are given."""
-    if _is_duo(model):
+    if is_duo_model(model):
         out = model(input_ids, labels=labels, routes=policy, return_routes=True)
         return out, out.routing
-    from .retrofit import routing
-
     with routing(model, policy) as recorder:
         out = model(input_ids=input_ids, labels=labels)
     return out, recorder.trace()
 
 
-def _token_losses(out, input_ids: torch.Tensor) -> torch.Tensor:
-    from .model import shifted_token_losses
-
+def token_losses(out, input_ids: torch.Tensor) -> torch.Tensor:
     return shifted_token_losses(out.logits, input_ids)
-
-
-# Evaluation lives in duolib.router_eval; its public names stay reachable from here.
-_EVAL_NAMES = ('realised_budget', 'route_and_score', 'evaluate_policy', 'budget_flops', 'evaluate_routers', 'perplexity_vs_budget', 'perplexity_vs_flops', 'heatmap_from_routes', 'decision_heatmap', 'decision_grid', 'history_frame')
-
-
-# Training lives in duolib.router_train; its public names stay reachable from here too.
-_TRAIN_NAMES = ('train_router', 'train_distilled_router', 'oracle_routes_per_sequence', 'cli_main')
-
-
-def __getattr__(name: str):
-    if name in _EVAL_NAMES:
-        from . import router_eval
-
-        return getattr(router_eval, name)
-    if name in _TRAIN_NAMES:
-        from . import router_train
-
-        return getattr(router_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

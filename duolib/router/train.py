@@ -1,71 +1,28 @@
 """Router training (the paper's Stage 3), oracle distillation (ours) and the ``duo route`` command.
 
-:func:`train_router` trains a :class:`~duolib.router.RouterPolicy` on a frozen (by default) base model
+:func:`train_router` trains a :class:`~duolib.router.policy.RouterPolicy` on a frozen (by default) base model
 with the soft mixture, the annealed temperature and the budget penalty described in
-:mod:`duolib.router`; :func:`train_distilled_router` teaches the same router to imitate an oracle's
-per-layer choices.  Both work on Duo models and on models retrofitted by :func:`duolib.retrofit`.
+:mod:`duolib.router.policy`; :func:`train_distilled_router` teaches the same router to imitate an oracle's
+per-layer choices.  Both work on Duo models and on models retrofitted by :func:`duolib.retrofit.retrofit_model`.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from .router import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, SETTINGS, RouterPolicy, _is_duo,
-                     _model_sizes, budget_penalty, budget_targets, parse_options, routed_forward, temperature)
-from .routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, TokenRoutes, check_codes
-
-
-def _batch_source(batches) -> Callable[[int], torch.Tensor]:
-    """``batches``: a function step -> LongTensor [B, T], a tensor [N, B, T] / [B, T], or an iterable."""
-    if callable(batches) and not torch.is_tensor(batches):
-        return batches
-    if torch.is_tensor(batches):
-        if batches.dim() == 2:
-            return lambda step: batches
-        if batches.dim() == 3:
-            return lambda step: batches[step % batches.shape[0]]
-        raise ValueError(f"a tensor of batches must be [B, T] or [N, B, T]; got {tuple(batches.shape)}")
-    iterator = iter(batches)
-
-    def next_batch(step):
-        nonlocal iterator
-        try:
-            return next(iterator)
-        except StopIteration:
-            iterator = iter(batches)
-            return next(iterator)
-
-    return next_batch
-
-
-@contextmanager
-def _frozen(model, freeze: bool):
-    """Freeze (requires_grad False, eval mode) the base model for the duration; restore afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        if freeze:
-            for p, _ in flags:
-                p.requires_grad_(False)
-            model.eval()
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def _progress(iterable, progress: bool, desc: str):
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False)
+from ..utils import batch_source, frozen, progress as progress_bar
+from .policy import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, SETTINGS, RouterPolicy, is_duo_model,
+                     model_sizes, budget_penalty, budget_targets, parse_options, routed_forward, temperature)
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, FixedRoutes, RoutingPolicy, TokenRoutes, check_codes
+from ..config import DuoConfig
+from ..model import DuoForCausalLM
+from ..profiles import get_profile
+from .evaluate import evaluate_routers, history_frame
+from ..data.corpus import holdout_sequences, prepare, sample_batch
 
 
 # ----------------------------------------------------------------------------- training (paper)
@@ -88,14 +45,14 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     Afterwards the router is in hard mode.  History keys: step, tau, loss, ce, penalty,
     mean_big_layers (soft), frac_skip / frac_small / frac_big (soft).
     """
-    hidden, L = _model_sizes(model)
+    hidden, L = model_sizes(model)
     if router.num_layers != L or router.hidden_size != hidden:
         raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
                          f"has hidden_size={hidden}, {L} layers")
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     targets = budget_targets(L, router.options, budget, option_budget)
-    get_batch = _batch_source(batches)
+    get_batch = batch_source(batches)
     torch.manual_seed(seed)
     if init_prior and router.meta.get("trained_steps", 0) == 0:
         router.set_prior(targets)
@@ -106,10 +63,10 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     history = []
     router.train()
-    with _frozen(model, freeze_base):
+    with frozen(model, freeze_base):
         if not freeze_base:
             model.train()
-        for step in _progress(range(steps), progress, "router"):
+        for step in progress_bar(range(steps), progress, "router"):
             tau = temperature(step, steps, tau0, tau_min)
             ids = get_batch(step).to(device)
             with router.soft(tau):
@@ -215,7 +172,7 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
     along the oracle's own routes, takes the hidden state entering every FFN slot and trains
     the layer's linear router to predict the oracle's code there.  History: step, loss, accuracy.
     """
-    hidden, L = _model_sizes(model)
+    hidden, L = model_sizes(model)
     if router.num_layers != L or router.hidden_size != hidden:
         raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
                          f"has hidden_size={hidden}, {L} layers")
@@ -237,8 +194,8 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
     N = input_ids.shape[0]
     history = []
     router.train()
-    with _frozen(model, True):
-        for step in _progress(range(steps), progress, "distil"):
+    with frozen(model, True):
+        for step in progress_bar(range(steps), progress, "distil"):
             idx = torch.randperm(N, generator=gen)[:batch_size]
             ids, r, tgt = input_ids[idx].to(device), routes[idx].to(device), targets[idx].to(device)
             teacher = _TeacherForced(r)
@@ -275,8 +232,6 @@ def _load_base(spec: str):
     """A model folder, or a `duo train` run folder (its ``final/``), loaded with the Auto classes."""
     from transformers import AutoModelForCausalLM
 
-    from . import DuoConfig  # noqa: F401  (registers the duo model type)
-
     path = Path(spec)
     if (path / "final" / "config.json").is_file():
         path = path / "final"
@@ -288,12 +243,6 @@ def _load_base(spec: str):
 
 def cli_main(args) -> int:
     """``duo route``: train a router on a model (or a random tiny one), evaluate it, save it to ``--out``."""
-    from .config import DuoConfig
-    from .model import DuoForCausalLM
-    from .profiles import get_profile
-    from .router_eval import evaluate_routers, history_frame
-    from .routing import FixedRoutes
-
     knobs = get_profile(args.profile).get("router", {})
     pick = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
     steps, batch_size, seq_len, n_eval = pick("steps"), pick("batch_size"), pick("seq_len"), pick("eval_sequences")
@@ -313,8 +262,6 @@ def cli_main(args) -> int:
         holdout = torch.randint(0, vocab, (n_eval, seq_len),
                                 generator=torch.Generator().manual_seed(987_654 + args.seed))
     else:
-        from .data import holdout_sequences, prepare, sample_batch
-
         prepared = prepare(corpus, vocab_size=vocab, progress=not args.quiet)
 
         def batches(step):
@@ -336,7 +283,7 @@ def cli_main(args) -> int:
                            tau_min=knobs.get("tau_min", DEFAULT_TAU_MIN), seed=args.seed, progress=not args.quiet)
     L = int(model.config.num_hidden_layers)
     policies = {"router": router, "all big": FixedRoutes([BIG] * L), "all small": FixedRoutes([SMALL] * L)}
-    if _is_duo(model):
+    if is_duo_model(model):
         table = evaluate_routers(model, policies, holdout)
     else:
         table = evaluate_routers(model, {"router": router}, holdout)

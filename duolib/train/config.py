@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from .config import DuoConfig
-from .flops import dense_equivalent_width
-from .profiles import PROFILES, get_profile
+from ..config import DuoConfig
+from ..flops import dense_equivalent_width
+from ..profiles import PROFILES, get_profile
+from ..data.corpus import parse_corpus
+from ..data.tokenizer import check_vocab_size
 
 ARCHS = ("duo", "dense")
 STAGES = ("joint", "big", "small")
@@ -143,9 +145,6 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """ValueError naming the bad value and what is allowed; touches no file."""
-        from .data import parse_corpus
-        from .tokenizer import check_vocab_size
-
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
         choices = dict(arch=ARCHS, stage=STAGES, small_stage_routes=("random", "small"))

@@ -22,21 +22,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fileio import atomic_write_text
+from ..model import DuoForCausalLM
+from ..utils import file_sha256, json_hash, token_array
+from .config import TrainConfig
+from ..fileio import atomic_write_text
 
 CKPT_DIR = "checkpoint"
+METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
+FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 @contextlib.contextmanager
-def _quiet_hf():
+def quiet_hf():
     """No transformers progress bars ("Writing model shards", "Loading weights") inside."""
     from transformers.utils import logging as hf_logging
 
@@ -49,27 +50,19 @@ def _quiet_hf():
             hf_logging.enable_progress_bar()
 
 
-def _save_model(model: nn.Module, folder: Path) -> None:
+def save_model(model: nn.Module, folder: Path) -> None:
     """save_pretrained as one safetensors file, quietly."""
-    with _quiet_hf():
-        _unwrap(model).save_pretrained(folder, max_shard_size="1000GB")
+    with quiet_hf():
+        unwrap_model(model).save_pretrained(folder, max_shard_size="1000GB")
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file + os.replace)."""
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
-def _atomic_dir(target: Path):
+def atomic_dir(target: Path):
     """Yield a temp folder next to ``target``; on success it replaces ``target`` (else it is removed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
@@ -87,12 +80,12 @@ def _atomic_dir(target: Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
+            out += config_differences(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} (existing) vs {vb!r} (requested)")
     return out
@@ -116,14 +109,14 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident
     """Write ``checkpoint/step-NNNNNNNN`` atomically, point ``checkpoint/latest`` at it, prune old ones."""
     root = Path(run_dir) / CKPT_DIR
     name = f"step-{step:08d}"
-    with _atomic_dir(root / name) as tmp:
-        _save_model(model, tmp)
+    with atomic_dir(root / name) as tmp:
+        save_model(model, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(dict(step=step, rng=_rng_state(), **extra), tmp / "trainer_state.pt")
-        _write_json(tmp / "train_config.json", ident)
-        manifest = {p.name: dict(size=p.stat().st_size, sha256=_sha256(p)) for p in sorted(tmp.iterdir())}
-        _write_json(tmp / "manifest.json", dict(step=step, files=manifest))
+        write_json(tmp / "train_config.json", ident)
+        manifest = {p.name: dict(size=p.stat().st_size, sha256=file_sha256(p)) for p in sorted(tmp.iterdir())}
+        write_json(tmp / "manifest.json", dict(step=step, files=manifest))
     tmp_latest = root / f".latest.{os.getpid()}.tmp"
     tmp_latest.write_text(name)
     os.replace(tmp_latest, root / "latest")
@@ -163,7 +156,7 @@ def verify_checkpoint(path: Path) -> dict:
         if p.stat().st_size != info["size"]:
             raise ValueError(f"checkpoint {path} is truncated: {name} has {p.stat().st_size} bytes, "
                              f"expected {info['size']}; {advice}")
-        if _sha256(p) != info["sha256"]:
+        if file_sha256(p) != info["sha256"]:
             raise ValueError(f"checkpoint {path} is corrupted: {name} does not match its sha256; {advice}")
     return manifest
 
@@ -174,7 +167,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dic
 
     verify_checkpoint(path)
     saved = json.loads((path / "train_config.json").read_text())
-    diff = _differences(saved, ident)
+    diff = config_differences(saved, ident)
     if diff:
         raise ValueError(f"checkpoint {path} was written by a run with a different config:\n  " + "\n  ".join(diff)
                          + "\nuse another run folder, or overwrite=True / --overwrite to start this one afresh")
@@ -182,7 +175,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dic
     state = {}
     for w in weights:
         state.update(load_file(w))
-    target = _unwrap(model)
+    target = unwrap_model(model)
     missing, unexpected = target.load_state_dict(state, strict=False)
     tied = set(getattr(target, "_tied_weights_keys", None) or {}) if target.config.tie_word_embeddings else set()
     missing = [k for k in missing if k not in tied and k != "lm_head.weight"]
@@ -195,3 +188,90 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dic
     return trainer_state
 
 
+# ----------------------------------------------------------------------------- run files
+
+
+def data_fingerprint(data) -> str:
+    """Identity of the training data: the streams' cache metadata, else a hash of the token arrays."""
+    parts = {}
+    for name, s in [("train", data.train)] + sorted(getattr(data, "holdout", {}).items()):
+        meta = getattr(s, "meta", None)
+        if meta:
+            parts[name] = {k: v for k, v in meta.items() if k != "split"} | {"split": meta.get("split")}
+        else:
+            parts[name] = hashlib.sha256(np.ascontiguousarray(token_array(s)).tobytes()).hexdigest()
+    return json_hash(parts)
+
+
+def model_fields(config) -> dict:
+    """A model config as a dict without the fields that do not define the model."""
+    d = config.to_dict()
+    for k in ("transformers_version", "architectures", "dtype", "torch_dtype"):
+        d.pop(k, None)
+    return d
+
+
+def identity(cfg: TrainConfig, data_fingerprint: str) -> dict:
+    """What defines a run: the semantic config, the resolved model config and the data fingerprint."""
+    model = model_fields(cfg.duo_config())
+    # JSON round trip: the form config.json / train_config.json hold (string keys, lists)
+    return json.loads(json.dumps(dict(train=cfg.semantic(), model=model, data=data_fingerprint), default=str))
+
+
+def read_metric_records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: drop it
+            pass
+    return out
+
+
+def read_metrics(run_dir: str | os.PathLike):
+    """metrics.jsonl of a run as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(read_metric_records(Path(run_dir) / METRICS_FILE))
+
+
+def final_model_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / FINAL_DIR if (path / FINAL_DIR).is_dir() else path
+
+
+def load_run(run_dir: str | os.PathLike) -> nn.Module:
+    """The trained model of a finished run (``run_dir`` or its ``final/`` folder), in eval mode."""
+    final = final_model_dir(run_dir)
+    if not (final / "config.json").is_file():
+        raise ValueError(f"{final} holds no trained model (no config.json); train the run first")
+    cfg = json.loads((final / "config.json").read_text())
+    from transformers import LlamaForCausalLM
+
+    cls = DuoForCausalLM if cfg.get("model_type") == "duo" else LlamaForCausalLM
+    with quiet_hf():
+        return cls.from_pretrained(final).eval()
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temporary files and folders a killed process left behind (never read: safe to delete)."""
+    for folder in (run_dir, run_dir / CKPT_DIR):
+        for p in folder.glob(".*") if folder.is_dir() else []:
+            if p.name.startswith((".tmp-", ".old-", ".latest.")) or p.name.endswith(".tmp"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+class MetricsLog:
+    def __init__(self, path: Path, active: bool):
+        self.path, self.active = path, active
+
+    def write(self, record: dict) -> None:
+        if self.active:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def write_json_lines(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

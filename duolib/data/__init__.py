@@ -1,0 +1,1 @@
+"""Data: offline corpora, byte-level BPE tokenizers, memmap token caches and stateless batches."""

@@ -1,0 +1,1 @@
+"""Stage 2: the exhaustive oracle (trie engine, reductions over loss matrices, beam search, `duo oracle` runs)."""

@@ -1,0 +1,59 @@
+"""``duo train`` (also ``torchrun -m duolib train``): arguments to a TrainConfig, then train and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+from .loop import dist_rank_world, train
+
+
+def config_from_args(args) -> TrainConfig:
+    """TrainConfig from ``duo train`` arguments (profile, then explicit flags, then --set KEY=VALUE)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "profile" and v is not None}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    if overrides.get("eval_routes") is not None:
+        er = overrides["eval_routes"]
+        overrides["eval_routes"] = tuple(er.split(",") if isinstance(er, str) else er)
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
+    return TrainConfig.from_profile(args.profile, **overrides)
+
+
+def run_from_args(args) -> int:
+    """``duo train``: train (under torchrun: distributed) and print the final evaluation."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    try:
+        cfg = config_from_args(args)
+        run_dir = args.run_dir or Path("runs") / cfg.profile
+        result = train(cfg, run_dir, resume=not args.no_resume, overwrite=args.overwrite)
+        if dist_rank_world()[0] == 0:
+            what = "already finished (not recomputed)" if result.skipped else "finished"
+            print(f"duo train: {run_dir} {what}; {result.summary['tokens']:,} tokens, "
+                  f"{result.summary['train_seconds']:.0f} s of training")
+            for r in result.summary["final_eval"]:
+                print(f"  {r['holdout']:>10} {r['routes']:>10}  loss {r['loss']:.4f}  ppl {r['ppl']:.2f}"
+                      f"  (unigram {result.summary['unigram_ppl'][r['holdout']]:.2f})")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
