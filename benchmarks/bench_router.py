@@ -39,7 +39,7 @@ MODELS = {
 
 
 def bench(name: str, args, device) -> list[dict]:
-    """The measurement itself lives in :func:`duolib.bench.routed_inference_speed` (the book calls it too)."""
+    """The measurement itself lives in :func:`duolib.book.bench.routed_inference_speed` (the book calls it too)."""
     cfg = DuoConfig.preset("default", **MODELS[name])
     rows = routed_inference_speed(cfg, args.batch, args.seq, args.repeats, args.warmup, args.clock, device, k=4)
     return [dict(model=name, **r) for r in rows]

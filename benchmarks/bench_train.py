@@ -46,7 +46,7 @@ def timed(step, i: int) -> float:
 
 
 def bench(name: str, batch: int, seq: int, repeats: int, p_big: float, warmup: int) -> dict:
-    """The measurement itself lives in :func:`duolib.bench.train_step_speed` (the book calls it too)."""
+    """The measurement itself lives in :func:`duolib.book.bench.train_step_speed` (the book calls it too)."""
     cfg = DuoConfig.preset("default", **MODELS[name])
     return dict(model=name, **train_step_speed(cfg, batch, seq, repeats, p_big, warmup, clock=clock))
 

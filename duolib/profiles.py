@@ -21,8 +21,8 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=16,
             max_position_embeddings=128,
         ),
-        # [ours] a few seconds; threads=1 (cosmetic): on a shared 2-core machine two OpenMP threads
-        # ran 5-20x slower than one under contention (measured).
+        # [ours] a few seconds; threads=1 (cosmetic): on a shared small CPU one OpenMP thread avoids
+        # contention between processes.
         "train": dict(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=4, eval_every=20,
                       eval_sequences=8, log_every=5, threads=1,
                       # a corpus slice (16 files a source, tokenizer trained on 200k characters): seconds
@@ -38,10 +38,8 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=32,
             max_position_embeddings=256,
         ),
-        # [ours] 900 x 16 x 128 = 1.8M tokens. Measured in the book run of 2026-11-28 (fresh clone, `make
-        # book`, one thread on the 2-core CPU): 11.7 min of training (0.78 s/step); an earlier run under
-        # other users' load took 19 min (0.9-2.1 s/step). Holdout ppl english 204 / python 138 (random
-        # routes) vs unigram 981 / 1034.
+        # [ours] 900 x 16 x 128 = 1.8M tokens: enough to beat the unigram baseline clearly while the
+        # whole book stays CPU-sized (the book reports its own training time and perplexities).
         "train": dict(steps=900, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=50, eval_every=300,
                       eval_sequences=64, log_every=10, threads=1),
     },
@@ -78,13 +76,13 @@ for _name, _section in _ORACLE_SECTIONS.items():
     PROFILES[_name].setdefault("oracle", _section)
 
 # Stage-3 router knobs [ours] (duolib.router, `duo route`): budgets in big layers of L (the paper's
-# 4 / 6 / 8 of 12), skip settings (duolib.router.SETTINGS), training and evaluation sizes; alpha is
+# 4 / 6 / 8 of 12), skip settings (duolib.router.policy.SETTINGS), training and evaluation sizes; alpha is
 # the budget-penalty weight, tau0 -> tau_min the exponential temperature schedule.
 _ROUTER_SECTIONS = {
     "tiny": dict(budgets=(2,), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"), steps=30,
                  batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
                  distill_steps=40),
-    # default: 7 routers in the book's ~8 CPU minutes (measured ~0.5 s per 8 x 128 step on the shared CPU)
+    # default: 7 routers (3 budgets, 3 skip settings, 1 distilled), sized to a few CPU minutes in the book
     "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                     steps=100, batch_size=8, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
                     eval_sequences=256, distill_steps=200),

@@ -27,15 +27,15 @@ def ids(n=4, T=16, seed=0, V=512):
 # ----------------------------------------------------------------------------- parameter checks
 
 def test_check_budgets_accepts_whole_numbers_in_range():
-    assert ex.check_budgets((4, 6, 8), 12) == (4, 6, 8)
-    assert ex.check_budgets(0, 12) == (0,)
-    assert ex.check_budgets([12.0], 12) == (12,)
+    assert ex.check_budget_list((4, 6, 8), 12) == (4, 6, 8)
+    assert ex.check_budget_list(0, 12) == (0,)
+    assert ex.check_budget_list([12.0], 12) == (12,)
 
 
 @pytest.mark.parametrize("bad", [13, -1, 2.5, True, "4"])
 def test_check_budgets_rejects_with_the_allowed_range(bad):
     with pytest.raises(ValueError, match=r"outside 0\.\.12"):
-        ex.check_budgets([bad], 12)
+        ex.check_budget_list([bad], 12)
 
 
 def test_check_settings_names_and_custom():
@@ -102,7 +102,7 @@ def test_budget_flops_is_the_mean_pattern_flops_over_scored_positions():
     cfg = DuoConfig.preset("tiny")
     T = 16
     expected = np.mean([pattern_flops(cfg, [BIG, BIG, SMALL, SMALL], ctx) for ctx in range(1, T)])
-    assert ex.budget_flops_per_token(cfg, 2, T) == pytest.approx(expected)
+    assert ex.scored_budget_flops(cfg, 2, T) == pytest.approx(expected)
 
 
 def test_score_policies_counts_scored_positions(model):
@@ -111,7 +111,7 @@ def test_score_policies_counts_scored_positions(model):
                                     {"a": ids()}, keep_routes=True)
     big = frame.set_index("method").loc["big"]
     assert big["mean_big_layers"] == L and big["frac_big"] == 1.0
-    assert big["flops_per_token"] == pytest.approx(ex.budget_flops_per_token(model.config, L, 16))
+    assert big["flops_per_token"] == pytest.approx(ex.scored_budget_flops(model.config, L, 16))
     out = model(ids(), labels=ids(), routes=[BIG] * L)
     assert big["loss"] == pytest.approx(float(out.loss.detach()), rel=1e-5)
     assert ex.pool_routes(kept, "big").shape == (4, 16, L)

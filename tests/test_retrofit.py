@@ -193,11 +193,11 @@ def test_bad_inputs_raise():
             model(tokens())
 
 
-def test_retrofit_is_callable_as_a_module_and_a_function():
-    from duolib.retrofit import retrofit_model as retrofit
+def test_retrofit_model_is_on_the_package_face():
+    from duolib.retrofit import retrofit_model
 
-    assert callable(duolib.retrofit) and duolib.retrofit.retrofit is retrofit
-    model = retrofit(make_model("opt"), init="random")
+    assert duolib.retrofit_model is retrofit_model
+    model = duolib.retrofit_model(make_model("opt"), init="random")
     assert isinstance(model.model.decoder.layers[0].fc1, DuoFFN)
     assert model.duo_retrofit["init"] == "random"
     assert torch.equal(model(tokens()).logits, make_model("opt")(tokens()).logits)

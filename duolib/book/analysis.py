@@ -1,5 +1,5 @@
 """The analyses of the book's oracle notebooks (03-06), on top of :mod:`duolib.oracle` and
-:mod:`duolib.reductions`: knob validation, loss matrices cached in the run folder, and the tables
+:mod:`duolib.oracle.reductions`: knob validation, loss matrices cached in the run folder, and the tables
 and headline numbers the notebooks plot and save.
 
 Caching: a loss matrix is stored in ``run_dir/oracle/`` under a key made of the model's weights,
@@ -114,7 +114,7 @@ def load_matrix(path) -> LossMatrix:
 
 def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("small", "big"), k: int | None = None,
                        semantics: str = "shared", reference: str = "big", progress: bool = False) -> LossMatrix:
-    """:func:`duolib.oracle.loss_matrix` of every pattern over ``choices`` (exactly ``k`` big layers if
+    """:func:`duolib.oracle.engine.loss_matrix` of every pattern over ``choices`` (exactly ``k`` big layers if
     given), loaded from ``run_dir/oracle/`` when the same model, ids and arguments were computed before."""
     input_ids = torch.as_tensor(input_ids).long()
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
@@ -203,7 +203,7 @@ def curves_frame(results: dict[str, dict], **extra) -> pd.DataFrame:
 
 def trie_counts(patterns: torch.Tensor) -> dict:
     """Node counts of the exhaustive trie over ``patterns`` (the ``stats`` format of
-    :func:`duolib.oracle.loss_matrix`, for :func:`duolib.oracle.trie_flops`)."""
+    :func:`duolib.oracle.engine.loss_matrix`, for :func:`duolib.oracle.engine.trie_flops`)."""
     p = np.unique(np.asarray(patterns, dtype=np.int8), axis=0)
     L = p.shape[1]
     edges = {name: 0 for name in ROUTE_NAMES}
@@ -220,7 +220,7 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
                proxies: Sequence[str] = ("early-exit", "suffix"), run_dir=None) -> pd.DataFrame:
     """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
     oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
-    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.trie_flops`)."""
+    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.engine.trie_flops`)."""
     L = exact.num_layers
     k = check_budget(k, L)
     B, T = input_ids.shape
@@ -249,7 +249,7 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
 # ----------------------------------------------------------------------------- 04: budget schedules
 
 def loss_by_position(matrix: LossMatrix, reductions: dict, bins: int) -> pd.DataFrame:
-    """Mean token loss of each reduction (name -> :class:`~duolib.reductions.Reduction`) in ``bins``
+    """Mean token loss of each reduction (name -> :class:`~duolib.oracle.reductions.Reduction`) in ``bins``
     equal position bins: columns name, bin, position (bin centre), loss."""
     T1 = matrix.seq_len - 1
     bins = max(1, min(int(bins), T1))
@@ -318,7 +318,7 @@ def token_contexts(ids: torch.Tensor, seq, position, tokenizer, width: int = 6) 
 
 def difficulty_frame(matrix: LossMatrix, k: int, ids: torch.Tensor, tokenizer, labels=None,
                      label_names=None) -> pd.DataFrame:
-    """:func:`duolib.reductions.token_difficulty` plus ``loss`` (= all-big loss, the full model [ours])
+    """:func:`duolib.oracle.reductions.token_difficulty` plus ``loss`` (= all-big loss, the full model [ours])
     and ``context`` (the text before the predicted token)."""
     df = token_difficulty(matrix, k, tokenizer=tokenizer, labels=labels, label_names=label_names)
     df.insert(df.columns.get_loc("loss_small"), "loss", df["loss_big"])

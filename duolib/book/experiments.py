@@ -4,10 +4,10 @@ The notebooks stay thin: each cell calls one of these functions.
 
 - data slices: :func:`oracle_slices` (the holdout slice of ``03_oracle``), :func:`eval_slices`,
   :func:`train_batches`;
-- parameter checks that fail early with a clear message: :func:`check_budgets`, :func:`check_settings`;
+- parameter checks that fail early with a clear message: :func:`check_budget_list`, :func:`check_settings`;
 - cached router training (``run_dir/routers/<name>``): :func:`cached_router`, :func:`cached_distilled_router`;
 - scoring and route statistics: :func:`score_policies`, :func:`late_fraction`,
-  :func:`early_position_ratio`, :func:`usage_grid`, :func:`oracle_references`, :func:`budget_flops_per_token`;
+  :func:`early_position_ratio`, :func:`usage_grid`, :func:`oracle_references`, :func:`scored_budget_flops`;
 - the dense comparison (Fig. 8): :func:`compare_config`, :func:`p_curve`, :func:`pooled_perplexity`;
 - the retrofit (Fig. 9): :func:`opt_config`, :func:`build_opt`, :func:`pretrain_lm`, :func:`retokenize`,
   :func:`max_logit_diff`, :func:`retrofit_perplexities`.
@@ -46,7 +46,7 @@ from .analysis import read_manifest
 def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
     """The holdout slice the oracle notebook scores (``{holdout: [n, T]}``): ``n_sequences`` windows of
     ``seq_len`` tokens from the start of each holdout, as recorded by notebook 03 in ``run_dir``
-    (``duolib.analysis`` manifest) or else from the profile's ``oracle`` section."""
+    (``duolib.book.analysis`` manifest) or else from the profile's ``oracle`` section."""
     sec = get_profile(profile)["oracle"]
     if run_dir is not None:
         try:
@@ -58,7 +58,7 @@ def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
 
 def eval_slices(data, n: int, seq_len: int) -> dict[str, torch.Tensor]:
     """``n`` windows of ``seq_len`` tokens from the start of each holdout (fewer if it is short);
-    ``data``: a ``duolib.data.Prepared`` or a mapping holdout name -> token stream."""
+    ``data``: a ``duolib.data.corpus.Prepared`` or a mapping holdout name -> token stream."""
     return {h: holdout_sequences(s, n, seq_len) for h, s in getattr(data, "holdout", data).items()}
 
 
@@ -70,7 +70,7 @@ def distill_slice(profile: str, data, seed: int = 0) -> torch.Tensor:
 
 
 def train_batches(stream, batch_size: int, seq_len: int, seed: int = 0, offset: int = 0) -> Callable[[int], torch.Tensor]:
-    """``step -> [batch_size, seq_len]`` random training windows (``duolib.data.sample_batch``);
+    """``step -> [batch_size, seq_len]`` random training windows (``duolib.data.corpus.sample_batch``);
     ``offset`` shifts the step numbers (a different stream of windows for the same seed)."""
     return lambda step: sample_batch(stream, step + offset, batch_size, seq_len, seed)
 
@@ -78,7 +78,7 @@ def train_batches(stream, batch_size: int, seq_len: int, seed: int = 0, offset: 
 # ----------------------------------------------------------------------------- parameter checks
 
 
-def check_budgets(budgets, num_layers: int, what: str = "budget") -> tuple[int, ...]:
+def check_budget_list(budgets, num_layers: int, what: str = "budget") -> tuple[int, ...]:
     """Router budgets as a tuple of whole numbers of big layers in ``0..num_layers``; ValueError otherwise."""
     if isinstance(budgets, (numbers.Real, str)):
         budgets = [budgets]
@@ -96,7 +96,7 @@ def check_budgets(budgets, num_layers: int, what: str = "budget") -> tuple[int, 
 def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
     """Skip settings as ``{name: {option: fraction}}``.
 
-    ``settings``: names of :data:`duolib.router.SETTINGS`, or a mapping name -> fractions per option
+    ``settings``: names of :data:`duolib.router.policy.SETTINGS`, or a mapping name -> fractions per option
     (``{"mine": {"big": 0.5, "skip": 0.5}}``) that must sum to 1.  ValueError names the bad value."""
     if isinstance(settings, str):
         settings = [settings]
@@ -147,7 +147,7 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
 
 def cached_router(model, folder, batches, steps: int, *, options=("small", "big"), budget: float | None = None,
                   option_budget: Mapping[str, float] | None = None, data_key: str = "", seed: int = 0, **train_kwargs):
-    """Train a router as in the paper (:func:`duolib.router_train.train_router`) into ``folder``, or load it
+    """Train a router as in the paper (:func:`duolib.router.train.train_router`) into ``folder``, or load it
     if ``folder`` holds one trained with the same settings on the same base weights.
 
     ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.
@@ -171,7 +171,7 @@ def cached_router(model, folder, batches, steps: int, *, options=("small", "big"
 def oracle_targets(model, input_ids: torch.Tensor, k: int, semantics: str = "shared"):
     """The per-token oracle's winning patterns at exactly ``k`` big layers on ``input_ids [N, T]``:
     ``(routes [M, L], token_index (seq, position), oracle perplexity)`` for
-    :func:`duolib.router_train.train_distilled_router`."""
+    :func:`duolib.router.train.train_distilled_router`."""
     matrix = loss_matrix(model, input_ids, k=k, semantics=semantics)
     red = matrix.oracle(k)
     return matrix.patterns[red.winners].long(), (matrix.seq, matrix.position), red.perplexity
@@ -203,7 +203,7 @@ def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, step
 # ----------------------------------------------------------------------------- scoring and statistics
 
 
-def budget_flops_per_token(config, k: float, seq_len: int, skip_layers: float = 0.0) -> float:
+def scored_budget_flops(config, k: float, seq_len: int, skip_layers: float = 0.0) -> float:
     """FLOPs per scored token of a pattern with ``k`` big layers (``skip_layers`` skipped, the rest
     small), averaged over the scored positions of a ``seq_len`` window (context 1..seq_len-1 keys):
     the mean of :func:`duolib.flops.pattern_flops`.  Every pattern with the same counts costs the same,
@@ -301,7 +301,7 @@ def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
                       methods: Sequence[str] = ("oracle", "fixed", "best100")):
     """The reference points of ``03_oracle`` for one holdout as rows (method, budget, mean_big_layers,
     ppl, flops_per_token, source="reference"): each method at every k it reports, plus all-small (k=0)
-    and all-big (k=L); FLOPs from :func:`budget_flops_per_token`."""
+    and all-big (k=L); FLOPs from :func:`scored_budget_flops`."""
     import pandas as pd
 
     d = oracle_results["holdouts"][holdout]
@@ -317,7 +317,7 @@ def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
     frame = pd.DataFrame(rows)
     frame["holdout"] = holdout
     frame["source"] = "reference"
-    frame["flops_per_token"] = [budget_flops_per_token(config, k, seq_len) for k in frame["mean_big_layers"]]
+    frame["flops_per_token"] = [scored_budget_flops(config, k, seq_len) for k in frame["mean_big_layers"]]
     return frame
 
 

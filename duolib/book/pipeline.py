@@ -220,7 +220,7 @@ STAGE1_DIR = "stage1"
 
 
 def book_data(profile: str, run_dir: str | os.PathLike):
-    """The corpus of the book's Stage-1 run (``duolib.data.Prepared``; cached inside ``run_dir``)."""
+    """The corpus of the book's Stage-1 run (``duolib.data.corpus.Prepared``; cached inside ``run_dir``)."""
     cfg = book_train_config(profile, run_dir)
     return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
 

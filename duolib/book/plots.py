@@ -56,7 +56,7 @@ def architecture_schematic(num_layers_shown: int = 3):
 def training_curves(metrics: pd.DataFrame):
     """Stage-1 curves: training loss, and holdout perplexity per holdout and route mode.
 
-    ``metrics`` (``duolib.train.read_metrics``): kind ("train" / "eval"), step, loss; holdout, routes, ppl (eval rows).
+    ``metrics`` (``duolib.train.run_folder.read_metrics``): kind ("train" / "eval"), step, loss; holdout, routes, ppl (eval rows).
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     train = metrics[metrics["kind"] == "train"]

@@ -1,6 +1,6 @@
 """The reproduction scorecard: a computed verdict for each finding C1-C10 of the paper.
 
-Each experiment notebook writes its headline numbers with ``duolib.pipeline.save_results`` to
+Each experiment notebook writes its headline numbers with ``duolib.book.pipeline.save_results`` to
 ``run_dir/results/<step>.json``; :func:`scorecard` reads them and applies the rules below.
 Verdicts: "holds", "partly", "does not hold", or "not measured" (the step's results are missing).
 The thresholds are ours (the paper gives figures, not numbers) and are stated with each rule.

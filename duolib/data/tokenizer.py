@@ -127,7 +127,7 @@ def load_tokenizer(path: str | os.PathLike):
 
     path = Path(path)
     if not (path / _FILE).is_file():
-        raise FileNotFoundError(f"no {_FILE} in {path}: train one with duolib.tokenizer.train_tokenizer")
+        raise FileNotFoundError(f"no {_FILE} in {path}: train one with duolib.data.tokenizer.train_tokenizer")
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 

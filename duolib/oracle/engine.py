@@ -1,6 +1,6 @@
 """Routing oracles: the loss of every token under every routing pattern, computed fast.
 
-:func:`loss_matrix` returns a :class:`~duolib.reductions.LossMatrix` ``L[pattern, token]`` for
+:func:`loss_matrix` returns a :class:`~duolib.oracle.reductions.LossMatrix` ``L[pattern, token]`` for
 sequences ``[B, T]`` and a set of patterns (all of ``choices ** L``, optionally only those with
 exactly ``k`` big layers, or an explicit list), under one of two context semantics:
 

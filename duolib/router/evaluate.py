@@ -70,7 +70,7 @@ def evaluate_policy(model, policy, input_ids: torch.Tensor, batch_size: int = 16
             "n_tokens": int(token_losses.numel())}
 
 
-def budget_flops(config, big_layers: float, seq_len: int, skip_layers: float = 0.0) -> float:
+def mean_budget_flops(config, big_layers: float, seq_len: int, skip_layers: float = 0.0) -> float:
     """FLOPs per token (averaged over a ``seq_len`` sequence) with ``big_layers`` big, ``skip_layers``
     skipped and the rest small (fractional counts interpolate linearly: FFN FLOPs are linear)."""
     L = config.num_hidden_layers
@@ -86,7 +86,7 @@ def evaluate_routers(model, routers: Mapping[str, RoutingPolicy], input_ids: tor
     ``routers``: name -> policy (trained routers, or FixedRoutes / TokenRoutes baselines).
     ``references``: numbers computed elsewhere (oracle, fixed, best-of-100 ...), a DataFrame or a list
     of dicts with ``method``, ``mean_big_layers`` and ``ppl`` (optionally ``flops_per_token``,
-    ``budget``, ``frac_skip``); missing FLOPs are filled by :func:`budget_flops` at this sequence length.
+    ``budget``, ``frac_skip``); missing FLOPs are filled by :func:`mean_budget_flops` at this sequence length.
     Columns: method, source (measured / reference), budget, mean_big_layers, ppl, loss,
     flops_per_token, frac_skip, frac_small, frac_big, n_tokens.
     """
@@ -109,7 +109,7 @@ def evaluate_routers(model, routers: Mapping[str, RoutingPolicy], input_ids: tor
             if "loss" not in row:
                 row["loss"] = math.log(row["ppl"])
             if pd.isna(row.get("flops_per_token", float("nan"))) and cfg is not None:
-                row["flops_per_token"] = budget_flops(cfg, float(row["mean_big_layers"]), input_ids.shape[1],
+                row["flops_per_token"] = mean_budget_flops(cfg, float(row["mean_big_layers"]), input_ids.shape[1],
                                                       float(row.get("frac_skip", 0.0) or 0.0) * cfg.num_hidden_layers)
             rows.append(row)
     cols = ["method", "kind", "source", "budget", "mean_big_layers", "ppl", "loss", "flops_per_token",

@@ -7,7 +7,7 @@ FFN slot; its logits choose among the router's *options*, a subset of {skip, sma
 - ``("skip", "big")`` / ``("skip", "small", "big")``: the paper's skip settings
   (70% small / 30% big, 50% big / 50% skip, 50% big / 30% small / 20% skip: see :data:`SETTINGS`).
 
-**Training** (:func:`duolib.router_train.train_router`, as in the paper, also reachable from here): the FFN slot outputs the soft mixture
+**Training** (:func:`duolib.router.train.train_router`, as in the paper, also reachable from here): the FFN slot outputs the soft mixture
 ``sum_x P(x) * module_x(h)`` with ``P = softmax(logits / tau)``; the temperature is annealed toward
 hard choices by :func:`temperature`.  The loss is ``CE + alpha * penalty`` where, per sequence,
 ``penalty = (mean over tokens and layers of P(big) - budget / L)^2`` (averaged over the batch), or,
@@ -21,7 +21,7 @@ works with the KV cache.
 **Beyond the paper**: :func:`train_distilled_router` trains the same router with cross-entropy to
 imitate an oracle's per-token, per-layer choices at a budget, teacher-forced along the oracle's routes.
 
-Evaluation helpers (in :mod:`duolib.router_eval`, also reachable from here) return tidy pandas DataFrames: perplexity vs average big layers
+Evaluation helpers (in :mod:`duolib.router.evaluate`) return tidy pandas DataFrames: perplexity vs average big layers
 (:func:`perplexity_vs_budget`), perplexity vs FLOPs per token (:func:`perplexity_vs_flops`),
 layer x position heatmaps (:func:`decision_heatmap`) and single-sequence decision grids
 (:func:`decision_grid`).  Routers are saved as safetensors + json (:meth:`RouterPolicy.save`,

@@ -167,7 +167,7 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
 
     ``input_ids [N, T]`` and the oracle's winning patterns (see :func:`oracle_routes_per_sequence`)
     are plain inputs (e.g. ``matrix.patterns[matrix.oracle(k).winners]`` with ``token_index=(matrix.seq,
-    matrix.position)`` from :mod:`duolib.oracle`; any ``[N_tokens, L]`` codes at budget k).  Each step runs
+    matrix.position)`` from :mod:`duolib.oracle.engine`; any ``[N_tokens, L]`` codes at budget k).  Each step runs
     the frozen model
     along the oracle's own routes, takes the hidden state entering every FFN slot and trains
     the layer's linear router to predict the oracle's code there.  History: step, loss, accuracy.
@@ -244,8 +244,8 @@ def _load_base(spec: str):
 def cli_main(args) -> int:
     """``duo route``: train a router on a model (or a random tiny one), evaluate it, save it to ``--out``."""
     knobs = get_profile(args.profile).get("router", {})
-    pick = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
-    steps, batch_size, seq_len, n_eval = pick("steps"), pick("batch_size"), pick("seq_len"), pick("eval_sequences")
+    knob = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
+    steps, batch_size, seq_len, n_eval = knob("steps"), knob("batch_size"), knob("seq_len"), knob("eval_sequences")
     if args.random_init:
         torch.manual_seed(args.seed)
         model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
@@ -279,7 +279,7 @@ def cli_main(args) -> int:
         options = parse_options(args.options or "small,big")
     router = RouterPolicy.for_model(model, options, seed=args.seed)
     history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget,
-                           alpha=pick("alpha"), lr=pick("lr"), tau0=knobs.get("tau0", DEFAULT_TAU0),
+                           alpha=knob("alpha"), lr=knob("lr"), tau0=knobs.get("tau0", DEFAULT_TAU0),
                            tau_min=knobs.get("tau_min", DEFAULT_TAU_MIN), seed=args.seed, progress=not args.quiet)
     L = int(model.config.num_hidden_layers)
     policies = {"router": router, "all big": FixedRoutes([BIG] * L), "all small": FixedRoutes([SMALL] * L)}

@@ -31,7 +31,7 @@ LATER_FIELDS = {"amp": False}
 class TrainConfig:
     """One Stage-1 run.  ``TrainConfig.from_profile("default", steps=100)`` fills it from a profile.
 
-    model / data: overrides of the profile's model section / extra ``duolib.data.prepare`` keywords
+    model / data: overrides of the profile's model section / extra ``duolib.data.corpus.prepare`` keywords
     (``max_docs``, ``synthetic``, ``holdout_fraction``, ``tokenizer_chars``).
     arch: "duo" or "dense" (a ``transformers.LlamaForCausalLM`` with one FFN of width ``dense_width``,
     or ``dense_equivalent_width(model, dense_p_big)``; all-big width if neither is given).

@@ -21,7 +21,7 @@ Choices the paper does not give [ours]
 --------------------------------------
 AdamW (betas 0.9 / 0.95, eps 1e-8, weight decay 0.1 on matrices and embeddings, none on norms),
 linear warmup then cosine decay to 10% of the peak learning rate, gradient clipping at norm 1.0,
-uniformly random training windows (``duolib.data.sample_batch``), batch / length / steps from the
+uniformly random training windows (``duolib.data.corpus.sample_batch``), batch / length / steps from the
 profile.  Random routing draws, for every token and layer, big with probability ``p_big``, skip with
 ``p_skip``, small otherwise; the draws of global batch row ``r`` at step ``s`` come from a generator
 seeded by ``(seed, s, r)``, so they do not depend on the number of processes and a resumed run sees
@@ -235,7 +235,7 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
     """Train one Stage-1 run into ``run_dir`` (default ``runs/<profile>``) and return its result.
 
     ``config`` defaults to ``TrainConfig.from_profile("default")``; ``overrides`` replace its fields.
-    ``data`` (optional): a ``duolib.data.Prepared`` (or any object with ``.train`` and ``.holdout``
+    ``data`` (optional): a ``duolib.data.corpus.Prepared`` (or any object with ``.train`` and ``.holdout``
     streams); by default the config's corpus is prepared.  A finished run with the same identity is
     returned without training (``skipped=True``); an unfinished one resumes from its newest checkpoint
     (``resume=False`` or ``overwrite=True``: delete the folder and start afresh).  Resuming a

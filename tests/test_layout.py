@@ -1,0 +1,163 @@
+"""The package's floors: duolib's imports (read with ast, nothing imported) run one way.
+
+Fails on an upward import or an import cycle, on a ``_private`` name imported from another module,
+and on a function-local intra-package import outside ``duolib.cli`` (which keeps ``duo --help`` fast).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "duolib"
+
+# Lowest floor first; a module may import only from its own floor or below (and never in a cycle).
+FLOORS = [
+    {"utils", "fileio", "profiles", "routing"},
+    {"config", "flops", "data"},
+    {"model", "convert"},
+    {"oracle", "train", "retrofit"},
+    {"router"},
+    {"book"},
+    {"cli"},
+    {"__main__"},
+]
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+LOCAL_IMPORTS_ALLOWED = {"duolib.cli"}
+
+
+def module_name(path: Path) -> str:
+    parts = ["duolib", *path.relative_to(PKG).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:]) if "." in name else Path()
+    return (PKG / rel).with_suffix(".py").is_file() or (PKG / rel / "__init__.py").is_file()
+
+
+def floor_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    if top not in FLOOR:
+        raise AssertionError(f"{module} has no floor: add its top-level name to FLOORS in tests/test_layout.py")
+    return FLOOR[top]
+
+
+def imports_of(path: Path) -> list[dict]:
+    """Every intra-package import of one file: target module, imported names, line, function-local or not."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    local_nodes = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base_mod = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").split(".")[0] == "duolib":
+                base_mod = node.module
+            else:
+                continue
+            for alias in node.names:
+                sub = f"{base_mod}.{alias.name}"
+                target = sub if is_module(sub) else base_mod
+                found.append(dict(target=target, name=None if target == sub else alias.name, line=node.lineno,
+                                  local=id(node) in local_nodes))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "duolib":
+                    found.append(dict(target=alias.name, name=None, line=node.lineno, local=id(node) in local_nodes))
+    return found
+
+
+def graph() -> dict[str, list[dict]]:
+    return {module_name(p): imports_of(p) for p in sorted(PKG.rglob("*.py"))}
+
+
+GRAPH = graph()
+
+
+def face_free(module: str) -> bool:
+    """The package face ``duolib/__init__.py`` loads names lazily (importlib): not part of the floors."""
+    return module == "duolib"
+
+
+def test_every_module_has_a_floor():
+    for module in GRAPH:
+        if not face_free(module):
+            floor_of(module)
+
+
+def test_no_upward_import():
+    bad = [f"{m}:{i['line']} imports {i['target']} (floor {floor_of(i['target'])} above {floor_of(m)})"
+           for m, imports in GRAPH.items() if not face_free(m)
+           for i in imports if not face_free(i["target"]) and floor_of(i["target"]) > floor_of(m)]
+    assert not bad, "\n".join(bad)
+
+
+def test_nothing_imports_the_package_face():
+    bad = [f"{m}:{i['line']}" for m, imports in GRAPH.items() if not face_free(m)
+           for i in imports if face_free(i["target"])]
+    assert not bad, "import from the defining module, not from the duolib face: " + ", ".join(bad)
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle():
+    edges = {m: {i["target"] for i in imports if i["target"] != m} for m, imports in GRAPH.items()}
+    cycle = find_cycle(edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_private_name_imported_across_modules():
+    bad = [f"{m}:{i['line']} imports {i['name']} from {i['target']}" for m, imports in GRAPH.items()
+           for i in imports if i["name"] and i["name"].startswith("_") and not i["name"].startswith("__")]
+    assert not bad, "promote the name or move the caller:\n" + "\n".join(bad)
+
+
+def test_no_function_local_intra_package_import():
+    bad = [f"{m}:{i['line']} imports {i['target']} inside a function" for m, imports in GRAPH.items()
+           if m not in LOCAL_IMPORTS_ALLOWED for i in imports if i["local"]]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from ..model import DuoForCausalLM\n", ("duolib.model", "DuoForCausalLM", False)),
+    ("def f():\n    from .engine import _setup\n", ("duolib.oracle.engine", "_setup", True)),
+    ("from .. import flops\n", ("duolib.flops", None, False)),
+])
+def test_import_reader(tmp_path, monkeypatch, source, expected):
+    """The reader resolves relative imports and function-local ones (so the checks above can fail)."""
+    path = PKG / "oracle" / "beam.py"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
+    (found,) = imports_of(path)
+    assert (found["target"], found["name"], found["local"]) == expected
