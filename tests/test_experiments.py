@@ -233,3 +233,38 @@ def test_oracle_speedup_engines_agree(model):
     out = bench.oracle_speedup(model, ids(2, 8))
     assert out["patterns"] == 16 and out["max_abs_diff"] < 1e-4
     assert out["flops_bound"] > 1 and out["cost_bound"] > 1 and out["speedup"] > 0
+
+
+def test_validate_params_fills_defaults_and_names_bad_values():
+    from duolib.book.params import validate_params
+    from duolib.profiles import get_profile
+
+    knobs = get_profile("tiny")["router"]
+    budgets, steps = validate_params("07_routers", "tiny", budgets=None, steps=None)
+    assert budgets == tuple(knobs["budgets"]) and steps == knobs["steps"]
+    assert validate_params("08_dense", "tiny", p_values=[0, 1]) == ((0, 1),)
+    L = get_profile("tiny")["model"]["num_hidden_layers"]
+    assert validate_params("10_performance", "tiny", k=None, wide=None) == (round(L / 3), False)
+    layers, budget = validate_params("09_retrofit", "tiny", opt_layers=6, budget=None)
+    assert (layers, budget) == (6, 3)
+    with pytest.raises(ValueError, match="steps=0 must be a positive whole number of router training steps"):
+        validate_params("07_routers", "tiny", steps=0)
+    with pytest.raises(ValueError, match="p_values holds 2"):
+        validate_params("08_dense", "tiny", p_values=[0.5, 2])
+    with pytest.raises(ValueError, match="opt_layers=0"):
+        validate_params("09_retrofit", "tiny", opt_layers=0)
+    with pytest.raises(ValueError, match="no parameter rules for notebook '99_x'"):
+        validate_params("99_x", "tiny")
+
+
+def test_saved_results_are_checked_against_their_type(tmp_path):
+    from duolib.book.pipeline import load_results, save_results
+
+    good = {"duo": {"0.5": 10.0}, "dense": {"0.5": 9.0}, "joint_small": 12.0, "freeze_small": 14.0}
+    save_results(tmp_path, "08_dense", good)
+    assert load_results(tmp_path)["08_dense"] == good
+    with pytest.raises(ValueError, match="results of 08_dense lack freeze_small"):
+        save_results(tmp_path, "08_dense", {k: v for k, v in good.items() if k != "freeze_small"})
+    with pytest.raises(ValueError, match=r"lack holdouts\.english\.fixed"):
+        save_results(tmp_path, "03_oracle", {"num_layers": 4, "holdouts": {"english": {
+            "all_big": 1.0, "all_small": 2.0, "oracle": {}, "best100": {}, "best100_per_token": {}}}})

@@ -161,3 +161,26 @@ def test_import_reader(tmp_path, monkeypatch, source, expected):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
     (found,) = imports_of(path)
     assert (found["target"], found["name"], found["local"]) == expected
+
+
+def defined_names(module: str) -> set[str]:
+    """Names a module defines at its top level (functions, classes, assignments), not those it imports."""
+    rel = Path(*module.split(".")[1:])
+    path = (PKG / rel).with_suffix(".py") if (PKG / rel).with_suffix(".py").is_file() else PKG / rel / "__init__.py"
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_names_come_from_their_defining_module():
+    """No re-exports: every imported name is defined by the module it is imported from."""
+    bad = [f"{m}:{i['line']} imports {i['name']} from {i['target']}, which only imports it"
+           for m, imports in GRAPH.items() for i in imports
+           if i["name"] and not face_free(i["target"]) and i["name"] not in defined_names(i["target"])]
+    assert not bad, "\n".join(bad)

@@ -26,7 +26,7 @@ from ..routing import BIG, ROUTE_NAMES, SMALL, FixedRoutes, RoutingPolicy, Token
 from ..convert import llama_config
 from ..flops import mean_flops_per_token, training_flops_per_token
 from ..model import DuoForCausalLM
-from ..train.loop import training_routes
+from ..routing import training_routes
 from ..router.policy import RouterPolicy
 from ..oracle.engine import oracle_setup, brute_force_flops, brute_force_loss_matrix, ffn_residual, loss_matrix, resolve_patterns, trie_flops
 

@@ -25,8 +25,10 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 from ..profiles import get_profile
+from .results import check_results
 from .plots import use_style
-from ..train.loop import TrainConfig, load_run
+from ..train.config import TrainConfig
+from ..train.run_folder import load_run
 from ..data.corpus import prepare
 
 METADATA_KEY = "duolib"
@@ -203,7 +205,9 @@ def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
 
 
 def save_results(run_dir: str | os.PathLike, step: str, results: dict) -> Path:
-    """Write a notebook's headline numbers to ``run_dir/results/<step>.json`` (read by the scorecard)."""
+    """Write a notebook's headline numbers to ``run_dir/results/<step>.json`` (read by the scorecard),
+    after checking them against the step's type in :mod:`duolib.book.results`."""
+    check_results(step, results)
     path = Path(run_dir) / "results" / f"{step}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True, default=float))

@@ -5,7 +5,7 @@ Each experiment notebook writes its headline numbers with ``duolib.book.pipeline
 Verdicts: "holds", "partly", "does not hold", or "not measured" (the step's results are missing).
 The thresholds are ours (the paper gives figures, not numbers) and are stated with each rule.
 
-Result files and keys (budgets ``k`` and p values are JSON strings):
+Result files and keys (budgets ``k`` and p values are JSON strings; typed in :mod:`duolib.book.results`):
 
 - ``03_oracle``: ``num_layers``; ``holdouts.<h>.{all_big, all_small}``; ``holdouts.<h>.{oracle, fixed,
   best100, best100_per_token}.<k>`` (perplexities at exactly k big layers).

@@ -72,6 +72,27 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
     slot w of each token holding its own prefix).  shared: a prefix's state is the whole sequence,
     so the nodes expanded are the *union* of the tokens' beams (cost grows when tokens disagree).
     ``cost`` counts rows and forward FLOPs, to compare with :func:`trie_flops` of the exhaustive search."""
+    input_ids, codes, k, ref_pattern = _beam_inputs(model, input_ids, width, choices, k, semantics, reference,
+                                                   proxy, proxy_vocab)
+    start = time.perf_counter()
+    with eval_mode(model):
+        setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows, proxy_vocab)
+        search = _BeamSearch(model, setup, codes, k, ref_pattern, width, proxy, proxy_vocab, max_rows)
+        bar = tqdm(total=search.L, desc=f"beam w={width} ({semantics})", unit="layer", disable=not progress)
+        if semantics == "fixed-context":
+            token_losses, patterns = search.per_token(bar)
+        else:
+            token_losses, patterns = search.shared_prefixes(bar)
+        bar.close()
+    cost = search.cost
+    cost["seconds"] = time.perf_counter() - start
+    return BeamResult(token_losses.float().cpu(), patterns.to(torch.int8).cpu(), int(width), proxy, semantics, k,
+                      proxy_vocab, cost)
+
+
+def _beam_inputs(model, input_ids, width, choices, k, semantics, reference, proxy, proxy_vocab):
+    """Checked arguments of :func:`beam_oracle`: ids, choice codes, budget and the reference pattern
+    (None for per-token reference routes)."""
     check_semantics(semantics)
     if proxy not in PROXIES:
         raise ValueError(f"proxy={proxy!r} is unknown; allowed: {', '.join(PROXIES)}")
@@ -93,128 +114,141 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
         ref_pattern = ref[0, 0]
     if proxy == "suffix" and ref_pattern is None:
         raise ValueError("proxy='suffix' needs a single reference pattern (not per-token routes)")
-    start = time.perf_counter()
-    with eval_mode(model):
-        setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows, proxy_vocab)
-        B, T1, d = setup.h0.shape
-        N = B * T1
-        cost = {"attention_rows": 0, "ffn_rows": {n: 0 for n in ROUTE_NAMES}, "leaf_rows": 0, "proxy_rows": 0,
-                "flops": 0.0}
-        cfg = model.config
-        attn_row = attention_node_flops(cfg, B, T1) / N  # mean attention FLOPs per token row
+    return input_ids, codes, k, ref_pattern
 
-        def count(kind: str, rows: int, code: int | None = None):
-            if kind == "attention":
-                cost["attention_rows"] += rows
-                cost["flops"] += rows * attn_row
-            elif kind == "ffn":
-                cost["ffn_rows"][ROUTE_NAMES[code]] += rows
-                cost["flops"] += rows * ffn_flops(cfg, code)
-            elif kind == "proxy":
-                cost["proxy_rows"] += rows
-                cost["flops"] += rows * 2 * cfg.hidden_size * (setup.proxy_rows.shape[1] + 1)
-            else:
-                cost["leaf_rows"] += rows
-                cost["flops"] += rows * head_flops(cfg)
 
-        group = max(1, max_rows // N)
+class _BeamSearch:
+    """One beam search: the cost ledger, proxy scoring, the budget rule and the two layer loops."""
 
-        def suffix_step(j, h):
-            """Layer j of the reference suffix on states ``h [G, B, T1, d]``."""
-            layer, code = model.model.layers[j], int(ref_pattern[j])
-            a = setup.attend(j, h)
-            count("attention", len(h) * N)
-            count("ffn", len(h) * N, code)
-            return ffn_residual(layer, code, a, layer.post_attention_layernorm(a))
+    def __init__(self, model, setup, codes, k, ref_pattern, width, proxy, proxy_vocab, max_rows):
+        self.model, self.setup, self.codes, self.k, self.ref_pattern = model, setup, codes, k, ref_pattern
+        self.width, self.proxy, self.proxy_vocab = width, proxy, proxy_vocab
+        self.cfg = model.config
+        self.L = self.cfg.num_hidden_layers
+        self.B, self.T1, self.d = setup.h0.shape
+        self.N = self.B * self.T1
+        self.cost = {"attention_rows": 0, "ffn_rows": {n: 0 for n in ROUTE_NAMES}, "leaf_rows": 0, "proxy_rows": 0,
+                     "flops": 0.0}
+        self.attn_row = attention_node_flops(self.cfg, self.B, self.T1) / self.N  # mean attention FLOPs per row
+        self.group = max(1, max_rows // self.N)
 
-        def score(i, h):
-            """Proxy (or, at the last layer, exact) losses ``[G, N]`` of depth-(i + 1) states ``h``."""
-            losses = []
-            for s in range(0, len(h), group):
-                c = h[s:s + group]
-                if proxy == "suffix":
-                    for j in range(i + 1, L):
-                        c = suffix_step(j, c)
-                if proxy_vocab and i < L - 1:
-                    losses.append(setup.proxy_leaf(c))
-                    count("proxy", len(c) * N)
-                else:
-                    losses.append(setup.leaf(c))
-                    count("leaf", len(c) * N)
-            return torch.cat(losses)
-
-        def allowed(nbig, depth_done):
-            """Whether prefixes with ``nbig`` bigs after ``depth_done`` layers can end with exactly k."""
-            if k is None:
-                return torch.ones_like(nbig, dtype=torch.bool)
-            room = (L - depth_done) if BIG in codes else 0
-            return (nbig <= k) & (nbig + room >= k)
-
-        C = len(codes)
-        code_t = torch.tensor(codes, device=setup.h0.device)
-        bar = tqdm(total=L, desc=f"beam w={width} ({semantics})", unit="layer", disable=not progress)
-        if semantics == "fixed-context":
-            h = setup.h0[None]  # [W, B, T1, d]: slot w of every token
-            hist = torch.zeros(1, B, T1, 0, dtype=torch.int8, device=h.device)  # [W, B, T1, depth]
-            for i in range(L):
-                W = h.shape[0]
-                layer = model.model.layers[i]
-                a = torch.cat([setup.attend(i, h[s:s + group]) for s in range(0, W, group)])
-                x = layer.post_attention_layernorm(a)
-                count("attention", W * N)
-                cand = []
-                for code in codes:  # [C * W, B, T1, d], code-major
-                    cand.append(ffn_residual(layer, code, a, x))
-                    if code != SKIP:
-                        count("ffn", W * N, code)
-                cand = torch.cat(cand)
-                new = code_t.to(torch.int8).repeat_interleave(W)[:, None, None, None]  # [C * W, 1, 1, 1]
-                cand_hist = torch.cat([hist.repeat(C, 1, 1, 1), new.expand(C * W, B, T1, 1)], dim=-1)
-                nbig = (cand_hist == BIG).sum(-1)  # [C * W, B, T1]
-                sc = score(i, cand).view(C * W, B, T1)
-                sc = sc.masked_fill(~allowed(nbig, i + 1), float("inf"))
-                if i < L - 1:
-                    keep = min(width, C * W)
-                    idx = sc.topk(keep, dim=0, largest=False).indices  # [keep, B, T1]
-                    h = cand.gather(0, idx[..., None].expand(keep, B, T1, d))
-                    hist = cand_hist.gather(0, idx[..., None].expand(keep, B, T1, i + 1))
-                else:
-                    best, arg = sc.min(0)  # [B, T1]
-                    token_losses = best.reshape(-1)
-                    patterns = cand_hist.gather(0, arg[None, ..., None].expand(1, B, T1, L))[0].reshape(N, L)
-                bar.update(1)
+    def count(self, kind: str, rows: int, code: int | None = None):
+        cost, cfg = self.cost, self.cfg
+        if kind == "attention":
+            cost["attention_rows"] += rows
+            cost["flops"] += rows * self.attn_row
+        elif kind == "ffn":
+            cost["ffn_rows"][ROUTE_NAMES[code]] += rows
+            cost["flops"] += rows * ffn_flops(cfg, code)
+        elif kind == "proxy":
+            cost["proxy_rows"] += rows
+            cost["flops"] += rows * 2 * cfg.hidden_size * (self.setup.proxy_rows.shape[1] + 1)
         else:
-            h = setup.h0[None]  # [S, B, T1, d]: one state per kept prefix
-            hist = torch.zeros(1, 0, dtype=torch.int8)  # [S, depth]
-            for i in range(L):
-                S = h.shape[0]
-                layer = model.model.layers[i]
-                cand, cand_hist = [], []
-                for s in range(0, S, group):
-                    a = setup.attend(i, h[s:s + group])
-                    x = layer.post_attention_layernorm(a)
-                    for code in codes:
-                        cand.append(ffn_residual(layer, code, a, x))
-                        new = torch.full((len(a), 1), code, dtype=torch.int8)
-                        cand_hist.append(torch.cat([hist[s:s + group], new], 1))
-                        if code != SKIP:
-                            count("ffn", len(a) * N, code)
-                count("attention", S * N)
-                cand, cand_hist = torch.cat(cand), torch.cat(cand_hist)  # [S * C, B, T1, d], [S * C, i + 1]
-                ok = allowed((cand_hist == BIG).sum(-1), i + 1)
-                cand, cand_hist = cand[ok.to(cand.device)], cand_hist[ok]
-                sc = score(i, cand)  # [S', N]
-                if i < L - 1:
-                    idx = sc.topk(min(width, len(sc)), dim=0, largest=False).indices  # [width, N]
-                    kept = idx.unique().cpu()
-                    h, hist = cand[kept.to(cand.device)], cand_hist[kept]
-                else:
-                    best, arg = sc.min(0)  # [N]
-                    token_losses, patterns = best, cand_hist[arg.cpu()]
-                bar.update(1)
-        bar.close()
-    cost["seconds"] = time.perf_counter() - start
-    return BeamResult(token_losses.float().cpu(), patterns.to(torch.int8).cpu(), int(width), proxy, semantics, k,
-                      proxy_vocab, cost)
+            cost["leaf_rows"] += rows
+            cost["flops"] += rows * head_flops(cfg)
 
+    def suffix_step(self, j, h):
+        """Layer j of the reference suffix on states ``h [G, B, T1, d]``."""
+        layer, code = self.model.model.layers[j], int(self.ref_pattern[j])
+        a = self.setup.attend(j, h)
+        self.count("attention", len(h) * self.N)
+        self.count("ffn", len(h) * self.N, code)
+        return ffn_residual(layer, code, a, layer.post_attention_layernorm(a))
 
+    def score(self, i, h):
+        """Proxy (or, at the last layer, exact) losses ``[G, N]`` of depth-(i + 1) states ``h``."""
+        setup, group, L, N = self.setup, self.group, self.L, self.N
+        losses = []
+        for s in range(0, len(h), group):
+            c = h[s:s + group]
+            if self.proxy == "suffix":
+                for j in range(i + 1, L):
+                    c = self.suffix_step(j, c)
+            if self.proxy_vocab and i < L - 1:
+                losses.append(setup.proxy_leaf(c))
+                self.count("proxy", len(c) * N)
+            else:
+                losses.append(setup.leaf(c))
+                self.count("leaf", len(c) * N)
+        return torch.cat(losses)
+
+    def allowed(self, nbig, depth_done):
+        """Whether prefixes with ``nbig`` bigs after ``depth_done`` layers can end with exactly k."""
+        k = self.k
+        if k is None:
+            return torch.ones_like(nbig, dtype=torch.bool)
+        room = (self.L - depth_done) if BIG in self.codes else 0
+        return (nbig <= k) & (nbig + room >= k)
+
+    def per_token(self, bar):
+        """fixed-context: slot w of every token holds that token's own prefix (state ``[W, B, T1, d]``)."""
+        setup, codes, width, group, count, score, allowed = (self.setup, self.codes, self.width, self.group,
+                                                             self.count, self.score, self.allowed)
+        B, T1, d, N, L, C = self.B, self.T1, self.d, self.N, self.L, len(codes)
+        code_t = torch.tensor(codes, device=setup.h0.device)
+        h = setup.h0[None]  # [W, B, T1, d]: slot w of every token
+        hist = torch.zeros(1, B, T1, 0, dtype=torch.int8, device=h.device)  # [W, B, T1, depth]
+        for i in range(L):
+            W = h.shape[0]
+            layer = self.model.model.layers[i]
+            a = torch.cat([setup.attend(i, h[s:s + group]) for s in range(0, W, group)])
+            x = layer.post_attention_layernorm(a)
+            count("attention", W * N)
+            cand = []
+            for code in codes:  # [C * W, B, T1, d], code-major
+                cand.append(ffn_residual(layer, code, a, x))
+                if code != SKIP:
+                    count("ffn", W * N, code)
+            cand = torch.cat(cand)
+            new = code_t.to(torch.int8).repeat_interleave(W)[:, None, None, None]  # [C * W, 1, 1, 1]
+            cand_hist = torch.cat([hist.repeat(C, 1, 1, 1), new.expand(C * W, B, T1, 1)], dim=-1)
+            nbig = (cand_hist == BIG).sum(-1)  # [C * W, B, T1]
+            sc = score(i, cand).view(C * W, B, T1)
+            sc = sc.masked_fill(~allowed(nbig, i + 1), float("inf"))
+            if i < L - 1:
+                keep = min(width, C * W)
+                idx = sc.topk(keep, dim=0, largest=False).indices  # [keep, B, T1]
+                h = cand.gather(0, idx[..., None].expand(keep, B, T1, d))
+                hist = cand_hist.gather(0, idx[..., None].expand(keep, B, T1, i + 1))
+            else:
+                best, arg = sc.min(0)  # [B, T1]
+                token_losses = best.reshape(-1)
+                patterns = cand_hist.gather(0, arg[None, ..., None].expand(1, B, T1, L))[0].reshape(N, L)
+            bar.update(1)
+        return token_losses, patterns
+
+    def shared_prefixes(self, bar):
+        """shared: a prefix's state is the whole sequence, so the expanded nodes are the union of the
+        tokens' beams (state ``[S, B, T1, d]``, one per kept prefix)."""
+        setup, codes, width, group, count, score, allowed = (self.setup, self.codes, self.width, self.group,
+                                                             self.count, self.score, self.allowed)
+        N, L = self.N, self.L
+        h = setup.h0[None]  # [S, B, T1, d]: one state per kept prefix
+        hist = torch.zeros(1, 0, dtype=torch.int8)  # [S, depth]
+        for i in range(L):
+            S = h.shape[0]
+            layer = self.model.model.layers[i]
+            cand, cand_hist = [], []
+            for s in range(0, S, group):
+                a = setup.attend(i, h[s:s + group])
+                x = layer.post_attention_layernorm(a)
+                for code in codes:
+                    cand.append(ffn_residual(layer, code, a, x))
+                    new = torch.full((len(a), 1), code, dtype=torch.int8)
+                    cand_hist.append(torch.cat([hist[s:s + group], new], 1))
+                    if code != SKIP:
+                        count("ffn", len(a) * N, code)
+            count("attention", S * N)
+            cand, cand_hist = torch.cat(cand), torch.cat(cand_hist)  # [S * C, B, T1, d], [S * C, i + 1]
+            ok = allowed((cand_hist == BIG).sum(-1), i + 1)
+            cand, cand_hist = cand[ok.to(cand.device)], cand_hist[ok]
+            sc = score(i, cand)  # [S', N]
+            if i < L - 1:
+                idx = sc.topk(min(width, len(sc)), dim=0, largest=False).indices  # [width, N]
+                kept = idx.unique().cpu()
+                h, hist = cand[kept.to(cand.device)], cand_hist[kept]
+            else:
+                best, arg = sc.min(0)  # [N]
+                token_losses, patterns = best, cand_hist[arg.cpu()]
+            bar.update(1)
+        return token_losses, patterns

@@ -263,21 +263,9 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
     eval_seqs = _check_data(cfg, data, world)
     ident = identity(cfg, data_fingerprint(data))
     ident_hash = json_hash(ident)
-
-    summary_path = run_dir / SUMMARY_FILE
-    if (overwrite or not resume) and rank == 0 and run_dir.exists():
-        shutil.rmtree(run_dir)
-    _barrier()
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("identity_hash") == ident_hash:
-            return TrainResult(run_dir, summary, skipped=True)
-    if (run_dir / CONFIG_FILE).is_file():
-        existing = json.loads((run_dir / CONFIG_FILE).read_text())
-        diff = config_differences(existing.get("identity", {}), ident)
-        if diff and resume:
-            raise ValueError(f"run folder {run_dir} belongs to a run with a different config:\n  " + "\n  ".join(diff)
-                             + "\nuse another run folder, or overwrite=True / --overwrite to replace it")
+    finished = _finished_run(run_dir, ident, ident_hash, resume, overwrite, rank)
+    if finished is not None:
+        return finished
 
     device = _device(cfg)
     model = build_model(cfg)
@@ -298,16 +286,7 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
 
     metrics_path = run_dir / METRICS_FILE
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(run_dir)
-        write_json(run_dir / CONFIG_FILE, dict(identity=ident, identity_hash=ident_hash, config=cfg.to_dict()))
-        # a resumed run drops what the killed one logged after its checkpoint; a fresh one starts empty
-        keep = [r for r in read_metric_records(metrics_path) if r.get("step", 0) <= start] if ckpt is not None else []
-        write_json_lines(metrics_path, keep)
-        tok = getattr(data, "tokenizer", None)
-        if tok is not None and not (run_dir / TOKENIZER_DIR).is_dir():
-            with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:
-                tok.save_pretrained(str(tmp))
+        _write_run_files(run_dir, cfg, ident, ident_hash, data, resumed_at=start if ckpt is not None else None)
     _barrier()
 
     baselines = {name: unigram_perplexity(data.train, seqs, model.config.vocab_size) for name, seqs in eval_seqs.items()}
@@ -315,11 +294,7 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
     if ckpt is None:
         log.write(dict(kind="baseline", step=0, unigram_ppl=baselines))
 
-    ddp = model
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=_may_leave_modules_unused(model, cfg))
+    ddp = _distributed(model, cfg, device, world)
     local_rows = list(range(rank, cfg.batch_size, world))
     micro = len(local_rows) // cfg.grad_accum
     routes_mode = cfg.routes_mode()
@@ -338,18 +313,7 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
                 routes = training_routes(cfg.seed, step, local_rows, cfg.seq_len, L, cfg.p_big, cfg.p_skip).to(device)
             else:
                 routes = [BIG if routes_mode == "big" else SMALL] * L
-        loss_sum = 0.0
-        for i in range(cfg.grad_accum):
-            xi = x[i * micro:(i + 1) * micro]
-            kw = {}
-            if routes is not None:
-                kw["routes"] = routes[i * micro:(i + 1) * micro] if torch.is_tensor(routes) else routes
-            sync = i == cfg.grad_accum - 1 or world == 1
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    loss = ddp(xi, labels=xi, **kw).loss
-                (loss / cfg.grad_accum).backward()
-            loss_sum += float(loss.detach()) / cfg.grad_accum
+        loss_sum = _accumulate_gradients(ddp, x, routes, cfg, micro, world)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
@@ -393,9 +357,74 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
     if rank == 0:
         with atomic_dir(run_dir / FINAL_DIR) as tmp:
             save_model(model, tmp)
-        write_json(summary_path, summary)
+        write_json(run_dir / SUMMARY_FILE, summary)
     _barrier()
     return TrainResult(run_dir, summary)
+
+
+def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, overwrite: bool,
+                  rank: int) -> TrainResult | None:
+    """The result of a finished run of this identity in ``run_dir`` (None: train); clears the folder first
+    when asked to (``overwrite`` or not ``resume``); ValueError if it belongs to another run."""
+    summary_path = run_dir / SUMMARY_FILE
+    if (overwrite or not resume) and rank == 0 and run_dir.exists():
+        shutil.rmtree(run_dir)
+    _barrier()
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("identity_hash") == ident_hash:
+            return TrainResult(run_dir, summary, skipped=True)
+    if (run_dir / CONFIG_FILE).is_file():
+        existing = json.loads((run_dir / CONFIG_FILE).read_text())
+        diff = config_differences(existing.get("identity", {}), ident)
+        if diff and resume:
+            raise ValueError(f"run folder {run_dir} belongs to a run with a different config:\n  " + "\n  ".join(diff)
+                             + "\nuse another run folder, or overwrite=True / --overwrite to replace it")
+    return None
+
+
+def _write_run_files(run_dir: Path, cfg: TrainConfig, ident: dict, ident_hash: str, data,
+                     resumed_at: int | None) -> None:
+    """config.json, metrics.jsonl (a resumed run keeps the lines up to its checkpoint step) and tokenizer/."""
+    metrics_path = run_dir / METRICS_FILE
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)
+    write_json(run_dir / CONFIG_FILE, dict(identity=ident, identity_hash=ident_hash, config=cfg.to_dict()))
+    # a resumed run drops what the killed one logged after its checkpoint; a fresh one starts empty
+    start = resumed_at
+    keep = [r for r in read_metric_records(metrics_path) if r.get("step", 0) <= start] if start is not None else []
+    write_json_lines(metrics_path, keep)
+    tok = getattr(data, "tokenizer", None)
+    if tok is not None and not (run_dir / TOKENIZER_DIR).is_dir():
+        with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:
+            tok.save_pretrained(str(tmp))
+
+
+def _distributed(model, cfg: TrainConfig, device: torch.device, world: int):
+    """``model`` wrapped in DistributedDataParallel when there are several processes."""
+    if world == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=_may_leave_modules_unused(model, cfg))
+
+
+def _accumulate_gradients(ddp, x: torch.Tensor, routes, cfg: TrainConfig, micro: int, world: int) -> float:
+    """Forward and backward of one step's local rows in ``cfg.grad_accum`` micro-batches; the mean loss."""
+    device = x.device
+    loss_sum = 0.0
+    for i in range(cfg.grad_accum):
+        xi = x[i * micro:(i + 1) * micro]
+        kw = {}
+        if routes is not None:
+            kw["routes"] = routes[i * micro:(i + 1) * micro] if torch.is_tensor(routes) else routes
+        sync = i == cfg.grad_accum - 1 or world == 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                loss = ddp(xi, labels=xi, **kw).loss
+            (loss / cfg.grad_accum).backward()
+        loss_sum += float(loss.detach()) / cfg.grad_accum
+    return loss_sum
 
 
 def _may_leave_modules_unused(model, cfg: TrainConfig) -> bool:
