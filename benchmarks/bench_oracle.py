@@ -42,7 +42,8 @@ import duolib  # noqa: F401  (registers the model type)
 from duolib import BIG, DuoConfig, DuoForCausalLM, RandomRoutes
 from duolib.book.bench import oracle_component_costs
 from duolib.oracle.beam import beam_oracle
-from duolib.oracle.engine import brute_force_flops, brute_force_loss_matrix, loss_matrix, trie_flops
+from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix, trie_flops
+from duolib.oracle.engine import loss_matrix
 from duolib.oracle.reductions import enumerate_patterns
 from duolib.routing import ROUTE_NAMES
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from duolib.data import batches as B
 from duolib.data import corpus as D
+from duolib.data import tokenizer as T
 
 SYN = dict(n_docs=60, seed=3)
 SMALL = dict(vocab_size=512, tokenizer_chars=60_000, progress=False)
@@ -143,7 +145,7 @@ def test_prepare_synthetic(synthetic):
 def test_cache_hit_and_rebuild(tmp_path, monkeypatch):
     folder = _text_folder(tmp_path / "corpus")
     calls = []
-    real_build, real_train = D.build_stream, D.train_tokenizer
+    real_build, real_train = T.build_stream, T.train_tokenizer
     monkeypatch.setattr(D, "build_stream", lambda *a, **k: calls.append("stream") or real_build(*a, **k))
     monkeypatch.setattr(D, "train_tokenizer", lambda *a, **k: calls.append("tok") or real_train(*a, **k))
     spec, cache = f"text:{folder}", tmp_path / "cache"
@@ -160,7 +162,7 @@ def test_cache_hit_and_rebuild(tmp_path, monkeypatch):
     smaller = D.prepare(spec, cache_dir=cache, **{**SMALL, "vocab_size": 260})  # new tokenizer content
     assert calls == ["tok", "stream", "stream"] and smaller.vocab_size == 260
     monkeypatch.setenv("DUOLIB_CACHE", str(cache))
-    assert D.cache_root() == cache and D.cache_root(tmp_path / "x") == tmp_path / "x"
+    assert T.cache_root() == cache and T.cache_root(tmp_path / "x") == tmp_path / "x"
 
 
 def test_prepare_mix_small(tmp_path):
@@ -175,32 +177,32 @@ def test_prepare_mix_small(tmp_path):
 
 def test_sample_batch_deterministic_and_sharded():
     stream = np.arange(10_000, dtype=np.uint16)
-    full = D.sample_batch(stream, step=5, batch_size=8, seq_len=16, seed=1)
+    full = B.sample_batch(stream, step=5, batch_size=8, seq_len=16, seed=1)
     assert full.shape == (8, 16) and full.dtype == torch.long
-    assert torch.equal(full, D.sample_batch(stream, 5, 8, 16, 1))
-    assert not torch.equal(full, D.sample_batch(stream, 6, 8, 16, 1))
-    assert not torch.equal(full, D.sample_batch(stream, 5, 8, 16, 2))
+    assert torch.equal(full, B.sample_batch(stream, 5, 8, 16, 1))
+    assert not torch.equal(full, B.sample_batch(stream, 6, 8, 16, 1))
+    assert not torch.equal(full, B.sample_batch(stream, 5, 8, 16, 2))
     assert torch.equal(full[:, 1:] - full[:, :-1], torch.ones(8, 15, dtype=torch.long))  # contiguous windows
-    shards = [D.sample_batch(stream, 5, 8, 16, 1, rank=r, world_size=4) for r in range(4)]
+    shards = [B.sample_batch(stream, 5, 8, 16, 1, rank=r, world_size=4) for r in range(4)]
     assert all(s.shape == (2, 16) for s in shards)
     for r, shard in enumerate(shards):
         assert torch.equal(shard, full[r::4])
     assert torch.equal(torch.cat(shards).sort(dim=0).values, full.sort(dim=0).values)
-    as_tensor = D.sample_batch(torch.from_numpy(stream.astype(np.int64)), 5, 8, 16, 1)
+    as_tensor = B.sample_batch(torch.from_numpy(stream.astype(np.int64)), 5, 8, 16, 1)
     assert torch.equal(as_tensor, full)
 
 
 def test_holdout_sequences(synthetic):
     stream = synthetic.holdout["synthetic"]
-    ids = D.holdout_sequences(stream, 4, 32)
+    ids = B.holdout_sequences(stream, 4, 32)
     assert ids.shape == (4, 32) and torch.equal(ids.flatten(), torch.from_numpy(np.asarray(stream.tokens[:128]).astype(np.int64)))
-    ids2, labels = D.holdout_sequences(stream, 10**6, 32, with_labels=True)
+    ids2, labels = B.holdout_sequences(stream, 10**6, 32, with_labels=True)
     assert ids2.shape == labels.shape == (len(stream) // 32, 32)
     assert torch.equal(labels.flatten(), torch.from_numpy(np.asarray(stream.labels[: labels.numel()]).astype(np.int64)))
     with pytest.raises(ValueError, match="no labels"):
-        D.holdout_sequences(np.arange(100), 2, 10, with_labels=True)
+        B.holdout_sequences(np.arange(100), 2, 10, with_labels=True)
     with pytest.raises(ValueError, match="no window"):
-        D.holdout_sequences(np.arange(10), 2, 11)
+        B.holdout_sequences(np.arange(10), 2, 11)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -208,11 +210,11 @@ def test_holdout_sequences(synthetic):
 def test_batch_errors():
     stream = np.arange(100)
     with pytest.raises(ValueError, match="seq_len=100 too long"):
-        D.sample_batch(stream, 0, 1, 100)
+        B.sample_batch(stream, 0, 1, 100)
     with pytest.raises(ValueError, match="exceeds"):
-        D.sample_batch(stream, 0, 11, 10)
+        B.sample_batch(stream, 0, 11, 10)
     with pytest.raises(ValueError, match="rank"):
-        D.sample_batch(stream, 0, 4, 10, rank=0, world_size=3)
+        B.sample_batch(stream, 0, 4, 10, rank=0, world_size=3)
 
 
 def test_corpus_errors(tmp_path, monkeypatch):

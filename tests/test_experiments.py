@@ -11,6 +11,7 @@ import duolib
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
 from duolib.book import bench
 from duolib.book import experiments as ex
+from duolib.book import retrofit_study as rs
 from duolib.flops import pattern_flops
 
 
@@ -190,14 +191,14 @@ def test_summary_curve_repeats_a_stored_evaluation():
 
 def test_small_opt_retrofit_keeps_the_original(tmp_path):
     batches = ids(2, 16)
-    opt, history = ex.cached_pretrained_opt("tiny", tmp_path / "opt", 512, batches, 2)
+    opt, history = rs.cached_pretrained_opt("tiny", tmp_path / "opt", 512, batches, 2)
     assert len(history) == 2 and (tmp_path / "opt" / "spec.json").is_file()
-    again, _ = ex.cached_pretrained_opt("tiny", tmp_path / "opt", 512, batches, 2)
-    assert ex.max_logit_diff(opt, again, batches) == 0.0
+    again, _ = rs.cached_pretrained_opt("tiny", tmp_path / "opt", 512, batches, 2)
+    assert rs.max_logit_diff(opt, again, batches) == 0.0
     original = copy.deepcopy(opt)
     duolib.retrofit_model(opt)
-    assert ex.max_logit_diff(original, opt, batches) == 0.0
-    table = ex.retrofit_perplexities(opt, {"a": batches}, {"orig": None, "small": FixedRoutes([SMALL] * 4),
+    assert rs.max_logit_diff(original, opt, batches) == 0.0
+    table = rs.retrofit_perplexities(opt, {"a": batches}, {"orig": None, "small": FixedRoutes([SMALL] * 4),
                                                           "rand": RandomRoutes(0.5, seed=0)})
     assert table.set_index("routes").loc["orig", "mean_big_layers"] == 4
     assert table.set_index("routes").loc["small", "mean_big_layers"] == 0
@@ -212,7 +213,7 @@ def test_retokenize_roundtrip():
             return {"input_ids": [ord(c) - 97 for c in text]}
 
     stream = torch.arange(20) % 7
-    out = ex.retokenize(stream, Tok(), Tok(), max_tokens=15, chunk=4)
+    out = rs.retokenize(stream, Tok(), Tok(), max_tokens=15, chunk=4)
     assert torch.equal(out, stream[:15])
 
 

@@ -12,7 +12,8 @@ import torch
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
 from duolib import cli
 from duolib.oracle.beam import beam_oracle
-from duolib.oracle.engine import brute_force_flops, brute_force_loss_matrix, loss_matrix, resolve_patterns, trie_flops
+from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix, trie_flops
+from duolib.oracle.engine import loss_matrix, resolve_patterns
 from duolib.oracle.reductions import LossMatrix, budget_schedule, enumerate_patterns, parse_choices, token_difficulty
 
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}

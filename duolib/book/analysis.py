@@ -25,8 +25,10 @@ from ..profiles import get_profile
 from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices, token_difficulty
 from ..routing import BIG, ROUTE_NAMES
 from ..oracle.beam import beam_oracle
-from ..oracle.engine import loss_matrix, trie_flops
-from ..data.corpus import holdout_sequences, prepare
+from ..oracle.engine import loss_matrix
+from ..oracle.brute_force import trie_flops
+from ..data.corpus import prepare
+from ..data.batches import holdout_sequences
 from .pipeline import book_train_config
 from ..train.loop import train
 

@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils import eval_mode
-from .engine import (attention_node_flops, check_ids, check_semantics, ffn_residual, oracle_setup,
-                     reference_routes)
+from .engine import check_ids, check_semantics, ffn_residual, oracle_setup, reference_routes
+from .brute_force import attention_node_flops
 from .reductions import check_budget, parse_choices
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..flops import ffn_flops, head_flops

@@ -20,8 +20,8 @@ compute only the target token's loss, ``logsumexp(h W^T) - h . w_target``, in ro
 ``[patterns, tokens, vocab]`` log-softmax never exists.  All tokens of the last position are dropped
 up front (no target, and nothing reads them under causal attention).
 
-:func:`brute_force_loss_matrix` is the reference (one :class:`~duolib.DuoForCausalLM` forward per
-pattern); :func:`beam_oracle` approximates the per-token oracle when the space is too large to
+:func:`~duolib.oracle.brute_force.brute_force_loss_matrix` is the reference (one :class:`~duolib.DuoForCausalLM` forward per
+pattern); :func:`~duolib.oracle.beam.beam_oracle` approximates the per-token oracle when the space is too large to
 enumerate.  ``loss_matrix(..., distributed=True)`` shards the sequences over ``torch.distributed``
 ranks and gathers the full matrix on every rank.
 """
@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from ..utils import eval_mode
 from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
-from ..flops import attention_flops, ffn_flops, head_flops
 
 _FFN_ORDER = (BIG, SMALL, SKIP)
 
@@ -104,7 +103,7 @@ def reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch.
     return as_pattern(reference, num_layers)[None, None].expand(batch, seq, num_layers)
 
 
-def _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats) -> LossMatrix:
+def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats) -> LossMatrix:
     """A :class:`LossMatrix` for sequences ``input_ids [B, T]`` (tokens sequence-major)."""
     B, T = input_ids.shape
     ref = None
@@ -373,7 +372,7 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
     else:
         losses = torch.empty(len(patterns), 0)
     stats = {**trie.counts(), "batch": B, "seq_len": T, "seconds": time.perf_counter() - start}
-    return _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
 
 
 def _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress):
@@ -396,70 +395,4 @@ def _distributed(model, input_ids, patterns, codes, semantics, reference, max_ro
         cols = (seqs[:, None] * T1 + torch.arange(T1)).reshape(-1)
         losses[:, cols] = part
     stats = {**local.stats, "world_size": world, "batch": B}
-    return _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
-
-
-# ----------------------------------------------------------------------------- brute force
-
-@torch.no_grad()
-def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k: int | None = None,
-                            semantics: str = "shared", reference="big", progress: bool = False) -> LossMatrix:
-    """The same matrix as :func:`loss_matrix`, by full :class:`~duolib.DuoForCausalLM` forwards.
-
-    shared: one forward per pattern with ``routes=pattern``.  fixed-context: per pattern one forward
-    of ``T - 1`` copies of the batch, copy t routed by the reference everywhere except token t
-    (which takes the pattern); token t's loss is read from copy t (causal attention: only later
-    tokens read token t, so this is exactly the fixed-context loss)."""
-    check_semantics(semantics)
-    input_ids = check_ids(model, input_ids)
-    L = model.config.num_hidden_layers
-    patterns, codes = resolve_patterns(L, patterns, choices, k)
-    device = next(model.parameters()).device
-    ids = input_ids.to(device)
-    B, T = ids.shape
-    T1 = T - 1
-    start = time.perf_counter()
-    losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
-    if semantics == "fixed-context":
-        ref = reference_routes(reference, L, B, T).to(device)
-        copies = ids.repeat(T1, 1)  # [T1 * B, T]
-        eye = torch.arange(T1, device=device)
-    with eval_mode(model):
-        for p, pattern in enumerate(tqdm(patterns, desc="brute force", unit="pattern", disable=not progress)):
-            if semantics == "shared":
-                out = model(ids, routes=pattern.long().to(device), labels=ids, return_token_losses=True)
-                losses[p] = out.token_losses.reshape(-1).float().cpu()
-            else:
-                routes = ref[None].repeat(T1, 1, 1, 1)  # [T1 copies, B, T, L]
-                routes[eye, :, eye] = pattern.long().to(device)
-                out = model(copies, routes=routes.view(T1 * B, T, L), labels=copies, return_token_losses=True)
-                tl = out.token_losses.view(T1, B, T1)  # [copy, B, position]
-                losses[p] = tl[eye, :, eye].T.reshape(-1).float().cpu()  # copy t at position t
-    stats = {"seconds": time.perf_counter() - start, "forwards": len(patterns)}
-    return _make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
-
-
-# ----------------------------------------------------------------------------- cost accounting
-
-def attention_node_flops(config, batch: int, t1: int) -> float:
-    """Attention FLOPs of one node: ``batch`` sequences of ``t1`` positions (position t sees t + 1 keys)."""
-    ctx = torch.arange(1, t1 + 1, dtype=torch.float64)
-    return batch * float(attention_flops(config, ctx).sum())
-
-
-def trie_flops(config, counts: dict, batch: int, seq_len: int) -> float:
-    """Forward FLOPs of the trie engine for ``counts`` (:attr:`LossMatrix.stats`): one attention per
-    internal node, one FFN per edge, one head per leaf, each over ``batch * (seq_len - 1)`` rows."""
-    rows = batch * (seq_len - 1)
-    ffn = sum(n * ffn_flops(config, ROUTE_NAMES.index(name)) for name, n in counts["edges"].items())
-    return (counts["internal_nodes"] * attention_node_flops(config, batch, seq_len - 1)
-            + rows * (ffn + counts["leaves"] * head_flops(config)))
-
-
-def brute_force_flops(config, patterns: torch.Tensor, batch: int, seq_len: int) -> float:
-    """Forward FLOPs of one full forward per pattern over the ``seq_len - 1`` scored positions."""
-    L, rows = patterns.shape[1], batch * (seq_len - 1)
-    per_code = torch.tensor([ffn_flops(config, c) for c in (SKIP, SMALL, BIG)], dtype=torch.float64)
-    ffn = float(per_code[patterns.long()].sum())
-    return (len(patterns) * (L * attention_node_flops(config, batch, seq_len - 1) + rows * head_flops(config))
-            + rows * ffn)
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)

@@ -11,7 +11,8 @@ from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
 from ..config import DuoConfig
 from ..model import DuoForCausalLM
 from ..profiles import get_profile
-from ..data.corpus import LABEL_NAMES, holdout_sequences, prepare
+from ..data.corpus import LABEL_NAMES, prepare
+from ..data.batches import holdout_sequences
 
 
 def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,

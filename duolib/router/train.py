@@ -22,7 +22,8 @@ from ..config import DuoConfig
 from ..model import DuoForCausalLM
 from ..profiles import get_profile
 from .evaluate import evaluate_routers, history_frame
-from ..data.corpus import holdout_sequences, prepare, sample_batch
+from ..data.corpus import prepare
+from ..data.batches import holdout_sequences, sample_batch
 
 
 # ----------------------------------------------------------------------------- training (paper)

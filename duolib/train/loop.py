@@ -68,7 +68,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..convert import llama_config
-from ..data.corpus import holdout_sequences, prepare, sample_batch
+from ..data.corpus import prepare
+from ..data.batches import holdout_sequences, sample_batch
 from ..model import DuoForCausalLM
 from ..routing import BIG, SMALL, training_routes
 from ..utils import json_hash, token_array
