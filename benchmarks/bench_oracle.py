@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-import duolib  # noqa: F401  (registers the model type)
+import duolib.model  # noqa: F401  (registers the duo model type with transformers)
 from duolib import BIG, DuoConfig, DuoForCausalLM, RandomRoutes
 from duolib.book.bench import oracle_component_costs
 from duolib.oracle.beam import beam_oracle

@@ -1,4 +1,25 @@
-"""Run-folder file handling for Stage-1 training: atomic writes and checkpoints.
+"""Run folders of Stage-1 training: checkpoints and run files, written atomically.
+
+Run folder layout
+-----------------
+::
+
+    runs/<name>/
+        config.json          the run's identity: TrainConfig, resolved model config, data fingerprint
+        metrics.jsonl        one JSON object a line: {"kind": "baseline" | "train" | "eval", "step": ...}
+        checkpoint/
+            latest           name of the newest complete checkpoint (replaced atomically)
+            step-00000500/   model.safetensors + config.json (save_pretrained), optimizer.pt,
+                             scheduler.pt, trainer_state.pt (step, tokens seen, RNG states),
+                             train_config.json, manifest.json (size and sha256 of every file; last)
+        final/               save_pretrained of the trained model (load with ``load_run``)
+        tokenizer/           the tokenizer (save_pretrained)
+        summary.json         written last: the finished run (config hash, final evaluation, baselines)
+
+Every file and folder is written to a temporary name and renamed into place, so a run killed at any
+moment (even with SIGKILL) leaves no half-written file; resuming continues from the newest complete
+checkpoint and, on CPU, ends bitwise identical to an uninterrupted run.  A run folder whose
+``summary.json`` matches the requested configuration is not recomputed.
 
 A checkpoint is a folder ``checkpoint/step-NNNNNNNN`` holding the model (save_pretrained, one
 safetensors file), ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.pt`` (step, RNG states, data
