@@ -30,7 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from duolib import DuoConfig  # noqa: E402
-from duolib.book.bench import WIDE, calibrated_router, routed_inference_speed, time_forward, token_routes  # noqa: E402,F401
+from duolib.book.bench import (  # noqa: E402,F401
+    WIDE, calibrated_router, routed_inference_speed, time_forward, token_routes
+)
 
 MODELS = {
     "default": dict(),

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
-from duolib.router.policy import SETTINGS, RouterPolicy, budget_penalty, budget_targets, load_router, routed_forward, temperature
-from duolib.router.evaluate import decision_grid, decision_heatmap, evaluate_policy, evaluate_routers, heatmap_from_routes, perplexity_vs_budget, perplexity_vs_flops
+from duolib.router.policy import (
+    SETTINGS, RouterPolicy, budget_penalty, budget_targets, load_router, routed_forward, temperature
+)
+from duolib.router.evaluate import (
+    decision_grid, decision_heatmap, evaluate_policy, evaluate_routers, heatmap_from_routes, perplexity_vs_budget,
+    perplexity_vs_flops
+)
 from duolib.router.train import oracle_routes_per_sequence, train_distilled_router, train_router
 
 V = 512  # the tiny profile's vocabulary

@@ -205,7 +205,7 @@ def curves_frame(results: dict[str, dict], **extra) -> pd.DataFrame:
 
 def trie_counts(patterns: torch.Tensor) -> dict:
     """Node counts of the exhaustive trie over ``patterns`` (the ``stats`` format of
-    :func:`duolib.oracle.engine.loss_matrix`, for :func:`duolib.oracle.engine.trie_flops`)."""
+    :func:`duolib.oracle.engine.loss_matrix`, for :func:`duolib.oracle.brute_force.trie_flops`)."""
     p = np.unique(np.asarray(patterns, dtype=np.int8), axis=0)
     L = p.shape[1]
     edges = {name: 0 for name in ROUTE_NAMES}
@@ -222,7 +222,7 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
                proxies: Sequence[str] = ("early-exit", "suffix"), run_dir=None) -> pd.DataFrame:
     """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
     oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
-    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.engine.trie_flops`)."""
+    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.brute_force.trie_flops`)."""
     L = exact.num_layers
     k = check_budget(k, L)
     B, T = input_ids.shape

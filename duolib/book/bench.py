@@ -5,7 +5,8 @@
 - :func:`routed_inference_speed`: hard-routed forwards at about L/3 big layers vs all-big
   (``benchmarks/bench_router.py``);
 - :func:`oracle_speedup`: the trie oracle engine vs brute force on one pattern set, with the
-  bound the FLOP ledger gives (:func:`duolib.oracle.engine.trie_flops` / :func:`~duolib.oracle.engine.brute_force_flops`).
+  bound the FLOP ledger gives (:func:`duolib.oracle.brute_force.trie_flops` /
+  :func:`~duolib.oracle.brute_force.brute_force_flops`).
 
 Each returns plain dicts: measured saving ``1 - t_cheap / t_expensive`` next to the saving the FLOP
 ledger predicts.  The two variants alternate call by call (both see the same machine load); the saving is
@@ -242,7 +243,7 @@ def oracle_cost_bound(costs: dict, counts: dict, patterns: torch.Tensor) -> floa
 def oracle_speedup(model, input_ids: torch.Tensor, patterns=None, *, k: int | None = None, clock: str = "cpu",
                    max_rows: int = 16384) -> dict:
     """Time the trie engine (:func:`duolib.oracle.engine.loss_matrix`) and brute force
-    (:func:`~duolib.oracle.engine.brute_force_loss_matrix`) on the same patterns (default: all 2^L over
+    (:func:`~duolib.oracle.brute_force.brute_force_loss_matrix`) on the same patterns (default: all 2^L over
     {small, big}, or those with ``k`` big layers) and ``input_ids``; returns their times, the
     speed-up, two bounds on it, the share of each achieved and the largest loss difference:
 
