@@ -45,7 +45,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .utils import batch_source, progress as progress_bar
+from .utils import batch_source, frozen, progress as progress_bar
 from .model import hard_ffn, trace_from
 from .routing import BIG, SKIP, SMALL, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, make_policy
 
@@ -400,16 +400,12 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
     get_batch = batch_source(batches)
     torch.manual_seed(seed)
     policy = RandomRoutes(p_big=p_big, p_skip=p_skip, seed=seed)
-    small_ids = {id(p) for p in params}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history = []
-    try:
-        for p, _ in flags:
-            p.requires_grad_(id(p) in small_ids)
-        model.eval()
+    with frozen(model):
+        for p in params:
+            p.requires_grad_(True)
         for step in progress_bar(range(steps), progress, "small modules"):
             ids = get_batch(step).to(device)
             with routing(model, policy, record=False):
@@ -421,10 +417,6 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
             opt.step()
             if step % log_every == 0 or step == steps - 1:
                 history.append({"step": step, "loss": float(loss.detach())})
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
     return history
 
 

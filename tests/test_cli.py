@@ -93,3 +93,28 @@ def test_book_unknown_step_is_a_clear_error(capsys, monkeypatch, tmp_path):
 
 def test_repo_root_found():
     assert cli.repo_root(ROOT / "book") == ROOT
+
+
+def test_every_option_has_help_and_shared_options_agree():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.choices and "train" in a.choices)
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"duo {name} {action.option_strings or action.dest}: no help text"
+        flags = {s: a for a in p._actions for s in a.option_strings}
+        if "--profile" in flags:
+            assert flags["--profile"].default == "default", name
+        assert "--quiet" not in flags and "--run-dir" not in flags, name
+        if name in ("train", "oracle", "route"):
+            assert "--no-progress" in flags and "--out" in flags, name
+
+
+def test_entry_points_name_real_functions():
+    for command in cli.ENTRY_POINTS:
+        assert callable(cli.entry_point(command))
+
+
+def test_help_does_not_import_torch_or_transformers():
+    code = "import sys, duolib.cli; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
