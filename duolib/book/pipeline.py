@@ -32,6 +32,11 @@ from ..train.run_folder import load_run
 from ..data.corpus import prepare
 
 METADATA_KEY = "duolib"
+#: Cell tags that decide how a code cell shows in the book (myst-nb); a code cell of an executed notebook
+#: that has none of them gets ``hide-input``: the reader sees prose, figures and tables first, and the
+#: code behind a toggle.  Papermill's ``injected-parameters`` cell stays visible: it records the run.
+PRESENTATION_TAGS = ("hide-input", "remove-input", "hide-cell", "remove-cell", "hide-output", "remove-output",
+                     "injected-parameters")
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def _execute(source: Path, output: Path, params: dict, key: str, root: Path) -> 
             str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(source.parent),
             progress_bar=False, report_mode=False,
         )
-        nb = nbformat.read(tmp, as_version=4)
+        nb = hide_code_by_default(nbformat.read(tmp, as_version=4))
         nb.metadata[METADATA_KEY] = {"key": key, "profile": params["profile"]}
         paths = nb.metadata.get("papermill", {})  # this machine's paths -> the final names, relative where possible
         paths.update(input_path=_shown(source, root), output_path=_shown(output, root))
@@ -112,6 +117,18 @@ def _execute(source: Path, output: Path, params: dict, key: str, root: Path) -> 
         os.replace(tmp, output)  # nothing half-written is ever read by the book
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def hide_code_by_default(nb):
+    """Give every code cell without a presentation tag (:data:`PRESENTATION_TAGS`) the ``hide-input``
+    tag; the tags a notebook sets itself are kept.  Returns ``nb`` (changed in place)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = list(cell.metadata.get("tags", []))
+        if not set(tags) & set(PRESENTATION_TAGS):
+            cell.metadata["tags"] = tags + ["hide-input"]
+    return nb
 
 
 def run_pipeline(

@@ -5,7 +5,10 @@ Route colours are fixed across the book: skip grey, small blue, big orange.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import textwrap
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -13,11 +16,13 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.colors import ListedColormap
-from matplotlib.patches import FancyBboxPatch
 
 from ..routing import ROUTE_NAMES
 
 ROUTE_COLOURS = {"skip": "#bdbdbd", "small": "#4c72b0", "big": "#dd8452"}
+#: Width (inches) of a figure that the book shows at its natural size: at the style's 100 dpi it fits
+#: the page's text column, so a 9 pt label is read at about 9 pt.
+PAGE_WIDTH = 7.5
 
 
 def use_style() -> None:
@@ -26,31 +31,15 @@ def use_style() -> None:
     plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight"})
 
 
-def _box(ax, x, y, w, h, text, colour, fontsize=9):
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02", fc=colour, ec="black", lw=0.8))
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+def figure_html(fig, alt: str = "figure") -> "IPython.display.HTML":
+    """``fig`` as an HTML ``<img>`` with the PNG inline: a glued value that other pages of the book can
+    show (a cross-page glue keeps HTML, while a glued figure would need its image file on that page)."""
+    from IPython.display import HTML
 
-
-def architecture_schematic(num_layers_shown: int = 3):
-    """Fig. 1: shared attention, then an FFN slot served by big, small or skip, per token per layer."""
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 1.5 * num_layers_shown))
-    ax.set_axis_off()
-    y = 0.0
-    _box(ax, 1.5, y, 4, 0.5, "token embedding", "#eeeeee")
-    for i in range(num_layers_shown):
-        y += 0.9
-        _box(ax, 1.5, y, 4, 0.45, f"layer {i + 1}: RMSNorm + shared attention", "#c6dbef")
-        y += 0.65
-        _box(ax, 0.2, y, 1.8, 0.45, "big FFN", ROUTE_COLOURS["big"])
-        _box(ax, 2.6, y, 1.8, 0.45, "small FFN", ROUTE_COLOURS["small"])
-        _box(ax, 5.0, y, 1.8, 0.45, "skip (identity)", ROUTE_COLOURS["skip"])
-        ax.text(7.0, y + 0.22, "router / policy picks one\nper token", fontsize=8, va="center")
-    y += 0.9
-    _box(ax, 1.5, y, 4, 0.5, "RMSNorm + LM head", "#eeeeee")
-    ax.set_xlim(0, 8.8)
-    ax.set_ylim(-0.2, y + 0.7)
-    ax.set_title("Duo layer: attention always runs; the FFN slot is big, small or skip")
-    return fig
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return HTML(f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width: 100%">')
 
 
 def training_curves(metrics: pd.DataFrame):
@@ -70,7 +59,8 @@ def training_curves(metrics: pd.DataFrame):
     return fig
 
 
-def layer_position_heatmap(fraction: np.ndarray, title: str, ax=None, vmax: float = 1.0, bins: int | None = None):
+def layer_position_heatmap(fraction: np.ndarray, title: str, ax=None, vmax: float = 1.0, bins: int | None = None,
+                           cbar: bool = True):
     """Heatmap ``[L, T]`` of a fraction (e.g. of tokens routed big) by layer and position.
 
     With ``bins`` the positions are averaged into that many equal bins (long sequences)."""
@@ -79,30 +69,77 @@ def layer_position_heatmap(fraction: np.ndarray, title: str, ax=None, vmax: floa
         edges = np.linspace(0, fraction.shape[1], bins + 1).astype(int)
         fraction = np.stack([fraction[:, a:b].mean(1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3))
-    sns.heatmap(fraction, ax=ax, vmin=0, vmax=vmax, cmap="rocket_r", cbar_kws={"shrink": 0.8})
-    ax.set_xlabel("position bin" if bins else "position")
-    ax.set_ylabel("layer")
-    ax.set_yticklabels([str(i + 1) for i in range(fraction.shape[0])], rotation=0)
-    ax.set_title(title)
+        _, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.8, 3))
+    sns.heatmap(fraction, ax=ax, vmin=0, vmax=vmax, cmap="rocket_r", cbar=cbar, cbar_kws={"shrink": 0.8},
+                xticklabels=_sparse_ticks(fraction.shape[1]),
+                yticklabels=[str(i + 1) for i in range(fraction.shape[0])])
+    ax.set_xlabel("position bin" if bins else "position", fontsize=9)
+    ax.set_ylabel("layer", fontsize=9)
+    ax.tick_params(labelsize=9)
+    ax.tick_params(axis="both", rotation=0)
+    ax.set_title(title, fontsize=10)
     return ax.figure
 
 
-def decision_grid(codes: np.ndarray, tokens: Sequence[str], title: str = "", ax=None):
+def _sparse_ticks(n: int, most: int = 8) -> list[str]:
+    """Column labels 1..n with at most about ``most`` of them shown (the others blank)."""
+    step = max(1, -(-n // most))
+    return [str(i + 1) if i % step == 0 else "" for i in range(n)]
+
+
+def token_label(token: str, most: int = 14) -> str:
+    """A token as a tick label: newline and tab made visible (so no label is pushed off the axis by
+    invisible characters), outer spaces dropped, a space-only token shown as "␣", long ones cut."""
+    text = token.replace("\r", "").replace("\n", "↵").replace("\t", "⇥").strip(" ")
+    if text == "<|endoftext|>":  # the document separator: short, so it does not dwarf the word labels
+        return "⟨eot⟩"
+    if not text:
+        return "␣" if token else "∅"
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def decision_grid(codes: np.ndarray, tokens: Sequence[str], title: str = "", ax=None, legend: bool = True):
     """One sequence's routes ``[L, T]`` (codes 0/1/2) coloured skip / small / big, tokens on the x axis."""
     codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(tokens):
+        raise ValueError(f"codes must be [layers, tokens] with one column per token; got shape {codes.shape} "
+                         f"for {len(tokens)} tokens")
     cmap = ListedColormap([ROUTE_COLOURS[n] for n in ROUTE_NAMES])
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(6, 0.28 * codes.shape[1]), 0.3 * codes.shape[0] + 1.2))
+        _, ax = plt.subplots(figsize=(_grid_width(codes.shape[1]), 0.22 * codes.shape[0] + 1.4))
     ax.imshow(codes, cmap=cmap, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
-    ax.set_yticks(range(codes.shape[0]), [str(i + 1) for i in range(codes.shape[0])])
-    ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], rotation=90, fontsize=7)
-    ax.set_ylabel("layer")
-    ax.grid(False)
-    handles = [plt.Rectangle((0, 0), 1, 1, fc=ROUTE_COLOURS[n]) for n in ROUTE_NAMES]
-    ax.legend(handles, ROUTE_NAMES, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    ax.set_title(title)
+    ax.set_yticks(range(codes.shape[0]), [str(i + 1) for i in range(codes.shape[0])], fontsize=8)
+    ax.set_xticks(range(len(tokens)), [token_label(t) for t in tokens], rotation=90, fontsize=8)
+    ax.set_xticks(np.arange(-0.5, len(tokens)), minor=True)
+    ax.set_yticks(np.arange(-0.5, codes.shape[0]), minor=True)
+    ax.grid(which="major", visible=False)
+    ax.grid(which="minor", color="white", lw=0.6)
+    ax.tick_params(which="minor", length=0)
+    ax.set_ylabel("layer", fontsize=9)
+    if legend:
+        handles = [plt.Rectangle((0, 0), 1, 1, fc=ROUTE_COLOURS[n]) for n in ROUTE_NAMES]
+        ax.legend(handles, ROUTE_NAMES, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.set_title(title, fontsize=10)
     return ax.figure
+
+
+def _grid_width(n_tokens: int) -> float:
+    return min(PAGE_WIDTH, 1.8 + 0.17 * n_tokens)
+
+
+def route_grids(panels: Sequence[tuple[np.ndarray, Sequence[str], str]]):
+    """Several single-sequence route grids stacked (the paper's Fig. 2): ``panels`` holds
+    ``(codes [L, T], tokens, title)`` per sequence; one legend for all."""
+    if not panels:
+        raise ValueError("route_grids needs at least one (codes, tokens, title) panel")
+    heights = [0.18 * np.asarray(c).shape[0] + 1.1 for c, _, _ in panels]
+    width = _grid_width(max(np.asarray(c).shape[1] for c, _, _ in panels))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for i, (ax, (codes, tokens, title)) in enumerate(zip(axes[:, 0], panels)):
+        decision_grid(codes, tokens, title=title, ax=ax, legend=i == 0)
+    fig.tight_layout()
+    return fig
 
 
 def perplexity_vs(df: pd.DataFrame, x: str, y: str = "perplexity", hue: str = "method", title: str = "",
@@ -118,26 +155,32 @@ def perplexity_vs(df: pd.DataFrame, x: str, y: str = "perplexity", hue: str = "m
 
 
 def coloured_text(tokens: Sequence[str], values: Sequence[float], title: str = "", cmap: str = "Reds",
-                  vmin: float | None = None, vmax: float | None = None):
+                  vmin: float | None = None, vmax: float | None = None, hover: Sequence[str] | None = None,
+                  show_scale: bool = True):
     """Tokens as HTML text, each on a background coloured by its value (Figs. 5 and 6).
 
-    Returns an ``IPython.display.HTML`` object; hovering a token shows its value."""
+    Returns an ``IPython.display.HTML`` object; hovering a token shows its value (or its ``hover`` text);
+    ``show_scale=False`` leaves the colour range out of the title (values that are categories)."""
     from IPython.display import HTML
 
     values = np.asarray(values, dtype=float)
     lo = np.nanmin(values) if vmin is None else vmin
     hi = np.nanmax(values) if vmax is None else vmax
     scale = plt.get_cmap(cmap)
+    if hover is not None and len(hover) != len(tokens):
+        raise ValueError(f"hover has {len(hover)} texts for {len(tokens)} tokens")
     spans = []
-    for tok, v in zip(tokens, values):
+    for i, (tok, v) in enumerate(zip(tokens, values)):
         level = 0.0 if hi <= lo or np.isnan(v) else float(np.clip((v - lo) / (hi - lo), 0, 1))
         r, g, b, _ = scale(level * 0.85)
         text = html.escape(tok).replace("\n", "&#8629;<br>")
+        tip = html.escape(hover[i]) if hover is not None else f"{v:.3f}"
         spans.append(
-            f'<span title="{v:.3f}" style="background: rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f});'
+            f'<span title="{tip}" style="background: rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f});'
             f' white-space: pre-wrap; font-family: monospace">{text}</span>'
         )
-    head = f"<p><b>{html.escape(title)}</b> (colour scale {lo:.2f} to {hi:.2f})</p>" if title else ""
+    note = f" (colour scale {lo:.2f} to {hi:.2f})" if show_scale else ""
+    head = f"<p><b>{html.escape(title)}</b>{note}</p>" if title else ""
     return HTML(head + '<div style="line-height: 1.9">' + "".join(spans) + "</div>")
 
 
@@ -210,14 +253,32 @@ def routers_vs_references(df: pd.DataFrame, x: str = "mean_big_layers", y: str =
     return fig
 
 
-def heatmap_panels(grids: dict, bins: int | None = None, suptitle: str = "", vmax: float = 1.0):
-    """Several :func:`layer_position_heatmap` panels side by side (``{title: [L, T] array}``)."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(5.2 * len(grids), 3.4), squeeze=False)
-    for ax, (title, grid) in zip(axes[0], grids.items()):
-        layer_position_heatmap(grid, title, ax=ax, vmax=vmax, bins=bins)
+def heatmap_panels(grids: dict, bins: int | None = None, suptitle: str = "", vmax: float = 1.0,
+                   ncols: int | None = None):
+    """Several :func:`layer_position_heatmap` panels (``{title: [L, T] array}``), ``ncols`` to a row
+    (default: up to 3), sized for the page with one shared colour scale."""
+    if not grids:
+        raise ValueError("heatmap_panels needs at least one {title: grid} entry")
+    ncols = min(3, len(grids)) if ncols is None else ncols
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols={ncols!r} must be a positive whole number")
+    nrows = -(-len(grids) // ncols)
+    n_layers = max(np.asarray(g).shape[0] for g in grids.values())
+    panel_h = max(1.9, 0.9 + 0.16 * n_layers)  # room for one 9 pt label per layer
+    width = min(PAGE_WIDTH, 1.3 + 2.4 * ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + (0.4 if suptitle else 0.0)),
+                             squeeze=False, sharey=True)
+    for ax, (title, grid) in zip(axes.flat, grids.items()):
+        layer_position_heatmap(grid, title, ax=ax, vmax=vmax, bins=bins, cbar=False)
+    for ax in axes.flat[len(grids):]:
+        ax.set_visible(False)
+    for ax in axes[:, 1:].flat:
+        ax.set_ylabel("")
     if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cax = fig.add_axes((0.915, 0.2, 0.015, 0.6))
+    fig.colorbar(axes.flat[0].collections[0], cax=cax).ax.tick_params(labelsize=9)
     return fig
 
 
@@ -238,21 +299,29 @@ def layer_usage(df: pd.DataFrame, title: str = ""):
 
 def grouped_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", logy: bool = False,
                  ylabel: str | None = None, ax=None, annotate: str | None = "{:.1f}", order: Sequence | None = None):
-    """Grouped bar chart (seaborn) with the values written on the bars; ``order``: the x categories."""
+    """Grouped bar chart (seaborn) with the values written on the bars; ``order``: the x categories.
+    Long category names are wrapped onto several lines so that neighbouring labels never collide."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.8))
+        _, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.9, 3.8))
     sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None, order=order)
     if annotate:
         for cont in ax.containers:
-            ax.bar_label(cont, fmt=annotate.format if "{" in annotate else annotate, fontsize=7)
+            ax.bar_label(cont, fmt=annotate.format if "{" in annotate else annotate, fontsize=8)
+    width = max(6, int(40 / max(1, len(ax.get_xticks()))))  # characters per line that fit one category
+    ax.set_xticks(ax.get_xticks(), [wrap_label(t.get_text(), width) for t in ax.get_xticklabels()], fontsize=9)
     if logy:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel or y)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     if hue:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def wrap_label(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (existing line breaks kept)."""
+    return "\n".join(textwrap.fill(line, width, break_long_words=False) or line for line in text.split("\n"))
 
 
 def router_histories(df: pd.DataFrame, budget_col: str = "mean_big_layers"):

@@ -280,6 +280,18 @@ class LossMatrix:
         count = torch.bincount(self.position, minlength=n_pos).clamp(min=1).double()
         return (total / count[:, None]).T.float()
 
+    def sequence_routes(self, seq: int, k: int | None = None, reduction: Reduction | None = None) -> torch.Tensor:
+        """``[L, T-1]`` route codes of one sequence (the paper's Fig. 2 grid): column ``t`` is the
+        winning pattern of the token scored at position ``t`` (the one predicting token ``t + 1``)
+        under the per-token oracle at ``k`` (or under ``reduction``)."""
+        n_seq = int(self.seq.max()) + 1 if self.num_tokens else 0
+        if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or not 0 <= seq < n_seq:
+            raise ValueError(f"seq={seq!r} must be a sequence index in 0..{n_seq - 1}")
+        red = reduction if reduction is not None else self.oracle(k)
+        cols = (self.seq == int(seq)).nonzero().flatten()
+        cols = cols[self.position[cols].argsort()]
+        return self.patterns[red.winners[cols]].T.clone()
+
     def early_exit_pattern(self, n_skip: int) -> torch.Tensor:
         """[ours] The early-exit pattern of the {big, skip} study: big for the first ``L - n_skip``
         layers, then skip."""

@@ -1,0 +1,159 @@
+"""The book's figures as a reader sees them: per-sequence oracle routes (Fig. 2), readable labels,
+no colliding tick labels, and the architecture schematic's parts."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from duolib.book import plots, schematic  # noqa: E402
+from duolib.oracle.reductions import LossMatrix, enumerate_patterns  # noqa: E402
+from duolib.routing import BIG, SMALL  # noqa: E402
+
+
+def hand_matrix():
+    """L = 2 over {small, big}: rows SS, SB, BS, BB; 2 sequences of T = 3, tokens stored out of order."""
+    losses = torch.tensor([[4.0, 4.0, 4.0, 4.0],   # SS
+                           [5.0, 1.0, 2.0, 6.0],   # SB
+                           [2.0, 3.0, 3.0, 2.0],   # BS
+                           [3.0, 2.0, 1.0, 1.0]])  # BB
+    return LossMatrix(losses, enumerate_patterns(2, "small,big"), seq=torch.tensor([0, 0, 1, 1]),
+                      position=torch.tensor([1, 0, 0, 1]), target=torch.tensor([5, 6, 7, 8]), seq_len=3)
+
+
+def test_sequence_routes_by_hand():
+    m = hand_matrix()
+    # sequence 0: position 0 is column 1 (best SB), position 1 is column 0 (best BS)
+    assert m.sequence_routes(0).tolist() == [[SMALL, BIG], [BIG, SMALL]]
+    assert m.sequence_routes(1).tolist() == [[BIG, BIG], [BIG, BIG]]  # both BB
+    assert m.sequence_routes(1, k=1).tolist() == [[SMALL, BIG], [BIG, SMALL]]  # SB (2.0) then BS (2.0)
+    fixed = m.fixed(1)
+    assert m.sequence_routes(0, reduction=fixed).tolist() == [[BIG, BIG], [SMALL, SMALL]]  # BS everywhere
+
+
+def test_sequence_routes_agree_with_the_oracle_on_a_random_matrix():
+    g = torch.Generator().manual_seed(0)
+    L, B, T = 4, 3, 6
+    patterns = enumerate_patterns(L, "small,big")
+    seq = torch.arange(B).repeat_interleave(T - 1)
+    pos = torch.arange(T - 1).repeat(B)
+    m = LossMatrix(torch.rand(len(patterns), B * (T - 1), generator=g), patterns, seq=seq, position=pos,
+                   target=torch.zeros(B * (T - 1), dtype=torch.long), seq_len=T)
+    for s in range(B):
+        grid = m.sequence_routes(s, k=2)
+        assert grid.shape == (L, T - 1)
+        assert ((grid == BIG).sum(0) == 2).all()  # every column has exactly k big layers
+        for t in range(T - 1):
+            col = int(((seq == s) & (pos == t)).nonzero())
+            rows = (m.n_big == 2).nonzero().flatten()
+            best = rows[m.losses[rows, col].argmin()]
+            assert torch.equal(grid[:, t], patterns[best])
+    # the winner shares of all sequences average to winner_usage
+    stacked = torch.stack([m.sequence_routes(s, k=2) for s in range(B)]).eq(BIG).double().mean(0)
+    assert torch.allclose(stacked.float(), m.winner_usage(2))
+
+
+def test_sequence_routes_refuses_a_bad_sequence():
+    with pytest.raises(ValueError, match=r"sequence index in 0\.\.1"):
+        hand_matrix().sequence_routes(2)
+
+
+def test_token_labels_make_invisible_characters_visible():
+    assert plots.token_label("\n") == "↵"
+    assert plots.token_label("\n    ") == "↵"  # trailing indentation no longer pushes the label down
+    assert plots.token_label(" the") == "the"
+    assert plots.token_label("   ") == "␣"
+    assert plots.token_label("\t") == "⇥"
+    assert plots.token_label("<|endoftext|>") == "⟨eot⟩"
+    assert plots.token_label("x" * 30).endswith("…") and len(plots.token_label("x" * 30)) == 14
+
+
+def _text_sizes(fig) -> list[float]:
+    return [t.get_fontsize() for ax in fig.axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels(),
+                                                            ax.xaxis.label, ax.yaxis.label, ax.title)
+            if t.get_text()]
+
+
+def _rendered_scale(fig, page_px: float = plots.PAGE_WIDTH * 100) -> float:
+    """How much the page shrinks the figure (1 = shown at its natural size)."""
+    fig.canvas.draw()
+    width_px = fig.get_tightbbox().width * 100  # inches -> pixels at the book's 100 dpi
+    return min(1.0, page_px / width_px)
+
+
+def test_heatmap_labels_are_readable_at_the_rendered_size():
+    plots.use_style()
+    rng = np.random.default_rng(0)
+    for grids in ({f"router k={k}": rng.random((12, 128)) for k in (4, 6, 8)},
+                  {f"{h}: k = {k}": rng.random((12, 127)) for h in ("english", "python") for k in (4, 6, 8)}):
+        fig = plots.heatmap_panels(grids, bins=16, suptitle="fraction routed big")
+        scale = _rendered_scale(fig)
+        assert min(_text_sizes(fig)) * scale >= 8.0, (min(_text_sizes(fig)), scale)
+        plt.close(fig)
+
+
+def _overlaps(labels) -> bool:
+    boxes = [t.get_window_extent() for t in labels if t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_grouped_bar_labels_do_not_collide():
+    plots.use_style()
+    order = ["all small", "random p=0.5", "router k=2", "all big (original)"]
+    df = pd.DataFrame({"routes": order * 2, "ppl": [987, 655, 561, 557, 579, 572, 561, 557],
+                       "stage": ["initialised"] * 4 + ["trained"] * 4})
+    fig = plots.grouped_bars(df, x="routes", y="ppl", hue="stage", order=order)
+    fig.canvas.draw()
+    assert not _overlaps(fig.axes[0].get_xticklabels())
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][1] == "random\np=0.5"
+    plt.close(fig)
+
+
+def test_route_grids_put_every_token_label_next_to_the_axis():
+    plots.use_style()
+    tokens = ["<|endoftext|>", "TH", "\n", "\n    ", "  ", " by", "\n\n"] + [f" w{i}" for i in range(25)]
+    codes = np.random.default_rng(1).integers(1, 3, (12, len(tokens)))
+    fig = plots.route_grids([(codes, tokens, "english"), (codes[:, :20], tokens[:20], "python")])
+    fig.canvas.draw()
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        assert len(labels) == ax.images[0].get_array().shape[1]
+        # blank characters at a rotated label's end would push its visible part down, off the axis
+        assert all(t.get_text() and t.get_text() == t.get_text().strip() for t in labels)
+        assert not _overlaps(labels)
+    assert min(_text_sizes(fig)) * _rendered_scale(fig) >= 8.0
+    with pytest.raises(ValueError, match="one column per token"):
+        plots.decision_grid(codes, tokens[:-1])
+    plt.close(fig)
+
+
+def test_schematic_has_residual_path_router_and_arrows():
+    plots.use_style()
+    fig = schematic.architecture_schematic(2)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum("router" in t for t in texts) >= 2 and "residual stream" in texts
+    assert sum(t == "+" for t in texts) == 4  # two residual additions per layer
+    assert any(t.startswith("skip") for t in texts) and "big FFN" in texts and "small FFN" in texts
+    arrows = [p for p in fig.axes[0].patches if isinstance(p, matplotlib.patches.FancyArrowPatch)]
+    assert len(arrows) >= 20
+    assert min(_text_sizes(fig) + [t.get_fontsize() for t in fig.axes[0].texts]) * _rendered_scale(fig) >= 8.0
+    with pytest.raises(ValueError, match="positive whole number"):
+        schematic.architecture_schematic(0)
+    plt.close(fig)
+
+
+def test_coloured_text_hover_and_scale_note():
+    html = plots.coloured_text(["To", " be"], [0, 1], title="2 tokens", cmap="Pastel2", hover=["id 605", "id 348"],
+                               show_scale=False).data
+    assert 'title="id 605"' in html and 'title="id 348"' in html and "colour scale" not in html
+    assert "colour scale 0.00 to 1.00" in plots.coloured_text(["a", "b"], [0, 1], title="t").data
+    with pytest.raises(ValueError, match="hover has 1 texts for 2 tokens"):
+        plots.coloured_text(["a", "b"], [0, 1], hover=["x"])
