@@ -77,7 +77,39 @@ class DuoConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @head_dim.setter
+    def head_dim(self, value: int | None) -> None:
+        """Configs written by Llama carry ``head_dim``; Duo derives it, so only the derived value is accepted."""
+        if value is not None and value != self.hidden_size // self.num_attention_heads:
+            raise ValueError(
+                f"head_dim={value} but hidden_size / num_attention_heads = {self.hidden_size // self.num_attention_heads}; "
+                f"Duo supports only head_dim = hidden_size / num_attention_heads"
+            )
+
+    @classmethod
+    def from_llama(cls, llama, small_ffn_size: int | None = None) -> "DuoConfig":
+        """The Duo config holding a Llama model (a ``LlamaConfig`` or its dict): its MLP width becomes
+        ``big_ffn_size``, token ids are kept; ``small_ffn_size`` defaults to big // 16."""
+        d = llama if isinstance(llama, dict) else llama.to_dict()
+        rope = d.get("rope_parameters") or {}
+        if rope.get("rope_type", "default") != "default" or d.get("attention_bias") or d.get("mlp_bias"):
+            raise ValueError(f"the Llama config uses rope {rope.get('rope_type')!r}, attention_bias={d.get('attention_bias')}, "
+                             f"mlp_bias={d.get('mlp_bias')}; Duo supports default rope without biases")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"the Llama config uses hidden_act={d['hidden_act']!r}; Duo's FFNs are SwiGLU (silu)")
+        keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "initializer_range",
+                "bos_token_id", "eos_token_id", "pad_token_id", "head_dim")
+        fields = {k: d[k] for k in keys if d.get(k) is not None}
+        theta = rope.get("rope_theta", d.get("rope_theta"))
+        if theta is not None:
+            fields["rope_theta"] = float(theta)
+        return cls(**fields, big_ffn_size=d["intermediate_size"], small_ffn_size=small_ffn_size)
+
     @classmethod
     def preset(cls, name: str, **overrides) -> "DuoConfig":
         """The model of profile ``name`` ("tiny", "default" or "paper"), fields overridable by keyword."""
         return cls(**{**get_profile(name)["model"], **overrides})
+
+
+DuoConfig.register_for_auto_class()  # save_pretrained writes auto_map: trust_remote_code=True needs no duolib

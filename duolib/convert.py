@@ -22,6 +22,9 @@ def llama_config(config: DuoConfig, intermediate_size: int | None = None) -> Lla
         rms_norm_eps=config.rms_norm_eps,
         tie_word_embeddings=config.tie_word_embeddings,
         initializer_range=config.initializer_range,
+        bos_token_id=config.bos_token_id,  # Duo's ids (from its tokenizer), never Llama's defaults (eos=2)
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
     )
 
 

@@ -5,23 +5,37 @@ module, the small module, or nothing (skip: identity residual).  Each FFN runs o
 rows routed to it (gather / scatter), so skipped and small routes really save compute.
 
 Weight names follow ``transformers.LlamaForCausalLM`` (``model.layers.i.self_attn.q_proj`` ...),
-with ``mlp`` replaced by ``big`` and ``small``: an all-big Duo model *is* a Llama model.
+with ``mlp`` replaced by ``big`` and ``small``: an all-big Duo model *is* a Llama model.  The
+transformers conventions hold as they do for Llama: ``inputs_embeds``, ``attn_implementation``
+"eager" (attention weights returned) or "sdpa" through one attention function, masks from
+``create_causal_mask`` (padding, custom 4D masks, packed sequences, static caches),
+``return_dict=False``, gradient checkpointing, ``AutoModel`` / ``AutoModelForCausalLM``.
+
+This file may import only the same-level modules ``config``, ``routing`` and ``flops``: it is
+saved beside the weights so that ``trust_remote_code=True`` loads a model without duolib.
 """
 
-from __future__ import annotations
-
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
-from . import flops as flops_mod
 from .config import DuoConfig
-from .routing import BIG, SKIP, SMALL, FixedRoutes, RoutingPolicy, RoutingTrace, make_policy
+from .flops import pattern_flops
+from .routing import BIG, SKIP, SMALL, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, make_policy
 
 
 class RMSNorm(nn.Module):
@@ -38,7 +52,7 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary positions (the Llama "rotate half" convention): dims ``i`` and ``i + hd/2`` of a head
+    """Rotary positions: dims ``i`` and ``i + hd/2`` of a head (Llama's "rotate half" convention)
     rotate together by the angle ``position * theta^(-2i/hd)``.
 
     The inverse frequencies are recomputed on every call (head_dim / 2 numbers) rather than kept in
@@ -48,23 +62,43 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.dim, self.theta = config.head_dim, config.rope_theta
 
-    def angles(self, position_ids: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Unit complex numbers ``e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64): what :meth:`Attention.project` takes."""
         exponents = torch.arange(0, self.dim, 2, dtype=torch.float, device=position_ids.device) / self.dim
         inv_freq = 1.0 / (self.theta ** exponents)  # [hd/2]
-        return position_ids[..., None].float() * inv_freq  # [B, T, hd/2]
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """HF-style ``cos, sin`` tables ``[B, T, hd]`` (the oracle's attention uses them)."""
-        freqs = self.angles(position_ids)
-        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, hd]
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    @torch.no_grad()
-    def rotations(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """Unit complex numbers ``e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64): what :class:`Attention` takes."""
-        freqs = self.angles(position_ids)
+        freqs = position_ids[..., None].float() * inv_freq  # [B, T, hd/2]
         return torch.polar(torch.ones_like(freqs), freqs)[:, :, None]
+
+
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
+    """``softmax(q k^T * scaling + mask) v`` with the weights returned (transformers' "eager" attention).
+
+    query ``[B, H, T, hd]``; key / value ``[B, Hkv, S, hd]`` (repeated to H heads here); mask: bool
+    ``[B or 1, 1, T, S]`` (True = attend), additive float, or None: causal for several queries, as
+    transformers' SDPA function reads None.  Returns the output ``[B, T, H, hd]`` and the weights
+    ``[B, H, T, S]``."""
+    if attention_mask is None and query.shape[2] > 1 and getattr(module, "is_causal", True):
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+    groups = module.num_key_value_groups
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, H, T, S]
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def attention_function(config) -> Callable:
+    """The attention function of ``config._attn_implementation`` ("eager", "sdpa", ...), read at call
+    time so ``set_attn_implementation`` switches a built model.  Every attention in duolib (the
+    model's and the oracle's fixed-context attention) goes through it."""
+    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
 
 
 class Attention(nn.Module):
@@ -79,9 +113,13 @@ class Attention(nn.Module):
 
     def __init__(self, config: DuoConfig, layer_idx: int):
         super().__init__()
+        self.config = config  # the attention implementation is looked up per call
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv = config.num_attention_heads, config.num_key_value_heads
+        self.num_key_value_groups = self.n_heads // self.n_kv
         self.head_dim = config.head_dim
+        self.scaling = self.head_dim ** -0.5
+        self.is_causal = True
         d = config.hidden_size
         self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
@@ -103,24 +141,25 @@ class Attention(nn.Module):
         w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
         return w.index_select(0, self.row_order(w.device))
 
-    def forward(self, x, rotations, mask, cache: Cache | None = None):
-        """x ``[B, T, d]``; rotations ``[B or 1, T, 1, hd/2]`` complex (:meth:`RotaryEmbedding.rotations`);
-        mask: None (plain causal, or one query seeing all keys) or bool ``[B, 1, T, S]``."""
-        B, T, _ = x.shape
+    def project(self, x: torch.Tensor, rotations: torch.Tensor):
+        """Rotated q ``[B, H, T, hd]``, rotated k and v ``[B, Hkv, T, hd]`` of normalised input x ``[B, T, d]``;
+        rotations ``[B or 1, T, 1, hd/2]`` complex (:class:`RotaryEmbedding`)."""
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         qk, v = F.linear(x, self.fused_weight()).split(((H + Hkv) * hd, Hkv * hd), dim=-1)  # [B, T, (H+Hkv) hd], [B, T, Hkv hd]
         pairs = torch.view_as_complex(qk.float().unflatten(-1, (H + Hkv, hd // 2, 2)))  # [B, T, H+Hkv, hd/2]
         qk = torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype).transpose(1, 2)  # [B, H+Hkv, T, hd]
-        q, k = qk.split((H, Hkv), dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
-        v = v.unflatten(-1, (Hkv, hd)).transpose(1, 2)  # [B, Hkv, T, hd]
+        q, k = qk.split((H, Hkv), dim=1)
+        return q, k, v.unflatten(-1, (Hkv, hd)).transpose(1, 2)
+
+    def forward(self, x, rotations, mask, cache: Cache | None = None, **kwargs):
+        """x ``[B, T, d]``; mask from ``create_causal_mask`` (None: plain causal).  Returns the output
+        ``[B, T, d]`` and the attention weights ``[B, H, T, S]`` (None unless the implementation is eager)."""
+        q, k, v = self.project(x, rotations)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, hd]
-        if self.n_kv != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        causal = mask is None and T > 1  # one query (cached decoding) may see every key
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # [B, H, T, hd]
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y, weights = attention_function(self.config)(self, q, k, v, mask, scaling=self.scaling,
+                                                     dropout=0.0, **kwargs)  # [B, T, H, hd]
+        return self.o_proj(y.reshape(*x.shape[:-1], -1)), weights
 
 
 class SwiGLU(nn.Module):
@@ -161,7 +200,7 @@ def hard_ffn(x: torch.Tensor, routes: torch.Tensor, module_for, residual: torch.
     return out.view_as(x)
 
 
-class DuoLayer(nn.Module):
+class DuoLayer(GradientCheckpointingLayer):
     """Pre-norm block: ``h += attn(norm(h))``, then ``h += FFN_route(norm(h))`` per token."""
 
     def __init__(self, config: DuoConfig, layer_idx: int):
@@ -176,7 +215,7 @@ class DuoLayer(nn.Module):
         return {BIG: self.big, SMALL: self.small, SKIP: None}[code]
 
     def attention_block(self, h, rotations, mask, cache=None):
-        return h + self.self_attn(self.input_layernorm(h), rotations, mask, cache)
+        return h + self.self_attn(self.input_layernorm(h), rotations, mask, cache)[0]
 
     def ffn_hard(self, x: torch.Tensor, routes: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """FFN output under hard routes ``[B, T]`` (plus ``residual`` when given): :func:`hard_ffn`."""
@@ -186,21 +225,36 @@ class DuoLayer(nn.Module):
         """Soft mixture ``P(small) * small(x) + P(big) * big(x)`` (skip contributes zero); probs ``[B, T, 3]``."""
         return probs[..., SMALL, None] * self.small(x) + probs[..., BIG, None] * self.big(x)
 
-    def forward(self, h, rotations, mask, policy: RoutingPolicy, position_ids, cache=None):
+    def forward(self, h, rotations, mask=None, policy: RoutingPolicy | None = None, position_ids=None, cache=None,
+                **kwargs):
         """Returns the new hidden state ``[B, T, d]`` and the layer's decision (codes ``[B, T]`` or probs ``[B, T, 3]``)."""
-        h = self.attention_block(h, rotations, mask, cache)
+        a, _ = self.self_attn(self.input_layernorm(h), rotations, mask, cache, **kwargs)
+        h = h + a
         x = self.post_attention_layernorm(h)
-        decision = policy.route_layer(self.self_attn.layer_idx, x, position_ids)
+        i = self.self_attn.layer_idx
+        code = policy.uniform_code(i)
+        if code is not None:  # one module for every token: no routing tensor to read back (no host sync)
+            module = self.module(code)
+            return (h if module is None else h + module(x)), torch.full(x.shape[:2], code, device=x.device)
+        decision = policy.route_layer(i, x, position_ids)
         if decision.is_floating_point():
             return h + self.ffn_soft(x, decision), decision
         return self.ffn_hard(x, decision, residual=h), decision
 
 
 @dataclass
+class DuoModelOutput(BaseModelOutputWithPast):
+    """``BaseModelOutputWithPast`` plus ``routing``: the :class:`~duolib.routing.RoutingTrace` taken (on request)."""
+
+    routing: RoutingTrace | None = None
+
+
+@dataclass
 class DuoCausalLMOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus, on request:
 
-    token_losses: ``[B, T-1]`` float32, entry (b, t) = -log p(labels[b, t+1] | tokens <= t); 0 where ignored.
+    token_losses: float32, entry (b, t) = -log p(target of (b, t) | tokens <= t), 0 where ignored: ``[B, T-1]``
+    with targets ``labels[:, 1:]``, or ``[B, T]`` with targets ``shift_labels``.
     routing: :class:`~duolib.routing.RoutingTrace` of the routes taken (``[B, T, L]``).
     """
 
@@ -214,6 +268,9 @@ class DuoPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["DuoLayer"]
     _supports_sdpa = True
+    _supports_attention_backend = True
+    supports_gradient_checkpointing = True
+    _can_record_outputs = {"hidden_states": DuoLayer, "attentions": Attention}
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -224,9 +281,32 @@ class DuoPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``; given a Llama checkpoint, its MLPs load as the big FFNs
+        (config from :meth:`DuoConfig.from_llama`) and the small FFNs are freshly initialised."""
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            found, _ = DuoConfig.get_config_dict(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+            if found.get("model_type") == "llama":
+                kwargs["config"] = DuoConfig.from_llama(found)
+                kwargs.setdefault("key_mapping", {r"\.mlp\.": ".big."})
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``; ``auto_map`` names the base model too (transformers adds only
+        the saved class), so ``AutoModel.from_pretrained(..., trust_remote_code=True)`` works on a saved LM."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        self.config.auto_map = {**auto_map, "AutoModel": f"{__name__.rsplit('.', 1)[-1]}.DuoModel"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _hub_kwargs(kwargs: dict) -> dict:
+    keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+    return {k: kwargs[k] for k in keys if k in kwargs}
+
 
 class DuoModel(DuoPreTrainedModel):
-    """Embeddings, L Duo layers and the final norm (no head)."""
+    """Embeddings, L Duo layers and the final norm (no head): ``forward`` returns ``last_hidden_state``."""
 
     def __init__(self, config: DuoConfig):
         super().__init__(config)
@@ -234,6 +314,9 @@ class DuoModel(DuoPreTrainedModel):
         self.layers = nn.ModuleList(DuoLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        with torch.device("cpu"):  # built once (validating it per call would break torch.compile graphs), not on meta
+            self.all_big = FixedRoutes([BIG] * config.num_hidden_layers)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -242,24 +325,54 @@ class DuoModel(DuoPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    def default_policy(self) -> RoutingPolicy:
+        return self.all_big
 
-def attention_mask_for(attention_mask, batch: int, seq: int, past: int, device) -> torch.Tensor | None:
-    """None when plain causal attention suffices, else a bool mask ``[B, 1, T, past + T]`` (True = attend)."""
-    if attention_mask is None and (past == 0 or seq == 1):
-        return None
-    total = past + seq
-    q_pos = torch.arange(past, total, device=device)[:, None]  # [T, 1]
-    mask = torch.arange(total, device=device)[None, :] <= q_pos  # [T, S] causal
-    mask = mask[None, None].expand(batch, 1, seq, total)
-    if attention_mask is not None:
-        if attention_mask.shape != (batch, total):
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None, routes=None,
+                return_routes: bool = False, **kwargs: Unpack[TransformersKwargs]) -> DuoModelOutput:
+        """Exactly one of input_ids ``[B, T]`` or inputs_embeds ``[B, T, d]``; ``routes`` as in
+        :class:`DuoForCausalLM`.  Returns ``last_hidden_state`` ``[B, T, d]`` (after the final norm)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids [batch, seq] or inputs_embeds [batch, seq, hidden_size]")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(input_ids.shape)}")
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, d]
+        B, T = h.shape[:2]
+        if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):
+            cache = DynamicCache(config=self.config)  # not in training steps: it would only hold every k / v longer
+        given_positions = position_ids is not None
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            self._check_length(past, T)
+            position_ids = (torch.arange(T, device=h.device) + past)[None]  # [1, T]
+        # positions passed in may mark packed sequences (a restart at 0 opens a new one)
+        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
+                                  position_ids=position_ids if given_positions else None)
+        policy = make_policy(routes, B, T, self.config.num_hidden_layers, self.default_policy())
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            policy = CheckpointReplay(policy)
+        rotations = self.rotary_emb(position_ids)  # [B or 1, T, 1, hd/2]
+        positions = position_ids.expand(B, T)
+        decisions = []
+        for layer in self.layers:
+            h, decision = layer(h, rotations, mask=mask, policy=policy, position_ids=positions, cache=cache, **kwargs)
+            decisions.append(decision)
+        return DuoModelOutput(last_hidden_state=self.norm(h), cache=cache,
+                              routing=trace_from(decisions) if return_routes else None)
+
+    def _check_length(self, past, seq: int) -> None:
+        """Positions past ``max_position_embeddings`` were never trained; a static cache's tensor length is
+        not read back (that would stall the device)."""
+        if isinstance(past, int) and past + seq > self.config.max_position_embeddings:
             raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, past + seq] = [{batch}, {total}]"
+                f"sequence reaches position {past + seq - 1} but max_position_embeddings="
+                f"{self.config.max_position_embeddings}; use sequences of at most {self.config.max_position_embeddings} tokens"
             )
-        mask = mask & attention_mask[:, None, None, :].bool()
-        diagonal = torch.arange(total, device=device)[None, :] == q_pos  # [T, S]
-        mask = mask | diagonal  # a padded query still sees itself: no all-masked (NaN) rows
-    return mask
 
 
 class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
@@ -296,72 +409,53 @@ class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def default_policy(self) -> RoutingPolicy:
-        return FixedRoutes([BIG] * self.config.num_hidden_layers)
+        return self.model.default_policy()
 
-    def _positions(self, input_ids, position_ids, past: int) -> torch.Tensor:
-        B, T = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
-        top = int(position_ids.max()) if position_ids.numel() else -1
-        if top >= self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence reaches position {top} but max_position_embeddings={self.config.max_position_embeddings}; "
-                f"use sequences of at most {self.config.max_position_embeddings} tokens"
-            )
-        return position_ids
-
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         routes=None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         return_token_losses: bool = False,
         return_routes: bool = False,
-        output_hidden_states: bool = False,
-        logits_to_keep: int = 0,
-        **kwargs,
+        logits_to_keep: int | torch.Tensor = 0,
+        shift_labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DuoCausalLMOutput:
-        """input_ids ``[B, T]``; labels ``[B, T]`` (shifted inside, -100 ignored); returns logits ``[B, T, V]``."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
-        cache = cache if cache is not None else past_key_values
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        past = cache.get_seq_length() if cache is not None else 0
-        position_ids = self._positions(input_ids, position_ids, past)
-        policy = make_policy(routes, B, T, self.config.num_hidden_layers, self.default_policy())
-        mask = attention_mask_for(attention_mask, B, T, past, input_ids.device)
-
-        h = self.model.embed_tokens(input_ids)  # [B, T, d]
-        rotations = self.model.rotary_emb.rotations(position_ids)  # [B, T, 1, hd/2]
-        decisions, hidden_states = [], [h] if output_hidden_states else None
-        for layer in self.model.layers:
-            h, decision = layer(h, rotations, mask, policy, position_ids, cache)
-            decisions.append(decision)
-            if output_hidden_states:
-                hidden_states.append(h)
-        h = self.model.norm(h)
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)  # [B, T, V]
-
+        """input_ids ``[B, T]`` (or inputs_embeds ``[B, T, d]``); labels ``[B, T]`` (shifted inside, -100
+        ignored), or with ``shift_labels`` ``[B, T]`` the already shifted targets (sequence / context
+        parallel training); ``num_items_in_batch`` (from ``Trainer``) divides the summed loss instead of the
+        target count.  Returns logits ``[B, T, V]``."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                         inputs_embeds=inputs_embeds, use_cache=use_cache, routes=routes, return_routes=return_routes,
+                         **kwargs)
+        logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))  # [B, T, V]
         loss = token_losses = None
         if labels is not None:
-            token_losses = shifted_token_losses(logits, labels)
-            n = (labels[:, 1:] != -100).sum().clamp(min=1)
-            loss = token_losses.sum() / n
-        return DuoCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=cache,
-            hidden_states=tuple(hidden_states) if hidden_states else None,
-            token_losses=token_losses if return_token_losses else None,
-            routing=trace_from(decisions) if return_routes else None,
-        )
+            token_losses = (shifted_token_losses(logits, labels) if shift_labels is None
+                            else token_cross_entropy(logits, shift_labels))
+            targets = labels[:, 1:] if shift_labels is None else shift_labels
+            n = kwargs.get("num_items_in_batch")
+            loss = token_losses.sum() / (n if n is not None else (targets != -100).sum().clamp(min=1))
+        return DuoCausalLMOutput(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
+                                 attentions=out.attentions, token_losses=token_losses if return_token_losses else None,
+                                 routing=out.routing)
+
+    def generate(self, *args, return_routes: bool = False, **kwargs):
+        """transformers' ``generate``.  It collects no routes: ``return_routes=True`` raises."""
+        if return_routes:
+            raise ValueError(
+                "generate() does not collect routes; run model(sequences, routes=..., return_routes=True) on the "
+                "generated sequences (the same routes for deterministic policies)"
+            )
+        return super().generate(*args, **kwargs)
 
     # ---- accounting -------------------------------------------------------------------------
     def parameter_breakdown(self) -> dict[str, int]:
@@ -383,7 +477,14 @@ class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
 
     def flops_per_token(self, pattern, context_len: int) -> float:
         """Forward FLOPs of one token at context length ``context_len`` routed by ``pattern``."""
-        return flops_mod.pattern_flops(self.config, pattern, context_len)
+        return pattern_flops(self.config, pattern, context_len)
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each position's logits ``[B, T, V]`` against its target ``[B, T]`` (float32; 0 where -100)."""
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                           reduction="none")  # [B*T], row-major: much faster than a [B, V, T] view
+    return flat.view(targets.shape)
 
 
 def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -392,9 +493,7 @@ def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     The labels are shifted (padded with -100), not the logits: slicing ``logits[:, :-1]`` would copy the
     ``[B, T, V]`` tensor and zero-fill its gradient."""
     targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # [B, T]: the last position has no next token
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                           reduction="none")  # [B*T], row-major: much faster than a [B, V, T] view
-    return flat.view(targets.shape)[:, :-1]  # [B, T-1]
+    return token_cross_entropy(logits, targets)[:, :-1]
 
 
 def trace_from(decisions: list[torch.Tensor]) -> RoutingTrace:
@@ -407,4 +506,8 @@ def trace_from(decisions: list[torch.Tensor]) -> RoutingTrace:
 
 # Importing the model registers the "duo" type, so AutoModelForCausalLM.from_pretrained loads saved Duo folders.
 AutoConfig.register("duo", DuoConfig, exist_ok=True)
+AutoModel.register(DuoConfig, DuoModel, exist_ok=True)
 AutoModelForCausalLM.register(DuoConfig, DuoForCausalLM, exist_ok=True)
+# save_pretrained writes auto_map and copies this code beside the weights: trust_remote_code=True needs no duolib
+DuoModel.register_for_auto_class("AutoModel")
+DuoForCausalLM.register_for_auto_class("AutoModelForCausalLM")

@@ -70,6 +70,11 @@ class RoutingPolicy:
     def route_layer(self, layer_idx: int, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def uniform_code(self, layer_idx: int) -> int | None:
+        """The one code every token takes at ``layer_idx`` when the policy knows it without looking at the
+        tokens (the model then runs that module on all rows, with no routing tensor to read back), else None."""
+        return None
+
 
 class FixedRoutes(RoutingPolicy):
     """Every token takes the same pattern."""
@@ -77,10 +82,13 @@ class FixedRoutes(RoutingPolicy):
     def __init__(self, pattern: Sequence[int] | str | torch.Tensor, num_layers: int | None = None):
         n = len(pattern) if num_layers is None else num_layers
         self.pattern = as_pattern(pattern, n)
+        self.codes = [int(c) for c in self.pattern]
 
     def route_layer(self, layer_idx, hidden_states, position_ids):
-        code = int(self.pattern[layer_idx])
-        return torch.full(hidden_states.shape[:2], code, dtype=torch.long, device=hidden_states.device)
+        return torch.full(hidden_states.shape[:2], self.codes[layer_idx], dtype=torch.long, device=hidden_states.device)
+
+    def uniform_code(self, layer_idx: int) -> int:
+        return self.codes[layer_idx]
 
     def __repr__(self):
         return f"FixedRoutes({pattern_to_str(self.pattern)!r})"
@@ -178,6 +186,33 @@ class TokenRoutes(RoutingPolicy):
         if per_layer.shape[1] == seq:
             return per_layer
         return torch.gather(per_layer, 1, position_ids.expand(batch, seq))
+
+
+class CheckpointReplay(RoutingPolicy):
+    """``policy`` as gradient-checkpointed layers see it: when the backward pass recomputes a layer,
+    a random policy draws from its generator's state of the first run (restored afterwards), so the
+    recomputation takes the same routes and later draws are those of a plain run.  Global-RNG draws
+    are replayed by ``torch.utils.checkpoint`` itself; deterministic policies pass through."""
+
+    def __init__(self, policy: RoutingPolicy):
+        self.policy, self.states = policy, {}
+
+    def uniform_code(self, layer_idx: int) -> int | None:
+        return self.policy.uniform_code(layer_idx)
+
+    def route_layer(self, layer_idx, hidden_states, position_ids):
+        generator = getattr(self.policy, "generator", None)
+        if not isinstance(generator, torch.Generator):
+            return self.policy.route_layer(layer_idx, hidden_states, position_ids)
+        if layer_idx not in self.states:
+            self.states[layer_idx] = generator.get_state()
+            return self.policy.route_layer(layer_idx, hidden_states, position_ids)
+        now = generator.get_state()
+        generator.set_state(self.states[layer_idx])
+        try:
+            return self.policy.route_layer(layer_idx, hidden_states, position_ids)
+        finally:
+            generator.set_state(now)
 
 
 def make_policy(routes, batch_size: int, seq_len: int, num_layers: int, default: RoutingPolicy) -> RoutingPolicy:

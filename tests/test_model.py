@@ -36,7 +36,7 @@ def test_all_big_equals_hf_llama(attn):
 def test_pair_order_rotary_equals_llama_rotate_half():
     """The fused, pair-ordered q / k projection + complex rotation gives Llama's attention output."""
     import torch.nn.functional as F
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
     model = tiny_model(num_key_value_heads=2)
     attn, cfg = model.model.layers[0].self_attn, model.config
@@ -47,11 +47,12 @@ def test_pair_order_rotary_equals_llama_rotate_half():
     assert sorted(order.tolist()) == list(range(order.numel()))  # a permutation of the stacked rows
     assert order[:4].tolist() == [0, hd // 2, 1, hd // 2 + 1]
     with torch.no_grad():
-        ours = attn(x, model.model.rotary_emb.rotations(pos), None)
+        ours, _ = attn(x, model.model.rotary_emb(pos), None)
         q = attn.q_proj(x).view(B, T, -1, hd).transpose(1, 2)
         k = attn.k_proj(x).view(B, T, -1, hd).transpose(1, 2).repeat_interleave(2, dim=1)
         v = attn.v_proj(x).view(B, T, -1, hd).transpose(1, 2).repeat_interleave(2, dim=1)
-        q, k = apply_rotary_pos_emb(q, k, *model.model.rotary_emb(x, pos))
+        llama_rotary = LlamaRotaryEmbedding(llama_config(cfg))
+        q, k = apply_rotary_pos_emb(q, k, *llama_rotary(x, pos))
         ref = attn.o_proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1))
     assert (ours - ref).abs().max() <= 1e-5
 
@@ -61,7 +62,7 @@ def slow_reference_logits(model, input_ids, routes):
     B, T = input_ids.shape
     pos = torch.arange(T)[None].expand(B, T)
     h = model.model.embed_tokens(input_ids)
-    rotations = model.model.rotary_emb.rotations(pos)
+    rotations = model.model.rotary_emb(pos)
     for i, layer in enumerate(model.model.layers):
         h = layer.attention_block(h, rotations, None)
         x = layer.post_attention_layernorm(h)

@@ -40,12 +40,13 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
     with eval_mode(model):
         for p, pattern in enumerate(tqdm(patterns, desc="brute force", unit="pattern", disable=not progress)):
             if semantics == "shared":
-                out = model(ids, routes=pattern.long().to(device), labels=ids, return_token_losses=True)
+                out = model(ids, routes=pattern.long().to(device), labels=ids, return_token_losses=True, use_cache=False)
                 losses[p] = out.token_losses.reshape(-1).float().cpu()
             else:
                 routes = ref[None].repeat(T1, 1, 1, 1)  # [T1 copies, B, T, L]
                 routes[eye, :, eye] = pattern.long().to(device)
-                out = model(copies, routes=routes.view(T1 * B, T, L), labels=copies, return_token_losses=True)
+                out = model(copies, routes=routes.view(T1 * B, T, L), labels=copies, return_token_losses=True,
+                            use_cache=False)
                 tl = out.token_losses.view(T1, B, T1)  # [copy, B, position]
                 losses[p] = tl[eye, :, eye].T.reshape(-1).float().cpu()  # copy t at position t
     stats = {"seconds": time.perf_counter() - start, "forwards": len(patterns)}

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..utils import eval_mode
 from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
+from ..model import attention_function
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
 
 _FFN_ORDER = (BIG, SMALL, SKIP)
@@ -118,44 +119,32 @@ def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
 
 # ----------------------------------------------------------------------------- layer pieces
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary positions on ``x [..., T, hd]`` with tables ``[T, hd]`` (Llama's rotate-half layout)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def _heads(attn, x: torch.Tensor, proj, n: int) -> torch.Tensor:
-    """``proj(x)`` split into heads: ``[..., T, d] -> [..., n, T, hd]``."""
-    y = proj(x)
-    return y.view(*y.shape[:-1], n, attn.head_dim).transpose(-2, -3)
-
-
-def _repeat_kv(x: torch.Tensor, attn) -> torch.Tensor:
-    rep = attn.n_heads // attn.n_kv
-    return x if rep == 1 else x.repeat_interleave(rep, dim=-3)
+def fixed_context_mask(seq: int, device) -> torch.Tensor:
+    """``[T, 2T]`` bool (True = attend) over the keys ``cat(reference keys, own keys)``: query t reads the
+    reference keys of the positions before t and its own key at t."""
+    pos = torch.arange(seq, device=device)
+    earlier = pos[None, :] < pos[:, None]  # [T, T]
+    return torch.cat((earlier, pos[None, :] == pos[:, None]), dim=1)
 
 
 def fixed_context_attention(layer, h: torch.Tensor, ref_k: torch.Tensor, ref_v: torch.Tensor,
-                            cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                            rotations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``h + attn(norm(h))`` where every token (row) reads the reference keys / values of the
-    *earlier* positions and its own key / value at its own position.
+    *earlier* positions and its own key / value at its own position: the model's projection, rotary
+    and attention function over the keys ``cat(reference, own)`` under :func:`fixed_context_mask`.
 
     h ``[..., B, T, d]`` (any leading dims: nodes or beam slots; each row has its own path);
-    ref_k / ref_v ``[B, H, T, hd]`` (already rotated, already repeated to H heads); cos / sin ``[T, hd]``."""
+    ref_k / ref_v ``[B, Hkv, T, hd]`` (:meth:`Attention.project` of the reference route); rotations
+    ``[1, T, 1, hd/2]``; mask ``[T, 2T]``."""
     attn = layer.self_attn
-    x = layer.input_layernorm(h)
-    q = _rope(_heads(attn, x, attn.q_proj, attn.n_heads), cos, sin)  # [..., B, H, T, hd]
-    k = _repeat_kv(_rope(_heads(attn, x, attn.k_proj, attn.n_kv), cos, sin), attn)
-    v = _repeat_kv(_heads(attn, x, attn.v_proj, attn.n_kv), attn)
-    scale = attn.head_dim ** -0.5
-    scores = torch.matmul(q, ref_k.transpose(-1, -2)) * scale  # [..., B, H, T(query), T(key)]
-    T = h.shape[-2]
-    scores.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1) * scale)  # own key at own position
-    future = torch.ones(T, T, dtype=torch.bool, device=h.device).triu_(1)
-    p = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
-    y = torch.matmul(p, ref_v) + p.diagonal(dim1=-2, dim2=-1)[..., None] * (v - ref_v)  # [..., B, H, T, hd]
-    y = y.transpose(-2, -3).flatten(-2)  # [..., B, T, H * hd]
-    return h + attn.o_proj(y)
+    B, T, d = h.shape[-3:]
+    x = layer.input_layernorm(h).reshape(-1, T, d)  # [N, T, d], N = (leading dims) * B
+    q, k, v = attn.project(x, rotations)  # [N, H, T, hd], [N, Hkv, T, hd] x 2
+    n = x.shape[0] // B
+    keys = torch.cat((ref_k.repeat(n, 1, 1, 1), k), dim=2)  # [N, Hkv, 2T, hd]
+    values = torch.cat((ref_v.repeat(n, 1, 1, 1), v), dim=2)
+    y, _ = attention_function(attn.config)(attn, q, keys, values, mask, scaling=attn.scaling)  # [N, T, H, hd]
+    return h + attn.o_proj(y.reshape(*h.shape[:-1], -1))
 
 
 @dataclass
@@ -165,12 +154,11 @@ class OracleSetup:
     model: object
     semantics: str
     h0: torch.Tensor  # [B, T1, d] embeddings of the scored positions (T1 = T - 1)
-    cos: torch.Tensor  # [T1, hd]
-    sin: torch.Tensor
-    rotations: torch.Tensor  # [1, T1, 1, hd/2] complex: the same positions for the model's own attention
+    rotations: torch.Tensor  # [1, T1, 1, hd/2] complex
+    mask: torch.Tensor  # [T1, 2 T1] bool: fixed-context attention's keys
     targets: torch.Tensor  # [B, T1]
     w_target: torch.Tensor  # [N, d] float32 head rows of the targets (N = B * T1)
-    ref_kv: list | None = None  # per layer (K, V) [B, H, T1, hd] of the reference route
+    ref_kv: list | None = None  # per layer (K, V) [B, Hkv, T1, hd] of the reference route
     leaf_rows: int = 1024
     proxy_rows: torch.Tensor | None = None  # [N, M, d] head rows of each token's reference top-M tokens
     proxy_is_target: torch.Tensor | None = None  # [N, M]
@@ -183,7 +171,7 @@ class OracleSetup:
         """Layer i's attention block on node states ``h [G, B, T1, d]``."""
         layer = self.model.model.layers[i]
         if self.semantics == "fixed-context":
-            return fixed_context_attention(layer, h, *self.ref_kv[i], self.cos, self.sin)
+            return fixed_context_attention(layer, h, *self.ref_kv[i], self.rotations, self.mask)
         G, B, T1, d = h.shape
         out = layer.attention_block(h.reshape(G * B, T1, d), self.rotations, None)
         return out.view(G, B, T1, d)
@@ -239,20 +227,17 @@ def oracle_setup(model, input_ids: torch.Tensor, semantics: str, reference="big"
     T1 = T - 1
     h0 = model.model.embed_tokens(ids[:, :T1])  # [B, T1, d]
     positions = torch.arange(T1, device=device)[None]  # [1, T1]
-    cos, sin = model.model.rotary_emb(h0, positions)
-    rotations = model.model.rotary_emb.rotations(positions)  # [1, T1, 1, hd/2]
+    rotations = model.model.rotary_emb(positions)  # [1, T1, 1, hd/2]
     targets = ids[:, 1:]  # [B, T1]
     w_target = model.lm_head.weight.float()[targets.reshape(-1)]  # [N, d]
-    setup = OracleSetup(model, semantics, h0, cos[0], sin[0], rotations, targets, w_target, leaf_rows=leaf_rows)
+    setup = OracleSetup(model, semantics, h0, rotations, fixed_context_mask(T1, device), targets, w_target,
+                   leaf_rows=leaf_rows)
     if semantics == "fixed-context" or proxy_vocab:
         routes = reference_routes(reference, setup.num_layers, B, T).to(device)[:, :T1]  # [B, T1, L]
         ref_kv, h = [], h0
         for i, layer in enumerate(model.model.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            k = _repeat_kv(_rope(_heads(attn, x, attn.k_proj, attn.n_kv), setup.cos, setup.sin), attn)
-            v = _repeat_kv(_heads(attn, x, attn.v_proj, attn.n_kv), attn)
-            ref_kv.append((k, v))  # [B, H, T1, hd]
+            _, k, v = layer.self_attn.project(layer.input_layernorm(h), rotations)
+            ref_kv.append((k, v))  # [B, Hkv, T1, hd]
             a = layer.attention_block(h, rotations, None)
             h = layer.ffn_hard(layer.post_attention_layernorm(a), routes[..., i], residual=a)
         if semantics == "fixed-context":

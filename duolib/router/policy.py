@@ -391,7 +391,7 @@ def routed_forward(model, input_ids: torch.Tensor, policy, labels: torch.Tensor 
     """Run ``model`` (Duo or retrofitted) on ``input_ids`` routed by ``policy``; returns
     ``(output, RoutingTrace)``; ``output.loss`` is the mean next-token loss when labels are given."""
     if is_duo_model(model):
-        out = model(input_ids, labels=labels, routes=policy, return_routes=True)
+        out = model(input_ids, labels=labels, routes=policy, return_routes=True, use_cache=False)
         return out, out.routing
     with routing(model, policy) as recorder:
         out = model(input_ids=input_ids, labels=labels)

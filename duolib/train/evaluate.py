@@ -69,7 +69,7 @@ def _route_mode_records(model, sequences, route_modes, cfg, seed, batch_size) ->
                     else:
                         kw["routes"] = training_routes(seed, 0, range(lo, lo + len(x)), x.shape[1], L,
                                                        p_big, p_skip, stream=1).to(device)
-                loss = model(x, labels=x, **kw).loss
+                loss = model(x, labels=x, use_cache=False, **kw).loss  # no KV cache to build
                 n = x.shape[0] * (x.shape[1] - 1)
                 total += float(loss) * n
                 count += n

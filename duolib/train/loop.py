@@ -59,7 +59,7 @@ from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, atomic_dir,
                          config_differences, data_fingerprint, final_model_dir, identity, latest_checkpoint,
                          load_checkpoint, load_run, model_fields, read_metric_records, read_metrics,
-                         remove_leftovers, save_checkpoint, save_model, write_json, write_json_lines)
+                         remove_leftovers, save_checkpoint, save_complete_checkpoint, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- models
@@ -338,7 +338,7 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
                    parameters=sum(p.numel() for p in model.parameters()), world_size=world)
     if rank == 0:
         with atomic_dir(run_dir / FINAL_DIR) as tmp:
-            save_model(model, tmp)
+            save_complete_checkpoint(model, getattr(data, "tokenizer", None), tmp)
         write_json(run_dir / SUMMARY_FILE, summary)
     _barrier()
     return TrainResult(run_dir, summary)

@@ -12,7 +12,9 @@ Run folder layout
             step-00000500/   model.safetensors + config.json (save_pretrained), optimizer.pt,
                              scheduler.pt, trainer_state.pt (step, tokens seen, RNG states),
                              train_config.json, manifest.json (size and sha256 of every file; last)
-        final/               save_pretrained of the trained model (load with ``load_run``)
+        final/               a complete HF checkpoint: weights, config with the tokenizer's token ids and
+                             auto_map, model code, generation config, tokenizer (``load_run``, or
+                             ``pipeline("text-generation", model=".../final")``)
         tokenizer/           the tokenizer (save_pretrained)
         summary.json         written last: the finished run (config hash, final evaluation, baselines)
 
@@ -75,6 +77,22 @@ def save_model(model: nn.Module, folder: Path) -> None:
     """save_pretrained as one safetensors file, quietly."""
     with quiet_hf():
         unwrap_model(model).save_pretrained(folder, max_shard_size="1000GB")
+
+
+def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike) -> None:
+    """A Hugging Face checkpoint that works from its path alone (``pipeline("text-generation", model=folder)``):
+    weights and config (with ``auto_map`` and the model code for ``trust_remote_code=True``), the
+    tokenizer's bos / eos / pad ids in the config and the generation config (so ``generate`` stops at
+    the tokenizer's eos), and the tokenizer files.  ``tokenizer=None`` saves the model alone."""
+    model = unwrap_model(model)
+    if tokenizer is not None:
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(model.config, name, getattr(tokenizer, name))
+            if getattr(model, "generation_config", None) is not None:
+                setattr(model.generation_config, name, getattr(tokenizer, name))
+    save_model(model, Path(folder))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
 
 
 def write_json(path: Path, obj) -> None:
