@@ -434,7 +434,9 @@ def _eval(model, seqs, cfg: TrainConfig, rank: int) -> list[dict]:
 def _load_init(model, final: Path) -> None:
     """Weights of a trained Duo model (stage 'small' starts from the stage 'big' result)."""
     src = load_run(final)
-    a, b = ({k: v for k, v in model_fields(c.config).items() if k != "_name_or_path"} for c in (src, model))
+    # a saved final/ also holds its code map and the tokenizer's token ids: neither defines the model
+    ignore = ("_name_or_path", "auto_map", "bos_token_id", "eos_token_id", "pad_token_id")
+    a, b = ({k: v for k, v in model_fields(c.config).items() if k not in ignore} for c in (src, model))
     if not isinstance(src, DuoForCausalLM) or a != b:
         diff = config_differences(a, b)
         raise ValueError(f"init_from={str(final)!r} is not a Duo model of this run's size: " + "; ".join(diff))
