@@ -12,7 +12,8 @@ Side by side in one process, call by call in rotating order (median and minimum 
   * eager vs SDPA attention, gradient checkpointing vs plain (forward + backward);
   * ``torch.compile`` (inductor) vs eager for the all-big forward and the routed forward, with their
     graph breaks (``torch._dynamo.explain``; routed execution has data-dependent shapes by design);
-  * static vs dynamic cache greedy decoding (``generate``), per new token.
+  * static vs dynamic cache greedy decoding (``generate``), per new token;
+  * the fixed-context oracle (``loss_matrix``), old vs new (the old package from ``git archive REV``).
 
     python benchmarks/bench_hf_paths.py                       # all parts
     python benchmarks/bench_hf_paths.py --parts routed --repeats 21
@@ -77,16 +78,16 @@ def report(title: str, times: dict, base: str) -> None:
 def models(rev: str, cfg: DuoConfig):
     torch.manual_seed(0)
     new = DuoForCausalLM(cfg).eval()
-    old = old_model_class(rev)(old_config(rev, cfg)).eval()
+    old_cls = old_model_class(rev)
+    old = old_cls(old_cls.config_class(**sizes(cfg))).eval()
     old.load_state_dict(new.state_dict())
     return new, old
 
 
-def old_config(rev: str, cfg: DuoConfig):
-    mod = importlib.import_module(f"duo_old_{rev[:10]}.config")
-    return mod.DuoConfig(**{k: getattr(cfg, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                         "num_attention_heads", "num_key_value_heads", "big_ffn_size",
-                                                         "small_ffn_size", "max_position_embeddings")})
+def sizes(cfg: DuoConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                         "num_key_value_heads", "big_ffn_size", "small_ffn_size",
+                                         "max_position_embeddings")}
 
 
 def part_routed(args, cfg):
@@ -175,7 +176,29 @@ def part_cache(args, cfg):
            {k: (v[0] / 32, v[1] / 32) for k, v in times.items()}, "dynamic cache")
 
 
-PARTS = {"routed": part_routed, "paths": part_paths, "compile": part_compile, "cache": part_cache}
+def part_oracle(args, cfg):
+    """The fixed-context oracle now runs the model's attention function over cat(reference, own) keys."""
+    folder = Path(tempfile.mkdtemp(prefix="duo-old-oracle-"))
+    archive = subprocess.run(["git", "archive", args.old_rev, "duolib"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    (folder / "duolib").rename(folder / "duo_old_oracle")
+    sys.path.insert(0, str(folder))
+    old_pkg = importlib.import_module("duo_old_oracle")
+    old_oracle = importlib.import_module("duo_old_oracle.oracle")
+    new_oracle = importlib.import_module("duolib.oracle.engine")
+    torch.manual_seed(0)
+    new = DuoForCausalLM(cfg).eval()
+    old = old_pkg.DuoForCausalLM(old_pkg.DuoConfig(**sizes(cfg))).eval()
+    old.load_state_dict(new.state_dict())
+    x = torch.randint(0, cfg.vocab_size, (1, args.seq + 1), generator=torch.Generator().manual_seed(1))
+    run = {"old fixed-context oracle": lambda: old_oracle.loss_matrix(old, x, k=4, semantics="fixed-context"),
+           "new fixed-context oracle": lambda: new_oracle.loss_matrix(new, x, k=4, semantics="fixed-context")}
+    diff = (run["old fixed-context oracle"]().losses - run["new fixed-context oracle"]().losses).abs().max().item()
+    report(f"fixed-context loss matrix, k=4 of {cfg.num_hidden_layers} big, 1 x {args.seq + 1} tokens "
+           f"(max |loss diff| {diff:.1e})", side_by_side(run, max(3, args.repeats // 5), warmup=0), "old fixed-context oracle")
+
+
+PARTS = {"routed": part_routed, "paths": part_paths, "compile": part_compile, "cache": part_cache, "oracle": part_oracle}
 
 
 def main(argv=None) -> int:
