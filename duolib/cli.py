@@ -275,6 +275,8 @@ RANDOM_INIT = arg("--random-init", action="store_true",
         help="run folder of the notebooks' artefacts (default: runs/<profile>)"),
     arg("--only", nargs="*", default=None, metavar="STEP", help="execute only these notebooks"),
     arg("--force", action="store_true", help="re-execute notebooks even when unchanged"),
+    arg("--jobs", type=lambda v: v if v == "auto" else int(v), default=1,
+        help="notebooks run at the same time when independent, or 'auto' (idle cores) (default: %(default)s)"),
     arg("--skip-notebooks", action="store_true", help="build from the notebooks already in book/experiments"),
     arg("--skip-build", action="store_true", help="execute the notebooks but do not build the HTML"),
     arg("--html-dir", dest="output", type=Path, default=None,
@@ -288,7 +290,8 @@ def cmd_book(args: argparse.Namespace) -> int:
     root = repo_root()
     start = time.perf_counter()
     if not args.skip_notebooks:
-        results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force)
+        results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,
+                               jobs=args.jobs)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
     if not args.skip_build:
@@ -345,7 +348,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     arg("--eval-every", type=int, default=None, help="steps between holdout evaluations"),
     arg("--checkpoint-every", type=int, default=None, help="steps between checkpoints"),
     arg("--log-every", type=int, default=None, help="steps between metrics lines"),
-    arg("--threads", type=int, default=None, help="torch CPU threads"),
+    arg("--threads", type=lambda v: v if v == "auto" else int(v), default=None,
+        help="torch CPU threads, or 'auto' (1 or all cores, timed at start)"),
     arg("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (JSON value)"),
     arg("--no-resume", action="store_true", help="start afresh (deletes the run folder's results)"),
     arg("--overwrite", action="store_true", help="delete the run folder first"),

@@ -195,8 +195,8 @@ def hard_ffn(x: torch.Tensor, routes: torch.Tensor, module_for, residual: torch.
         if torch.is_grad_enabled():
             out = out.clone()
     for code, idx in rows.items():
-        if idx.numel():
-            out.index_add_(0, idx, module_for(code)(flat_x.index_select(0, idx)))
+        if idx.numel():  # under autocast the module returns bf16 rows: add them at the stream's dtype
+            out.index_add_(0, idx, module_for(code)(flat_x.index_select(0, idx)).to(out.dtype))
     return out.view_as(x)
 
 

@@ -63,12 +63,14 @@ PROFILES: dict[str, dict[str, dict]] = {
 
 
 # Stage-2 oracle knobs [ours] (duolib.oracle, `duo oracle`): holdout slice, enumerated choices,
-# default semantics, the budget of the difficulty table, N of best-of-N, beam widths.
+# default semantics, the budget of the difficulty table, N of best-of-N, beam widths; threads of the oracle
+# notebooks ("auto": 1 or all cores, timed at start, duolib.utils.set_threads; forward passes give the
+# same bits at any count).
 _ORACLE_SECTIONS = {
     "tiny": dict(n_sequences=2, seq_len=16, choices="small,big", semantics="shared", difficulty_k=2,
                  n_random=100, beam_widths=(1, 2, 4)),
     "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16)),
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto"),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
                   n_random=100, beam_widths=(4, 8, 16, 32)),
 }

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import statistics
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -54,13 +57,92 @@ def token_array(stream) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- threads
+#
+# ``threads="auto"`` times 1 and more threads and keeps the faster.  On an idle 2-core machine two OpenMP
+# threads run the default model's products faster than one; when other processes hold the cores, two
+# threads can be several times slower than one (both measured, ``benchmarks/bench_levers.py``), so a
+# short probe is timed at each candidate count, alternating so they see the same load, and more threads
+# are kept only when clearly faster.  Forward passes (the oracle, evaluation) give bit-identical results
+# at any thread count; training's backward reductions may round differently.
 
 
-def set_threads(profile: str) -> int:
-    """Use the profile's torch thread count (its ``train.threads``; unchanged if it sets none); returns the count."""
-    threads = get_profile(profile)["train"].get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+def set_threads(profile: str, section: str = "train") -> int:
+    """Use the profile's torch thread count, ``<section>.threads`` (a count or ``"auto"``), else
+    ``train.threads``; unchanged if neither is set; returns the count."""
+    knobs = get_profile(profile)
+    return apply_threads(knobs[section].get("threads", knobs["train"].get("threads")))
+
+
+#: More threads must beat one thread's time by this factor to be chosen (else the machine is busy).
+MIN_GAIN = 1.1
+
+
+def candidate_counts() -> tuple[int, ...]:
+    """1 and the CPUs this process may use (at most 2 counts: 1 and all)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return (1,) if cpus <= 1 else (1, cpus)
+
+
+def probe(hidden: int = 128, rows: int = 4096) -> Callable[[], None]:
+    """A forward-and-backward of one SwiGLU FFN of the default model's shape: the products that
+    dominate training and the oracle."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, hidden, generator=g)
+    w1, w2 = (torch.randn(4 * hidden, hidden, generator=g, requires_grad=True) for _ in range(2))
+    w3 = torch.randn(hidden, 4 * hidden, generator=g, requires_grad=True)
+
+    def run() -> None:
+        y = torch.nn.functional.linear(torch.nn.functional.silu(x @ w1.T) * (x @ w2.T), w3)
+        y.square().mean().backward()
+
+    return run
+
+
+def calibrate_threads(fn: Callable[[], None] | None = None, candidates: tuple[int, ...] | None = None,
+                      rounds: int = 3) -> dict:
+    """Time ``fn`` (default :func:`probe`) at each thread count of ``candidates`` (default
+    :func:`candidate_counts`), ``rounds`` times in alternation; returns ``{"threads": chosen, "seconds":
+    {count: median wall seconds}}``.  The thread count in force before the call is restored."""
+    fn = fn or probe()
+    candidates = tuple(candidates or candidate_counts())
+    if not candidates or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in candidates):
+        raise ValueError(f"candidates={candidates!r} must be positive thread counts")
+    before = torch.get_num_threads()
+    times: dict[int, list[float]] = {c: [] for c in candidates}
+    try:
+        for r in range(rounds + 1):  # the first round warms up
+            for c in candidates:
+                torch.set_num_threads(c)
+                t0 = time.perf_counter()
+                fn()
+                if r:
+                    times[c].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    medians = {c: statistics.median(ts) for c, ts in times.items()}
+    base = min(candidates)
+    best = min(medians, key=medians.get)
+    chosen = best if best == base or medians[base] >= MIN_GAIN * medians[best] else base
+    return {"threads": chosen, "seconds": medians}
+
+
+def check_threads(value, what: str = "threads"):
+    """``value`` if it is None, ``"auto"`` or a positive int, else ValueError."""
+    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"{what}={value!r}: give a positive number of threads or 'auto' (measured)")
+
+
+def apply_threads(value) -> int:
+    """Set torch's thread count from a setting (None: unchanged; an int; ``"auto"``: calibrated); returns it."""
+    value = check_threads(value)
+    if value == "auto":
+        value = calibrate_threads()["threads"]
+    if value:
+        torch.set_num_threads(int(value))
     return torch.get_num_threads()
 
 

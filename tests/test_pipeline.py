@@ -152,3 +152,37 @@ def test_notebook_key_changes_with_the_profile_knobs(monkeypatch):
     monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
     assert notebook_key(src, {"profile": "tiny"}, []) != before
     assert stored_key(ROOT / "no-such.ipynb") is None
+
+
+def glued(notebook: Path) -> dict[str, dict]:
+    """Every value a notebook glues (myst-nb ``glue``), by name: its output bundle."""
+    nb = json.loads(notebook.read_text())
+    return {o["metadata"]["scrapbook"]["name"]: o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])
+            if "scrapbook" in o.get("metadata", {})}
+
+
+def test_parallel_steps_glue_what_serial_steps_glue(tiny_book, tmp_path):
+    """Independent notebooks run two at a time (09 beside 01 / 02, 08 after 02) and glue the same values
+    as the serial book; only wall-clock minutes may differ."""
+    steps = ["01_data", "02_training", "08_dense", "09_retrofit"]
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "experiments"))
+    results = run_pipeline("tiny", root=ROOT, run_dir=tmp_path / "runs", book_dir=tmp_path / "book", only=steps,
+                           jobs=2)
+    assert [r.name for r in results] == steps and all(r.status == "ran" for r in results)
+    for step in steps:
+        serial = glued(tiny_book / "book" / "experiments" / f"{step}.ipynb")
+        parallel = glued(tmp_path / "book" / "experiments" / f"{step}.ipynb")
+        assert serial.keys() == parallel.keys() and serial, step
+        for name in serial:
+            if "minutes" not in name:
+                assert serial[name] == parallel[name], f"{step}: {name}"
+
+
+def test_jobs_setting():
+    from duolib.pipeline import resolve_jobs
+
+    assert resolve_jobs(3) == 3 and resolve_jobs("auto") >= 1
+    for bad in (0, "two", True):
+        with pytest.raises(ValueError, match="positive number of notebooks"):
+            resolve_jobs(bad)
+    assert [s.name for s in STEPS if s.alone] == ["10_performance"]

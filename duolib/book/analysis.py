@@ -106,7 +106,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 def save_matrix(matrix: LossMatrix, path) -> None:
     fields = ("losses", "patterns", "seq", "position", "target", "seq_len", "semantics", "reference",
-              "choices", "stats")
+              "choices", "stats", "exact", "error_bound")
     _atomic_save({f: getattr(matrix, f) for f in fields}, Path(path))
 
 
@@ -115,18 +115,24 @@ def load_matrix(path) -> LossMatrix:
 
 
 def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("small", "big"), k: int | None = None,
-                       semantics: str = "shared", reference: str = "big", progress: bool = False) -> LossMatrix:
+                       semantics: str = "shared", reference: str = "big", progress: bool = False,
+                       precision: str = "fp32") -> LossMatrix:
     """:func:`duolib.oracle.engine.loss_matrix` of every pattern over ``choices`` (exactly ``k`` big layers if
-    given), loaded from ``run_dir/oracle/`` when the same model, ids and arguments were computed before."""
+    given), loaded from ``run_dir/oracle/`` when the same model, ids and arguments were computed before.
+
+    precision: the engine's (fp32 for the book: a bf16 matrix certifies its minima and its best rows, but
+    not the best row of a subset of its sequences, which notebook 03 reads; and it measured only about
+    1.1x faster, ``benchmarks/bench_levers.py``)."""
     input_ids = torch.as_tensor(input_ids).long()
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
-                reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape))
+                reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape),
+                **({} if precision == "fp32" else {"precision": precision}))  # fp32 keys as before
     key = parts_hash(_fingerprint(model), spec, input_ids.numpy().tobytes())
     path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
     if path.is_file():
         return load_matrix(path)
     matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
-                         progress=progress)
+                         progress=progress, precision=precision)
     save_matrix(matrix, path)
     return matrix
 
@@ -172,10 +178,7 @@ def book_matrices(model, data, run_dir) -> tuple[dict[str, LossMatrix], dict[str
 
 def subset_sequences(matrix: LossMatrix, n: int) -> LossMatrix:
     """The columns of the first ``n`` sequences (tokens are sequence-major)."""
-    cols = (matrix.seq < n).nonzero().flatten()
-    return LossMatrix(matrix.losses[:, cols], matrix.patterns, matrix.seq[cols], matrix.position[cols],
-                      matrix.target[cols], matrix.seq_len, matrix.semantics, matrix.reference, matrix.choices,
-                      dict(matrix.stats))
+    return matrix.columns((matrix.seq < n).nonzero().flatten())
 
 
 # ----------------------------------------------------------------------------- 03: oracle vs baselines
@@ -219,10 +222,14 @@ def trie_counts(patterns: torch.Tensor) -> dict:
 
 
 def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths: Sequence[int],
-               proxies: Sequence[str] = ("early-exit", "suffix"), run_dir=None) -> pd.DataFrame:
+               proxies: Sequence[str] = ("early-exit", "suffix", "early-exit@64"), run_dir=None) -> pd.DataFrame:
     """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
     oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
-    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.brute_force.trie_flops`)."""
+    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.brute_force.trie_flops`).
+
+    proxies: names of :data:`duolib.oracle.beam.PROXIES`, ``@M`` for the top-M restricted vocabulary
+    (``early-exit@64``: within 1% of the oracle at about 6% of its compute at width 16 on the
+    benchmark model, ``benchmarks/bench_oracle.py``)."""
     L = exact.num_layers
     k = check_budget(k, L)
     B, T = input_ids.shape
@@ -231,11 +238,12 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
 
     def compute():
         rows = []
-        for proxy in proxies:
+        for spec in proxies:
+            proxy, _, vocab = spec.partition("@")
             for w in widths:
                 res = beam_oracle(model, input_ids, int(w), choices=exact.choices, k=k, semantics=exact.semantics,
-                                  proxy=proxy)
-                rows.append(dict(proxy=proxy, width=int(w), perplexity=res.perplexity,
+                                  proxy=proxy, proxy_vocab=int(vocab) if vocab else None)
+                rows.append(dict(proxy=spec, width=int(w), perplexity=res.perplexity,
                                  flops=res.cost["flops"], seconds=res.cost["seconds"]))
         return rows
 

@@ -12,6 +12,12 @@ to the repository therefore never stand in for a run folder that lacks their art
 reruns everything.  ``force=True`` reruns everything.  Heavy artefacts
 (tokenizer, token caches, the trained model) additionally live in ``run_dir`` with their own
 caches, so e.g. editing the oracle notebook reruns the oracle but not Stage-1 training.
+
+Parallel steps: with ``jobs > 1`` independent notebooks run at the same time, each in its own kernel
+process; a step starts once every step it needs has finished, ready steps start in ``STEPS`` order, and
+a step marked ``alone`` (the timing notebook) runs with no other.  Every notebook computes the same
+numbers either way (its work does not depend on what runs beside it; oracle forward passes give the
+same bits at any thread count), so serial and parallel books agree.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +48,13 @@ PRESENTATION_TAGS = ("hide-input", "remove-input", "hide-cell", "remove-cell", "
 
 @dataclass(frozen=True)
 class Step:
-    """One notebook of the book; ``needs`` are the steps whose artefacts it reads."""
+    """One notebook of the book; ``needs`` are the steps whose artefacts it reads; ``alone``: nothing else
+    may run beside it (it measures speed)."""
 
     name: str
     needs: tuple[str, ...] = ()
     params: dict = field(default_factory=dict, hash=False, compare=False)
+    alone: bool = False
 
 
 # Dependency order; notebooks read what earlier steps left in run_dir.
@@ -59,7 +68,7 @@ STEPS: tuple[Step, ...] = (
     Step("07_routers", needs=("03_oracle",)),
     Step("08_dense", needs=("02_training",)),
     Step("09_retrofit"),
-    Step("10_performance"),
+    Step("10_performance", alone=True),
     Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
                              "08_dense")),
 )
@@ -139,15 +148,19 @@ def run_pipeline(
     only: list[str] | None = None,
     force: bool = False,
     seed: int = 0,
+    jobs: int | str = 1,
 ) -> list[StepResult]:
-    """Execute the notebooks of ``STEPS`` for ``profile``; return what ran and what was cached.
+    """Execute the notebooks of ``STEPS`` for ``profile``; return what ran and what was cached (``STEPS`` order).
 
     root: the repository (holds ``notebooks/``); run_dir: artefacts (default ``root/runs/<profile>``);
-    book_dir: the book sources, executed notebooks go to ``book_dir/experiments`` (default ``root/book``).
+    book_dir: the book sources, executed notebooks go to ``book_dir/experiments`` (default ``root/book``);
+    jobs: notebooks run at the same time (the module docstring); ``"auto"``: the usable cores not busy
+    with other work at the start (:func:`resolve_jobs`).
     """
     from tqdm.auto import tqdm
 
     get_profile(profile)  # validates the name
+    jobs = resolve_jobs(jobs)
     root = Path(root or Path(__file__).resolve().parents[1]).resolve()
     run_dir = Path(run_dir or root / "runs" / profile).resolve()
     out_dir = Path(book_dir or root / "book").resolve() / "experiments"
@@ -158,9 +171,9 @@ def run_pipeline(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     keys: dict[str, str] = {}
-    results = []
-    bar = tqdm(STEPS, desc=f"book ({profile})", unit="notebook")
-    for step in bar:
+    results: dict[str, StepResult] = {}
+    todo: list[_Job] = []
+    for step in STEPS:
         source = root / "notebooks" / f"{step.name}.ipynb"
         if only and step.name not in only and not source.is_file():
             continue
@@ -170,18 +183,90 @@ def run_pipeline(
         output = out_dir / f"{step.name}.ipynb"
         if only and step.name not in only:
             continue
-        bar.set_postfix_str(step.name)
-        start = time.perf_counter()
         stamp = run_dir / ".pipeline" / f"{step.name}.key"
         if not force and stored_key(output) == keys[step.name] == _read(stamp):
-            results.append(StepResult(step.name, "cached", 0.0, output))
-            continue
-        _execute(source, output, params, keys[step.name], root)
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stamp, keys[step.name])
-        results.append(StepResult(step.name, "ran", time.perf_counter() - start, output))
-        bar.write(f"  {step.name}: ran in {results[-1].seconds:.1f} s")
-    return results
+            results[step.name] = StepResult(step.name, "cached", 0.0, output)
+        else:
+            todo.append(_Job(step, source, output, params, keys[step.name], stamp))
+    with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook") as bar:
+        for result in _run_jobs(todo, jobs, root):
+            results[result.name] = result
+            bar.update(1)
+            bar.write(f"  {result.name}: ran in {result.seconds:.1f} s")
+    return [results[s.name] for s in STEPS if s.name in results]
+
+
+def resolve_jobs(jobs: int | str) -> int:
+    """A positive number of notebooks at a time; ``"auto"``: the usable CPUs minus the 1-minute load
+    average at the start (work already on the machine), at least 1."""
+    if jobs == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        return max(1, cpus - busy)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: give a positive number of notebooks at a time or 'auto'")
+    return jobs
+
+
+@dataclass
+class _Job:
+    step: Step
+    source: Path
+    output: Path
+    params: dict
+    key: str
+    stamp: Path
+
+
+def _run_job(job: _Job, root: Path) -> StepResult:
+    start = time.perf_counter()
+    _execute(job.source, job.output, job.params, job.key, root)
+    job.stamp.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job.stamp, job.key)
+    return StepResult(job.step.name, "ran", time.perf_counter() - start, job.output)
+
+
+def _run_jobs(todo: list[_Job], jobs: int, root: Path):
+    """Yield each job's result as it finishes: at most ``jobs`` at a time, each after the jobs it needs,
+    ready jobs in list order, an ``alone`` job with nothing beside it.  One job: in this process.  After a
+    failure no job starts; the running ones finish, then the first error is raised."""
+    if jobs == 1:
+        for job in todo:
+            yield _run_job(job, root)
+        return
+    import multiprocessing
+
+    pending, waiting_on = list(todo), {job.step.name for job in todo}
+    running, error = {}, None
+    with ThreadPoolExecutor(jobs) as threads:  # each thread waits on one kernel process (papermill)
+        while (pending and error is None) or running:
+            for job in list(pending) if error is None else []:
+                blocked = any(n in waiting_on for n in job.step.needs)
+                alone_now = any(j.step.alone for j in running.values())
+                if blocked or alone_now or len(running) >= jobs or (job.step.alone and running):
+                    continue
+                pending.remove(job)
+                running[threads.submit(_run_in_process, job, root, multiprocessing.get_context("spawn"))] = job
+            if not running:
+                raise RuntimeError(f"steps {[j.step.name for j in pending]} wait on steps that will not run")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                if future.exception() is not None:
+                    error = error or future.exception()
+                    continue
+                waiting_on.discard(job.step.name)
+                yield future.result()
+    if error is not None:
+        raise error
+
+
+def _run_in_process(job: _Job, root: Path, context) -> StepResult:
+    """:func:`_run_job` in a fresh process (papermill's kernel client is not made for threads)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_run_job, job, root).result()
 
 
 def _run_dir_param(run_dir: Path, root: Path, cwd: Path) -> str:

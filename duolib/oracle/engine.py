@@ -29,6 +29,7 @@ ranks and gathers the full matrix on every rank.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils import eval_mode
+from .leaf import BF16Leaf, certify_sets, logsumexp_rows, resolve_precision
 from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
 from ..model import attention_function
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
@@ -104,7 +106,8 @@ def reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch.
     return as_pattern(reference, num_layers)[None, None].expand(batch, seq, num_layers)
 
 
-def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats) -> LossMatrix:
+def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact=None, bound=None
+                ) -> LossMatrix:
     """A :class:`LossMatrix` for sequences ``input_ids [B, T]`` (tokens sequence-major)."""
     B, T = input_ids.shape
     ref = None
@@ -114,7 +117,7 @@ def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
         ref = ref.to(torch.int8).cpu()
     return LossMatrix(losses, patterns, seq=torch.arange(B).repeat_interleave(T - 1),
                       position=torch.arange(T - 1).repeat(B), target=input_ids[:, 1:].reshape(-1).cpu(), seq_len=T,
-                      semantics=semantics, reference=ref, choices=codes, stats=stats)
+                      semantics=semantics, reference=ref, choices=codes, stats=stats, exact=exact, error_bound=bound)
 
 
 # ----------------------------------------------------------------------------- layer pieces
@@ -162,6 +165,7 @@ class OracleSetup:
     leaf_rows: int = 1024
     proxy_rows: torch.Tensor | None = None  # [N, M, d] head rows of each token's reference top-M tokens
     proxy_is_target: torch.Tensor | None = None  # [N, M]
+    bf16_leaf: BF16Leaf | None = None  # bf16 scoring with fp32 rescoring (precision="bf16")
 
     @property
     def num_layers(self) -> int:
@@ -176,28 +180,16 @@ class OracleSetup:
         out = layer.attention_block(h.reshape(G * B, T1, d), self.rotations, None)
         return out.view(G, B, T1, d)
 
-    def leaf(self, h: torch.Tensor) -> torch.Tensor:
-        """Target-token losses ``[G, N]`` of final states ``h [G, B, T1, d]`` (norm, head, loss).
-
-        Row chunks of ``leaf_rows``: ``logits = h W^T`` into one reused buffer, then ``logsumexp``
-        in place.  When every logit of a chunk is provably in [-64, 64] (``|h| max_v |w_v|``) the
-        max subtraction is skipped (exp cannot overflow or underflow there): one pass fewer."""
+    def leaf(self, h: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Target-token losses ``[G, N]`` of final states ``h [G, B, T1, d]`` (norm, head, loss), in row
+        chunks of ``leaf_rows`` (:func:`~duolib.oracle.leaf.logsumexp_rows`); with a bf16 leaf, ``rows [G]``
+        are the states' pattern rows (it tracks what to rescore per pattern)."""
         G, d = h.shape[0], h.shape[-1]
         hn = self.model.model.norm(h).reshape(G, -1, d).float()  # [G, N, d]
+        if self.bf16_leaf is not None:
+            return self.bf16_leaf(hn, rows)
         target_logit = (hn * self.w_target).sum(-1)  # [G, N]
-        flat = hn.reshape(-1, d)
-        weight = self.model.lm_head.weight.float()  # [V, d]
-        bound = flat.norm(dim=-1) * weight.norm(dim=-1).max()  # [G * N] >= |every logit|
-        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=h.device)
-        buf = torch.empty(min(self.leaf_rows, flat.shape[0]), weight.shape[0], dtype=torch.float32, device=h.device)
-        for s in range(0, flat.shape[0], self.leaf_rows):
-            rows = flat[s:s + self.leaf_rows]
-            logits = torch.mm(rows, weight.T, out=buf[:rows.shape[0]])  # [r, V]
-            if bool(bound[s:s + self.leaf_rows].max() < 64.0):
-                lse[s:s + rows.shape[0]] = logits.exp_().sum(-1).log_()
-            else:
-                top = logits.amax(-1, keepdim=True)
-                lse[s:s + rows.shape[0]] = logits.sub_(top).exp_().sum(-1).log_() + top[:, 0]
+        lse = logsumexp_rows(hn.reshape(-1, d), self.model.lm_head.weight.float(), self.leaf_rows)
         return lse.view(G, -1) - target_logit
 
     def proxy_leaf(self, h: torch.Tensor) -> torch.Tensor:
@@ -296,8 +288,8 @@ class _TrieWalk:
         """Expand the nodes ``nodes`` (row ranges) of ``depth`` whose states are ``h [G, B, T1, d]``."""
         setup = self.setup
         if depth == setup.num_layers:
-            losses = setup.leaf(h).cpu()  # [G, N]
-            self.out[torch.tensor([lo for lo, _ in nodes])] = losses
+            rows = torch.tensor([lo for lo, _ in nodes])
+            self.out[rows] = setup.leaf(h, rows).cpu()  # [G, N]
             self.bar.update(len(nodes))
             return
         layer = setup.model.model.layers[depth]
@@ -323,7 +315,8 @@ class _TrieWalk:
 @torch.no_grad()
 def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k: int | None = None,
                 semantics: str = "shared", reference="big", max_rows: int = 16384, leaf_rows: int = 1024,
-                progress: bool = False, distributed: bool = False) -> LossMatrix:
+                progress: bool = False, distributed: bool = False, precision: str = "fp32",
+                best_of: tuple[int, int] | None = (100, 0)) -> LossMatrix:
     """The loss matrix ``[P, N]`` of ``patterns`` (default: every pattern over ``choices``, only
     those with exactly ``k`` big layers if k is given) on ``input_ids [B, T]``.
 
@@ -334,33 +327,64 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
     plus one FFN's ``max_rows x ffn_size`` and, for fixed-context, ``max_rows x heads x (T-1)``
     attention scores (lower it for long sequences or wide models);
     leaf_rows: rows per head chunk (the logits chunk is ``leaf_rows x vocab`` floats).
-    distributed: shard sequences over the initialised ``torch.distributed`` ranks and gather."""
+    distributed: shard sequences over the initialised ``torch.distributed`` ranks and gather.
+    precision: ``"fp32"``; ``"bf16"``: leaves scored with bf16 products and every entry that a per-token
+    minimum, the fixed pattern or a uniform pattern can use rescored in fp32 (:mod:`duolib.oracle.leaf`);
+    the matrix records which entries are exact and certifies its minima; ``"auto"``: bf16 on a CPU with
+    AMX-BF16 units, else fp32.  The default stays fp32: a bf16 matrix's other entries are bf16 scores.
+    best_of: ``(n, seed)`` of the best-of-N samples a bf16 run certifies too (None: none).  If a rescored
+    entry shows the bf16 bound unsafe for the model, the work is redone in fp32 (``stats["precision"]``)."""
     check_semantics(semantics)
+    precision = resolve_precision(precision, next(model.parameters()).device)
     input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
     patterns, codes = resolve_patterns(L, patterns, choices, k)
     if semantics == "fixed-context":
         reference_routes(reference, L, *input_ids.shape)  # validate before any work
     if distributed:
-        return _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress)
+        return _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress,
+                            precision, best_of)
     B, T = input_ids.shape
     start = time.perf_counter()
     uniq, inverse = np.unique(patterns.numpy(), axis=0, return_inverse=True)
-    trie = _Trie(uniq)
+    inverse = torch.from_numpy(inverse.reshape(-1))
+    trie, exact, bound = _Trie(uniq), None, None
+    stats = {**trie.counts(), "batch": B, "seq_len": T, "precision": "fp32"}
+    losses = torch.empty(len(patterns), 0)
     if B > 0:
-        with eval_mode(model), tqdm(total=len(uniq), desc=f"oracle ({semantics})", unit="pattern",
-                                     disable=not progress) as bar:
-            setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows)
-            walk = _TrieWalk(setup, trie, max_rows, bar)
-            walk.descend(0, setup.h0[None], [(0, len(uniq))])
-        losses = walk.out[torch.from_numpy(inverse.reshape(-1))]
-    else:
-        losses = torch.empty(len(patterns), 0)
-    stats = {**trie.counts(), "batch": B, "seq_len": T, "seconds": time.perf_counter() - start}
-    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+        sets = [] if best_of is None else [inverse[r].unique().numpy() for r in certify_sets(*best_of, patterns)]
+        with eval_mode(model):
+            losses, leaf = _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress,
+                                 precision, sets)
+            if leaf is not None and not leaf.safe:
+                warnings.warn(f"bf16 leaf error reached {leaf.worst_ratio:.2f} of its bound on this model; "
+                              "the loss matrix is recomputed in fp32")
+                stats["bf16_fallback"] = leaf.stats()
+                losses, leaf = _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress)
+        losses = losses[inverse]
+        if leaf is not None:
+            exact, bound = leaf.exact[inverse], leaf.error_bound[inverse]
+            stats.update(leaf.stats())
+    stats["seconds"] = time.perf_counter() - start
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact, bound)
 
 
-def _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress):
+def _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress, precision="fp32",
+          random_sets=()) -> tuple[torch.Tensor, BF16Leaf | None]:
+    """Losses ``[P_unique, N]`` of the trie's patterns, and the bf16 leaf's record (None in fp32)."""
+    with tqdm(total=len(trie.patterns), desc=f"oracle ({semantics}, {precision})", unit="pattern",
+              disable=not progress) as bar:
+        setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows)
+        if precision == "bf16":
+            setup.bf16_leaf = BF16Leaf(model.lm_head.weight.float(), setup.w_target, trie.patterns,
+                                       setup.w_target.shape[0], leaf_rows, random_sets)
+        walk = _TrieWalk(setup, trie, max_rows, bar)
+        walk.descend(0, setup.h0[None], [(0, len(trie.patterns))])
+    return walk.out, setup.bf16_leaf
+
+
+def _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress, precision,
+                 best_of):
     """Rank r computes sequences ``r::world``; every rank gathers the full matrix (sequence order kept)."""
     import torch.distributed as dist
 
@@ -371,13 +395,17 @@ def _distributed(model, input_ids, patterns, codes, semantics, reference, max_ro
     mine = torch.arange(B)[rank::world]
     ref = reference[mine] if torch.is_tensor(reference) and reference.dim() == 3 else reference
     local = loss_matrix(model, input_ids[mine], patterns, semantics=semantics, reference=ref, max_rows=max_rows,
-                        leaf_rows=leaf_rows, progress=progress and rank == 0)
+                        leaf_rows=leaf_rows, progress=progress and rank == 0, precision=precision, best_of=best_of)
     gathered = [None] * world
-    dist.all_gather_object(gathered, (mine, local.losses))
+    dist.all_gather_object(gathered, (mine, local.losses, local.exact, local.error_bound))
     T1 = T - 1
     losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
-    for seqs, part in gathered:
+    bf16 = any(part[2] is not None for part in gathered)  # each rank certified its own tokens
+    exact, bound = (torch.ones(losses.shape, dtype=torch.bool), torch.zeros(len(patterns))) if bf16 else (None, None)
+    for seqs, part, part_exact, part_bound in gathered:
         cols = (seqs[:, None] * T1 + torch.arange(T1)).reshape(-1)
         losses[:, cols] = part
+        if bf16 and part_exact is not None:
+            exact[:, cols], bound = part_exact, torch.maximum(bound, part_bound)
     stats = {**local.stats, "world_size": world, "batch": B}
-    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact, bound)

@@ -86,6 +86,13 @@ def enumerate_patterns(num_layers: int, choices=("small", "big"), k: int | None 
     return torch.from_numpy(digits)
 
 
+def random_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` of ``rows`` drawn without replacement with ``seed`` (all of them if fewer), sorted: the
+    best-of-N sample (the bf16 engine certifies the same sample)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return rows[torch.randperm(len(rows), generator=g)[: int(n)]].sort().values
+
+
 def budget_schedule(kind: str, num_layers: int, seq_len: int) -> torch.Tensor:
     """A per-position budget ``k(t)`` ``[seq_len]`` (long) for the paper's schedules.
 
@@ -140,6 +147,9 @@ class LossMatrix:
     seq_len:  ``T``, the length of every input sequence (``N = B * (T - 1)``).
     semantics: ``"shared"`` or ``"fixed-context"``; reference: the context route (fixed-context).
     choices:  the route codes the patterns were drawn from; stats: engine counters and timings.
+    exact:    ``[P, N]`` bool or None: which entries are fp32-exact (None: all of them).  A bf16 engine
+              run (:mod:`duolib.oracle.leaf`) stores its scores elsewhere; ``error_bound`` ``[P]`` bounds their
+              error per pattern, and every per-token minimum is certified against it.
     """
 
     losses: torch.Tensor
@@ -152,12 +162,24 @@ class LossMatrix:
     reference: torch.Tensor | None = None
     choices: tuple[int, ...] = (SMALL, BIG)
     stats: dict = field(default_factory=dict)  # engine counters and timings (JSON-ready)
+    exact: torch.Tensor | None = None
+    error_bound: torch.Tensor | None = None
 
     def __post_init__(self):
         P, N = self.losses.shape
         if self.patterns.shape[0] != P or not (len(self.seq) == len(self.position) == len(self.target) == N):
             raise ValueError(f"inconsistent shapes: losses {tuple(self.losses.shape)}, patterns "
                              f"{tuple(self.patterns.shape)}, tokens {len(self.seq)}")
+        given = [t is not None for t in (self.exact, self.error_bound)]
+        if any(given) and (not all(given) or (tuple(self.exact.shape), tuple(self.error_bound.shape)) != ((P, N), (P,))):
+            raise ValueError("exact [P, N] and error_bound [P] come together and match the losses "
+                             f"{tuple(self.losses.shape)}")
+
+    def columns(self, cols: torch.Tensor) -> LossMatrix:
+        """The matrix restricted to the tokens ``cols`` (everything else kept)."""
+        return LossMatrix(self.losses[:, cols], self.patterns, self.seq[cols], self.position[cols], self.target[cols],
+                          self.seq_len, self.semantics, self.reference, self.choices, dict(self.stats),
+                          None if self.exact is None else self.exact[:, cols], self.error_bound)
 
     # ---- basics ----------------------------------------------------------------------------
     @property
@@ -187,8 +209,13 @@ class LossMatrix:
         return int(rows[0])
 
     def loss_of(self, pattern) -> torch.Tensor:
-        """Per-token losses ``[N]`` of one pattern."""
-        return self.losses[self.pattern_index(pattern)]
+        """Per-token losses ``[N]`` of one pattern (ValueError if a bf16 run left the row inexact)."""
+        row = self.pattern_index(pattern)
+        if self.exact is not None and not bool(self.exact[row].all()):
+            raise ValueError(f"pattern {pattern_to_str(self.patterns[row])!r} holds bf16 scores in this matrix "
+                             "(only minima, the fixed pattern and uniform or early-exit rows are rescored in fp32); "
+                             "recompute the loss matrix with precision='fp32'")
+        return self.losses[row]
 
     def perplexity_of(self, pattern) -> float:
         return math.exp(float(self.loss_of(pattern).double().mean()))
@@ -206,7 +233,26 @@ class LossMatrix:
 
     def _min_over(self, rows: torch.Tensor, name: str, **info) -> Reduction:
         best, arg = self.losses[rows].min(0)  # [N], [N]
+        self._certify(rows, best, name)
         return Reduction(name, best, rows[arg], info)
+
+    def _certify_row(self, row, name: str) -> None:
+        """Raise unless the chosen pattern's row is fp32-exact (the engine rescores near-best rows whole)."""
+        if self.exact is not None and not bool(self.exact[row].all()):
+            raise ValueError(f"{name}: the best pattern by mean loss, {pattern_to_str(self.patterns[row])}, holds bf16 "
+                             "scores in this matrix; recompute the loss matrix with precision='fp32'")
+
+    def _certify(self, rows: torch.Tensor, best: torch.Tensor, name: str) -> None:
+        """Raise unless ``best`` (the per-token minimum over ``rows``) is exact: every entry that is not
+        fp32-exact must lie above it by more than its error bound."""
+        if self.exact is None:
+            return
+        low = (self.losses[rows] - self.error_bound[rows, None]).masked_fill(self.exact[rows], math.inf)
+        bad = int((low.min(0).values < best).sum())
+        if bad:
+            raise ValueError(f"{name}: the per-token minimum of {bad} token(s) rests on bf16 scores that this matrix "
+                             "did not rescore in fp32; recompute the loss matrix with precision='fp32' (or, for "
+                             "best-of-N, with the same n and seed given to the engine)")
 
     # ---- reductions ------------------------------------------------------------------------
     def oracle(self, k: int | None = None) -> Reduction:
@@ -218,6 +264,7 @@ class LossMatrix:
         """The single pattern (with ``k`` big layers) of lowest mean loss, applied to every token."""
         rows = self._rows(k)
         best = rows[self.losses[rows].double().mean(1).argmin()]
+        self._certify_row(best, "fixed")
         return Reduction("fixed" if k is None else f"fixed@k={k}", self.losses[best].clone(),
                          best.expand(self.num_tokens).clone(),
                          dict(k=k, n_patterns=len(rows), pattern=pattern_to_str(self.patterns[best])))
@@ -230,10 +277,10 @@ class LossMatrix:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n={n!r} must be a positive number of random patterns")
         rows = self._rows(k)
-        g = torch.Generator().manual_seed(int(seed))
-        chosen = rows[torch.randperm(len(rows), generator=g)[: int(n)]].sort().values
+        chosen = random_rows(rows, n, seed)
         info = dict(k=k, n=int(n), n_used=len(chosen), seed=int(seed))
         best = chosen[self.losses[chosen].double().mean(1).argmin()]
+        self._certify_row(best, f"best of {n}")
         suffix = "" if k is None else f"@k={k}"
         return {
             "pattern": Reduction(f"best_of_{n}_pattern{suffix}", self.losses[best].clone(),
@@ -261,6 +308,7 @@ class LossMatrix:
             cols = (per_token_k == k).nonzero().flatten()
             rows = self._rows(k)
             best, arg = self.losses[rows][:, cols].min(0)
+            self.columns(cols)._certify(rows, best, f"{name} at k={k}")
             losses[cols], winners[cols] = best, rows[arg]
         return Reduction(name, losses, winners, dict(mean_budget=float(per_token_k.double().mean())))
 

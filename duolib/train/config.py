@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import DuoConfig
 from ..flops import dense_equivalent_width
 from ..profiles import PROFILES, get_profile
+from ..utils import check_threads
 from ..data.corpus import parse_corpus
 from ..data.tokenizer import check_vocab_size
 
@@ -80,7 +81,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
-    threads: int | None = None
+    threads: int | str | None = None  # a count, or "auto" (duolib.utils.apply_threads: measured at start)
     device: str = "auto"
     cache_dir: str | None = None
     deterministic: bool = True
@@ -145,6 +146,7 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """ValueError naming the bad value and what is allowed; touches no file."""
+        check_threads(self.threads)
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
         choices = dict(arch=ARCHS, stage=STAGES, small_stage_routes=("random", "small"))

@@ -53,7 +53,7 @@ from ..data.corpus import prepare
 from ..data.batches import holdout_sequences, sample_batch
 from ..model import DuoForCausalLM
 from ..routing import BIG, SMALL, training_routes
-from ..utils import json_hash, token_array
+from ..utils import apply_threads, json_hash, token_array
 from .config import TrainConfig, lr_factor
 from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, atomic_dir,
@@ -203,7 +203,7 @@ def _torch_settings(cfg: TrainConfig):
     det = torch.are_deterministic_algorithms_enabled()
     try:
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            apply_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         yield
