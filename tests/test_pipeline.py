@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from duolib.cli import build_book
-from duolib.book.pipeline import STEPS, notebook_key, run_pipeline, stored_key
+from duolib.book.pipeline import STEPS, notebook_key, resolve_jobs, run_pipeline, stored_key
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.book
@@ -179,8 +179,6 @@ def test_parallel_steps_glue_what_serial_steps_glue(tiny_book, tmp_path):
 
 
 def test_jobs_setting():
-    from duolib.pipeline import resolve_jobs
-
     assert resolve_jobs(3) == 3 and resolve_jobs("auto") >= 1
     for bad in (0, "two", True):
         with pytest.raises(ValueError, match="positive number of notebooks"):
