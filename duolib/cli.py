@@ -281,13 +281,24 @@ RANDOM_INIT = arg("--random-init", action="store_true",
     arg("--skip-build", action="store_true", help="execute the notebooks but do not build the HTML"),
     arg("--html-dir", dest="output", type=Path, default=None,
         help="folder that receives _build/html (default: book/)"),
+    arg("--compare", type=Path, default=None, metavar="OTHER",
+        help="compare the values glued by this book's executed notebooks (book/) with those of another "
+             "book or run folder OTHER (e.g. a fresh clone's book/); prints every difference (timings "
+             "ignored) and exits 1 if any; nothing is executed or built"),
 )
 def cmd_book(args: argparse.Namespace) -> int:
     import time
 
-    from duolib.book.pipeline import run_pipeline
+    from duolib.book.pipeline import compare_glued, glued_values, run_pipeline
 
     root = repo_root()
+    if args.compare is not None:
+        this, other = glued_values(root / "book"), glued_values(args.compare)
+        diffs = compare_glued(this, other)
+        for d in diffs:
+            print(f"duo book: {d['key']}: {d['this']!r} here, {d['other']!r} in {args.compare}")
+        print(f"duo book: {len(diffs)} of {len(set(this) | set(other))} glued values differ")
+        return 1 if diffs else 0
     start = time.perf_counter()
     if not args.skip_notebooks:
         results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,

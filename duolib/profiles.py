@@ -69,8 +69,11 @@ PROFILES: dict[str, dict[str, dict]] = {
 _ORACLE_SECTIONS = {
     "tiny": dict(n_sequences=2, seq_len=16, choices="small,big", semantics="shared", difficulty_k=2,
                  n_random=100, beam_widths=(1, 2, 4)),
-    "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto"),
+    # default: 32 random windows x 128 tokens per holdout (~4,000 scored tokens under all 2^12
+    # patterns); the fixed-context reading and the beam table, one forward pass per token and
+    # pattern, score the first 4 of those windows.
+    "default": dict(n_sequences=32, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=4),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
                   n_random=100, beam_widths=(4, 8, 16, 32)),
 }

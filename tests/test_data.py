@@ -55,11 +55,37 @@ def test_split_is_disjoint_deterministic_and_nonempty():
     assert {k: [d.doc_id for d in v] for k, v in holdout.items()} == {k: [d.doc_id for d in v] for k, v in holdout2.items()}
     held = {d.doc_id for v in holdout.values() for d in v}
     assert set(holdout) == {"synthetic", "text"} and all(holdout.values())
-    assert held.isdisjoint(d.doc_id for d in train) and len(held) + len(train) == len(docs)
-    tiny, tiny_holdout = D.split_documents(docs, 1e-9)  # guarantee: one holdout doc per source
+    assert held.isdisjoint(d.doc_id for d in train) and len(held) + len(train) == len(docs)  # one block per doc
+    tiny, tiny_holdout = D.split_documents(docs, 1e-9)  # guarantee: one holdout block per source
     assert [len(v) for v in tiny_holdout.values()] == [1, 1] and len(tiny) == len(docs) - 2
     with pytest.raises(ValueError, match="need 2"):
         D.split_documents(docs[:1])
+
+
+def test_split_holds_out_blocks_of_every_document_and_keeps_all_text():
+    lines = [f"line {i} of a long work " + "x" * (i % 37) + "\n" for i in range(4000)]
+    docs = [D.Document(f"text/w{j}", "".join(lines[j::3]), "text") for j in range(3)]
+    train, holdout = D.split_documents(docs, 0.2, block_chars=1000)
+    held = holdout["text"]
+    assert {D.work_id(d.doc_id) for d in held} == {d.doc_id for d in docs}  # every work contributes
+    for doc in docs:  # pieces tile each document exactly: no text lost, none in both splits
+        pieces = [d for d in train + held if D.work_id(d.doc_id) == doc.doc_id]
+        starts = {p.doc_id: int(p.doc_id.split("#")[1].split("-")[0]) for p in pieces}
+        assert "".join(p.text for p in sorted(pieces, key=lambda p: starts[p.doc_id])) == doc.text
+    assert all(d.text.endswith("\n") and 0 < len(d.text) < 1100 for d in held)  # whole lines, about a block
+    assert 0.1 < sum(len(d.text) for d in held) / sum(len(d.text) for d in docs) < 0.3
+    assert D.split_documents(docs, 0.2, block_chars=1000, seed=1)[1]["text"] != held  # the seed moves the blocks
+    assert D.block_bounds("ab\ncd\nef", 2) == [0, 3, 6, 8] and D.block_bounds("abc", 10) == [0, 3]
+
+
+def test_real_corpora_holdouts_span_many_works_and_files():
+    """The acceptance minimums: English holdout from >= 10 works, Python from >= 50 files."""
+    _, holdout = D.split_documents(D.load_documents("mix"))
+    works = {s: {D.work_id(d.doc_id) for d in v} for s, v in holdout.items()}
+    assert len(works["english"]) >= 10 and len(works["python"]) >= 50, {s: len(w) for s, w in works.items()}
+    spread = D.holdout_spread("mix")
+    assert spread["english"]["works"] == len(works["english"]) and spread["english"]["of_works"] == 42
+    assert spread["python"]["blocks"] == len(holdout["python"])
 
 
 def test_mix_balances_text_and_code():
@@ -169,8 +195,7 @@ def test_prepare_mix_small(tmp_path):
     prep = D.prepare("mix", cache_dir=tmp_path, max_docs=3, **{**SMALL, "tokenizer_chars": 20_000})
     assert set(prep.holdout) == {"english", "python"}
     assert prep.holdout["english"].meta["n_docs"] >= 1 and prep.holdout["python"].meta["n_docs"] >= 1
-    total = prep.train.meta["n_docs"] + sum(s.meta["n_docs"] for s in prep.holdout.values())
-    assert total <= 6 and len(D.describe(prep)) == 3
+    assert len(D.describe(prep)) == 3
 
 
 # ----------------------------------------------------------------------------- batching
@@ -194,15 +219,29 @@ def test_sample_batch_deterministic_and_sharded():
 
 def test_holdout_sequences(synthetic):
     stream = synthetic.holdout["synthetic"]
+    tokens = torch.from_numpy(np.asarray(stream.tokens).astype(np.int64))
     ids = B.holdout_sequences(stream, 4, 32)
-    assert ids.shape == (4, 32) and torch.equal(ids.flatten(), torch.from_numpy(np.asarray(stream.tokens[:128]).astype(np.int64)))
+    starts = B.window_starts(len(stream), 4, 32)
+    assert ids.shape == (4, 32) and all(torch.equal(ids[i], tokens[s:s + 32]) for i, s in enumerate(starts))
+    assert torch.equal(ids, B.holdout_sequences(stream, 4, 32))  # seeded
+    assert not torch.equal(ids, B.holdout_sequences(stream, 4, 32, seed=1))
+    assert torch.equal(B.holdout_sequences(stream, 8, 32)[:4], ids)  # a smaller slice is a prefix of a larger
     ids2, labels = B.holdout_sequences(stream, 10**6, 32, with_labels=True)
     assert ids2.shape == labels.shape == (len(stream) // 32, 32)
-    assert torch.equal(labels.flatten(), torch.from_numpy(np.asarray(stream.labels[: labels.numel()]).astype(np.int64)))
+    order = np.argsort(B.window_starts(len(stream), 10**6, 32))  # all slots: the whole stream, shuffled
+    assert torch.equal(labels[order].flatten(), torch.from_numpy(np.asarray(stream.labels[: labels.numel()]).astype(np.int64)))
     with pytest.raises(ValueError, match="no labels"):
         B.holdout_sequences(np.arange(100), 2, 10, with_labels=True)
     with pytest.raises(ValueError, match="no window"):
         B.holdout_sequences(np.arange(10), 2, 11)
+
+
+def test_holdout_windows_are_spread_over_the_stream_not_a_prefix():
+    starts = B.window_starts(100_000, 32, 128)
+    assert len(set(starts)) == 32 and (starts % 128 == 0).all()
+    assert starts.max() > 50_000 and starts.min() < 50_000  # both halves of the stream
+    assert np.histogram(starts, bins=4, range=(0, 100_000))[0].min() >= 3  # every quarter
+    assert not np.array_equal(np.sort(starts), np.arange(32) * 128)
 
 
 # ----------------------------------------------------------------------------- errors

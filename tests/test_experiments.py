@@ -12,6 +12,7 @@ from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, Ran
 from duolib.book import bench
 from duolib.book import experiments as ex
 from duolib.book import retrofit_study as rs
+from duolib.data import batches as B
 from duolib.flops import pattern_flops
 
 
@@ -57,7 +58,9 @@ def test_oracle_slices_follow_the_manifest_of_notebook_03(tmp_path):
         holdout = {"a": torch.arange(1000), "b": torch.arange(1000, 2000)}
 
     default = ex.oracle_slices("tiny", Data())  # profile: 2 x 16
-    assert default["a"].shape == (2, 16) and int(default["b"][0, 0]) == 1000
+    assert default["a"].shape == (2, 16) and int(default["b"][0, 0]) - 1000 == int(default["a"][0, 0])
+    assert torch.equal(default["a"], B.holdout_sequences(Data.holdout["a"], 2, 16))  # the seeded random windows
+    assert int(default["a"][0, 0]) % 16 == 0 and not torch.equal(default["a"][0], torch.arange(16))
     pytest.importorskip("duolib.book.analysis").write_manifest(tmp_path, {"n_sequences": 3, "seq_len": 8})
     assert ex.oracle_slices("tiny", Data(), tmp_path)["a"].shape == (3, 8)
     assert ex.oracle_slices("tiny", Data(), tmp_path / "none")["a"].shape == (2, 16)

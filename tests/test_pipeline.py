@@ -184,3 +184,28 @@ def test_jobs_setting():
         with pytest.raises(ValueError, match="positive number of notebooks"):
             resolve_jobs(bad)
     assert [s.name for s in STEPS if s.alone] == ["10_performance"]
+
+
+def test_a_second_run_glues_the_same_values_and_a_perturbed_one_is_reported(tiny_book, tmp_path):
+    """Determinism checked, not assumed: notebooks 01-03 rerun from scratch (fresh run folder, caches and
+    all) glue exactly the values of the first run (`duo book --compare`); a changed value is reported."""
+    import nbformat
+
+    from duolib.book.pipeline import compare_glued, glued_values
+
+    steps = ["01_data", "02_training", "03_oracle"]
+    site = tmp_path / "again"
+    shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("_build", "experiments"))
+    run_pipeline("tiny", root=ROOT, run_dir=site / "runs", book_dir=site / "book", only=steps)
+    first = {k: v for k, v in glued_values(tiny_book / "book").items() if k.split("::")[0] in steps}
+    again = glued_values(site / "book")
+    assert len(first) > 40 and compare_glued(first, again) == []
+    path = site / "book" / "experiments" / "03_oracle.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("metadata", {}).get("scrapbook", {}).get("name") == "english_oracle_mid":
+                out["data"] = {k: "'1.00'" if k.endswith("text/plain") else v for k, v in out["data"].items()}
+    nbformat.write(nb, path)
+    diffs = compare_glued(first, glued_values(site / "book"))
+    assert [d["key"] for d in diffs] == ["03_oracle::english_oracle_mid"] and diffs[0]["other"] == "'1.00'"

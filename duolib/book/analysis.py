@@ -151,7 +151,8 @@ def cached_json(run_dir, name: str, key_parts: list, compute):
 # ----------------------------------------------------------------------------- the book's matrices
 
 def holdout_ids(data, n_sequences: int, seq_len: int) -> dict[str, torch.Tensor]:
-    """The first ``n_sequences`` windows of ``seq_len`` tokens of every holdout of ``data``."""
+    """``n_sequences`` windows of ``seq_len`` tokens of every holdout of ``data``, drawn at random (fixed
+    seed) over the whole holdout (:func:`duolib.data.batches.holdout_sequences`), the same in every notebook."""
     return {name: holdout_sequences(stream, n_sequences, seq_len) for name, stream in data.holdout.items()}
 
 

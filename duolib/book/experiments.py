@@ -43,8 +43,9 @@ from .analysis import read_manifest
 
 def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
     """The holdout slice the oracle notebook scores (``{holdout: [n, T]}``): ``n_sequences`` windows of
-    ``seq_len`` tokens from the start of each holdout, as recorded by notebook 03 in ``run_dir``
-    (``duolib.book.analysis`` manifest) or else from the profile's ``oracle`` section."""
+    ``seq_len`` tokens drawn at random over each holdout (:func:`duolib.data.batches.holdout_sequences`, the
+    same windows as 03's), as recorded by notebook 03 in ``run_dir`` (``duolib.book.analysis`` manifest) or
+    else from the profile's ``oracle`` section."""
     sec = get_profile(profile)["oracle"]
     if run_dir is not None:
         try:
@@ -55,8 +56,8 @@ def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
 
 
 def eval_slices(data, n: int, seq_len: int) -> dict[str, torch.Tensor]:
-    """``n`` windows of ``seq_len`` tokens from the start of each holdout (fewer if it is short);
-    ``data``: a ``duolib.data.corpus.Prepared`` or a mapping holdout name -> token stream."""
+    """``n`` windows of ``seq_len`` tokens drawn at random (fixed seed) over each holdout (fewer if it is
+    short); ``data``: a ``duolib.data.corpus.Prepared`` or a mapping holdout name -> token stream."""
     return {h: holdout_sequences(s, n, seq_len) for h, s in getattr(data, "holdout", data).items()}
 
 

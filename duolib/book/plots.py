@@ -188,10 +188,17 @@ def budget_curves(df: pd.DataFrame, references: dict[str, float] | None = None, 
                   y: str = "perplexity", hue: str = "method", style: str | None = None, title: str = "",
                   logy: bool = False, ax=None):
     """Perplexity against a budget (k big layers), one line per ``hue`` (and ``style``), with horizontal
-    reference lines ``references`` (label -> value, e.g. all-big and all-small) (Fig. 4)."""
+    reference lines ``references`` (label -> value, e.g. all-big and all-small) (Fig. 4).  With columns
+    ``low`` and ``high`` (a 95% interval per point) each line gets a shaded band."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=df, x=x, y=y, hue=hue, style=style or hue, markers=True, dashes=style is not None, ax=ax)
+    sns.lineplot(data=df, x=x, y=y, hue=hue, style=style or hue, markers=True, dashes=style is not None,
+                 errorbar=None, ax=ax)
+    if {"low", "high"} <= set(df.columns):
+        colours = dict(zip(df[hue].unique(), sns.color_palette(n_colors=df[hue].nunique())))
+        for _, g in df.groupby([hue] + ([style] if style and style != hue else []), sort=False):
+            g = g.sort_values(x)
+            ax.fill_between(g[x], g["low"], g["high"], color=colours[g[hue].iloc[0]], alpha=0.15, lw=0)
     for (name, value), ls in zip((references or {}).items(), ("--", ":", "-.", (0, (1, 3)))):
         ax.axhline(value, color="black", ls=ls, lw=1, label=name)
     if logy:
@@ -205,10 +212,21 @@ def budget_curves(df: pd.DataFrame, references: dict[str, float] | None = None, 
 def layer_rates(df: pd.DataFrame, y: str = "rate", hue: str | None = None, title: str = "", ax=None,
                 even: float | None = None):
     """Bars of a per-layer rate (column ``layer``, 1-based), one colour per ``hue``; optional dashed
-    line at the ``even`` rate (every layer used alike)."""
+    line at the ``even`` rate (every layer used alike).  With columns ``low`` and ``high`` (a 95%
+    interval per bar) each bar gets an error bar."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.2))
-    sns.barplot(data=df, x="layer", y=y, hue=hue, ax=ax)
+    order = sorted(df["layer"].unique())
+    hue_order = list(df[hue].unique()) if hue else None
+    sns.barplot(data=df, x="layer", y=y, hue=hue, order=order, hue_order=hue_order, errorbar=None, ax=ax)
+    if {"low", "high"} <= set(df.columns):
+        for container, level in zip(ax.containers, hue_order or [None]):
+            part = (df if level is None else df[df[hue] == level]).set_index("layer")
+            for bar, layer in zip(container, order):
+                if layer in part.index:
+                    row = part.loc[layer]
+                    ax.errorbar(bar.get_x() + bar.get_width() / 2, row[y],
+                                yerr=[[row[y] - row["low"]], [row["high"] - row[y]]], color="black", lw=1, capsize=2)
     if even is not None:
         ax.axhline(even, color="black", ls="--", lw=1)
     ax.set_ylim(0, 1)
@@ -223,7 +241,8 @@ def routers_vs_references(df: pd.DataFrame, x: str = "mean_big_layers", y: str =
                           logx: bool = False, logy: bool = False):
     """Fig. 4 axes: reference methods (rows with ``source == "reference"``: oracle, fixed, best-of-100
     ... over budgets) as lines, measured policies (trained routers) as labelled points; one panel per
-    ``holdout``.  Columns: holdout, method, source, ``x``, ``y``."""
+    ``holdout``.  Columns: holdout, method, source, ``x``, ``y``; optional ``low`` / ``high`` (95%
+    intervals of ``y``: bands around the lines, error bars on the points; NaN where unknown)."""
     holdouts = list(dict.fromkeys(df["holdout"]))
     fig, axes = plt.subplots(1, len(holdouts), figsize=(6.2 * len(holdouts), 4.4), squeeze=False)
     ref_methods = list(dict.fromkeys(df.loc[df["source"] == "reference", "method"]))
@@ -232,14 +251,20 @@ def routers_vs_references(df: pd.DataFrame, x: str = "mean_big_layers", y: str =
     for ax, h in zip(axes[0], holdouts):
         part = df[df["holdout"] == h]
         refs = part[part["source"] == "reference"].sort_values(x)
+        bands = {"low", "high"} <= set(part.columns)
         for m, g in refs.groupby("method", sort=False):
             style = "-" if len(g) > 1 else ""
             ax.plot(g[x], g[y], style, marker="o", ms=4, color=colours[m], label=m, alpha=0.8)
+            if bands and g["low"].notna().any():
+                ax.fill_between(g[x], g["low"], g["high"], color=colours[m], alpha=0.15, lw=0)
         pts = part[part["source"] != "reference"].reset_index(drop=True)
         dark = sns.color_palette("dark", max(1, len(pts)))
         for i, row in pts.iterrows():
             ax.scatter(row[x], row[y], s=80, marker=markers[i % len(markers)], color=dark[i], edgecolor="black",
                        zorder=5, label=row["method"])
+            if bands and not np.isnan(row["low"]):
+                ax.errorbar(row[x], row[y], yerr=[[row[y] - row["low"]], [row["high"] - row[y]]], color=dark[i],
+                            lw=1, capsize=3, zorder=4)
         if logx:
             ax.set_xscale("log")
         if logy:
@@ -249,6 +274,51 @@ def routers_vs_references(df: pd.DataFrame, x: str = "mean_big_layers", y: str =
         ax.set_ylabel("perplexity")
         ax.set_title(f"{title} ({h})" if title else h)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def layer_share_lines(df: pd.DataFrame, num_layers: int, evens: Sequence[float] = (), y: str = "rate",
+                      hue: str = "k", panel: str = "holdout", ylabel: str = "share of tokens using big"):
+    """Per-layer shares (column ``layer``, 1-based), one line per ``hue`` and one panel per ``panel``, with
+    shaded 95% intervals (columns ``low`` / ``high``) and grey dashed lines at the ``evens`` shares."""
+    panels = list(dict.fromkeys(df[panel]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(PAGE_WIDTH, 5.4 * len(panels)), 3.4), squeeze=False)
+    levels = list(dict.fromkeys(df[hue]))
+    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    for ax, name in zip(axes[0], panels):
+        for level in levels:
+            g = df[(df[panel] == name) & (df[hue] == level)].sort_values("layer")
+            ax.plot(g["layer"], g[y], marker="o", color=colours[level], label=str(level))
+            if {"low", "high"} <= set(g.columns):
+                ax.fill_between(g["layer"], g["low"], g["high"], color=colours[level], alpha=0.18, lw=0)
+        for even in evens:
+            ax.axhline(even, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(1, num_layers + 1))
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(str(name))
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def interval_points(df: pd.DataFrame, x: str, y: str = "perplexity", panel: str = "holdout", title: str = ""):
+    """One panel per ``panel`` value: ``y`` (with its 95% interval, columns ``low`` / ``high``) for each
+    category ``x`` (e.g. the schedules), as points with error bars."""
+    panels = list(dict.fromkeys(df[panel]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(PAGE_WIDTH, 4.6 * len(panels)), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        part = df[df[panel] == name].reset_index(drop=True)
+        colours = sns.color_palette(n_colors=len(part))
+        for i, row in part.iterrows():
+            ax.errorbar(i, row[y], yerr=[[row[y] - row["low"]], [row["high"] - row[y]]], fmt="o", color=colours[i],
+                        capsize=4, ms=6)
+        ax.set_xticks(range(len(part)), part[x])
+        ax.set_xlim(-0.5, len(part) - 0.5)
+        ax.set_ylabel(y)
+        ax.set_title(f"{title} ({name})" if title else str(name))
     fig.tight_layout()
     return fig
 

@@ -8,6 +8,7 @@ strings (``"4"``, ``"0.5"``); perplexities are floats.  Keys beyond the declared
 from typing import NotRequired, TypedDict, get_type_hints, is_typeddict
 
 PerBudget = dict[str, float]  # budget k (big layers, as a string) -> perplexity or rate
+Interval = dict[str, float]  # {"value", "low", "high"}: a 95% window-bootstrap interval (duolib.book.evidence)
 
 
 class OracleHoldout(TypedDict):
@@ -17,6 +18,8 @@ class OracleHoldout(TypedDict):
     fixed: PerBudget
     best100: PerBudget
     best100_per_token: PerBudget
+    ci: NotRequired[dict]  # duolib.book.evidence.oracle_intervals
+    chars_per_token: NotRequired[float]
 
 
 class OracleResults(TypedDict):
@@ -29,6 +32,8 @@ class ScheduleHoldout(TypedDict):
     falling: float
     rising: float
     constant: float
+    shuffled: NotRequired[float]  # the control: falling's budgets at permuted positions
+    ci: NotRequired[dict[str, Interval]]  # duolib.book.evidence.schedule_intervals
 
 
 class ScheduleResults(TypedDict):
@@ -39,16 +44,20 @@ class ScheduleResults(TypedDict):
 class OracleRoutesHoldout(TypedDict):
     big_centre: PerBudget  # mean relative depth 0..1 of the oracle's big layers at k (0.5 = even)
     skip_fraction: list[float]  # per layer, in the {big, skip} study
+    big_centre_ci: NotRequired[dict[str, Interval]]
+    skip_fraction_ci: NotRequired[list[Interval]]
 
 
 class OracleRoutesResults(TypedDict):
     """05_oracle_routes."""
     holdouts: dict[str, OracleRoutesHoldout]
+    p_skip: NotRequired[float]  # skip probability the model of the skip study was trained with
 
 
 class DifficultyHoldout(TypedDict):
     spearman_loss_difficulty: float
     high_loss_low_gain_fraction: float
+    spearman_ci: NotRequired[Interval]
 
 
 class DifficultyResults(TypedDict):
@@ -61,6 +70,7 @@ class RouterHoldout(TypedDict):
     router: PerBudget  # perplexity at average budget k
     distilled: NotRequired[PerBudget]
     mean_big_layers: NotRequired[PerBudget]
+    c2: NotRequired[dict[str, dict]]  # per budget: duolib.book.evidence.router_evidence
 
 
 class RouterResults(TypedDict):
@@ -69,6 +79,10 @@ class RouterResults(TypedDict):
     late_big_fraction: PerBudget  # share of big decisions in the second half of the layers
     early_position_big_ratio: float  # big rate of the first tenth of positions over the rest
     skip_late_fraction: float  # share of skips in the second half of the layers
+    p_skip: NotRequired[float]
+    late_big_fraction_ci: NotRequired[dict[str, Interval]]
+    early_position_big_ratio_ci: NotRequired[Interval]
+    skip_late_fraction_ci: NotRequired[Interval]
 
 
 class DenseResults(TypedDict):
@@ -79,6 +93,10 @@ class DenseResults(TypedDict):
     freeze_small: float  # ... after freeze-big-then-train-small
     stage1: NotRequired[dict[str, float]]
     compare_steps: NotRequired[int]
+    steps: NotRequired[dict[str, int]]  # duo / dense / freeze (both stages): C10 needs them equal
+    unigram: NotRequired[float]  # pooled unigram perplexity of the evaluation windows
+    gap_ci: NotRequired[dict[str, Interval]]  # Duo / dense - 1 at the lowest and highest p(big)
+    freeze_excess_ci: NotRequired[Interval]  # all-small: freeze / joint - 1
 
 
 # step name -> the type of its results (what the scorecard reads)

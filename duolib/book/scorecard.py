@@ -1,31 +1,56 @@
 """The reproduction scorecard: a computed verdict for each finding C1-C10 of the paper.
 
 Each experiment notebook writes its headline numbers with ``duolib.book.pipeline.save_results`` to
-``run_dir/results/<step>.json``; :func:`scorecard` reads them and applies the rules below.
-Verdicts: "holds", "partly", "does not hold", or "not measured" (the step's results are missing).
-The thresholds are ours (the paper gives figures, not numbers) and are stated with each rule.
+``run_dir/results/<step>.json``; :func:`scorecard` reads them and applies the rules below.  Every
+number a rule uses carries a 95% window-bootstrap interval (:mod:`duolib.book.evidence`), stored as
+``{"value", "low", "high"}``.  Outcomes:
 
-Result files and keys (budgets ``k`` and p values are JSON strings; typed in :mod:`duolib.book.results`):
+- **holds** / **partly** / **does not hold**: the interval lies wholly inside one zone of the rule;
+- **inconclusive**: the interval straddles a boundary of the rule;
+- **not testable**: a stated precondition fails (no model trained with skip, a router that does not
+  beat random routing, models too weak or trained for unequal steps);
+- **not measured**: the step's results are missing from the run.
 
-- ``03_oracle``: ``num_layers``; ``holdouts.<h>.{all_big, all_small}``; ``holdouts.<h>.{oracle, fixed,
-  best100, best100_per_token}.<k>`` (perplexities at exactly k big layers).
-- ``04_schedules``: ``holdouts.<h>.{falling, rising, constant}`` (perplexities).
-- ``05_oracle_routes``: ``holdouts.<h>.big_centre.<k>`` (mean relative depth 0..1 of the big layers the
-  oracle picks at k; 0.5 = even); ``holdouts.<h>.skip_fraction`` (per layer, {big, skip} study).
-- ``06_difficulty``: ``holdouts.<h>.{spearman_loss_difficulty, high_loss_low_gain_fraction}``;
-  optional ``synthetic.mean_difficulty.{easy, compute, noise}``.
-- ``07_routers``: ``holdouts.<h>.router.<k>`` (perplexity at average budget k); ``late_big_fraction.<k>``
-  (share of big decisions in the second half of the layers); ``early_position_big_ratio`` (big rate of
-  the first tenth of positions over the rest); ``skip_late_fraction`` (share of skips in the second half).
-- ``08_dense``: ``duo.<p>`` and ``dense.<p>`` (perplexities at p(big)); ``joint_small``, ``freeze_small``
-  (all-small perplexity after joint training vs after freeze-big-then-train-small).
+The thresholds are ours (the paper gives figures, not numbers), fixed here before any run and
+printed with the verdicts (:data:`RULES_TEXT`).  Per holdout (or budget) verdicts combine as: the
+parts that are not testable are left out (all of them: not testable); all the same -> that verdict;
+inconclusive parts with the rest agreeing -> inconclusive; else partly.
+
+Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = interval dict; typed in
+:mod:`duolib.book.results`):
+
+- ``03_oracle``: ``num_layers``; ``holdouts.<h>.{all_big, all_small}``, ``.{oracle, fixed, best100,
+  best100_per_token}.<k>``; ``holdouts.<h>.ci`` = :func:`duolib.book.evidence.oracle_intervals`.
+- ``04_schedules``: ``holdouts.<h>.{falling, rising, constant, shuffled}``; ``holdouts.<h>.ci`` =
+  :func:`duolib.book.evidence.schedule_intervals`.
+- ``05_oracle_routes``: ``p_skip`` (of the model the skip study ran on); ``holdouts.<h>.big_centre.<k>``
+  and ``.big_centre_ci.<k>``; ``holdouts.<h>.skip_fraction`` and ``.skip_fraction_ci`` (per layer).
+- ``06_difficulty``: ``holdouts.<h>.spearman_ci``; optional ``synthetic.gain_ci`` =
+  :func:`duolib.book.evidence.label_gain_intervals`.
+- ``07_routers``: ``p_skip``; ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
+  ``late_big_fraction_ci.<k>``, ``early_position_big_ratio_ci``, ``skip_late_fraction_ci``.
+- ``08_dense``: ``steps.{duo, dense, freeze}``, ``unigram``, ``duo.<p>``, ``dense.<p>``,
+  ``joint_small``, ``freeze_small`` (perplexities), optional ``gap_ci.<p>``, ``freeze_excess_ci``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
-HOLDS, PARTLY, FAILS, MISSING = "holds", "partly", "does not hold", "not measured"
+HOLDS, PARTLY, FAILS = "holds", "partly", "does not hold"
+INCONCLUSIVE, UNTESTABLE, MISSING = "inconclusive", "not testable", "not measured"
+VERDICTS = (HOLDS, PARTLY, FAILS, INCONCLUSIVE, UNTESTABLE, MISSING)
+
+# ---- thresholds (fixed before the default run; see RULES_TEXT) --------------------------------
+C1_FAR = 0.10  # "far better": the oracle at least 10% lower perplexity than best-of-N (one pattern)
+C2_NEAR, C2_HALF = 2 / 3, 1 / 2  # router position r between oracle (0) and fixed (1), in mean loss
+C3_BAND = 1 / 6  # the U's minimum within L/6 of L/2
+C6_EVEN = 0.5  # mean relative depth of evenly spread big layers
+C7_ALWAYS, C7_NEVER, C7_EXIT = 0.75, 0.25, 0.90  # skip-rate poles; early exit: late half holds 90% of skips
+C8_EVEN, C8_RATIO = 0.5, 1.0
+C9_RHO = 0.7  # |Spearman(loss, difficulty)| below this: difficulty is not loss
+C10_UNIGRAM_BAR = 0.5  # every model's perplexity at most half the unigram baseline's
 
 CLAIMS = {
     "C1": "The oracle is far better than the best of 100 random patterns.",
@@ -40,149 +65,358 @@ CLAIMS = {
     "C10": "Duo approaches dense as p(big) grows; freeze-big-then-train-small is worse than joint training.",
 }
 
+#: The chapter (executed notebook) that measures each claim.
+CHAPTERS = {"C1": "03_oracle", "C2": "07_routers", "C3": "03_oracle", "C4": "03_oracle", "C5": "04_schedules",
+            "C6": "05_oracle_routes", "C7": "05_oracle_routes", "C8": "07_routers", "C9": "06_difficulty",
+            "C10": "08_dense"}
 
-def _combine(verdicts: list[str]) -> str:
-    """All holdouts hold -> holds; none holds or is partly -> does not hold; else partly."""
+RULES_TEXT = {
+    "C1": f"gap = 1 - oracle / best-of-N (one-pattern reading) at k = L/2; holds if gap >= {C1_FAR:.0%}, partly if "
+          f"0 < gap < {C1_FAR:.0%}, does not hold if gap <= 0 (the per-token reading is reported beside it).",
+    "C2": "precondition: the router's loss is below random routing's at its realised budget (interval of the "
+          "difference below 0), else not testable (router did not learn); r = (router - oracle) / (fixed - oracle) "
+          f"in mean loss at each budget; holds if r >= {C2_NEAR:.2f}, partly if {C2_HALF} <= r < {C2_NEAR:.2f}, "
+          f"does not hold if r < {C2_HALF}.",
+    "C3": f"budget k* of the lowest oracle perplexity (bootstrap range); holds if every k* in the range is interior "
+          f"and within L*{C3_BAND:.3f} of L/2, partly if interior elsewhere, does not hold at k = 0 or L.",
+    "C4": "gap(k) = 1 - oracle(k) / all-big; holds if gap(1) > 0, partly if only gap(2) > 0, does not hold if "
+          "both <= 0.",
+    "C5": "excess = schedule / constant - 1 for falling and rising; holds if both > 0, partly if one, does not hold "
+          "if neither; the shuffled control (same budgets, permuted positions) is reported beside it.",
+    "C6": f"centre (mean relative depth of the oracle's big layers) at k = L/3 above {C6_EVEN} and at k = 2L/3 "
+          f"below {C6_EVEN}; holds if both, partly if one, does not hold if neither.",
+    "C7": f"precondition: the model was trained with skip (p_skip > 0), else not testable; polarised: some layer's "
+          f"skip rate >= {C7_ALWAYS} and some <= {C7_NEVER}; early exit: the later half of the layers holds >= "
+          f"{C7_EXIT:.0%} of the skips; holds if polarised and not early exit, partly if polarised and early exit, "
+          "does not hold if not polarised.",
+    "C8": f"share of big decisions in the later half > {C8_EVEN} at every budget; early-position big ratio > "
+          f"{C8_RATIO}; with skip (only if the model was trained with skip, else that part is not testable): share "
+          f"of skips in the later half > {C8_EVEN}; holds if every testable part holds, does not hold if none, "
+          "else partly.",
+    "C9": "mechanism (synthetic corpus, ground truth): `compute` tokens gain more from compute than `easy` and "
+          "`noise` tokens (intervals of both differences above 0), else does not hold (mechanism check failed); "
+          f"not loss: |Spearman(loss, difficulty)| < {C9_RHO} on every holdout; holds if both, partly if not "
+          "loss but no synthetic check, does not hold if either fails.",
+    "C10": f"precondition: Duo, dense and freeze models trained for equal steps and each at most "
+           f"{C10_UNIGRAM_BAR:.0%} of the unigram perplexity, else not testable; approaches: (Duo / dense - 1) "
+           "lower at the highest p(big) than at the lowest; freeze worse: all-small perplexity after "
+           "freeze-big-then-train-small above joint training's; holds if both, partly if one, does not hold if "
+           "neither.",
+}
+
+
+# ---- intervals and zones --------------------------------------------------------------------
+class Ci(NamedTuple):
+    """A number and its interval; ``point`` when the result file held a bare number (no interval)."""
+
+    value: float
+    low: float
+    high: float
+    point: bool = False
+
+
+def _ci(d: dict, key: str) -> Ci:
+    """The interval dict ``d[key]`` (a bare number: a point, low = high = value)."""
+    x = d[key]
+    if isinstance(x, dict):
+        return Ci(float(x["value"]), float(x["low"]), float(x["high"]))
+    return Ci(float(x), float(x), float(x), True)
+
+
+def _fmt(t: Ci, spec: str = ".2f") -> str:
+    point = f"{t.value:{spec}}"
+    return f"{point} (no interval)" if t.point else f"{point} [{t.low:{spec}}, {t.high:{spec}}]"
+
+
+def above(t: tuple[float, float, float], bound: float) -> bool | None:
+    """True if the interval lies above ``bound``, False if at or below it, None if it straddles it."""
+    lo, hi = t.low, t.high
+    if lo > bound:
+        return True
+    if hi <= bound:
+        return False
+    return None
+
+
+def below(t: tuple[float, float, float], bound: float) -> bool | None:
+    """True if the interval lies below ``bound``, False if at or above it, None if it straddles it."""
+    lo, hi = t.low, t.high
+    if hi < bound:
+        return True
+    if lo >= bound:
+        return False
+    return None
+
+
+def any_true(flags: list[bool | None]) -> bool | None:
+    """Some flag is True -> True; all False -> False; else (unknowns, no True) None."""
+    return True if True in flags else False if all(f is False for f in flags) else None
+
+
+def graded(t: tuple[float, float, float], cuts: list[float], zones: list[str]) -> str:
+    """The zone (``zones[i]`` between ``cuts[i-1]`` and ``cuts[i]``) holding the whole interval, else
+    inconclusive; ``zones`` has one more entry than ``cuts`` (ascending)."""
+    lo, hi = t.low, t.high
+    z_lo = sum(lo >= c for c in cuts)
+    z_hi = sum(hi >= c for c in cuts)
+    return zones[z_lo] if z_lo == z_hi else INCONCLUSIVE
+
+
+def two_part(a: bool | None, b: bool | None) -> str:
+    """Both parts true -> holds, one -> partly, none -> does not hold; an unknown part that could
+    change the verdict -> inconclusive."""
+    if a is None or b is None:
+        return INCONCLUSIVE
+    return HOLDS if a and b else PARTLY if a or b else FAILS
+
+
+def combine(verdicts: list[str]) -> str:
+    """Per-holdout (or per-budget) verdicts -> one: see the module docstring."""
     verdicts = [v for v in verdicts if v != MISSING]
     if not verdicts:
         return MISSING
-    if all(v == HOLDS for v in verdicts):
-        return HOLDS
-    if all(v == FAILS for v in verdicts):
-        return FAILS
-    return PARTLY
+    if set(verdicts) == {UNTESTABLE}:
+        return UNTESTABLE
+    verdicts = [v for v in verdicts if v != UNTESTABLE]  # judged on the parts whose precondition holds
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    rest = {v for v in verdicts if v != INCONCLUSIVE}
+    return INCONCLUSIVE if len(rest) <= 1 else PARTLY
 
 
 def _mid(n_layers: int) -> str:
     return str(n_layers // 2)
 
 
-def c1(r):  # "far better": oracle at k = L/2 at least 10% lower perplexity than best-of-100
+# ---- the rules: each returns (verdict, measured text, key interval or None) -------------------
+def c1(r):
     o = r["03_oracle"]
+    out, notes, key = [], [], None
     k = _mid(o["num_layers"])
-    out, notes = [], []
     for h, d in o["holdouts"].items():
-        gap = 1 - d["oracle"][k] / d["best100"][k]
-        notes.append(f"{h}: oracle {d['oracle'][k]:.2f} vs best-of-100 {d['best100'][k]:.2f} at k={k} ({gap:.0%} lower)")
-        out.append(HOLDS if gap >= 0.10 else PARTLY if gap > 0 else FAILS)
-    return _combine(out), "; ".join(notes)
+        gap, tok = _ci(d["ci"], "c1_gap"), _ci(d["ci"], "c1_gap_per_token")
+        notes.append(f"{h}: oracle {d['oracle'][k]:.2f} vs best-of-100 {d['best100'][k]:.2f} at k={k}, "
+                     f"gap {_fmt(gap, '.1%')}; per-token reading {d['best100_per_token'][k]:.2f}, "
+                     f"gap {_fmt(tok, '.1%')}")
+        out.append(graded(gap, [1e-12, C1_FAR], [FAILS, PARTLY, HOLDS]))
+        key = key or (f"{h} gap", gap, ".1%")
+    return combine(out), "; ".join(notes), key
 
 
-def c2(r):  # router closer (in log perplexity) to fixed / best-of-100 than to the oracle, by 2x
+def c2(r):
     o, rt = r["03_oracle"], r["07_routers"]
-    out, notes = [], []
+    out, notes, key = [], [], None
     for h, d in rt["holdouts"].items():
-        ref = o["holdouts"][h]
-        for k, ppl in d["router"].items():
-            if k not in ref["oracle"]:
+        for k, c in d["c2"].items():
+            if k not in o["holdouts"][h]["oracle"]:
                 continue
-            to_oracle = abs(math.log(ppl / ref["oracle"][k]))
-            to_baseline = min(abs(math.log(ppl / ref["fixed"][k])), abs(math.log(ppl / ref["best100"][k])))
-            notes.append(f"{h} k={k}: router {ppl:.2f}, fixed {ref['fixed'][k]:.2f}, oracle {ref['oracle'][k]:.2f}")
-            out.append(HOLDS if 2 * to_baseline < to_oracle else PARTLY if to_baseline < to_oracle else FAILS)
-    return _combine(out), "; ".join(notes)
+            learned = below(_ci(c, "router_minus_random"), 0.0)  # mean loss: the router below random routing
+            pos = _ci(c, "position")
+            notes.append(f"{h} k={k}: router {_fmt(_ci(c, 'router'))} vs random {_fmt(_ci(c, 'random'))}, "
+                         f"r {_fmt(pos)} (0 = oracle, 1 = fixed)")
+            if learned is None:
+                out.append(INCONCLUSIVE)
+            elif not learned:
+                out.append(UNTESTABLE)
+                notes[-1] += " - not testable: no better than random routing"
+            else:
+                out.append(graded(pos, [C2_HALF, C2_NEAR], [FAILS, PARTLY, HOLDS]))
+            key = key or (f"{h} k={k} r", pos, ".2f")
+    verdict = combine(out)
+    if verdict == UNTESTABLE:
+        notes.insert(0, "router did not learn (not better than random routing at its realised budget)")
+    return verdict, "; ".join(notes), key
 
 
-def c3(r):  # interior minimum within L/6 of L/2 -> holds; interior elsewhere -> partly; at an end -> fails
+def c3(r):
     o = r["03_oracle"]
     L = o["num_layers"]
-    out, notes = [], []
+    out, notes, key = [], [], None
     for h, d in o["holdouts"].items():
-        by_k = {int(k): v for k, v in d["oracle"].items()}
-        best = min(by_k, key=by_k.get)
-        notes.append(f"{h}: lowest oracle perplexity at k={best} of {L}")
-        interior = 0 < best < L
-        out.append(HOLDS if interior and abs(best - L / 2) <= L / 6 else PARTLY if interior else FAILS)
-    return _combine(out), "; ".join(notes)
+        v, lo, hi, _ = _ci(d["ci"], "best_k")
+        zones = {HOLDS if 0 < k < L and abs(k - L / 2) <= L * C3_BAND + 1e-9 else PARTLY if 0 < k < L else FAILS
+                 for k in range(int(lo), int(hi) + 1)}
+        notes.append(f"{h}: lowest oracle perplexity at k={int(v)} of {L} (range {int(lo)}-{int(hi)})")
+        out.append(zones.pop() if len(zones) == 1 else INCONCLUSIVE)
+        key = key or (f"{h} k*", Ci(v, lo, hi), ".0f")
+    return combine(out), "; ".join(notes), key
 
 
-def c4(r):  # oracle(k=1) below all-big -> holds; only oracle(k=2) -> partly
+def c4(r):
     o = r["03_oracle"]
-    out, notes = [], []
+    out, notes, key = [], [], None
     for h, d in o["holdouts"].items():
-        notes.append(f"{h}: oracle k=1 {d['oracle']['1']:.2f} vs all-big {d['all_big']:.2f}")
-        out.append(HOLDS if d["oracle"]["1"] < d["all_big"] else PARTLY if d["oracle"].get("2", math.inf) < d["all_big"]
+        g1, g2 = _ci(d["ci"], "c4_gap_k1"), _ci(d["ci"], "c4_gap_k2")
+        notes.append(f"{h}: oracle k=1 {d['oracle']['1']:.2f} vs all-big {d['all_big']:.2f}, gap {_fmt(g1, '.1%')}; "
+                     f"k=2 gap {_fmt(g2, '.1%')}")
+        a1 = above(g1, 0.0)
+        a2 = above(g2, 0.0) if not math.isnan(g2[0]) else False
+        out.append(HOLDS if a1 else INCONCLUSIVE if a1 is None else PARTLY if a2 else INCONCLUSIVE if a2 is None
                    else FAILS)
-    return _combine(out), "; ".join(notes)
+        key = key or (f"{h} gap k=1", g1, ".1%")
+    return combine(out), "; ".join(notes), key
 
 
 def c5(r):
-    out, notes = [], []
+    out, notes, key = [], [], None
     for h, d in r["04_schedules"]["holdouts"].items():
-        wins = (d["constant"] < d["falling"]) + (d["constant"] < d["rising"])
-        notes.append(f"{h}: constant {d['constant']:.2f}, falling {d['falling']:.2f}, rising {d['rising']:.2f}")
-        out.append([FAILS, PARTLY, HOLDS][wins])
-    return _combine(out), "; ".join(notes)
+        fall, rise = _ci(d["ci"], "falling_over_constant"), _ci(d["ci"], "rising_over_constant")
+        ctrl = _ci(d["ci"], "shuffled_over_constant")
+        notes.append(f"{h}: constant {d['constant']:.2f}; falling {_fmt(fall, '+.1%')}, rising {_fmt(rise, '+.1%')}, "
+                     f"shuffled control {_fmt(ctrl, '+.1%')} over constant")
+        out.append(two_part(above(fall, 0.0), above(rise, 0.0)))
+        key = key or (f"{h} falling over constant", fall, "+.1%")
+    return combine(out), "; ".join(notes), key
 
 
-def c6(r):  # centre(L/3) > 0.5 > centre(2L/3) and ordered -> holds; ordered only -> partly
+def c6(r):
     L = r["03_oracle"]["num_layers"] if "03_oracle" in r else 12
-    lo, mid, hi = str(round(L / 3)), _mid(L), str(round(2 * L / 3))
-    out, notes = [], []
+    lo, hi = str(round(L / 3)), str(round(2 * L / 3))
+    out, notes, key = [], [], None
     for h, d in r["05_oracle_routes"]["holdouts"].items():
-        c = d["big_centre"]
-        notes.append(f"{h}: centre of big layers k={lo} {c[lo]:.2f}, k={mid} {c[mid]:.2f}, k={hi} {c[hi]:.2f}")
-        ordered = c[lo] > c[mid] > c[hi]
-        out.append(HOLDS if ordered and c[lo] > 0.5 > c[hi] else PARTLY if ordered or c[lo] > 0.5 > c[hi] else FAILS)
-    return _combine(out), "; ".join(notes)
+        c_lo, c_hi = _ci(d["big_centre_ci"], lo), _ci(d["big_centre_ci"], hi)
+        notes.append(f"{h}: centre of big layers k={lo} {_fmt(c_lo)}, k={hi} {_fmt(c_hi)} (0.5 = even)")
+        late = above(c_lo, C6_EVEN)
+        early = below(c_hi, C6_EVEN)
+        out.append(two_part(late, early))
+        key = key or (f"{h} centre k={lo}", c_lo, ".2f")
+    return combine(out), "; ".join(notes), key
 
 
 def c7(r):
-    # polarised: some layer skipped >= 75% of the time, some <= 25%; early exit: skip rates rise with
-    # depth and the later half of the layers holds >= 90% of the skips
-    out, notes = [], []
-    for h, d in r["05_oracle_routes"]["holdouts"].items():
-        f = d["skip_fraction"]
-        n = len(f)
-        polarised = max(f) >= 0.75 and min(f) <= 0.25
-        late_share = sum(f[n // 2:]) / max(sum(f), 1e-9)  # early exit: skips rise with depth, all late
-        early_exit = late_share >= 0.9 and all(a <= b + 0.05 for a, b in zip(f, f[1:]))
-        notes.append(f"{h}: skip rate per layer {' '.join(f'{x:.2f}' for x in f)}")
-        out.append(HOLDS if polarised and not early_exit else PARTLY if polarised or not early_exit else FAILS)
-    return _combine(out), "; ".join(notes)
+    d5 = r["05_oracle_routes"]
+    p_skip = float(d5.get("p_skip", 0.0))
+    out, notes = [], [f"skip study on a model trained with p_skip = {p_skip:g}"]
+    for h, d in d5["holdouts"].items():
+        f = [_ci({"x": x}, "x") for x in d["skip_fraction_ci"]]
+        notes.append(f"{h}: skip rate per layer {' '.join(f'{x[0]:.2f}' for x in f)}")
+        always = any_true([True if x[1] >= C7_ALWAYS else False if x[2] < C7_ALWAYS else None for x in f])
+        never = any_true([True if x[2] <= C7_NEVER else False if x[1] > C7_NEVER else None for x in f])
+        polarised = False if False in (always, never) else None if None in (always, never) else True
+        values = [x[0] for x in f]
+        n = len(values)
+        early_exit = sum(values[n // 2:]) / max(sum(values), 1e-9) >= C7_EXIT
+        out.append(INCONCLUSIVE if polarised is None else (PARTLY if early_exit else HOLDS) if polarised else FAILS)
+    if p_skip <= 0:
+        notes[0] += " (no model trained with skip: a skipped layer is a route it never saw)"
+        return UNTESTABLE, "; ".join(notes), None
+    return combine(out), "; ".join(notes), None
 
 
 def c8(r):
     d = r["07_routers"]
-    late = list(d["late_big_fraction"].values())
-    parts = [all(x > 0.5 for x in late), d["early_position_big_ratio"] > 1.0, d.get("skip_late_fraction", 0) > 0.5]
-    notes = (f"share of big in later layers {', '.join(f'{x:.2f}' for x in late)}; early-position big ratio "
-             f"{d['early_position_big_ratio']:.2f}; share of skips in later layers {d.get('skip_late_fraction', float('nan')):.2f}")
-    return (HOLDS if all(parts) else PARTLY if any(parts) else FAILS), notes
+    p_skip = float(d.get("p_skip", 0.0))
+    late = {k: _ci(d["late_big_fraction_ci"], k) for k in d["late_big_fraction_ci"]}
+    ratio = _ci(d, "early_position_big_ratio_ci")
+    parts = [combine([{True: HOLDS, False: FAILS, None: INCONCLUSIVE}[above(v, C8_EVEN)] for v in late.values()]),
+             {True: HOLDS, False: FAILS, None: INCONCLUSIVE}[above(ratio, C8_RATIO)]]
+    notes = (f"share of big in later layers {', '.join(f'k={k} {_fmt(v)}' for k, v in late.items())}; "
+             f"early-position big ratio {_fmt(ratio)}")
+    if p_skip > 0:
+        skip = _ci(d, "skip_late_fraction_ci")
+        parts.append({True: HOLDS, False: FAILS, None: INCONCLUSIVE}[above(skip, C8_EVEN)])
+        notes += f"; share of skips in later layers {_fmt(skip)}"
+    else:
+        notes += "; skip part not testable (no model trained with skip)"
+    if INCONCLUSIVE in parts:
+        verdict = INCONCLUSIVE
+    else:
+        verdict = HOLDS if all(p == HOLDS for p in parts) else FAILS if all(p == FAILS for p in parts) else PARTLY
+    return verdict, notes, (f"late big share k={next(iter(late))}", next(iter(late.values())), ".2f")
 
 
-def c9(r):  # |Spearman(loss, difficulty)| < 0.7 and >= 5% of top-quartile-loss tokens in the bottom gain quartile
-    out, notes = [], []
-    for h, d in r["06_difficulty"]["holdouts"].items():
-        rho, frac = d["spearman_loss_difficulty"], d["high_loss_low_gain_fraction"]
-        notes.append(f"{h}: Spearman(loss, difficulty) {rho:.2f}; high-loss tokens with low gain {frac:.0%}")
-        out.append(HOLDS if abs(rho) < 0.7 and frac >= 0.05 else PARTLY if abs(rho) < 0.7 or frac >= 0.05 else FAILS)
-    return _combine(out), "; ".join(notes)
+def c9(r):
+    d6 = r["06_difficulty"]
+    notes, rho_ok, key = [], [], None
+    for h, d in d6["holdouts"].items():
+        rho = _ci(d, "spearman_ci")
+        notes.append(f"{h}: Spearman(loss, difficulty) {_fmt(rho)}")
+        most = max(abs(rho[1]), abs(rho[2]))
+        least = 0.0 if rho[1] <= 0 <= rho[2] else min(abs(rho[1]), abs(rho[2]))
+        rho_ok.append(True if most < C9_RHO else False if least >= C9_RHO else None)
+        key = key or (f"{h} rho", rho, ".2f")
+    not_loss = False if False in rho_ok else None if None in rho_ok else True
+    gain = d6.get("synthetic", {}).get("gain_ci")
+    if gain is None:
+        notes.append("no synthetic ground-truth check")
+        mechanism = "missing"
+    else:
+        ce, cn = _ci(gain, "compute_minus_easy"), _ci(gain, "compute_minus_noise")
+        notes.append(f"synthetic gain: compute - easy {_fmt(ce, '+.3f')}, compute - noise {_fmt(cn, '+.3f')}")
+        a, b = above(ce, 0.0), above(cn, 0.0)
+        mechanism = True if a and b else False if False in (a, b) else None
+    if mechanism is False:
+        notes.insert(0, "mechanism check failed: compute tokens do not gain more than easy and noise tokens")
+        return FAILS, "; ".join(notes), key
+    if not_loss is False:
+        return FAILS, "; ".join(notes), key
+    if mechanism is None or not_loss is None:
+        return INCONCLUSIVE, "; ".join(notes), key
+    return (PARTLY if mechanism == "missing" else HOLDS), "; ".join(notes), key
 
 
 def c10(r):
     d = r["08_dense"]
+    steps = d["steps"]
     ps = sorted(d["duo"], key=float)
-    gap = {p: d["duo"][p] / d["dense"][p] - 1 for p in ps if p in d["dense"]}
-    approaches = gap[ps[-1]] < gap[ps[0]]
-    freeze_worse = d["freeze_small"] > d["joint_small"]
-    notes = (f"Duo over dense: {gap[ps[0]]:+.1%} at p={ps[0]}, {gap[ps[-1]]:+.1%} at p={ps[-1]}; all-small perplexity "
-             f"joint {d['joint_small']:.2f} vs freeze-then-train {d['freeze_small']:.2f}")
-    return (HOLDS if approaches and freeze_worse else PARTLY if approaches or freeze_worse else FAILS), notes
+    bar = C10_UNIGRAM_BAR * d["unigram"]
+    models = {f"Duo p={p}": d["duo"][p] for p in ps} | {f"dense p={p}": d["dense"][p] for p in ps if p in d["dense"]}
+    models |= {"joint all-small": d["joint_small"], "freeze all-small": d["freeze_small"]}
+    weak = [name for name, ppl in models.items() if not ppl <= bar]
+    gap = {p: _ci(d.get("gap_ci", {}), p) if p in d.get("gap_ci", {}) else Ci(*(d["duo"][p] / d["dense"][p] - 1,) * 3, True)
+           for p in (ps[0], ps[-1])}
+    notes = (f"steps {steps}; unigram {d['unigram']:.1f} (bar {bar:.1f}); Duo over dense {_fmt(gap[ps[0]], '+.1%')} "
+             f"at p={ps[0]}, {_fmt(gap[ps[-1]], '+.1%')} at p={ps[-1]}; all-small perplexity joint "
+             f"{d['joint_small']:.2f} vs freeze-then-train {d['freeze_small']:.2f}")
+    if len(set(steps.values())) != 1 or weak:
+        why = "unequal training steps" if len(set(steps.values())) != 1 else f"not clearly above unigram: {', '.join(weak)}"
+        return UNTESTABLE, f"{why}; {notes}", None
+    lo_gap, hi_gap = gap[ps[0]], gap[ps[-1]]
+    approaches = above(Ci(lo_gap.value - hi_gap.value, lo_gap.low - hi_gap.high, lo_gap.high - hi_gap.low), 0.0)
+    freeze = _ci(d, "freeze_excess_ci") if "freeze_excess_ci" in d else Ci(*(d["freeze_small"] / d["joint_small"] - 1,) * 3, True)
+    return two_part(approaches, above(freeze, 0.0)), notes, (f"gap p={ps[-1]}", hi_gap, "+.1%")
 
 
 RULES = {"C1": c1, "C2": c2, "C3": c3, "C4": c4, "C5": c5, "C6": c6, "C7": c7, "C8": c8, "C9": c9, "C10": c10}
 
 
+def verdict(claim: str, results: dict[str, dict]) -> tuple[str, str]:
+    """``(verdict, measured)`` of one claim from (partial) results, e.g. in the notebook that measures it;
+    "not measured" when a key the rule needs is missing."""
+    try:
+        v, measured, _ = RULES[claim](results)
+    except KeyError as missing:
+        return MISSING, f"no result {missing} in this run"
+    return v, measured
+
+
 def scorecard(results: dict[str, dict]):
-    """A DataFrame: claim, finding, verdict, measured (the numbers behind the verdict)."""
+    """A DataFrame: claim, finding, verdict, rule (with its margin), measured (the numbers behind the
+    verdict, intervals in brackets) and key (the claim's key number with its interval, as text)."""
     import pandas as pd
 
     rows = []
     for claim, rule in RULES.items():
         try:
-            verdict, measured = rule(results)
+            verdict, measured, key = rule(results)
         except KeyError as missing:
-            verdict, measured = MISSING, f"no result {missing} in this run"
-        rows.append(dict(claim=claim, finding=CLAIMS[claim], verdict=verdict, measured=measured))
+            verdict, measured, key = MISSING, f"no result {missing} in this run", None
+        key_text = f"{key[0]}: {_fmt(key[1], key[2])}" if key else ""
+        rows.append(dict(claim=claim, finding=CLAIMS[claim], verdict=verdict, rule=RULES_TEXT[claim],
+                         measured=measured, key=key_text))
     return pd.DataFrame(rows)
+
+
+def headline_html(card, link_prefix: str = "") -> str:
+    """The book's headline table as HTML: claim, finding, verdict, key number with its 95% interval and a
+    link to the claim's chapter (``link_prefix`` + chapter + ``.html``, relative to the page showing it)."""
+    import html
+
+    rows = []
+    for r in card.itertuples():
+        chapter = CHAPTERS[r.claim]
+        rows.append(f"<tr><td>{r.claim}</td><td>{html.escape(r.finding)}</td><td><b>{html.escape(r.verdict)}</b></td>"
+                    f"<td>{html.escape(r.key) or '&mdash;'}</td>"
+                    f'<td><a href="{link_prefix}{chapter}.html">{chapter}</a></td></tr>')
+    head = "<tr><th>claim</th><th>finding</th><th>verdict</th><th>key number [95% interval]</th><th>chapter</th></tr>"
+    return f'<table class="table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'

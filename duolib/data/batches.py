@@ -7,6 +7,9 @@ import torch
 
 from .tokenizer import TokenStream
 
+#: Mixed into the seed of the evaluation windows, so they differ from training draws of the same seed.
+HOLDOUT_WINDOW_SEED = 7919
+
 
 def _tokens(stream) -> np.ndarray | torch.Tensor:
     return stream.tokens if isinstance(stream, TokenStream) else stream
@@ -46,17 +49,28 @@ def _windows(array, starts: np.ndarray, seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array[index]).astype(np.int64))
 
 
-def holdout_sequences(stream, n: int, seq_len: int, *, with_labels: bool = False):
-    """The first ``min(n, len // seq_len)`` non-overlapping windows ``[n', seq_len]`` of ``stream``.
+def window_starts(n_tokens: int, n: int, seq_len: int, seed: int = 0) -> np.ndarray:
+    """Starts of ``min(n, n_tokens // seq_len)`` non-overlapping windows drawn at random (seeded) among
+    the ``n_tokens // seq_len`` aligned slots of a stream, in draw order: any prefix of the draw is
+    itself a random sample spread over the whole stream, never its first windows."""
+    slots = n_tokens // seq_len if seq_len > 0 else 0
+    count = min(n, slots)
+    if count < 1:
+        raise ValueError(f"holdout stream of {n_tokens} tokens holds no window of seq_len={seq_len} (n={n})")
+    rng = np.random.default_rng([HOLDOUT_WINDOW_SEED, seed])
+    return rng.permutation(slots)[:count].astype(np.int64) * seq_len
+
+
+def holdout_sequences(stream, n: int, seq_len: int, *, seed: int = 0, with_labels: bool = False):
+    """``min(n, len // seq_len)`` non-overlapping windows ``[n', seq_len]`` of ``stream``, drawn at
+    random over the whole stream (:func:`window_starts`, seeded; the same ``seed`` gives the same
+    windows in every notebook, and a smaller ``n`` gives a prefix of a larger draw).
 
     With ``with_labels=True`` returns ``(input_ids, labels)``, labels the aligned uint8 codes of
-    :data:`duolib.data.corpus.LABEL_NAMES` as int64 (the stream must carry labels: the synthetic corpus).
+    ``duolib.data.corpus.LABEL_NAMES`` as int64 (the stream must carry labels: the synthetic corpus).
     """
     tokens = _tokens(stream)
-    count = min(n, len(tokens) // seq_len) if seq_len > 0 else 0
-    if count < 1:
-        raise ValueError(f"holdout stream of {len(tokens)} tokens holds no window of seq_len={seq_len} (n={n})")
-    starts = np.arange(count) * seq_len
+    starts = window_starts(len(tokens), n, seq_len, seed)
     ids = _windows(tokens, starts, seq_len)
     if not with_labels:
         return ids

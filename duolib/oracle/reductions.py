@@ -30,6 +30,8 @@ from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, pattern_to_str
 SEMANTICS = ("shared", "fixed-context")
 #: The paper's three budget schedules on 12 layers: (budget at the first token, at the last token).
 SCHEDULES = {"falling": (6, 2), "rising": (2, 6), "constant": (4, 4)}
+#: Name of the shuffled control schedule (:func:`shuffled_schedule`).
+SHUFFLED = "shuffled"
 PAPER_LAYERS = 12
 
 
@@ -108,6 +110,15 @@ def budget_schedule(kind: str, num_layers: int, seq_len: int) -> torch.Tensor:
     start, end = (round(v * num_layers / PAPER_LAYERS) for v in SCHEDULES[kind])
     frac = torch.arange(seq_len, dtype=torch.float64) / max(1, seq_len - 1)
     return torch.round(start + (end - start) * frac).long()
+
+
+def shuffled_schedule(num_layers: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """[ours] The control of the schedule study: the falling schedule's budgets (the same multiset as
+    the rising one's) at positions permuted at random (seeded).  It spends the same compute with the
+    same spread of budgets as falling and rising, but unrelated to the position: a schedule that beats
+    it gains from *where* it spends, not from how unevenly."""
+    g = torch.Generator().manual_seed(int(seed))
+    return budget_schedule("falling", num_layers, seq_len)[torch.randperm(seq_len, generator=g)]
 
 
 # ----------------------------------------------------------------------------- results
@@ -231,6 +242,10 @@ class LossMatrix:
                              f"(its patterns have {sorted(set(self.n_big.tolist()))} big layers)")
         return rows
 
+    def budget_rows(self, k: int | None) -> torch.Tensor:
+        """Indices of the patterns with exactly ``k`` big layers (all if None); ValueError if there are none."""
+        return self._rows(k)
+
     def _min_over(self, rows: torch.Tensor, name: str, **info) -> Reduction:
         best, arg = self.losses[rows].min(0)  # [N], [N]
         self._certify(rows, best, name)
@@ -312,10 +327,14 @@ class LossMatrix:
             losses[cols], winners[cols] = best, rows[arg]
         return Reduction(name, losses, winners, dict(mean_budget=float(per_token_k.double().mean())))
 
-    def schedules(self) -> dict[str, Reduction]:
-        """The paper's falling / rising / constant schedules (:func:`budget_schedule`)."""
-        return {kind: self.schedule_oracle(budget_schedule(kind, self.num_layers, self.seq_len), kind)
-                for kind in SCHEDULES}
+    def schedules(self, control: bool = True) -> dict[str, Reduction]:
+        """The paper's falling / rising / constant schedules (:func:`budget_schedule`) and, with
+        ``control``, the ``shuffled`` control (:func:`shuffled_schedule`)."""
+        out = {kind: self.schedule_oracle(budget_schedule(kind, self.num_layers, self.seq_len), kind)
+               for kind in SCHEDULES}
+        if control:
+            out[SHUFFLED] = self.schedule_oracle(shuffled_schedule(self.num_layers, self.seq_len), SHUFFLED)
+        return out
 
     def winner_usage(self, k: int | None = None, code: int = BIG, reduction: Reduction | None = None) -> torch.Tensor:
         """``[L, T-1]``: fraction of tokens at each position whose winning pattern (of the per-token
