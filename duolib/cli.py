@@ -17,6 +17,7 @@ The same option means the same thing in every subcommand: ``--profile`` (default
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import shlex
@@ -108,7 +109,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
         print(f"duo: error: {exc}", file=sys.stderr)
         return 1
+    except (OSError, ImportError) as exc:  # a missing path, a full disk, an optional dependency
+        print(f"duo: error: {os_error_message(exc)}", file=sys.stderr)
+        return 1
     return int(rc or 0)
+
+
+_OS_ADVICE = {
+    errno.ENOSPC: "free some disk space and rerun (a training run resumes from its last checkpoint)",
+    errno.EDQUOT: "free some disk space and rerun (a training run resumes from its last checkpoint)",
+    errno.EACCES: "check the permissions of that path, or choose another folder",
+    errno.EROFS: "that file system is read-only: choose another folder",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that path is a folder: give a file",
+}
+
+
+def os_error_message(exc: BaseException) -> str:
+    """One line naming the path and the cause of an OSError / ImportError, and what to do."""
+    if isinstance(exc, ImportError):
+        return str(exc).splitlines()[0]
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    cause = exc.strerror or str(exc)
+    advice = _OS_ADVICE.get(exc.errno, "")
+    return f"{where + ': ' if where else ''}{cause}" + (f"; {advice}" if advice else "")
 
 
 def _version() -> str:
@@ -362,8 +387,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     arg("--threads", type=lambda v: v if v == "auto" else int(v), default=None,
         help="torch CPU threads, or 'auto' (1 or all cores, timed at start)"),
     arg("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (JSON value)"),
-    arg("--no-resume", action="store_true", help="start afresh (deletes the run folder's results)"),
-    arg("--overwrite", action="store_true", help="delete the run folder first"),
+    arg("--no-resume", action="store_true", help="start afresh (clears the run folder: only a duolib run folder)"),
+    arg("--overwrite", action="store_true", help="clear the run folder first (only a duolib run folder)"),
     NO_PROGRESS,
 )
 def cmd_train(args: argparse.Namespace) -> int:

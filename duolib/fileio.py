@@ -1,12 +1,18 @@
 """Atomic file writes: write to a temporary name beside the target, then rename it into place.
 
-A reader (or a run killed at any moment) never sees a half-written file."""
+A reader (or a run killed at any moment) never sees a half-written file.  Temporary names carry the
+writer's pid (``.NAME.PID.tmp``), so :func:`remove_stale_temps` can tell the leftovers of a killed
+writer from the files of one still running."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Callable
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
@@ -23,3 +29,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders (``.NAME.PID.tmp``) of writers no longer running in
+    ``folder``; returns what was removed.  A live writer's temporaries are left alone."""
+    folder = Path(folder)
+    removed = []
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = _TEMP.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

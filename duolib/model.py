@@ -35,7 +35,8 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .config import DuoConfig
 from .flops import pattern_flops
-from .routing import BIG, SKIP, SMALL, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, make_policy
+from .routing import (BIG, SKIP, SMALL, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, check_token_ids,
+                      make_policy)
 
 
 class RMSNorm(nn.Module):
@@ -341,6 +342,8 @@ class DuoModel(DuoPreTrainedModel):
             raise ValueError("pass exactly one of input_ids [batch, seq] or inputs_embeds [batch, seq, hidden_size]")
         if input_ids is not None and input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(input_ids.shape)}")
+        if input_ids is not None:
+            check_token_ids(input_ids, self.config.vocab_size)
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, d]
         B, T = h.shape[:2]
         if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):

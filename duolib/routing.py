@@ -215,10 +215,25 @@ class CheckpointReplay(RoutingPolicy):
             generator.set_state(now)
 
 
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """ValueError for an empty batch or a token id outside ``0..vocab_size-1``.  The id range is checked
+    on CPU tensors only: on an accelerator it would wait for the device at every forward pass."""
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per sequence")
+    if input_ids.device.type == "cpu":
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"input_ids holds token id {hi if hi >= vocab_size else lo}, outside the model's "
+                             f"vocabulary 0..{vocab_size - 1}; tokenise with the model's own tokenizer")
+
+
 def make_policy(routes, batch_size: int, seq_len: int, num_layers: int, default: RoutingPolicy) -> RoutingPolicy:
     """Turn the ``routes`` argument of ``forward`` into a policy, validating shapes and codes."""
     if routes is None:
         return default
+    if isinstance(routes, FixedRoutes) and len(routes.pattern) != num_layers:
+        raise ValueError(f"FixedRoutes pattern {pattern_to_str(routes.pattern)!r} has {len(routes.pattern)} routes but "
+                         f"the model has {num_layers} layers; give one route per layer")
     if isinstance(routes, RoutingPolicy):
         return routes
     if isinstance(routes, str) or (not torch.is_tensor(routes) and not hasattr(routes, "shape")):

@@ -20,14 +20,15 @@ import pandas as pd
 import torch
 
 from ..utils import parts_hash
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import atomic_write_text
+from ..runfolder import read_checked, write_checked
 from ..profiles import get_profile
 from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices, token_difficulty
 from ..routing import BIG, ROUTE_NAMES
 from ..oracle.beam import beam_oracle
 from ..oracle.engine import loss_matrix
 from ..oracle.brute_force import trie_flops
-from ..data.corpus import prepare
+from ..data.run_data import run_data
 from ..data.batches import holdout_sequences
 from .pipeline import book_train_config
 from ..train.loop import train
@@ -100,8 +101,8 @@ def _fingerprint(model) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save atomically, with a ``.sha256`` sidecar checked when the cache is read."""
+    write_checked(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_matrix(matrix: LossMatrix, path) -> None:
@@ -129,8 +130,9 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
                 **({} if precision == "fp32" else {"precision": precision}))  # fp32 keys as before
     key = parts_hash(_fingerprint(model), spec, input_ids.numpy().tobytes())
     path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
-    if path.is_file():
-        return load_matrix(path)
+    cached = read_checked(path, load_matrix)
+    if cached is not None:
+        return cached
     matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
                          progress=progress, precision=precision)
     save_matrix(matrix, path)
@@ -140,11 +142,11 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
 def cached_json(run_dir, name: str, key_parts: list, compute):
     """``compute()`` (JSON-ready), stored as ``run_dir/oracle/<name>-<key>.json``."""
     path = Path(run_dir) / ORACLE_DIR / f"{name}-{parts_hash(*key_parts)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    cached = read_checked(path, lambda p: json.loads(p.read_text()))
+    if cached is not None:
+        return cached
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(value, default=float))
+    write_checked(path, lambda tmp: tmp.write_text(json.dumps(value, default=float)))
     return value
 
 
@@ -160,7 +162,7 @@ def write_manifest(run_dir, settings: dict) -> None:
     """Record the slice notebook 03 used (read by :func:`book_matrices`)."""
     path = Path(run_dir) / ORACLE_DIR / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1, default=list))
+    atomic_write_text(path, json.dumps(settings, indent=1, default=list))
 
 
 def read_manifest(run_dir) -> dict:
@@ -349,8 +351,7 @@ def synthetic_run(profile: str, run_dir, steps: int):
     returns ``(model, data)``."""
     cfg = book_train_config(profile, run_dir, corpus="synthetic", steps=check_int("synthetic_steps", steps, 1))
     result = train(cfg, Path(run_dir) / SYNTHETIC_DIR)
-    data = prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
-    return result.load_model().eval(), data
+    return result.load_model().eval(), run_data(result.run_dir)
 
 
 def label_means(df: pd.DataFrame, names: Iterable[str] = ("easy", "compute", "noise"),

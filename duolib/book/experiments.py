@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -26,6 +27,7 @@ import torch
 
 from ..utils import json_hash, tensor_hash
 from ..fileio import atomic_write_text
+from ..runfolder import RunFolderError, verify_manifest, write_manifest
 from ..profiles import get_profile
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..data.batches import holdout_sequences, sample_batch
@@ -129,6 +131,11 @@ def _cached(folder: Path, spec: dict, model):
         return None
     if json.loads(spec_file.read_text()).get("hash") != json_hash(spec)[:16]:
         return None
+    try:
+        verify_manifest(folder, "retraining it")
+    except RunFolderError as err:
+        warnings.warn(f"router cache rebuilt: {err}", stacklevel=3)
+        return None
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
     return load_router(folder, model), history
 
@@ -140,6 +147,7 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
     (folder / "spec.json").unlink(missing_ok=True)  # written last: a killed run leaves no valid cache
     router.save(folder, model)
     pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+    write_manifest(folder)
     atomic_write_text(folder / "spec.json",
                       json.dumps({"hash": json_hash(spec)[:16], "spec": spec}, indent=2, sort_keys=True, default=str))
 

@@ -37,6 +37,8 @@ from .plots import use_style
 from ..train.config import TrainConfig
 from ..train.run_folder import load_run
 from ..data.corpus import prepare
+from ..data.run_data import run_data
+from ..runfolder import claim
 
 METADATA_KEY = "duolib"
 #: Cell tags that decide how a code cell shows in the book (myst-nb); a code cell of an executed notebook
@@ -157,8 +159,6 @@ def run_pipeline(
     jobs: notebooks run at the same time (the module docstring); ``"auto"``: the usable cores not busy
     with other work at the start (:func:`resolve_jobs`).
     """
-    from tqdm.auto import tqdm
-
     get_profile(profile)  # validates the name
     jobs = resolve_jobs(jobs)
     root = Path(root or Path(__file__).resolve().parents[1]).resolve()
@@ -167,8 +167,15 @@ def run_pipeline(
     unknown = sorted(set(only or []) - set(step_names()))
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; allowed: {step_names()}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    with claim(run_dir, "duo book"):  # one writer of the run folder at a time
+        return _run_steps(profile, root, run_dir, out_dir, only, force, seed)
+
+
+def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, force: bool,
+               seed: int) -> list[StepResult]:
+    from tqdm.auto import tqdm
 
     keys: dict[str, str] = {}
     results: dict[str, StepResult] = {}
@@ -326,7 +333,10 @@ STAGE1_DIR = "stage1"
 
 
 def book_data(profile: str, run_dir: str | os.PathLike):
-    """The corpus of the book's Stage-1 run (``duolib.data.corpus.Prepared``; cached inside ``run_dir``)."""
+    """The corpus of the book's Stage-1 run (``duolib.data.corpus.Prepared``; cached inside ``run_dir``): once
+    that run exists, its recorded data and tokenizer (:func:`duolib.data.run_data.run_data`)."""
+    if (Path(run_dir) / STAGE1_DIR / "tokenizer").is_dir():
+        return run_data(Path(run_dir) / STAGE1_DIR)
     cfg = book_train_config(profile, run_dir)
     return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
 

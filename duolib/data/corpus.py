@@ -12,7 +12,8 @@ Corpus specs (the ``corpus`` argument of :func:`prepare`):
   and ``python`` (the paper's web-text and code holdouts).
 * ``synthetic``: a generated language whose characters carry ground-truth labels (see
   :func:`synthetic_documents` and :data:`LABEL_NAMES`).
-* ``text:PATH``: a text file, or a folder of ``.txt`` / ``.md`` / ``.py`` files (one document each).
+* ``text:PATH``: a folder of ``.txt`` / ``.md`` / ``.py`` files (one document each), or one text file
+  (cut into blocks of whole lines of about :data:`TEXT_BLOCK_CHARS` characters, one document each).
 * ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face dataset through ``datasets`` (online users only).
 
 Split (:func:`split_documents`): every document is cut into blocks of about :data:`BLOCK_CHARS`
@@ -30,14 +31,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import remove_stale_temps
 from ..utils import json_hash
 from .tokenizer import (DEFAULT_TRAIN_CHARS, EOS_TOKEN, TokenStream, build_stream, cache_root,
                         check_vocab_size, load_stream, load_tokenizer, tokenizer_hash, train_tokenizer)
@@ -59,6 +63,8 @@ CACHE_VERSION = 2
 #: Token label codes of the synthetic corpus (uint8 in the caches); eos tokens are labelled 0.
 LABEL_OTHER, LABEL_EASY, LABEL_COMPUTE, LABEL_NOISE = 0, 1, 2, 3
 LABEL_NAMES = ("other", "easy", "compute", "noise")
+#: [ours] Block size of a single-file ``text:PATH`` corpus (about a page or two of text).
+TEXT_BLOCK_CHARS = 8192
 _TEXT_SUFFIXES = (".txt", ".md", ".py")
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -187,13 +193,33 @@ def load_documents(spec: str, *, max_docs: int | None = None, synthetic=None) ->
         return _hf_documents(arg, max_docs)
     docs = []
     for sub in (["english", "python"] if kind == "mix" else [kind]):
-        for doc_id, path in _files(sub, arg, max_docs):
+        files = _files(sub, arg, max_docs)
+        for doc_id, path in files:
             text = _clean(path.read_text(encoding="utf-8", errors="replace"), sub)
-            if text.strip():
+            if kind == "text" and len(files) == 1 and Path(arg).expanduser().is_file():
+                docs += [Document(f"{doc_id}#{i:05d}", block, sub) for i, block in enumerate(text_blocks(text))]
+            elif text.strip():
                 docs.append(Document(doc_id, text, sub))
     if not docs:
         raise ValueError(f"corpus {spec!r} has no non-empty documents")
     return docs
+
+
+def text_blocks(text: str, block_chars: int = TEXT_BLOCK_CHARS) -> list[str]:
+    """A single-file ``text:PATH`` corpus as documents: consecutive blocks of whole lines of about
+    ``block_chars`` characters (at least two when the text has two lines), so it splits into train
+    and holdout like a folder of files."""
+    lines = text.splitlines(keepends=True)
+    target = min(block_chars, max(1, len(text) // 2))
+    blocks, current = [], ""
+    for line in lines:
+        current += line
+        if len(current) >= target:
+            blocks.append(current)
+            current = ""
+    if current:
+        blocks.append(current)
+    return [b for b in blocks if b.strip()]
 
 
 def _hf_documents(arg: str, max_docs: int | None) -> list[Document]:
@@ -472,11 +498,12 @@ def _splits(corpus: str, max_docs, synthetic, holdout_fraction: float):
 def prepare(corpus: str = "mix", vocab_size: int = 4096, cache_dir: str | os.PathLike | None = None, *,
             holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, tokenizer_chars: int | None = DEFAULT_TRAIN_CHARS,
             max_docs: int | None = None, synthetic: SyntheticConfig | dict | None = None,
-            progress: bool = True) -> Prepared:
+            progress: bool = True, tokenizer: str | os.PathLike | None = None) -> Prepared:
     """Train or load the tokenizer and the token streams of ``corpus``, all cached by content hash.
 
     The tokenizer is trained on at most ``tokenizer_chars`` characters of the training split (hash
-    order).  ``max_docs`` caps the documents per source (file corpora and hf); ``synthetic`` holds
+    order), unless ``tokenizer`` names a folder holding one (a run's ``tokenizer/``): that one is used.
+    ``max_docs`` caps the documents per source (file corpora and hf); ``synthetic`` holds
     :class:`SyntheticConfig` fields (used by the ``synthetic`` corpus only).  Documents are loaded
     and tokenised only when some cache entry is missing, i.e. when an input changed.
     """
@@ -489,16 +516,43 @@ def prepare(corpus: str = "mix", vocab_size: int = 4096, cache_dir: str | os.Pat
             "label_names": list(LABEL_NAMES) if syn else None, "version": CACHE_VERSION}
     root = cache_root(cache_dir)
     docs = cache(lambda: _splits(corpus, max_docs, syn, holdout_fraction))
-    tok_dir = root / "tokenizers" / json_hash({**base, "vocab_size": vocab_size, "chars": tokenizer_chars})[:24]
-    if not (tok_dir / "tokenizer.json").is_file():
-        texts = (d.text for d in docs()[0])
-        train_tokenizer(texts, vocab_size, max_chars=tokenizer_chars, out_dir=tok_dir, show_progress=progress)
-    tok = load_tokenizer(tok_dir)
+    if tokenizer is not None:
+        tok_dir, tok = Path(tokenizer), load_given_tokenizer(tokenizer)
+        if len(tok) > vocab_size:
+            raise ValueError(f"the tokenizer in {tok_dir} has {len(tok)} tokens, more than vocab_size={vocab_size}")
+    else:
+        tok_dir = root / "tokenizers" / json_hash({**base, "vocab_size": vocab_size, "chars": tokenizer_chars})[:24]
+        tok = _cached_tokenizer(tok_dir, docs, vocab_size, tokenizer_chars, progress)
     base["tokenizer"] = tokenizer_hash(tok_dir)
     streams = {split: _stream(root, {**base, "split": split}, tok, docs, progress)
                for split in ["train"] + [f"holdout/{n}" for n in holdout_names(corpus)]}
     holdouts = {split.split("/", 1)[1]: s for split, s in streams.items() if split != "train"}
     return Prepared(corpus, tok, tok_dir, streams["train"], holdouts)
+
+
+def _cached_tokenizer(tok_dir: Path, docs, vocab_size: int, chars: int | None, progress: bool):
+    """The cached tokenizer of a corpus, trained when missing and retrained when its cache is unreadable."""
+    if (tok_dir / "tokenizer.json").is_file():
+        try:
+            return load_tokenizer(tok_dir)
+        except Exception as err:  # noqa: BLE001 - a damaged cache entry of ours is rebuilt
+            warnings.warn(f"tokenizer cache rebuilt: {tok_dir / 'tokenizer.json'} is unreadable ({err})", stacklevel=3)
+            shutil.rmtree(tok_dir)
+    remove_stale_temps(tok_dir.parent)
+    train_tokenizer((d.text for d in docs()[0]), vocab_size, max_chars=chars, out_dir=tok_dir, show_progress=progress)
+    return load_tokenizer(tok_dir)
+
+
+def load_given_tokenizer(folder: str | os.PathLike):
+    """A tokenizer folder the user or a run named (``tokenizer.json``); ValueError naming it if unreadable."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"no tokenizer at {path}; give the run's tokenizer folder (run_dir/tokenizer)")
+    try:
+        return load_tokenizer(folder)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exceptions for damaged JSON
+        raise ValueError(f"{path} is unreadable ({str(err).splitlines()[0][:160]}); restore it from the run's "
+                         f"copy, or retrain the run (duo train --overwrite)") from None
 
 
 def _stream(root: Path, meta: dict, tok, docs, progress: bool) -> TokenStream:

@@ -13,7 +13,8 @@ Every byte is in the initial alphabet, so any text round-trips: ``decode(encode(
 
 Token streams (:class:`TokenStream`) are cached as ``<key>.tokens.npy`` (uint16 ids when the
 vocabulary has fewer than 65536 entries, else int32), ``<key>.labels.npy`` (uint8 label codes, only
-for labelled corpora) and a ``<key>.json`` sidecar, all written to a temporary file and renamed.
+for labelled corpora) and a ``<key>.json`` sidecar (with the size and sha256 of the arrays, checked on
+every load), all written to a temporary file and renamed.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, remove_stale_temps
+from ..runfolder import digest, mismatch
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -108,7 +111,7 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> Path:
     """Save ``tok`` with ``save_pretrained`` into ``out_dir`` atomically (temp folder + rename)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=f".{os.getpid()}.tmp", dir=out.parent))
     try:
         tok.save_pretrained(str(tmp))
         if out.exists():  # another process finished first: keep its copy
@@ -240,14 +243,31 @@ def _part(base: Path, suffix: str) -> Path:
 
 
 def load_stream(base: str | os.PathLike) -> TokenStream | None:
-    """The stream cached at ``base`` (``.json`` + ``.tokens.npy`` [+ ``.labels.npy``]) as memmaps, or None."""
+    """The stream cached at ``base`` (``.json`` + ``.tokens.npy`` [+ ``.labels.npy``]) as memmaps, or None.
+
+    The arrays are checked against the size and sha256 the sidecar recorded; a damaged, truncated or
+    unchecked entry gives None after a warning naming it (the caller rebuilds it)."""
     base = Path(base)
     if not _part(base, ".json").is_file():
         return None
-    meta = json.loads(_part(base, ".json").read_text())
-    tokens = np.load(_part(base, ".tokens.npy"), mmap_mode="r")
-    labels = np.load(_part(base, ".labels.npy"), mmap_mode="r") if meta["has_labels"] else None
-    return TokenStream(tokens, labels, meta)
+    why = None
+    try:
+        meta = json.loads(_part(base, ".json").read_bytes().decode("utf-8"))
+        files = meta.pop("files", None)
+        if files is None:  # written before content checks: rebuilt once, quietly (nothing is wrong with it)
+            return None
+        if not isinstance(files, dict):
+            why = f"{_part(base, '.json')} holds no valid content check"
+        for suffix, expected in (files or {}).items():
+            why = why or mismatch(_part(base, suffix), expected)
+        if why is None:
+            tokens = np.load(_part(base, ".tokens.npy"), mmap_mode="r")
+            labels = np.load(_part(base, ".labels.npy"), mmap_mode="r") if meta["has_labels"] else None
+            return TokenStream(tokens, labels, meta)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        why = f"{base} is unreadable ({type(err).__name__}: {err})"
+    warnings.warn(f"token cache rebuilt: {why}", stacklevel=2)
+    return None
 
 
 def build_stream(texts: Sequence[str], tok, base: str | os.PathLike, meta: dict, *,
@@ -262,6 +282,8 @@ def build_stream(texts: Sequence[str], tok, base: str | os.PathLike, meta: dict,
         raise ValueError(f"no documents to tokenise for split {meta.get('split')!r} of corpus {meta.get('corpus')!r}")
     base = Path(base)
     base.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(base.parent)
+    _part(base, ".json").unlink(missing_ok=True)  # the sidecar marks a complete entry: gone while rebuilding
     ids, labs = encode_texts(tok, texts, char_labels, progress=progress, desc=f"tokenizing {meta.get('split', '')}")
     dtype = token_dtype(len(tok))
     sep = np.array([tok.convert_tokens_to_ids(EOS_TOKEN)])
@@ -271,6 +293,7 @@ def build_stream(texts: Sequence[str], tok, base: str | os.PathLike, meta: dict,
         _save_array(_part(base, ".labels.npy"), np.concatenate([x for a in labs for x in (zero, a)] + [zero]))
     meta = {**meta, "n_tokens": sum(len(a) + 1 for a in ids) + 1, "n_docs": len(texts),
             "n_chars": sum(len(t) for t in texts), "vocab_size": len(tok), "dtype": str(dtype),
-            "has_labels": labs is not None}
+            "has_labels": labs is not None,
+            "files": {sfx: digest(_part(base, sfx)) for sfx in (".tokens.npy", ".labels.npy")[:1 + (labs is not None)]}}
     atomic_write(_part(base, ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return load_stream(base)

@@ -13,6 +13,9 @@ from ..model import DuoForCausalLM
 from ..profiles import get_profile
 from ..data.corpus import LABEL_NAMES, prepare
 from ..data.batches import holdout_sequences
+from ..data.run_data import data_for_model, model_folder
+from ..fileio import atomic_write_text
+from ..runfolder import check_usable, claim, clear
 
 
 def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,
@@ -56,67 +59,94 @@ def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_r
     if save_matrix:
         np.save(folder / "losses.npy", matrix.losses.numpy())
         np.save(folder / "patterns.npy", matrix.patterns.numpy())
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary
 
 
+def _positive(name: str, value, default: int) -> int:
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} {value!r} must be a positive integer")
+    return value
+
+
+def read_summary(out) -> dict:
+    """The ``summary.json`` of a finished ``duo oracle`` folder; ValueError when the run is incomplete
+    (written last, so a run killed before the end leaves none) or unreadable."""
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict) or not summary.get("complete"):
+        raise ValueError(f"{path} is missing or unreadable: the `duo oracle` run into {out} did not finish; rerun it")
+    return summary
+
+
+def _sequences(args, vocab_size: int, n: int, seq_len: int):
+    """``({holdout: (ids, labels)}, tokenizer, corpus, label names)`` of ``duo oracle``: random ids, or a
+    corpus tokenised with the model's own tokenizer (a run's: :func:`duolib.data.run_data.data_for_model`)."""
+    corpus = args.corpus or ("random" if args.random_init else None)
+    if corpus == "random":
+        g = torch.Generator().manual_seed(args.seed)
+        return {"random": (torch.randint(0, vocab_size, (n, seq_len), generator=g), None)}, None, corpus, None
+    if args.random_init:  # no trained tokenizer to keep: the corpus's own
+        prep = prepare(corpus, vocab_size=vocab_size, progress=False)
+    else:
+        prep = data_for_model(args.model, corpus, vocab_size)
+    sequences = {}
+    for name, stream in prep.holdout.items():
+        labelled = getattr(stream, "labels", None) is not None
+        got = holdout_sequences(stream, n, seq_len, with_labels=labelled)
+        sequences[name] = got if labelled else (got, None)
+    return sequences, prep.tokenizer, prep.corpus, LABEL_NAMES
+
+
 def cli_main(args) -> int:
-    """``duo oracle``: load a model (or random-init one), take holdout slices, write the tables."""
+    """``duo oracle``: load a model (or random-init one), take holdout slices, write the tables.
+
+    The output folder is locked while it is written; its previous results are removed first and
+    ``summary.json`` (``"complete": true``) is written last, so a killed run leaves no summary
+    (:func:`read_summary` refuses such a folder) and never a mix of two runs."""
     import json
     from pathlib import Path
 
     section = get_profile(args.profile).get("oracle", {})
     if bool(args.model) == bool(args.random_init):
         raise ValueError("give exactly one of --model DIR and --random-init")
+    n = _positive("--n-seqs", args.n_seqs, section.get("n_sequences", 2))
+    seq_len = _positive("--seq-len", args.seq_len, section.get("seq_len", 16))
+    out = check_usable(args.out)
     torch.manual_seed(args.seed)
-    tokenizer = None
     if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        folder = Path(args.model)
-        model_dir = folder / "final" if (folder / "final" / "config.json").is_file() else folder
-        if not (model_dir / "config.json").is_file():
-            raise ValueError(f"{folder} holds no model (no config.json, nor final/config.json)")
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        for tok_dir in (folder / "tokenizer", model_dir):
-            if (tok_dir / "tokenizer.json").is_file():
-                tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-                break
+        model = AutoModelForCausalLM.from_pretrained(model_folder(args.model)).eval()
     else:
         model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
     cfg = model.config
-    n = args.n_seqs or section.get("n_sequences", 2)
-    seq_len = args.seq_len or section.get("seq_len", 16)
-    corpus = args.corpus or ("random" if args.random_init else section.get("corpus", "mix"))
-    sequences, label_names = {}, None
-    if corpus == "random":
-        g = torch.Generator().manual_seed(args.seed)
-        sequences["random"] = (torch.randint(0, cfg.vocab_size, (n, seq_len), generator=g), None)
-    else:
-        prep = prepare(corpus, vocab_size=cfg.vocab_size, progress=False)
-        tokenizer = tokenizer or prep.tokenizer
-        for name, stream in prep.holdout.items():
-            labelled = getattr(stream, "labels", None) is not None
-            got = holdout_sequences(stream, n, seq_len, with_labels=labelled)
-            sequences[name] = got if labelled else (got, None)
-        label_names = LABEL_NAMES
+    sequences, tokenizer, corpus, label_names = _sequences(args, cfg.vocab_size, n, seq_len)
     choices = args.choices or section.get("choices", "small,big")
     semantics = SEMANTICS if args.semantics == "both" else (args.semantics or section.get("semantics", "shared"),)
     k = args.k if args.k is not None else section.get("difficulty_k", cfg.num_hidden_layers // 2)
     k = check_budget(k, cfg.num_hidden_layers)
-    out = Path(args.out)
     overall = {"model": str(args.model) if args.model else f"random-init:{args.profile}", "corpus": corpus,
-               "n_sequences": n, "seq_len": seq_len, "choices": choices, "results": {}}
-    for name, (ids, labels) in sequences.items():
-        for sem in semantics:
-            m = loss_matrix(model, ids, choices=choices, semantics=sem, progress=not args.quiet)
-            s = write_oracle_tables(m, out / name / sem, k=k, n_random=section.get("n_random", 100), seed=args.seed,
-                                    tokenizer=tokenizer, labels=labels, label_names=label_names,
-                                    save_matrix=args.save_matrix)
-            overall["results"][f"{name}/{sem}"] = {"oracle": s["oracle"]["perplexity"], **s["uniform"],
-                                                   "oracle_per_k": {kk: v["oracle"] for kk, v in s["per_k"].items()}}
-            print(f"duo oracle: {name}/{sem}: {m.num_patterns} patterns x {m.num_tokens} tokens in "
-                  f"{m.stats['seconds']:.1f} s; oracle ppl {s['oracle']['perplexity']:.2f} -> {out / name / sem}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(overall, indent=2, default=float))
+               "n_sequences": n, "seq_len": seq_len, "choices": choices, "seed": args.seed, "results": {}}
+    with claim(out, "duo oracle"):
+        clear(out)
+        for name, (ids, labels) in sequences.items():
+            for sem in semantics:
+                m = loss_matrix(model, ids, choices=choices, semantics=sem, progress=not args.quiet)
+                s = write_oracle_tables(m, out / name / sem, k=k, n_random=section.get("n_random", 100),
+                                        seed=args.seed, tokenizer=tokenizer, labels=labels, label_names=label_names,
+                                        save_matrix=args.save_matrix)
+                per_k = {kk: v["oracle"] for kk, v in s["per_k"].items()}
+                overall["results"][f"{name}/{sem}"] = {"oracle": s["oracle"]["perplexity"], **s["uniform"],
+                                                       "oracle_per_k": per_k}
+                print(f"duo oracle: {name}/{sem}: {m.num_patterns} patterns x {m.num_tokens} tokens in "
+                      f"{m.stats['seconds']:.1f} s; oracle ppl {s['oracle']['perplexity']:.2f} -> {out / name / sem}")
+        atomic_write_text(out / "summary.json", json.dumps({**overall, "complete": True}, indent=2, default=float))
     return 0

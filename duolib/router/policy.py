@@ -45,6 +45,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..fileio import atomic_write, atomic_write_text
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy
 from ..model import DuoForCausalLM, shifted_token_losses
 from ..retrofit import routing
@@ -329,13 +330,13 @@ class RouterPolicy(RoutingPolicy, nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "router.safetensors"))
+        atomic_write(path / "router.safetensors", lambda tmp: save_file(state, str(tmp)))
         info = {
             "format": FORMAT, "version": FORMAT_VERSION, "options": list(self.option_names),
             "hidden_size": self.hidden_size, "num_layers": self.num_layers, "base": self.base,
             "targets": {ROUTE_NAMES[c]: f for c, f in (self.targets or {}).items()}, "meta": self.meta,
         }
-        (path / "router.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        atomic_write_text(path / "router.json", json.dumps(info, indent=2, sort_keys=True, default=str))
         return path
 
 

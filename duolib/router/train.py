@@ -8,6 +8,7 @@ per-layer choices.  Both work on Duo models and on models retrofitted by :func:`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -24,6 +25,9 @@ from ..profiles import get_profile
 from .evaluate import evaluate_routers, history_frame
 from ..data.corpus import prepare
 from ..data.batches import holdout_sequences, sample_batch
+from ..data.run_data import data_for_model, model_folder
+from ..fileio import atomic_write
+from ..runfolder import check_usable, claim
 
 
 # ----------------------------------------------------------------------------- training (paper)
@@ -50,8 +54,9 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     if router.num_layers != L or router.hidden_size != hidden:
         raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
                          f"has hidden_size={hidden}, {L} layers")
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be at least 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive integer")
+    check_finite(alpha=alpha, lr=lr, tau0=tau0, tau_min=tau_min, base_lr=base_lr)
     targets = budget_targets(L, router.options, budget, option_budget)
     get_batch = batch_source(batches)
     torch.manual_seed(seed)
@@ -74,6 +79,9 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
                 out, trace = routed_forward(model, ids, router, labels=ids)
             penalty = budget_penalty(trace.probs, targets)
             loss = out.loss + alpha * penalty
+            if not torch.isfinite(loss):
+                raise ValueError(f"router training stopped at step {step}: loss {float(loss)} is not finite "
+                                 f"(nothing saved); lower lr={lr} or alpha={alpha}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -97,6 +105,13 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     if router.base is None:
         router.base = RouterPolicy.for_model(model, router.options).base
     return history
+
+
+def check_finite(**values) -> None:
+    """ValueError naming the first value that is not a finite, positive number (booleans are not numbers)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name}={v!r} must be a finite positive number")
 
 
 # ----------------------------------------------------------------------------- oracle distillation (ours)
@@ -230,16 +245,10 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
 
 
 def _load_base(spec: str):
-    """A model folder, or a `duo train` run folder (its ``final/``), loaded with the Auto classes."""
+    """A model folder, or a `duo train` run folder (its ``final/``, checked against its manifest)."""
     from transformers import AutoModelForCausalLM
 
-    path = Path(spec)
-    if (path / "final" / "config.json").is_file():
-        path = path / "final"
-    if not (path / "config.json").is_file():
-        raise ValueError(f"--model {spec}: no config.json there (nor in {spec}/final); give a model folder or a "
-                         f"`duo train` run folder")
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    return AutoModelForCausalLM.from_pretrained(model_folder(spec)).eval()
 
 
 def cli_main(args) -> int:
@@ -247,6 +256,11 @@ def cli_main(args) -> int:
     knobs = get_profile(args.profile).get("router", {})
     knob = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
     steps, batch_size, seq_len, n_eval = knob("steps"), knob("batch_size"), knob("seq_len"), knob("eval_sequences")
+    for name, v in dict(steps=steps, batch_size=batch_size, seq_len=seq_len, eval_sequences=n_eval).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {v!r} must be a positive integer")
+    check_finite(lr=knob("lr"), alpha=knob("alpha"))
+    out = check_usable(args.out)
     if args.random_init:
         torch.manual_seed(args.seed)
         model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
@@ -255,7 +269,7 @@ def cli_main(args) -> int:
     else:
         raise ValueError("give --model (a model or `duo train` run folder) or --random-init")
     vocab = int(model.config.vocab_size)
-    corpus = args.corpus or ("random" if args.random_init else "mix")
+    corpus = args.corpus or ("random" if args.random_init else None)
     if corpus == "random":
         def batches(step):
             return torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(
@@ -263,7 +277,10 @@ def cli_main(args) -> int:
         holdout = torch.randint(0, vocab, (n_eval, seq_len),
                                 generator=torch.Generator().manual_seed(987_654 + args.seed))
     else:
-        prepared = prepare(corpus, vocab_size=vocab, progress=not args.quiet)
+        if args.random_init:  # no trained tokenizer to keep: the corpus's own
+            prepared = prepare(corpus, vocab_size=vocab, progress=not args.quiet)
+        else:
+            prepared = data_for_model(args.model, corpus, vocab, progress=not args.quiet)
 
         def batches(step):
             return sample_batch(prepared.train, step, batch_size, seq_len, seed=args.seed)
@@ -288,10 +305,12 @@ def cli_main(args) -> int:
         table = evaluate_routers(model, policies, holdout)
     else:
         table = evaluate_routers(model, {"router": router}, holdout)
-    out = Path(args.out)
-    router.save(out / "router", model)
-    history_frame(history).to_csv(out / "history.csv", index=False)
-    table.to_csv(out / "eval.csv", index=False)
+    with claim(out, "duo route"):
+        for name in ("eval.csv", "history.csv"):  # written last: present only for a finished run
+            (out / name).unlink(missing_ok=True)
+        router.save(out / "router", model)
+        atomic_write(out / "history.csv", lambda tmp: history_frame(history).to_csv(tmp, index=False))
+        atomic_write(out / "eval.csv", lambda tmp: table.to_csv(tmp, index=False))
     cols = ["method", "mean_big_layers", "frac_skip", "frac_small", "frac_big", "ppl", "flops_per_token"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"router saved to {out / 'router'}; history.csv and eval.csv in {out}")

@@ -29,7 +29,7 @@ def config_from_args(args) -> TrainConfig:
     if overrides.get("eval_routes") is not None:
         er = overrides["eval_routes"]
         overrides["eval_routes"] = tuple(er.split(",") if isinstance(er, str) else er)
-    if getattr(args, "no_progress", False):
+    if getattr(args, "quiet", False):  # --no-progress
         overrides["progress"] = False
     return TrainConfig.from_profile(args.profile, **overrides)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,7 @@ class TrainConfig:
         check_threads(self.threads)
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; allowed: {', '.join(PROFILES)}")
+        self._check_types()
         choices = dict(arch=ARCHS, stage=STAGES, small_stage_routes=("random", "small"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -166,6 +168,9 @@ class TrainConfig:
                      "eval_batch_size", "keep_checkpoints", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0 and self.weight_decay >= 0):
+            raise ValueError(f"need 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0; got {self.beta1}, "
+                             f"{self.beta2}, {self.eps}, {self.weight_decay}")
         if self.warmup_steps < 0 or self.seed < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} and seed={self.seed} must be non-negative")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
@@ -192,6 +197,43 @@ class TrainConfig:
                              "(the run folder of a stage='big' run, or its final/ folder)")
         for mode in self.eval_routes:
             parse_route_mode(mode, self)
+
+
+    def _check_types(self) -> None:
+        """ValueError for a value of the wrong kind: booleans are not numbers, numbers are finite, and the
+        ``model`` / ``data`` sections hold only known keys."""
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _KINDS.get(f.name)
+            if kinds is None or (value is None and f.name in _OPTIONAL):
+                continue
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            if ok and isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r} is not a finite number")
+            if not ok:
+                want = " or ".join(k.__name__ for k in kinds) + (" or None" if f.name in _OPTIONAL else "")
+                raise ValueError(f"{f.name}={value!r} ({type(value).__name__}) must be {want}")
+        model_keys = set(DuoConfig.__annotations__)
+        unknown = sorted(set(self.model) - model_keys)
+        if unknown:
+            raise ValueError(f"unknown model field(s) {unknown}; allowed: {sorted(model_keys)}")
+        unknown = sorted(set(self.data) - set(DATA_KEYS))
+        if unknown:
+            raise ValueError(f"unknown data option(s) {unknown}; allowed: {', '.join(DATA_KEYS)}")
+
+
+#: The keywords of ``duolib.data.prepare`` a run's ``data`` section may set.
+DATA_KEYS = ("max_docs", "synthetic", "holdout_fraction", "tokenizer_chars")
+_INT, _NUM = (int,), (int, float)
+_KINDS = {**{n: _INT for n in ("steps", "batch_size", "seq_len", "grad_accum", "warmup_steps", "seed", "eval_every",
+                               "eval_sequences", "eval_batch_size", "keep_checkpoints", "log_every", "dense_width",
+                               "checkpoint_every")},
+          **{n: _NUM for n in ("p_big", "p_skip", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "eps",
+                               "grad_clip", "dense_p_big")},
+          **{n: (bool,) for n in ("amp", "progress", "deterministic")},
+          **{n: (str,) for n in ("profile", "corpus", "arch", "stage", "small_stage_routes", "device", "train_routes")},
+          "init_from": (str, os.PathLike), "cache_dir": (str, os.PathLike),
+          "model": (dict,), "data": (dict,), "eval_routes": (tuple, list)}
+_OPTIONAL = ("dense_width", "checkpoint_every", "dense_p_big", "train_routes", "init_from", "cache_dir")
 
 
 def parse_route_mode(mode: str, cfg: TrainConfig | None = None) -> tuple[float, float]:

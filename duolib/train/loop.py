@@ -36,9 +36,8 @@ The run folder's files are described in :mod:`duolib.train.run_folder`.
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,15 +50,18 @@ from torch import nn
 from ..convert import llama_config
 from ..data.corpus import prepare
 from ..data.batches import holdout_sequences, sample_batch
+from ..data.run_data import run_data
 from ..model import DuoForCausalLM
 from ..routing import BIG, SMALL, training_routes
+from ..runfolder import claim, clear, write_manifest
 from ..utils import apply_threads, json_hash, token_array
 from .config import TrainConfig, lr_factor
 from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
-from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, atomic_dir,
-                         config_differences, data_fingerprint, final_model_dir, identity, latest_checkpoint,
-                         load_checkpoint, load_run, model_fields, read_metric_records, read_metrics,
-                         remove_leftovers, save_checkpoint, save_complete_checkpoint, write_json, write_json_lines)
+from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
+                         atomic_dir, config_differences, data_fingerprint, final_model_dir, identity,
+                         latest_checkpoint, load_checkpoint, load_run, model_fields, only_longer, read_metric_records,
+                         read_metrics, read_run_json, remove_leftovers, save_checkpoint, save_complete_checkpoint,
+                         verify_final, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- models
@@ -122,6 +124,10 @@ class TrainResult:
 
     def load_model(self) -> nn.Module:
         return load_run(self.run_dir)
+
+    def data(self):
+        """The run's corpus tokenised with its own tokenizer (:func:`duolib.data.run_data.run_data`)."""
+        return run_data(self.run_dir)
 
     def final_eval(self, holdout: str, routes: str) -> dict:
         for r in self.summary["final_eval"]:
@@ -235,8 +241,6 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
 
 
 def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, rank: int, world: int) -> TrainResult:
-    from tqdm.auto import tqdm
-
     if cfg.stage == "small":
         init = final_model_dir(cfg.init_from)
         if not (init / "config.json").is_file():
@@ -244,8 +248,17 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
     data = _load_data(cfg, data, rank)
     eval_seqs = _check_data(cfg, data, world)
     ident = identity(cfg, data_fingerprint(data))
+    with claim(run_dir, "duo train") if rank == 0 else contextlib.nullcontext():
+        return _fit(cfg, run_dir, data, eval_seqs, ident, resume, overwrite, rank, world)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, data, eval_seqs, ident: dict, resume: bool, overwrite: bool, rank: int,
+         world: int) -> TrainResult:
+    """The training of :func:`train`, with the run folder locked (rank 0) and the data checked."""
+    from tqdm.auto import tqdm
+
     ident_hash = json_hash(ident)
-    finished = _finished_run(run_dir, ident, ident_hash, resume, overwrite, rank)
+    finished, extended = _finished_run(run_dir, ident, ident_hash, resume, overwrite, rank)
     if finished is not None:
         return finished
 
@@ -262,13 +275,21 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
     start, tokens_seen, elapsed, wall = 0, 0, 0.0, 0.0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, ident)
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, ident, other_steps=bool(extended))
         start, tokens_seen, elapsed, wall = state["step"], state["tokens_seen"], state["elapsed"], state["wall"]
+    if extended:
+        if ckpt is None:
+            raise ValueError(f"run folder {run_dir} has no checkpoint to continue from; train it afresh with "
+                             f"--overwrite, or use another run folder")
+        extended[-1].setdefault("at_step", start)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # the longer schedule from here on
+            group["lr"] = base * lr_factor(start, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     wall_t0 = time.perf_counter() - wall  # wall time: steps, evaluations and checkpoints
 
     metrics_path = run_dir / METRICS_FILE
     if rank == 0:
-        _write_run_files(run_dir, cfg, ident, ident_hash, data, resumed_at=start if ckpt is not None else None)
+        _write_run_files(run_dir, cfg, ident, ident_hash, data, resumed_at=start if ckpt is not None else None,
+                         extended=extended)
     _barrier()
 
     baselines = {name: unigram_perplexity(data.train, seqs, model.config.vocab_size) for name, seqs in eval_seqs.items()}
@@ -297,6 +318,8 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
                 routes = [BIG if routes_mode == "big" else SMALL] * L
         loss_sum = _accumulate_gradients(ddp, x, routes, cfg, micro, world)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            raise NonFiniteError(step + 1, loss_sum, grad_norm, run_dir)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -321,7 +344,7 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
                 log.write(dict(kind="eval", step=done, **r))
             if rank == 0:
                 bar.write(f"step {done}: " + ", ".join(f"{r['holdout']}/{r['routes']} {r['ppl']:.1f}" for r in last_eval))
-        if done % ckpt_every == 0 and done < cfg.steps:
+        if done % ckpt_every == 0 or done == cfg.steps:  # the last one lets a finished run be extended
             if rank == 0:
                 save_checkpoint(run_dir, done, model, optimizer, scheduler, ident,
                                 dict(tokens_seen=tokens_seen, elapsed=elapsed, wall=time.perf_counter() - wall_t0),
@@ -335,43 +358,59 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
                    wall_seconds=time.perf_counter() - wall_t0,
                    final_eval=last_eval, unigram_ppl=baselines, arch=cfg.arch, stage=cfg.stage,
                    ffn_width=cfg.ffn_width() if cfg.arch == "dense" else None,
-                   parameters=sum(p.numel() for p in model.parameters()), world_size=world)
+                   parameters=sum(p.numel() for p in model.parameters()), world_size=world,
+                   **(dict(extended=extended) if extended else {}))
     if rank == 0:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteError(cfg.steps, math.nan, math.nan, run_dir, f"non-finite weights in {bad[:3]}")
         with atomic_dir(run_dir / FINAL_DIR) as tmp:
             save_complete_checkpoint(model, getattr(data, "tokenizer", None), tmp)
+            write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
         write_json(run_dir / SUMMARY_FILE, summary)
     _barrier()
     return TrainResult(run_dir, summary)
 
 
 def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, overwrite: bool,
-                  rank: int) -> TrainResult | None:
-    """The result of a finished run of this identity in ``run_dir`` (None: train); clears the folder first
-    when asked to (``overwrite`` or not ``resume``); ValueError if it belongs to another run."""
+                  rank: int) -> tuple[TrainResult | None, list[dict]]:
+    """``(result, extended)``: the result of a finished run of this identity in ``run_dir`` (None: train; its
+    ``final/`` checked) and the lengths the run was extended from.  Clears the folder first when asked to
+    (``overwrite`` or not ``resume``; only a duolib folder); ValueError if it belongs to another run.  A
+    finished run asked for more steps, nothing else changed, is extended."""
     summary_path = run_dir / SUMMARY_FILE
-    if (overwrite or not resume) and rank == 0 and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if (overwrite or not resume) and rank == 0:
+        clear(run_dir)
     _barrier()
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("identity_hash") == ident_hash:
-            return TrainResult(run_dir, summary, skipped=True)
-    if (run_dir / CONFIG_FILE).is_file():
-        existing = json.loads((run_dir / CONFIG_FILE).read_text())
-        diff = config_differences(existing.get("identity", {}), ident)
-        if diff and resume:
-            raise ValueError(f"run folder {run_dir} belongs to a run with a different config:\n  " + "\n  ".join(diff)
-                             + "\nuse another run folder, or overwrite=True / --overwrite to replace it")
-    return None
+    summary = read_run_json(summary_path, "the run's summary", required=False)
+    if summary is not None and summary.get("identity_hash") == ident_hash:
+        verify_final(run_dir)
+        return TrainResult(run_dir, summary, skipped=True), []
+    if not (run_dir / CONFIG_FILE).is_file():
+        return None, []
+    record = read_run_json(run_dir / CONFIG_FILE, "the run's config")
+    existing = record.get("identity", {})
+    diff = config_differences(existing, ident)
+    if not diff:
+        return None, record.get("extended", [])  # an extension (if any) interrupted: it resumes
+    if resume and summary is not None and only_longer(existing, ident):
+        return None, record.get("extended", []) + [dict(from_steps=existing["train"]["steps"])]
+    if resume:
+        raise ValueError(f"run folder {run_dir} belongs to a run with a different config:\n  " + "\n  ".join(diff)
+                         + "\nuse another run folder, or overwrite=True / --overwrite to replace it")
+    return None, []
 
 
 def _write_run_files(run_dir: Path, cfg: TrainConfig, ident: dict, ident_hash: str, data,
-                     resumed_at: int | None) -> None:
-    """config.json, metrics.jsonl (a resumed run keeps the lines up to its checkpoint step) and tokenizer/."""
+                     resumed_at: int | None, extended: list[dict]) -> None:
+    """config.json, metrics.jsonl (a resumed run keeps the lines up to its checkpoint step) and tokenizer/;
+    a summary left by a shorter run (being extended) is removed: it no longer describes the folder."""
     metrics_path = run_dir / METRICS_FILE
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(run_dir)
-    write_json(run_dir / CONFIG_FILE, dict(identity=ident, identity_hash=ident_hash, config=cfg.to_dict()))
+    write_json(run_dir / CONFIG_FILE, dict(identity=ident, identity_hash=ident_hash, config=cfg.to_dict(),
+                                           **(dict(extended=extended) if extended else {})))
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     # a resumed run drops what the killed one logged after its checkpoint; a fresh one starts empty
     start = resumed_at
     keep = [r for r in read_metric_records(metrics_path) if r.get("step", 0) <= start] if start is not None else []

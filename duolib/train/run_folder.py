@@ -10,24 +10,32 @@ Run folder layout
         checkpoint/
             latest           name of the newest complete checkpoint (replaced atomically)
             step-00000500/   model.safetensors + config.json (save_pretrained), optimizer.pt,
-                             scheduler.pt, trainer_state.pt (step, tokens seen, RNG states),
-                             train_config.json, manifest.json (size and sha256 of every file; last)
+                             scheduler.pt, trainer_state.json + rng.safetensors (step, tokens seen,
+                             RNG states; no pickle), train_config.json, manifest.json (size and
+                             sha256 of every file; last)
         final/               a complete HF checkpoint: weights, config with the tokenizer's token ids and
                              auto_map, model code, generation config, tokenizer (``load_run``, or
-                             ``pipeline("text-generation", model=".../final")``)
-        tokenizer/           the tokenizer (save_pretrained)
+                             ``pipeline("text-generation", model=".../final")``), and manifest.json
+                             (size and sha256 of every file), checked whenever it is loaded or found finished
+        tokenizer/           the tokenizer (save_pretrained): every consumer of the run uses this one
+                             (``duolib.data.run_data.run_data``, ``duo oracle / route --model RUN``)
         summary.json         written last: the finished run (config hash, final evaluation, baselines)
+        .lock, .duolib       the writer lock (``duolib.runfolder.claim``) and the mark of a duolib folder
 
 Every file and folder is written to a temporary name and renamed into place, so a run killed at any
 moment (even with SIGKILL) leaves no half-written file; resuming continues from the newest complete
 checkpoint and, on CPU, ends bitwise identical to an uninterrupted run.  A run folder whose
-``summary.json`` matches the requested configuration is not recomputed.
+``summary.json`` matches the requested configuration is not recomputed; a finished run asked for more
+``steps`` (nothing else changed) continues from its last checkpoint under the longer schedule, and
+records that in ``extended``.  One process writes a run folder at a time; ``--overwrite`` clears only a
+folder duolib recognises as its own.  A non-finite loss or gradient stops the run (:class:`NonFiniteError`)
+before the optimizer applies it.
 
 A checkpoint is a folder ``checkpoint/step-NNNNNNNN`` holding the model (save_pretrained, one
-safetensors file), ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.pt`` (step, RNG states, data
-position), ``train_config.json`` (the run's identity) and ``manifest.json`` (size and sha256 of every
-file, written last).  Folders and files are written under temporary names and renamed into place,
-so a process killed at any moment leaves no half-written file.
+safetensors file), ``optimizer.pt``, ``scheduler.pt`` (both loaded with ``weights_only=True``),
+``trainer_state.json`` (step and counters) with ``rng.safetensors`` (the RNG states: no pickle, so
+a run folder received from someone else cannot run code on resume), ``train_config.json`` (the
+run's identity) and ``manifest.json`` (size and sha256 of every file, written last).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import os
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +58,7 @@ from ..model import DuoForCausalLM
 from ..utils import file_sha256, json_hash, token_array
 from .config import TrainConfig
 from ..fileio import atomic_write_text
+from ..runfolder import verify_manifest
 
 CKPT_DIR = "checkpoint"
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
@@ -130,17 +140,64 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _rng_state() -> dict:
-    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+STATE_FILE, RNG_FILE, LEGACY_STATE_FILE = "trainer_state.json", "rng.safetensors", "trainer_state.pt"
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _save_trainer_state(folder: Path, step: int, extra: dict) -> None:
+    """Step, counters and RNG states as JSON + safetensors (bitwise: integers and exact float reprs)."""
+    from safetensors.torch import save_file
+
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64)),
+               "python": torch.tensor(py_state, dtype=torch.int64)}
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    tensors.update({f"cuda.{i}": s for i, s in enumerate(cuda)})
+    save_file(tensors, str(folder / RNG_FILE))
+    write_json(folder / STATE_FILE, dict(step=step, **extra, cuda_devices=len(cuda),
+                                         numpy=dict(algorithm=algorithm, pos=int(pos), has_gauss=int(has_gauss),
+                                                    cached_gaussian=float(cached)),
+                                         python=dict(version=version, gauss_next=gauss_next)))
+
+
+def _load_trainer_state(folder: Path) -> dict:
+    """The trainer state of a checkpoint with its RNG states restored; never unpickles code."""
+    from safetensors.torch import load_file
+
+    if not (folder / STATE_FILE).is_file():
+        return _load_legacy_state(folder / LEGACY_STATE_FILE)
+    state = json.loads((folder / STATE_FILE).read_text())
+    t = load_file(str(folder / RNG_FILE))
+    torch.set_rng_state(t["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["algorithm"], t["numpy"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in t["python"].tolist()), py["gauss_next"]))
+    if state.get("cuda_devices") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t[f"cuda.{i}"] for i in range(state["cuda_devices"])])
+    return state
+
+
+def _load_legacy_state(path: Path) -> dict:
+    """A ``trainer_state.pt`` of older checkpoints, unpickled with ``weights_only=True``: tensors, numpy
+    arrays and plain containers only, so a payload that would run code is refused."""
+    from numpy._core.multiarray import _reconstruct
+
+    try:
+        with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]):
+            state = torch.load(path, weights_only=True)
+        rng = state["rng"]
+    except Exception as err:  # noqa: BLE001 - anything unpicklable under weights_only is refused
+        raise ValueError(f"{path} is not a plain trainer state (refused without unpickling: "
+                         f"{str(err).splitlines()[-1][:200]}); delete that checkpoint folder to resume from an "
+                         f"older one, or restart the run (--no-resume)") from None
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident: dict, extra: dict,
@@ -152,7 +209,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident
         save_model(model, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(dict(step=step, rng=_rng_state(), **extra), tmp / "trainer_state.pt")
+        _save_trainer_state(tmp, step, extra)
         write_json(tmp / "train_config.json", ident)
         manifest = {p.name: dict(size=p.stat().st_size, sha256=file_sha256(p)) for p in sorted(tmp.iterdir())}
         write_json(tmp / "manifest.json", dict(step=step, files=manifest))
@@ -171,9 +228,14 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     root = Path(run_dir) / CKPT_DIR
     latest = root / "latest"
     if latest.is_file():
-        name = latest.read_text().strip()
+        try:
+            name = latest.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            name = None
         if name and (root / name).is_dir():
             return root / name
+        warnings.warn(f"{latest} is unreadable or names no checkpoint folder; using the newest step-* folder",
+                      stacklevel=2)
     steps = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
     return steps[-1] if steps else None
 
@@ -200,17 +262,19 @@ def verify_checkpoint(path: Path) -> dict:
     return manifest
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dict:
-    """Verify and load a checkpoint into model / optimizer / scheduler; returns the trainer state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict, other_steps: bool = False) -> dict:
+    """Verify and load a checkpoint into model / optimizer / scheduler; returns the trainer state.
+
+    ``other_steps``: the checkpoint may come from a shorter run (a finished run being extended)."""
     from safetensors.torch import load_file
 
     verify_checkpoint(path)
     saved = json.loads((path / "train_config.json").read_text())
-    diff = config_differences(saved, ident)
+    diff = [d for d in config_differences(saved, ident) if not (other_steps and d.startswith("train.steps:"))]
     if diff:
         raise ValueError(f"checkpoint {path} was written by a run with a different config:\n  " + "\n  ".join(diff)
                          + "\nuse another run folder, or overwrite=True / --overwrite to start this one afresh")
-    weights = sorted(path.glob("*.safetensors"))
+    weights = sorted(p for p in path.glob("*.safetensors") if p.name != RNG_FILE)
     state = {}
     for w in weights:
         state.update(load_file(w))
@@ -222,9 +286,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict) -> dic
         raise ValueError(f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
-    _set_rng_state(trainer_state["rng"])
-    return trainer_state
+    return _load_trainer_state(path)
 
 
 # ----------------------------------------------------------------------------- run files
@@ -258,15 +320,71 @@ def identity(cfg: TrainConfig, data_fingerprint: str) -> dict:
 
 
 def read_metric_records(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line that is not a JSON object (cut by a kill, or damaged) is
+    skipped with a warning naming it."""
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text().splitlines():
+    out, bad = [], []
+    for i, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: drop it
-            pass
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        elif line.strip():
+            bad.append(i)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s) (line {', '.join(map(str, bad[:5]))}"
+                      f"{', ...' if len(bad) > 5 else ''}); a resumed run rewrites the file without them", stacklevel=2)
     return out
+
+
+def read_run_json(path: Path, what: str, required: bool = True):
+    """A JSON object file of the run folder; None if absent (``required=False``), else a ValueError naming it.
+    An unreadable optional file (the summary, written last) is ignored with a warning: the run resumes."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8")) if path.is_file() or required else None
+    except FileNotFoundError:
+        raise ValueError(f"{path} ({what}) is missing; restart the run with --overwrite") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        if not required:
+            warnings.warn(f"{path} ({what}) is unreadable ({err}); ignored: the run resumes from its last checkpoint",
+                          stacklevel=2)
+            return None
+        raise ValueError(f"{path} ({what}) is unreadable ({err}); restart the run with --overwrite, or use "
+                         f"another run folder") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{path} ({what}) does not hold a JSON object; restart the run with --overwrite")
+    return value
+
+
+def verify_final(run_dir: str | os.PathLike) -> Path:
+    """The ``final/`` folder of a run, checked against its manifest (ValueError naming a bad file)."""
+    final = final_model_dir(run_dir)
+    verify_manifest(final, f"the trained model in {final} is damaged: retrain it (duo train --overwrite) or "
+                           f"restore the folder from a copy")
+    return final
+
+
+class NonFiniteError(ValueError):
+    """Training produced a non-finite loss, gradient or weight; nothing non-finite is saved."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, run_dir: Path, what: str = ""):
+        what = what or f"loss {loss}, gradient norm {grad_norm}"
+        super().__init__(f"training {run_dir} stopped at step {step}: {what} (not finite); the last good checkpoint "
+                         f"is kept in {Path(run_dir) / CKPT_DIR} and no final/ was written. Lower the learning rate "
+                         f"(lr) or raise warmup_steps, then rerun with --overwrite")
+
+
+def only_longer(existing: dict, ident: dict) -> bool:
+    """Whether a requested run differs from an existing one only by more steps."""
+    diff = config_differences(existing, ident)
+    try:
+        longer = ident["train"]["steps"] > existing["train"]["steps"]
+    except (KeyError, TypeError):
+        return False
+    return longer and len(diff) == 1 and diff[0].startswith("train.steps:")
 
 
 def read_metrics(run_dir: str | os.PathLike):
@@ -282,10 +400,12 @@ def final_model_dir(path: str | os.PathLike) -> Path:
 
 
 def load_run(run_dir: str | os.PathLike) -> nn.Module:
-    """The trained model of a finished run (``run_dir`` or its ``final/`` folder), in eval mode."""
+    """The trained model of a finished run (``run_dir`` or its ``final/`` folder), in eval mode; its files
+    are checked against ``final/manifest.json`` first.  Its data: :func:`duolib.data.run_data.run_data`."""
     final = final_model_dir(run_dir)
     if not (final / "config.json").is_file():
         raise ValueError(f"{final} holds no trained model (no config.json); train the run first")
+    verify_final(final)
     cfg = json.loads((final / "config.json").read_text())
     from transformers import LlamaForCausalLM
 
