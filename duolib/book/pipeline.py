@@ -170,11 +170,11 @@ def run_pipeline(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with claim(run_dir, "duo book"):  # one writer of the run folder at a time
-        return _run_steps(profile, root, run_dir, out_dir, only, force, seed)
+        return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs)
 
 
-def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, force: bool,
-               seed: int) -> list[StepResult]:
+def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, force: bool, seed: int,
+               jobs: int) -> list[StepResult]:
     from tqdm.auto import tqdm
 
     keys: dict[str, str] = {}
