@@ -155,23 +155,14 @@ def entry_point(command: str) -> Callable[[argparse.Namespace], int]:
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The repository root: the nearest folder holding ``_config.yml`` and ``book/_toc.yml``.
+    """The repository root (``duolib.book.pipeline.find_root``: from ``start`` or the current folder
+    upwards, then from the package's location)."""
+    from duolib.book.pipeline import find_root
 
-    Searched from ``start`` (default: the current directory) upwards, then from this
-    file's location (an editable install lives in the repository).
-    """
-    candidates = []
-    here = (start or Path.cwd()).resolve()
-    candidates += [here, *here.parents]
-    pkg = Path(__file__).resolve().parent
-    candidates += [pkg.parent, *pkg.parent.parents]
-    for c in candidates:
-        if (c / "_config.yml").is_file() and (c / "book" / "_toc.yml").is_file():
-            return c
-    raise CLIError(
-        "cannot find the book sources (_config.yml and book/_toc.yml); "
-        "run `duo book` from the duolib repository"
-    )
+    try:
+        return find_root(start)
+    except ValueError as exc:
+        raise CLIError(f"cannot find the book sources: {exc}") from None
 
 
 # jupyter_book has no __main__; run its click entry point with this interpreter so the
@@ -362,6 +353,24 @@ def cmd_presets(args: argparse.Namespace) -> int:
     print("\n\n".join(blocks))
     return 0
 
+
+
+@subcommand(
+    "data",
+    "prepare a profile's corpus (tokenizer, token caches) in the run folder the book's notebooks read",
+    PROFILE,
+    arg("--out", dest="run_dir", type=Path, default=None,
+        help="run folder (default: runs/<profile> under the repository root, where the notebooks look)"),
+)
+def cmd_data(args: argparse.Namespace) -> int:
+    from duolib.book.pipeline import book_data, resolve_run_dir
+    from duolib.data.corpus import describe
+
+    run_dir = args.run_dir.resolve() if args.run_dir else resolve_run_dir(None, args.profile)
+    data = book_data(args.profile, run_dir)
+    print(describe(data).to_string(index=False))
+    print(f"duo data: {args.profile} corpus ready in {run_dir / 'cache'}")
+    return 0
 
 
 @subcommand(

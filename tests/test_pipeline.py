@@ -55,11 +55,11 @@ def test_executed_notebooks_do_not_stand_in_for_a_missing_run_folder(tiny_book):
     assert (tiny_book / "runs" / ".pipeline" / "01_data.key").is_file()
 
 
-def test_run_folder_inside_the_repository_is_passed_relative(tmp_path):
-    from duolib.book.pipeline import _run_dir_param
-
-    assert _run_dir_param(ROOT / "runs" / "default", ROOT, ROOT / "notebooks") == "../runs/default"
-    assert _run_dir_param(tmp_path / "runs", ROOT, ROOT / "notebooks") == str(tmp_path / "runs")
+def test_run_folder_outside_the_repository_is_passed_absolute(tiny_book):
+    """(Inside the repository it is passed relative to the root: tests/test_binder.py.)"""
+    injected = [c for c in json.loads((tiny_book / "book" / "experiments" / "01_data.ipynb").read_text())["cells"]
+                if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert f'run_dir = "{tiny_book / "runs"}"' in "".join(injected[0]["source"])
 
 
 def test_nbval_lax_on_the_executed_notebooks(tiny_book):
@@ -116,13 +116,15 @@ def test_bad_profile_fails_in_the_first_cells(tmp_path):
     assert failing and failing[0] <= 2  # parameters, injected parameters, then the first code cell fails
 
 
-def test_missing_run_folder_fails_clearly(tmp_path):
+def test_missing_upstream_run_fails_clearly(tmp_path):
+    """On a profile too costly to run the earlier chapters unasked, the error names the command that does."""
     import papermill
 
-    with pytest.raises(papermill.PapermillExecutionError, match="does not exist; run the earlier notebooks first"):
+    with pytest.raises(papermill.PapermillExecutionError,
+                       match=r"lacks the results of 01_data .*duo book --profile default"):
         papermill.execute_notebook(str(ROOT / "notebooks" / "02_training.ipynb"), str(tmp_path / "o.ipynb"),
                                    kernel_name="python3", progress_bar=False,
-                                   parameters={"profile": "tiny", "run_dir": str(tmp_path / "missing")})
+                                   parameters={"profile": "default", "run_dir": str(tmp_path / "missing")})
 
 
 def test_budget_out_of_range_fails_in_the_first_cells(tmp_path):

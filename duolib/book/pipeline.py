@@ -46,6 +46,11 @@ METADATA_KEY = "duolib"
 #: code behind a toggle.  Papermill's ``injected-parameters`` cell stays visible: it records the run.
 PRESENTATION_TAGS = ("hide-input", "remove-input", "hide-cell", "remove-cell", "hide-output", "remove-output",
                      "injected-parameters")
+# Binder (the `start` script) sets this so that "Run all" in any committed chapter, whose injected
+# parameters say profile="default", runs the tiny profile instead: minutes, not an hour.
+PROFILE_ENV = "DUO_PROFILE"
+# Profiles cheap enough that a chapter run alone may execute the chapters it depends on itself.
+AUTO_UPSTREAM_PROFILES = ("tiny",)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ def _execute(source: Path, output: Path, params: dict, key: str, root: Path) -> 
     import papermill
 
     tmp = output.with_name(f".tmp-{output.name}")
+    # The kernel inherits this process's environment: the pipeline's own parameters must win over a
+    # DUO_PROFILE override, or the notebooks would write into another run folder than the stamps.
+    forced = os.environ.pop(PROFILE_ENV, None)
     try:
         papermill.execute_notebook(
             str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(source.parent),
@@ -128,6 +136,8 @@ def _execute(source: Path, output: Path, params: dict, key: str, root: Path) -> 
         os.replace(tmp, output)  # nothing half-written is ever read by the book
     finally:
         tmp.unlink(missing_ok=True)
+        if forced is not None:
+            os.environ[PROFILE_ENV] = forced
 
 
 def hide_code_by_default(nb):
@@ -154,14 +164,14 @@ def run_pipeline(
 ) -> list[StepResult]:
     """Execute the notebooks of ``STEPS`` for ``profile``; return what ran and what was cached (``STEPS`` order).
 
-    root: the repository (holds ``notebooks/``); run_dir: artefacts (default ``root/runs/<profile>``);
-    book_dir: the book sources, executed notebooks go to ``book_dir/experiments`` (default ``root/book``);
-    jobs: notebooks run at the same time (the module docstring); ``"auto"``: the usable cores not busy
-    with other work at the start (:func:`resolve_jobs`).
+    root: the repository (holds ``notebooks/``; default :func:`find_root`); run_dir: artefacts (default
+    ``root/runs/<profile>``); book_dir: the book sources, executed notebooks go to ``book_dir/experiments``
+    (default ``root/book``); jobs: notebooks run at the same time (the module docstring); ``"auto"``: the
+    usable cores not busy with other work at the start (:func:`resolve_jobs`).
     """
     get_profile(profile)  # validates the name
     jobs = resolve_jobs(jobs)
-    root = Path(root or Path(__file__).resolve().parents[1]).resolve()
+    root = Path(root).resolve() if root else find_root()
     run_dir = Path(run_dir or root / "runs" / profile).resolve()
     out_dir = Path(book_dir or root / "book").resolve() / "experiments"
     unknown = sorted(set(only or []) - set(step_names()))
@@ -184,7 +194,7 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
         source = root / "notebooks" / f"{step.name}.ipynb"
         if only and step.name not in only and not source.is_file():
             continue
-        params = {"profile": profile, "run_dir": _run_dir_param(run_dir, root, source.parent), "seed": seed,
+        params = {"profile": profile, "run_dir": _run_dir_param(run_dir, root), "seed": seed,
                   **step.params}
         keys[step.name] = notebook_key(source, params, [keys.get(n, "") for n in step.needs])
         output = out_dir / f"{step.name}.ipynb"
@@ -276,10 +286,11 @@ def _run_in_process(job: _Job, root: Path, context) -> StepResult:
         return pool.submit(_run_job, job, root).result()
 
 
-def _run_dir_param(run_dir: Path, root: Path, cwd: Path) -> str:
-    """The ``run_dir`` a notebook is given: relative to its working folder when the run folder lies inside
-    the repository (so the committed notebooks show ``../runs/default``, not this machine's path)."""
-    return os.path.relpath(run_dir, cwd) if run_dir.is_relative_to(root) else str(run_dir)
+def _run_dir_param(run_dir: Path, root: Path) -> str:
+    """The ``run_dir`` a notebook is given: relative to the repository root when the run folder lies inside
+    it (so the committed notebooks show ``runs/default``, not this machine's path; see
+    :func:`resolve_run_dir`)."""
+    return str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir)
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -292,20 +303,94 @@ def _read(path: Path) -> str | None:
 
 
 # ---- helpers the notebooks call in their first cells ------------------------------------------
-def notebook_setup(profile: str, run_dir: str | os.PathLike, *, must_exist: bool = True) -> Path:
-    """Validate a notebook's parameters (fail in the first cells with a clear message), set the plot style.
 
-    must_exist: the run folder must already hold what earlier steps wrote (every notebook but the first)."""
-    get_profile(profile)
-    run_dir = Path(run_dir)
-    if must_exist and not run_dir.is_dir():
-        raise ValueError(
-            f"run folder {str(run_dir)!r} does not exist; run the earlier notebooks first "
-            f"(`duo book --profile {profile}` runs them all in order)"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def find_root(start: str | os.PathLike | None = None) -> Path:
+    """The repository root: the nearest folder holding ``_config.yml``, ``book/_toc.yml`` and ``notebooks/``.
+
+    Searched from ``start`` (default: the current folder) upwards, then from this package's location
+    (an editable install lives in the repository)."""
+    here = Path(start or Path.cwd()).resolve()
+    package = Path(__file__).resolve().parent
+    for folder in [here, *here.parents, *package.parents]:
+        if (folder / "_config.yml").is_file() and (folder / "book" / "_toc.yml").is_file() \
+                and (folder / "notebooks").is_dir():
+            return folder
+    raise ValueError(f"no duolib repository (_config.yml, book/_toc.yml, notebooks/) above {str(here)!r} or "
+                     f"{str(package)!r}; run from the repository, or give an absolute run_dir")
+
+
+def resolve_run_dir(run_dir: str | os.PathLike | None, profile: str, root: Path | None = None) -> Path:
+    """A notebook's run folder: ``None`` means ``runs/<profile>``; relative paths are taken from the
+    repository root, never from the working folder (papermill, Jupyter and `duo book` start kernels in
+    different folders).  A relative path that leaves the repository is refused."""
+    if run_dir is not None and Path(run_dir).expanduser().is_absolute():
+        return Path(run_dir).expanduser()
+    root = Path(root).resolve() if root is not None else find_root()
+    path = (root / ("runs/" + profile if run_dir is None else run_dir)).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"run_dir={str(run_dir)!r} leads outside the repository {str(root)!r}: relative run "
+                         f"folders are taken from the repository root (e.g. 'runs/{profile}'); "
+                         f"give an absolute path to run elsewhere")
+    return path
+
+
+def notebook_setup(profile: str, run_dir: str | os.PathLike | None) -> tuple[str, Path]:
+    """Resolve and validate a notebook's ``profile`` and ``run_dir`` (fail in the first cells with a clear
+    message), create the run folder, set the plot style; return ``(profile, run_dir)``.
+
+    With ``DUO_PROFILE`` set in the environment, that profile and its folder ``runs/<profile>`` under the
+    repository root replace the notebook's parameters (what Binder needs: see ``start``)."""
+    forced = os.environ.get(PROFILE_ENV)
+    if forced:
+        try:
+            get_profile(forced)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {PROFILE_ENV}={forced!r}: {exc}") from None
+        target = resolve_run_dir(None, forced)
+        print(f"{PROFILE_ENV}={forced} is set: this notebook runs the {forced!r} profile in {target} "
+              f"(its parameters: profile={profile!r}, run_dir={run_dir!r}; unset {PROFILE_ENV} to use them)")
+        profile, path = forced, target
+    else:
+        get_profile(profile)
+        path = resolve_run_dir(run_dir, profile)
+    path.mkdir(parents=True, exist_ok=True)
     use_style()
-    return run_dir
+    return profile, path
+
+
+def upstream(step: str) -> list[str]:
+    """Every step whose artefacts ``step`` reads, directly or through others, in execution order."""
+    by_name = {s.name: s for s in STEPS}
+    if step not in by_name:
+        raise ValueError(f"unknown step {step!r}; allowed: {step_names()}")
+    needed, todo = set(), list(by_name[step].needs)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(by_name[name].needs)
+    return [s.name for s in STEPS if s.name in needed]
+
+
+def run_upstream(step: str, profile: str, run_dir: str | os.PathLike) -> list[StepResult]:
+    """Make sure ``run_dir`` holds the results of every step ``step`` needs (``results/<step>.json``).
+
+    Missing ones are executed first, by :func:`run_pipeline`, when the profile is cheap
+    (``AUTO_UPSTREAM_PROFILES``: a chapter opened alone on Binder trains its tiny model itself); for
+    the other profiles a missing step is an error naming the command that produces it.  Their executed
+    copies go to ``run_dir/upstream/experiments``, never over the book's committed notebooks."""
+    run_dir = Path(run_dir)
+    missing = [n for n in upstream(step) if not (run_dir / "results" / f"{n}.json").is_file()]
+    if not missing:
+        return []
+    if profile not in AUTO_UPSTREAM_PROFILES:
+        raise ValueError(
+            f"run folder {str(run_dir)!r} lacks the results of {', '.join(missing)} (results/<step>.json), "
+            f"which {step} reads; run them first: duo book --profile {profile} --out {run_dir} "
+            f"--skip-build --only {' '.join(missing)}")
+    print(f"{step} needs {', '.join(missing)} first; executing them ({profile} profile) into {run_dir}")
+    return run_pipeline(profile, root=find_root(), run_dir=run_dir, book_dir=run_dir / "upstream", only=missing)
 
 
 def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
