@@ -365,9 +365,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from duolib.book.pipeline import book_data, resolve_run_dir
     from duolib.data.corpus import describe
+    from duolib.runfolder import claim
 
     run_dir = args.run_dir.resolve() if args.run_dir else resolve_run_dir(None, args.profile)
-    data = book_data(args.profile, run_dir)
+    with claim(run_dir, "duo book"):  # the book's run folder: `duo book` and the notebooks continue in it
+        data = book_data(args.profile, run_dir)
     print(describe(data).to_string(index=False))
     print(f"duo data: {args.profile} corpus ready in {run_dir / 'cache'}")
     return 0

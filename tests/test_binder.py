@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from duolib.cli import main
 from duolib.book.pipeline import (PROFILE_ENV, STEPS, find_root, resolve_run_dir, run_pipeline, run_upstream,
                              upstream)
 
@@ -61,6 +62,7 @@ def test_binder_run_all_on_a_committed_chapter_runs_the_tiny_profile(tmp_path, m
                        ["source"])
     assert 'profile = "default"' in injected  # what makes Binder's Run all an hour long without the override
     repo = fake_repository(tmp_path)
+    assert main(["data", "--profile", "tiny", "--out", str(repo / "runs" / "tiny")]) == 0  # postBuild's warm-up
     monkeypatch.setenv(PROFILE_ENV, "tiny")
     notebook = nbformat.reads(json.dumps(nb), as_version=4)
     start = time.perf_counter()
@@ -143,12 +145,14 @@ def test_missing_upstream_on_an_expensive_profile_names_the_command(tmp_path):
 
 def test_the_pipeline_passes_its_own_parameters_whatever_DUO_PROFILE_says(tmp_path, monkeypatch):
     """A leaked override would reach the kernel, whose first cell rejects this profile name.  A run folder
-    inside the repository is passed relative to its root, so the committed notebooks show no machine's path."""
+    inside the repository is passed relative to its root, so the committed notebooks show no machine's path.
+    On the tiny profile, --only also executes the missing steps the chosen ones need (the kernel could not:
+    the pipeline holds the run folder's lock)."""
     repo = fake_repository(tmp_path)
     monkeypatch.setenv(PROFILE_ENV, "no-such-profile")
     results = run_pipeline("tiny", root=repo, run_dir=repo / "runs" / "t", book_dir=tmp_path / "book",
-                           only=["01_data"])
-    assert [r.status for r in results] == ["ran"]
+                           only=["02_training"])
+    assert [(r.name, r.status) for r in results] == [("01_data", "ran"), ("02_training", "ran")]  # tiny: + upstream
     assert (repo / "runs" / "t" / "results" / "01_data.json").is_file()
     assert os.environ[PROFILE_ENV] == "no-such-profile"  # restored for the caller
     executed = json.loads((tmp_path / "book" / "experiments" / "01_data.ipynb").read_text())
@@ -166,7 +170,6 @@ def test_a_bad_DUO_PROFILE_fails_in_the_first_cells(tmp_path, monkeypatch):
 
 
 def test_duo_data_prepares_the_corpus_the_notebooks_read(tmp_path):
-    from duolib.cli import main
     from duolib.book.pipeline import book_data
 
     assert main(["data", "--profile", "tiny", "--out", str(tmp_path)]) == 0

@@ -178,6 +178,9 @@ def run_pipeline(
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; allowed: {step_names()}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if only and profile in AUTO_UPSTREAM_PROFILES:  # what the chosen steps' run_upstream would execute
+        missing = {n for step in only for n in upstream(step) if not (run_dir / "results" / f"{n}.json").is_file()}
+        only = [n for n in step_names() if n in only or n in missing]
 
     with claim(run_dir, "duo book"):  # one writer of the run folder at a time
         return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs)
