@@ -12,3 +12,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """The synthetic corpus's token cache (tiny vocabulary), prepared once for every test file."""
+    from duolib.data.corpus import prepare
+    from tiny_runs import SYNTH
+
+    path = tmp_path_factory.mktemp("duo_cache")
+    prepare("synthetic", 512, path, synthetic=SYNTH["synthetic"], progress=False)
+    return path

@@ -15,25 +15,9 @@ import torch
 from duolib.train.run_folder import latest_checkpoint
 from duolib.cli import main
 from duolib.runfolder import RunFolderError, claim, digest
-from duolib.train.config import TrainConfig
 from duolib.train.loop import train
 from duolib.train.run_folder import NonFiniteError, load_run
-
-SYNTH = {"synthetic": {"n_docs": 60}}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    from duolib.data.corpus import prepare
-
-    path = tmp_path_factory.mktemp("duo_cache")
-    prepare("synthetic", 512, path, synthetic=SYNTH["synthetic"], progress=False)
-    return path
-
-
-def tiny(cache_dir, **kw) -> TrainConfig:
-    base = dict(corpus="synthetic", data=SYNTH, cache_dir=str(cache_dir), progress=False, threads=1)
-    return TrainConfig.from_profile("tiny", **{**base, **kw})
+from tiny_runs import SYNTH, tiny
 
 
 @pytest.fixture(scope="module")

@@ -27,23 +27,9 @@ from duolib.train.baselines import freeze_ablation
 from duolib.train.run_folder import latest_checkpoint, read_metrics
 from duolib.routing import training_routes
 from duolib.train.evaluate import unigram_perplexity
+from tiny_runs import SYNTH, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTH = {"synthetic": {"n_docs": 60}}
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    from duolib.data.corpus import prepare
-
-    path = tmp_path_factory.mktemp("duo_cache")
-    prepare("synthetic", 512, path, synthetic=SYNTH["synthetic"], progress=False)
-    return path
-
-
-def tiny(cache_dir, **kw) -> TrainConfig:
-    base = dict(corpus="synthetic", data=SYNTH, cache_dir=str(cache_dir), progress=False, threads=1)
-    return TrainConfig.from_profile("tiny", **{**base, **kw})
 
 
 def cli_args(cache_dir, *extra) -> list[str]:
