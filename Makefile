@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 book: $(STAMP)
-	$(BIN)/duo book
+	$(BIN)/duo book --jobs auto
 
 bench: $(STAMP)
 	@set -e; for f in benchmarks/*.py; do \

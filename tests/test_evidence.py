@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -148,3 +149,28 @@ def test_window_losses_match_evaluate_and_router_evidence_runs(matrix):
     out = evidence.router_evidence(model, {2: FixedRoutes([BIG, BIG, 1, 1])}, {"h": ids}, {"h": matrix}, n_boot=100)
     ci = out["h"]["2"]
     assert ci["p_big"] == pytest.approx(0.5) and ordered(ci["position"]) and ordered(ci["router_minus_random"])
+
+
+def test_tail_improvement_reads_the_plateau_of_a_constructed_run():
+    """A run whose all-big loss falls 5.0 -> 4.0 by step 80 and 4.0 -> 3.96 over the last 20 steps improved
+    1% in its tail (converged under the 2% rule); one still falling 4.5 -> 4.0 did not; too few evaluations
+    are an error, not a guess."""
+    from duolib.book.evidence import tail_improvement
+    from duolib.book.scorecard import converged
+
+    def run(loss_at_80, loss_at_100, steps=(0, 40, 80, 100)):
+        losses = dict(zip((0, 40, 80, 100), (5.0, 4.5, loss_at_80, loss_at_100)))
+        rows = [dict(kind="eval", step=s, holdout=h, routes=r, loss=losses[s] + (0.5 if r == "small" else 0))
+                for s in steps for h in ("english", "python") for r in ("big", "small")]
+        return pd.DataFrame(rows + [dict(kind="train", step=100, loss=9.0)])
+
+    flat = tail_improvement(run(4.0, 3.96), 0.2)
+    assert flat["english"]["from_step"] == 80 and flat["english"]["to_step"] == 100
+    assert flat["english"]["improvement"] == pytest.approx(0.01) and converged(flat["python"]["improvement"])
+    falling = tail_improvement(run(4.5, 4.0), 0.2)
+    assert falling["english"]["improvement"] == pytest.approx(0.5 / 4.5) and not converged(falling["english"]["improvement"])
+    assert tail_improvement(run(4.0, 3.96), 0.2, routes="small")["english"]["improvement"] == pytest.approx(0.04 / 4.5)
+    with pytest.raises(ValueError, match="eval_every"):
+        tail_improvement(run(4.0, 3.96, steps=(0, 40, 80)), 0.2)  # no evaluation at the last step
+    with pytest.raises(ValueError, match="routes 'random'"):
+        tail_improvement(run(4.0, 3.96), 0.2, routes="random")

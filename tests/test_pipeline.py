@@ -9,12 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from duolib.cli import build_book
-from duolib.book.pipeline import STEPS, notebook_key, resolve_jobs, run_pipeline, stored_key
+from duolib.book.pipeline import STEPS, notebook_key, resolve_jobs, run_pipeline, step_names, stored_key
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.book
@@ -213,3 +214,35 @@ def test_a_second_run_glues_the_same_values_and_a_perturbed_one_is_reported(tiny
     nbformat.write(nb, path)
     diffs = compare_glued(first, glued_values(site / "book"))
     assert [d["key"] for d in diffs] == ["03_oracle::english_oracle_mid"] and diffs[0]["other"] == "'1.00'"
+
+
+def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatch, tmp_path):
+    """10_performance times the book: with two jobs at a time it starts after every step listed before it
+    (even those it does not need) and nothing runs beside it; each ran step leaves its timing."""
+    import threading
+
+    from duolib.book import pipeline
+
+    log, lock = [], threading.Lock()
+
+    def fake_execute(source, output, params, key, root):
+        with lock:
+            log.append(("start", source.stem))
+        time.sleep(0.02 if source.stem != "01_data" else 0.1)
+        with lock:
+            log.append(("end", source.stem))
+
+    monkeypatch.setattr(pipeline, "_execute", fake_execute)
+    monkeypatch.setattr(pipeline, "_run_in_process", lambda job, root, context: pipeline._run_job(job, root))
+    todo = [pipeline._Job(s, tmp_path / f"{s.name}.ipynb", tmp_path / "out" / f"{s.name}.ipynb", {}, "k",
+                          tmp_path / ".pipeline" / f"{s.name}.key") for s in STEPS]
+    done = [r.name for r in pipeline._run_jobs(todo, 2, tmp_path)]
+    assert sorted(done) == sorted(step_names())
+    start = log.index(("start", "10_performance"))
+    assert {name for kind, name in log[:start] if kind == "end"} == set(step_names()[:step_names().index("10_performance")])
+    assert log[start + 1] == ("end", "10_performance")  # nothing started beside it
+    times = pipeline.step_times(tmp_path)
+    assert [t["step"] for t in times] == step_names() and all(t["finished"] >= t["started"] for t in times)
+    (tmp_path / ".pipeline" / "01_data.time.json").write_text('{"step": "02_training"}')
+    with pytest.raises(ValueError, match="01_data.time.json"):
+        pipeline.step_times(tmp_path)

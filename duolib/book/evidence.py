@@ -326,3 +326,31 @@ def router_bounds(points: pd.DataFrame, c2: dict, names: dict[str, str]) -> pd.D
     points["low"] = [g["low"] if g else math.nan for g in got]
     points["high"] = [g["high"] if g else math.nan for g in got]
     return points
+
+
+def tail_improvement(metrics: pd.DataFrame, fraction: float, routes: str = "big") -> dict[str, dict]:
+    """How much the last ``fraction`` of a run's steps improved its holdout loss under ``routes``: per holdout
+    ``{"from_step", "to_step", "loss_from", "loss_to", "improvement"}``, the improvement relative to the loss at
+    the latest evaluation at or before step ``(1 - fraction) * last step`` (the plateau check of Stage 1).
+
+    ``metrics``: :func:`duolib.train.run_folder.read_metrics` rows (kind "eval": step, holdout, routes, loss).
+    ValueError when no evaluation lies in the run's first ``1 - fraction`` or none at its last step."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction!r}: give the tail share of steps, between 0 and 1")
+    evals = metrics[(metrics["kind"] == "eval") & (metrics["routes"] == routes)]
+    if evals.empty:
+        raise ValueError(f"no holdout evaluation under routes {routes!r} in the metrics")
+    last = int(metrics["step"].max())
+    out = {}
+    for holdout, rows in evals.groupby("holdout"):
+        by_step = rows.groupby("step")["loss"].last()
+        cut = (1 - fraction) * last
+        early = by_step[by_step.index <= cut]
+        if early.empty or by_step.index.max() != last:
+            raise ValueError(f"holdout {holdout!r}: the plateau check needs evaluations at or before step {cut:g} "
+                             f"and at the last step {last}; evaluate more often (eval_every)")
+        start = int(early.index.max())
+        out[holdout] = {"from_step": start, "to_step": last, "loss_from": float(by_step[start]),
+                        "loss_to": float(by_step[last]),
+                        "improvement": float((by_step[start] - by_step[last]) / by_step[start])}
+    return out

@@ -15,7 +15,7 @@ caches, so e.g. editing the oracle notebook reruns the oracle but not Stage-1 tr
 
 Parallel steps: with ``jobs > 1`` independent notebooks run at the same time, each in its own kernel
 process; a step starts once every step it needs has finished, ready steps start in ``STEPS`` order, and
-a step marked ``alone`` (the timing notebook) runs with no other.  Every notebook computes the same
+a step marked ``alone`` (the timing notebook) runs with no other, after every step listed before it.  Every notebook computes the same
 numbers either way (its work does not depend on what runs beside it; oracle forward passes give the
 same bits at any thread count), so serial and parallel books agree.
 """
@@ -239,16 +239,34 @@ class _Job:
 
 
 def _run_job(job: _Job, root: Path) -> StepResult:
-    start = time.perf_counter()
+    began, start = time.time(), time.perf_counter()
     _execute(job.source, job.output, job.params, job.key, root)
+    seconds = time.perf_counter() - start
     job.stamp.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.stamp, job.key)
-    return StepResult(job.step.name, "ran", time.perf_counter() - start, job.output)
+    timing = {"step": job.step.name, "seconds": seconds, "started": began, "finished": began + seconds}
+    atomic_write_text(job.stamp.with_suffix(".time.json"), json.dumps(timing))
+    return StepResult(job.step.name, "ran", seconds, job.output)
+
+
+def step_times(run_dir: str | os.PathLike) -> list[dict]:
+    """The last run of each step in ``run_dir`` (``STEPS`` order): step, seconds, started, finished (Unix times),
+    from the files the pipeline writes next to its stamps; steps never run by the pipeline are left out."""
+    rows = []
+    for step in STEPS:
+        path = Path(run_dir) / ".pipeline" / f"{step.name}.time.json"
+        if path.is_file():
+            row = json.loads(path.read_text(encoding="utf-8"))
+            if set(row) != {"step", "seconds", "started", "finished"} or row["step"] != step.name:
+                raise ValueError(f"{path} is not a step timing written by the pipeline; delete it and rerun the step")
+            rows.append(row)
+    return rows
 
 
 def _run_jobs(todo: list[_Job], jobs: int, root: Path):
     """Yield each job's result as it finishes: at most ``jobs`` at a time, each after the jobs it needs,
-    ready jobs in list order, an ``alone`` job with nothing beside it.  One job: in this process.  After a
+    ready jobs in list order, an ``alone`` job with nothing beside it (so, as no step needs a later one, after
+    every job listed before it).  One job: in this process.  After a
     failure no job starts; the running ones finish, then the first error is raised."""
     if jobs == 1:
         for job in todo:

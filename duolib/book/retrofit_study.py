@@ -128,16 +128,19 @@ def max_logit_diff(model_a, model_b, input_ids: torch.Tensor) -> float:
 
 
 def retrofit_perplexities(model, slices: Mapping[str, torch.Tensor], policies: Mapping[str, object],
-                          batch_size: int = 16):
+                          batch_size: int = 16, losses: dict | None = None):
     """Perplexity of a retrofitted model on each holdout slice under each policy (``None`` = the
-    original all-big model): rows holdout, routes, loss, ppl, mean_big_layers."""
+    original all-big model): rows holdout, routes, loss, ppl, mean_big_layers.  With ``losses`` (a dict) the
+    per-token losses ``[N, T-1]`` are also stored there as ``losses[routes][holdout]`` (for paired intervals)."""
     import pandas as pd
 
     rows = []
     for h, ids in slices.items():
         for name, policy in policies.items():
-            losses, routes = route_and_score(model, policy, ids, batch_size)
-            loss = float(losses.double().mean())
+            token_losses, routes = route_and_score(model, policy, ids, batch_size)
+            if losses is not None:
+                losses.setdefault(name, {})[h] = token_losses
+            loss = float(token_losses.double().mean())
             rows.append({"holdout": h, "routes": name, "loss": loss, "ppl": math.exp(loss),
                          "mean_big_layers": float((routes[:, :-1] == BIG).sum(-1).double().mean())})
     return pd.DataFrame(rows)

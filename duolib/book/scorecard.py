@@ -51,6 +51,8 @@ C7_ALWAYS, C7_NEVER, C7_EXIT = 0.75, 0.25, 0.90  # skip-rate poles; early exit: 
 C8_EVEN, C8_RATIO = 0.5, 1.0
 C9_RHO = 0.7  # |Spearman(loss, difficulty)| below this: difficulty is not loss
 C10_UNIGRAM_BAR = 0.5  # every model's perplexity at most half the unigram baseline's
+# Stage 1 counts as converged at its size when its last 20% of steps improve the all-big holdout loss by < 2%
+STAGE1_TAIL, STAGE1_PLATEAU = 0.2, 0.02
 
 CLAIMS = {
     "C1": "The oracle is far better than the best of 100 random patterns.",
@@ -378,6 +380,12 @@ def c10(r):
 
 
 RULES = {"C1": c1, "C2": c2, "C3": c3, "C4": c4, "C5": c5, "C6": c6, "C7": c7, "C8": c8, "C9": c9, "C10": c10}
+
+
+def converged(improvement: float) -> bool:
+    """The Stage-1 plateau rule: the tail's relative improvement (:func:`duolib.book.evidence.tail_improvement`)
+    below ``STAGE1_PLATEAU``."""
+    return improvement < STAGE1_PLATEAU
 
 
 def verdict(claim: str, results: dict[str, dict]) -> tuple[str, str]:
