@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 from .utils import batch_source, frozen, progress as progress_bar
-from .model import hard_ffn, trace_from
+from .layers import hard_ffn
+from .model import trace_from
 from .routing import BIG, SKIP, SMALL, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, make_policy
 
 FAMILIES = ("llama", "opt", "gpt2")

@@ -34,7 +34,7 @@ def test_checkpoint_holds_code_token_ids_generation_config_and_tokenizer(saved):
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (0, 0, 1)
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"]) == (0, 1)
-    for name in ("model.py", "config.py", "routing.py", "flops.py", "tokenizer.json", "model.safetensors"):
+    for name in ("model.py", "layers.py", "config.py", "routing.py", "flops.py", "tokenizer.json", "model.safetensors"):
         assert (folder / name).is_file(), name
 
 

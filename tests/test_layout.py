@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "duolib"
 FLOORS = [
     {"utils", "fileio", "profiles", "routing", "stats", "runfolder"},
     {"config", "flops", "data"},
-    {"model", "convert"},
+    {"model", "layers", "convert"},
     {"oracle", "train", "retrofit"},
     {"router"},
     {"book"},

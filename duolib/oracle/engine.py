@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..utils import eval_mode
 from .leaf import BF16Leaf, certify_sets, logsumexp_rows, resolve_precision
 from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
-from ..model import attention_function
+from ..layers import attention_function
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
 
 _FFN_ORDER = (BIG, SMALL, SKIP)
