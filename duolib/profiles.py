@@ -100,10 +100,13 @@ for _name, _section in _ROUTER_SECTIONS.items():
 
 # Book knobs [ours] (notebooks/, `duo book`): sizes of the experiments that the oracle / router /
 # train sections do not cover; the CPU book must finish in about an hour on 2 cores.
+# skip_p: p(skip) of the second Stage-1 model, trained for the skip studies (notebook 02b); the rest of its
+# random routing is split evenly between big and small ((1 - skip_p) / 2 each).  The paper trains with
+# big / small only and does not give skip probabilities [ours].
 _BOOK_SECTIONS = {
-    "tiny": dict(compare_steps=20, synthetic_steps=30, heatmap_bins=8, bench_repeats=2),
-    "default": dict(compare_steps=100, synthetic_steps=150, heatmap_bins=16, bench_repeats=9),
-    "paper": dict(compare_steps=20_000, synthetic_steps=20_000, heatmap_bins=32, bench_repeats=20),
+    "tiny": dict(compare_steps=20, synthetic_steps=30, heatmap_bins=8, bench_repeats=2, skip_p=0.2),
+    "default": dict(compare_steps=100, synthetic_steps=150, heatmap_bins=16, bench_repeats=9, skip_p=0.2),
+    "paper": dict(compare_steps=20_000, synthetic_steps=20_000, heatmap_bins=32, bench_repeats=20, skip_p=0.2),
 }
 for _name, _section in _BOOK_SECTIONS.items():
     PROFILES[_name].setdefault("book", _section)

@@ -68,9 +68,10 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("01_data"),
     Step("02_training", needs=("01_data",)),
+    Step("02b_skip_model", needs=("01_data",)),  # trains beside 02_training (independent runs)
     Step("03_oracle", needs=("02_training",)),
     Step("04_schedules", needs=("03_oracle",)),
-    Step("05_oracle_routes", needs=("03_oracle",)),
+    Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model")),
     Step("06_difficulty", needs=("03_oracle",)),
     Step("07_routers", needs=("03_oracle",)),
     Step("08_dense", needs=("02_training",)),
@@ -419,6 +420,22 @@ def book_train_config(profile: str, run_dir: str | os.PathLike, **overrides):
     return TrainConfig.from_profile(profile, cache_dir=str(Path(run_dir) / "cache"), progress=False, **overrides)
 
 
+def skip_train_config(profile: str, run_dir: str | os.PathLike, p_skip: float | None = None, **overrides):
+    """The TrainConfig of the skip-trained Stage-1 model (notebook 02b): Stage 1's (:func:`book_train_config`)
+    except its random routing, p(skip) = ``p_skip`` (None: the profile's ``book.skip_p``) and the rest split
+    evenly, p(big) = p(small) = (1 - p_skip) / 2 (``TrainConfig.p_big`` is a share of all draws, not of the
+    non-skip ones), and its evaluation also under :data:`HALF_SKIP_ROUTES`."""
+    p = get_profile(profile)["book"]["skip_p"] if p_skip is None else p_skip
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
+        raise ValueError(f"p_skip={p!r} must lie strictly between 0 and 1 (a model trained with skip that also "
+                         f"trains its big and small modules)")
+    routes = tuple(book_train_config(profile, run_dir).eval_routes)
+    if HALF_SKIP_ROUTES not in routes:
+        routes += (HALF_SKIP_ROUTES,)
+    return book_train_config(profile, run_dir, p_big=(1.0 - p) / 2, p_skip=float(p), eval_routes=routes,
+                             **overrides)
+
+
 def save_results(run_dir: str | os.PathLike, step: str, results: dict) -> Path:
     """Write a notebook's headline numbers to ``run_dir/results/<step>.json`` (read by the scorecard),
     after checking them against the step's type in :mod:`duolib.book.results`."""
@@ -436,6 +453,10 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 STAGE1_DIR = "stage1"
+#: The run folder (inside the book's run folder) of the Stage-1 model trained with skip (notebook 02b).
+SKIP_STAGE1_DIR = "stage1-skip"
+#: The route family with skip of the skip model's evaluation: each layer big or skipped with probability 1/2.
+HALF_SKIP_ROUTES = "random:0.5:0.5"
 
 
 def book_data(profile: str, run_dir: str | os.PathLike):
@@ -453,6 +474,29 @@ def stage1_model(run_dir: str | os.PathLike):
     if not (path / "summary.json").is_file():
         raise ValueError(f"no finished Stage-1 run in {str(path)!r}; run notebooks/02_training.ipynb first")
     return load_run(path).eval()
+
+
+def skip_stage1_model(run_dir: str | os.PathLike):
+    """The Stage-1 model trained with skip in its random routing by the 02b_skip_model notebook (eval mode);
+    ValueError if the run is missing or its recorded p_skip is not above 0."""
+    path = Path(run_dir) / SKIP_STAGE1_DIR
+    if not (path / "summary.json").is_file():
+        raise ValueError(f"no finished skip-trained Stage-1 run in {str(path)!r}; run "
+                         f"notebooks/02b_skip_model.ipynb first")
+    p_skip = trained_p_skip(path)
+    if not p_skip > 0:
+        raise ValueError(f"the run in {str(path)!r} was trained with p_skip = {p_skip:g}, not with skip; rerun "
+                         f"notebooks/02b_skip_model.ipynb (it trains with the profile's book.skip_p)")
+    return load_run(path).eval()
+
+
+def trained_p_skip(path: str | os.PathLike) -> float:
+    """The p_skip a Stage-1 run folder was trained with (its ``config.json``)."""
+    file = Path(path) / "config.json"
+    try:
+        return float(json.loads(file.read_text())["config"].get("p_skip", 0.0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read the training config of {str(file)!r} ({exc}); retrain that run") from None
 
 
 # ---- comparing two runs' glued values ---------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.colors import ListedColormap
+from matplotlib.ticker import ScalarFormatter
 
 from ..routing import ROUTE_NAMES
 
@@ -55,6 +56,33 @@ def training_curves(metrics: pd.DataFrame):
     sns.lineplot(data=evals, x="step", y="ppl", hue="routes", style="holdout", marker="o", ax=axes[1])
     axes[1].set_yscale("log")
     axes[1].set_title("holdout perplexity by route")
+    fig.tight_layout()
+    return fig
+
+
+def compared_training_curves(metrics: dict[str, pd.DataFrame]):
+    """Stage-1 curves of several runs (``{model name: metrics}``, as :func:`training_curves` takes): training
+    loss by model, then one panel per holdout of holdout perplexity by route mode (colour) and model (style)."""
+    frames = {name: m.assign(model=name) for name, m in metrics.items()}
+    both = pd.concat(frames.values(), ignore_index=True)
+    evals = both[both["kind"] == "eval"]
+    holdouts = list(dict.fromkeys(evals["holdout"]))
+    fig, axes = plt.subplots(1, 1 + len(holdouts), figsize=(PAGE_WIDTH * (1 + len(holdouts)) / 2.2, 3.6),
+                             squeeze=False)
+    axes = axes[0]
+    sns.lineplot(data=both[both["kind"] == "train"], x="step", y="loss", hue="model", ax=axes[0])
+    axes[0].set_title("training loss (own random routing)", fontsize=10)
+    axes[0].legend(fontsize=8, title=None)
+    for ax, h in zip(axes[1:], holdouts):
+        sns.lineplot(data=evals[evals["holdout"] == h], x="step", y="ppl", hue="routes", style="model", marker="o",
+                     ax=ax, legend=ax is axes[-1])
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers on a short log axis
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="y", which="both", labelsize=8)
+        ax.set_title(f"{h}: holdout perplexity", fontsize=10)
+    if len(axes) > 1:
+        axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -11,6 +11,15 @@ PerBudget = dict[str, float]  # budget k (big layers, as a string) -> perplexity
 Interval = dict[str, float]  # {"value", "low", "high"}: a 95% window-bootstrap interval (duolib.book.evidence)
 
 
+class SkipModelResults(TypedDict):
+    """02b_skip_model: final holdout perplexities of the skip-trained Stage-1 model, per holdout and route
+    family (big, small, random, half_skip, unigram)."""
+    model: str  # its run folder inside the book's run folder
+    p_skip: float
+    p_big: float
+    holdouts: dict[str, dict[str, float]]
+
+
 class OracleHoldout(TypedDict):
     all_big: float
     all_small: float
@@ -101,6 +110,7 @@ class DenseResults(TypedDict):
 
 # step name -> the type of its results (what the scorecard reads)
 RESULT_TYPES: dict[str, type] = {
+    "02b_skip_model": SkipModelResults,
     "03_oracle": OracleResults,
     "04_schedules": ScheduleResults,
     "05_oracle_routes": OracleRoutesResults,

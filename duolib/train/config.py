@@ -43,7 +43,8 @@ class TrainConfig:
     stage implies (random; all-big for stage "big"; ``small_stage_routes`` for stage "small").
     amp: bfloat16 autocast for the forward pass (GPU runs; the ``paper`` profile).
     eval_routes: route modes of the periodic evaluation ("small", "big", "random" = the training
-    p_big / p_skip, "random:P" = p_big P and no skip); dense models are evaluated once ("dense").
+    p_big / p_skip, "random:P" = p_big P and no skip, "random:P:S" = p_big P and p_skip S); dense models
+    are evaluated once ("dense").
     """
 
     profile: str = "default"
@@ -237,7 +238,8 @@ _OPTIONAL = ("dense_width", "checkpoint_every", "dense_p_big", "train_routes", "
 
 
 def parse_route_mode(mode: str, cfg: TrainConfig | None = None) -> tuple[float, float]:
-    """(p_big, p_skip) of a route mode: small (0, 0), big (1, 0), random (the config's), random:P (P, 0)."""
+    """(p_big, p_skip) of a route mode: small (0, 0), big (1, 0), random (the config's), random:P (P, 0),
+    random:P:S (P, S: big with probability P, skip with S, small otherwise)."""
     if mode == "small":
         return 0.0, 0.0
     if mode == "big":
@@ -245,13 +247,15 @@ def parse_route_mode(mode: str, cfg: TrainConfig | None = None) -> tuple[float, 
     if mode == "random":
         return (cfg.p_big, cfg.p_skip) if cfg is not None else (0.5, 0.0)
     if mode.startswith("random:"):
+        parts = mode.split(":")[1:]
         try:
-            p = float(mode.split(":", 1)[1])
+            p, s = float(parts[0]), float(parts[1]) if len(parts) == 2 else 0.0
         except ValueError:
-            p = -1.0
-        if 0.0 <= p <= 1.0:
-            return p, 0.0
-    raise ValueError(f"route mode {mode!r}; allowed: small, big, random, random:P with P in [0, 1]")
+            p = s = -1.0
+        if len(parts) <= 2 and 0.0 <= p <= 1.0 and 0.0 <= s <= 1.0 and p + s <= 1.0:
+            return p, s
+    raise ValueError(f"route mode {mode!r}; allowed: small, big, random, random:P or random:P:S with P, S in [0, 1] "
+                     "and P + S <= 1")
 
 
 # ----------------------------------------------------------------------------- schedule, routes, baselines
