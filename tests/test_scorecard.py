@@ -56,11 +56,24 @@ def test_c5(fall, rise, expected):
     assert verdict(schedules(fall, rise), "C5") == expected
 
 
-def routes05(lo=(0.7, 0.05), hi=(0.3, 0.05), skips=None, p_skip=0.5):
-    skips = skips or [ci(0.9, 0.05), ci(0.1, 0.05), ci(0.5, 0.05), ci(0.5, 0.05)]
-    return {"03_oracle": oracle(), "05_oracle_routes": {"p_skip": p_skip, "holdouts": {"english": {
-        "big_centre": {"4": lo[0], "8": hi[0]}, "big_centre_ci": {"4": ci(*lo), "8": ci(*hi)},
-        "skip_fraction": [s["value"] for s in skips], "skip_fraction_ci": skips}}}}
+FLAT = [ci(0.5, 0.05), ci(0.4, 0.05), ci(0.6, 0.05), ci(0.5, 0.05)]
+POLAR = [ci(0.9, 0.05), ci(0.1, 0.05), ci(0.5, 0.05), ci(0.5, 0.05)]
+
+
+def study(skips, p_skip, model):
+    return {"model": model, "p_skip": p_skip, "n_skip": 2, "holdouts": {"english": {
+        "skip_fraction": [s["value"] for s in skips], "skip_fraction_ci": skips, "oracle": 9.0, "fixed": 11.0,
+        "early_exit": 12.0, "all_big": 10.0}}}
+
+
+def routes05(lo=(0.7, 0.05), hi=(0.3, 0.05), skips=None, p_skip=0.2, no_skip=FLAT):
+    """05_oracle_routes with the {big, skip} study of the skip-trained model (``skips``; None: none in the run)
+    and of the no-skip model (``no_skip``)."""
+    studies = {"no_skip": study(no_skip, 0.0, "stage1")}
+    if skips is not None:
+        studies["skip_trained"] = study(skips, p_skip, "stage1-skip")
+    return {"03_oracle": oracle(), "05_oracle_routes": {"skip_study": studies, "holdouts": {"english": {
+        "big_centre": {"4": lo[0], "8": hi[0]}, "big_centre_ci": {"4": ci(*lo), "8": ci(*hi)}}}}}
 
 
 @pytest.mark.parametrize("lo, hi, expected", [((0.7, 0.05), (0.3, 0.05), HOLDS), ((0.7, 0.05), (0.6, 0.05), PARTLY),
@@ -71,14 +84,42 @@ def test_c6_flat_null_is_inconclusive_not_partly(lo, hi, expected):
 
 
 @pytest.mark.parametrize("skips, p_skip, expected", [
-    ([ci(0.9, 0.05), ci(0.1, 0.05), ci(0.5, 0.05), ci(0.5, 0.05)], 0.5, HOLDS),
-    ([ci(0.1, 0.05), ci(0.1, 0.05), ci(0.9, 0.05), ci(0.9, 0.05)], 0.5, PARTLY),  # polarised but early exit
-    ([ci(0.5, 0.05), ci(0.4, 0.05), ci(0.6, 0.05), ci(0.5, 0.05)], 0.5, FAILS),  # flat
-    ([ci(0.74, 0.05), ci(0.1, 0.05), ci(0.5, 0.05), ci(0.5, 0.05)], 0.5, INCONCLUSIVE),
-    ([ci(0.9, 0.05), ci(0.1, 0.05), ci(0.5, 0.05), ci(0.5, 0.05)], 0.0, UNTESTABLE),  # no model trained with skip
+    (POLAR, 0.2, HOLDS),
+    ([ci(0.1, 0.05), ci(0.1, 0.05), ci(0.9, 0.05), ci(0.9, 0.05)], 0.2, PARTLY),  # polarised but early exit
+    (FLAT, 0.2, FAILS),
+    ([ci(0.74, 0.05), ci(0.1, 0.05), ci(0.5, 0.05), ci(0.5, 0.05)], 0.2, INCONCLUSIVE),
+    (POLAR, 0.0, UNTESTABLE),  # the "skip" model was not trained with skip
+    (None, 0.2, UNTESTABLE),  # no skip-trained model in the run
 ])
 def test_c7(skips, p_skip, expected):
     assert verdict(routes05(skips=skips, p_skip=p_skip), "C7") == expected
+
+
+@pytest.mark.parametrize("skip_trained, no_skip, expected", [(FLAT, POLAR, FAILS), (POLAR, FLAT, HOLDS),
+                                                              (None, POLAR, UNTESTABLE), (None, FLAT, UNTESTABLE)])
+def test_c7_is_judged_on_the_skip_trained_model_only(skip_trained, no_skip, expected):
+    card = scorecard(routes05(skips=skip_trained, no_skip=no_skip)).set_index("claim")
+    assert card.loc["C7", "verdict"] == expected
+    measured = card.loc["C7", "measured"]
+    if skip_trained is None:
+        assert "no skip-trained model" in measured
+    else:
+        assert "judged on the skip-trained model stage1-skip (p_skip = 0.2)" in measured
+        assert f"no-skip model stage1 (not judged) would give '{HOLDS if no_skip is POLAR else FAILS}'" in measured
+
+
+def test_c7_without_a_skip_study_is_not_testable_and_without_05_not_measured():
+    results = routes05(skips=POLAR)
+    del results["05_oracle_routes"]["skip_study"]
+    assert verdict(results, "C7") == UNTESTABLE
+    assert verdict({"03_oracle": oracle()}, "C7") == MISSING
+
+
+def test_skip_models_names_the_model_of_each_skip_verdict():
+    table = sc.skip_models({**routes05(skips=POLAR), **routers()}).set_index("claim")
+    assert table.loc["C7", "model"] == "stage1-skip" and table.loc["C7", "p_skip"] == 0.2
+    assert table.loc["C8", "p_skip"] == 0.5
+    assert sc.skip_models(routes05(skips=None)).set_index("claim").loc["C7", "model"] == "none"
 
 
 def routers(position=(0.8, 0.05), learned=(-0.1, 0.02), late=(0.6, 0.05), ratio=(1.2, 0.1), skip=(0.7, 0.05), p_skip=0.5):

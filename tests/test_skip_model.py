@@ -78,3 +78,22 @@ def test_loader_reads_a_skip_trained_run_and_refuses_a_missing_or_skipless_one(c
     train(tiny(cache_dir, **short), tmp_path / "plain" / SKIP_STAGE1_DIR)
     with pytest.raises(ValueError, match="trained with p_skip = 0, not with skip"):
         skip_stage1_model(tmp_path / "plain")
+
+
+def test_skip_study_of_one_model(tmp_path):
+    from duolib import DuoConfig, DuoForCausalLM
+    from duolib.book.analysis import cached_loss_matrix, skip_study
+
+    torch.manual_seed(0)
+    model = DuoForCausalLM(DuoConfig.preset("tiny")).eval()
+    ids = {"a": torch.randint(0, 512, (3, 12)), "b": torch.randint(0, 512, (2, 12))}
+    results, matrices = skip_study(model, ids, tmp_path, n_skip=2, seed=0)
+    assert set(results) == set(matrices) == {"a", "b"}
+    for h, r in results.items():
+        assert sum(r["skip_fraction"]) == pytest.approx(2.0)  # every token skips exactly n_skip layers
+        assert [c["value"] for c in r["skip_fraction_ci"]] == pytest.approx(r["skip_fraction"])
+        assert r["oracle"] <= r["fixed"] <= r["early_exit"] + 1e-9
+        assert r["fixed_pattern"].count("-") == 2
+        plain = cached_loss_matrix(model, ids[h], tmp_path)  # the {small, big} matrix: same all-big pattern
+        assert r["all_big"] == pytest.approx(plain.perplexity_of([BIG] * 4), rel=1e-6)
+        assert r["early_exit"] == pytest.approx(matrices[h].perplexity_of([BIG, BIG, SKIP, SKIP]), rel=1e-12)

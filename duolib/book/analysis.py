@@ -24,12 +24,13 @@ from ..fileio import atomic_write_text
 from ..runfolder import read_checked, write_checked
 from ..profiles import get_profile
 from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices, token_difficulty
-from ..routing import BIG, ROUTE_NAMES
+from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..oracle.beam import beam_oracle
 from ..oracle.engine import loss_matrix
 from ..oracle.brute_force import trie_flops
 from ..data.run_data import run_data
 from ..data.batches import holdout_sequences
+from .evidence import layer_share_intervals
 from .pipeline import book_train_config
 from ..train.loop import train
 
@@ -304,6 +305,29 @@ def skip_matrix(model, input_ids, run_dir, n_skip: int) -> LossMatrix:
     L = model.config.num_hidden_layers
     n_skip = check_budget(n_skip, L, "n_skip")
     return cached_loss_matrix(model, input_ids, run_dir, choices=("skip", "big"), k=L - n_skip)
+
+
+def skip_study(model, ids: dict[str, torch.Tensor], run_dir, n_skip: int, seed: int = 0) -> tuple[dict, dict]:
+    """The {big, skip} study of one model on each holdout's windows ``ids``: ``(results, matrices)``.
+
+    results[h]: ``skip_fraction`` (per layer, the share of tokens whose oracle pattern skips it) with
+    ``skip_fraction_ci`` (95% window-bootstrap intervals), the perplexities ``oracle``, ``fixed`` (best
+    single pattern, ``fixed_pattern``), ``early_exit`` (skip the last ``n_skip`` layers) and ``all_big``
+    (no layer skipped; shared semantics like the rest).  matrices[h]: the {big, skip} loss matrix."""
+    L = model.config.num_hidden_layers
+    k_big = L - n_skip
+    results, matrices = {}, {}
+    for h, x in ids.items():
+        m = matrices[h] = skip_matrix(model, x, run_dir, n_skip)
+        all_big = cached_loss_matrix(model, x, run_dir, choices=("skip", "big"), k=L)  # the one all-big pattern
+        fixed = m.fixed(k_big)
+        results[h] = {"skip_fraction": [float(v) for v in layer_rate(m, k_big, SKIP)],
+                      "skip_fraction_ci": layer_share_intervals(m, k_big, SKIP, seed=seed),
+                      "oracle": m.oracle(k_big).perplexity, "fixed": fixed.perplexity,
+                      "fixed_pattern": fixed.info["pattern"],
+                      "early_exit": m.perplexity_of(m.early_exit_pattern(n_skip)),
+                      "all_big": all_big.perplexity_of([BIG] * L)}
+    return results, matrices
 
 
 # ----------------------------------------------------------------------------- 06: difficulty

@@ -52,15 +52,33 @@ class ScheduleResults(TypedDict):
 
 class OracleRoutesHoldout(TypedDict):
     big_centre: PerBudget  # mean relative depth 0..1 of the oracle's big layers at k (0.5 = even)
-    skip_fraction: list[float]  # per layer, in the {big, skip} study
     big_centre_ci: NotRequired[dict[str, Interval]]
-    skip_fraction_ci: NotRequired[list[Interval]]
+
+
+class SkipStudyHoldout(TypedDict):
+    """duolib.book.analysis.skip_study of one model on one holdout."""
+    skip_fraction: list[float]  # per layer, share of tokens whose {big, skip} oracle pattern skips it
+    skip_fraction_ci: list[Interval]
+    oracle: float  # perplexities, shared semantics, n_skip layers skipped
+    fixed: float
+    early_exit: float
+    all_big: float
+    fixed_pattern: NotRequired[str]
+
+
+class SkipStudy(TypedDict):
+    model: str  # the model's run folder inside the book's run folder
+    p_skip: float  # skip probability it was trained with
+    n_skip: int
+    holdouts: dict[str, SkipStudyHoldout]
 
 
 class OracleRoutesResults(TypedDict):
-    """05_oracle_routes."""
+    """05_oracle_routes: the big layers' centre of the Stage-1 model (C6) and the {big, skip} study of each
+    model (``skip_study.no_skip``: notebook 02's, ``skip_study.skip_trained``: notebook 02b's; C7 reads the
+    latter)."""
     holdouts: dict[str, OracleRoutesHoldout]
-    p_skip: NotRequired[float]  # skip probability the model of the skip study was trained with
+    skip_study: dict[str, SkipStudy]
 
 
 class DifficultyHoldout(TypedDict):

@@ -23,8 +23,9 @@ Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = int
   best100_per_token}.<k>``; ``holdouts.<h>.ci`` = :func:`duolib.book.evidence.oracle_intervals`.
 - ``04_schedules``: ``holdouts.<h>.{falling, rising, constant, shuffled}``; ``holdouts.<h>.ci`` =
   :func:`duolib.book.evidence.schedule_intervals`.
-- ``05_oracle_routes``: ``p_skip`` (of the model the skip study ran on); ``holdouts.<h>.big_centre.<k>``
-  and ``.big_centre_ci.<k>``; ``holdouts.<h>.skip_fraction`` and ``.skip_fraction_ci`` (per layer).
+- ``05_oracle_routes``: ``holdouts.<h>.big_centre.<k>`` and ``.big_centre_ci.<k>``; ``skip_study.<m>`` per
+  model ``m`` (``no_skip``, ``skip_trained``): ``model``, ``p_skip``, ``holdouts.<h>.skip_fraction_ci``
+  (per layer).  C7 is judged on ``skip_study.skip_trained`` only.
 - ``06_difficulty``: ``holdouts.<h>.spearman_ci``; optional ``synthetic.gain_ci`` =
   :func:`duolib.book.evidence.label_gain_intervals`.
 - ``07_routers``: ``p_skip``; ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
@@ -87,7 +88,8 @@ RULES_TEXT = {
           "if neither; the shuffled control (same budgets, permuted positions) is reported beside it.",
     "C6": f"centre (mean relative depth of the oracle's big layers) at k = L/3 above {C6_EVEN} and at k = 2L/3 "
           f"below {C6_EVEN}; holds if both, partly if one, does not hold if neither.",
-    "C7": f"precondition: the model was trained with skip (p_skip > 0), else not testable; polarised: some layer's "
+    "C7": f"judged on the model trained with skip (notebook 02b); precondition: its results exist and p_skip > 0, "
+          f"else not testable; polarised: some layer's "
           f"skip rate >= {C7_ALWAYS} and some <= {C7_NEVER}; early exit: the later half of the layers holds >= "
           f"{C7_EXIT:.0%} of the skips; holds if polarised and not early exit, partly if polarised and early exit, "
           "does not hold if not polarised.",
@@ -285,11 +287,14 @@ def c6(r):
     return combine(out), "; ".join(notes), key
 
 
-def c7(r):
-    d5 = r["05_oracle_routes"]
-    p_skip = float(d5.get("p_skip", 0.0))
-    out, notes = [], [f"skip study on a model trained with p_skip = {p_skip:g}"]
-    for h, d in d5["holdouts"].items():
+#: Keys of 05_oracle_routes' skip_study: the Stage-1 model without skip and the one trained with skip.
+NO_SKIP, SKIP_TRAINED = "no_skip", "skip_trained"
+
+
+def c7_parts(study: dict) -> tuple[list[str], list[str]]:
+    """C7's verdict and note for each holdout of one model's {big, skip} study."""
+    out, notes = [], []
+    for h, d in study["holdouts"].items():
         f = [_ci({"x": x}, "x") for x in d["skip_fraction_ci"]]
         notes.append(f"{h}: skip rate per layer {' '.join(f'{x[0]:.2f}' for x in f)}")
         always = any_true([True if x[1] >= C7_ALWAYS else False if x[2] < C7_ALWAYS else None for x in f])
@@ -299,10 +304,40 @@ def c7(r):
         n = len(values)
         early_exit = sum(values[n // 2:]) / max(sum(values), 1e-9) >= C7_EXIT
         out.append(INCONCLUSIVE if polarised is None else (PARTLY if early_exit else HOLDS) if polarised else FAILS)
+    return out, notes
+
+
+def c7(r):
+    studies = r["05_oracle_routes"].get("skip_study", {})
+    study = studies.get(SKIP_TRAINED)
+    if study is None:
+        return UNTESTABLE, ("no skip-trained model in this run (notebook 02b): on the model trained without skip a "
+                            "skipped layer is a route it never saw"), None
+    p_skip = float(study["p_skip"])
+    out, notes = c7_parts(study)
+    notes.insert(0, f"judged on the skip-trained model {study['model']} (p_skip = {p_skip:g})")
+    if NO_SKIP in studies:
+        notes.append(f"the no-skip model {studies[NO_SKIP]['model']} (not judged) would give "
+                     f"'{combine(c7_parts(studies[NO_SKIP])[0])}'")
     if p_skip <= 0:
-        notes[0] += " (no model trained with skip: a skipped layer is a route it never saw)"
+        notes[0] += " - not testable: that model was not trained with skip"
         return UNTESTABLE, "; ".join(notes), None
     return combine(out), "; ".join(notes), None
+
+
+def skip_models(results: dict[str, dict]):
+    """Which model each skip verdict was judged on: a DataFrame of claim, part, model (its run folder) and
+    p_skip; "none" where the run holds no such model (the verdict is then not testable)."""
+    import pandas as pd
+
+    study = results.get("05_oracle_routes", {}).get("skip_study", {}).get(SKIP_TRAINED)
+    rows = [dict(claim="C7", part="{big, skip} oracle", model=study["model"] if study else "none",
+                 p_skip=float(study["p_skip"]) if study else float("nan"))]
+    if "07_routers" in results:
+        d = results["07_routers"]
+        rows.append(dict(claim="C8", part="routers with skip", model=d.get("skip_model", "not recorded"),
+                         p_skip=float(d.get("p_skip", 0.0))))
+    return pd.DataFrame(rows)
 
 
 def c8(r):
