@@ -22,7 +22,8 @@ from duolib import DuoConfig
 from duolib.flops import dense_equivalent_width, ffn_flops
 from duolib.routing import BIG, SKIP, SMALL
 from duolib.train.config import P_GRID, TrainConfig, lr_at
-from duolib.train.loop import build_model, train
+from duolib.train.build import build_model
+from duolib.train.loop import train
 from duolib.train.baselines import freeze_ablation
 from duolib.train.run_folder import latest_checkpoint, read_metrics
 from duolib.routing import training_routes
@@ -57,7 +58,7 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     mid = 10 + (99 - 10) // 2
     assert lrs[mid] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * (mid - 10) / 89)))
     # the optimizer sees exactly this schedule
-    from duolib.train.loop import make_optimizer, make_scheduler
+    from duolib.train.build import make_optimizer, make_scheduler
 
     p = torch.nn.Parameter(torch.zeros(2, 2))
     opt = make_optimizer([("w", p)], cfg)

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
-from .loop import dist_rank_world, train
+from .distributed import dist_rank_world
+from .loop import train
 
 
 def config_from_args(args) -> TrainConfig:

@@ -30,7 +30,9 @@ modules under the *same random routing* as joint training (``p_big`` big, rest s
 modules, attention, norms and embeddings frozen; ``small_stage_routes="small"`` trains them all-small
 instead.  Dense baselines use ``dense_equivalent_width`` (FLOPs of ``p * big + (1 - p) * small``).
 
-The run folder's files are described in :mod:`duolib.train.run_folder`.
+The run folder's files are described in :mod:`duolib.train.run_folder`; the model and optimiser are
+built in :mod:`duolib.train.build`, the data checked in :mod:`duolib.train.inputs`, and the ranks of a
+``torchrun`` run handled in :mod:`duolib.train.distributed`.
 """
 
 from __future__ import annotations
@@ -39,70 +41,29 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..convert import llama_config
-from ..data.corpus import prepare
-from ..data.batches import holdout_sequences, sample_batch
+from ..data.batches import sample_batch
 from ..data.run_data import run_data
-from ..model import DuoForCausalLM
 from ..routing import BIG, SMALL, training_routes
 from ..runfolder import claim, clear, write_manifest
-from ..utils import apply_threads, json_hash, token_array
+from ..utils import apply_threads, json_hash
+from .build import build_model, load_init, make_optimizer, make_scheduler, trainable_parameters
 from .config import TrainConfig, lr_factor
+from .inputs import check_data, load_data
+from .distributed import (barrier, broadcast_from_rank0, dist_rank_world, mean_over_ranks, train_device,
+                          wrap_distributed)
 from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
                          atomic_dir, config_differences, data_fingerprint, final_model_dir, identity,
-                         latest_checkpoint, load_checkpoint, load_run, model_fields, only_longer, read_metric_records,
+                         latest_checkpoint, load_checkpoint, load_run, only_longer, read_metric_records,
                          read_metrics, read_run_json, remove_leftovers, save_checkpoint, save_complete_checkpoint,
                          verify_final, write_json, write_json_lines)
 
-
-# ----------------------------------------------------------------------------- models
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """A freshly initialised model of the run (seeded by ``cfg.seed``): Duo, or a dense Llama."""
-    torch.manual_seed(cfg.seed)
-    if cfg.arch == "dense":
-        from transformers import LlamaForCausalLM
-
-        return LlamaForCausalLM(llama_config(cfg.duo_config(), intermediate_size=cfg.ffn_width()))
-    return DuoForCausalLM(cfg.duo_config())
-
-
-def trainable_parameters(model: nn.Module, cfg: TrainConfig) -> list[tuple[str, nn.Parameter]]:
-    """Sets ``requires_grad`` by stage and returns the trainable (name, parameter) pairs.
-
-    joint: everything; big: everything but the small FFNs; small: only the small FFNs."""
-    named = list(model.named_parameters())
-    for name, p in named:
-        small = ".small." in name
-        p.requires_grad_({"joint": True, "big": not small, "small": small}[cfg.stage])
-    return [(n, p) for n, p in named if p.requires_grad]
-
-
-def make_optimizer(named: Sequence[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for n, p in named if p.dim() >= 2]
-    no_decay = [p for n, p in named if p.dim() < 2]
-    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, foreach=False)
-
-
-def make_scheduler(optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-# ----------------------------------------------------------------------------- files
 
 # ----------------------------------------------------------------------------- the training loop
 
@@ -136,71 +97,10 @@ class TrainResult:
         raise KeyError(f"no final evaluation for holdout {holdout!r} under routes {routes!r}")
 
 
-def dist_rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist_rank_world()[1] > 1:
-        dist.barrier()
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device != "auto":
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def _load_data(cfg: TrainConfig, data, rank: int):
-    if data is not None:
-        return data
-    vocab = cfg.duo_config().vocab_size
-    kwargs = dict(cfg.data)
-    if rank == 0:
-        out = prepare(cfg.corpus, vocab, cfg.cache_dir, progress=cfg.progress, **kwargs)
-    _barrier()
-    if rank != 0:
-        out = prepare(cfg.corpus, vocab, cfg.cache_dir, progress=False, **kwargs)
-    return out
-
-
 def holdout_set(cfg: TrainConfig, data=None) -> dict[str, torch.Tensor]:
     """The evaluation sequences of a run: ``{holdout name: [eval_sequences, seq_len]}`` (prepares the
     corpus unless ``data`` is given), e.g. to evaluate a trained model under other route modes."""
-    return _check_data(cfg, _load_data(cfg, data, 0), 1)
-
-
-def _check_data(cfg: TrainConfig, data, world_size: int) -> dict[str, torch.Tensor]:
-    """Fail early (before any file is written) if the data cannot feed this run; returns eval sequences."""
-    n = len(token_array(data.train))
-    if n == 0:
-        raise ValueError(f"corpus {cfg.corpus!r} gave an empty training stream")
-    tok = getattr(data, "tokenizer", None)
-    vocab = cfg.duo_config().vocab_size
-    if tok is not None and len(tok) > vocab:
-        raise ValueError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is {vocab}")
-    top = int(token_array(data.train).max())
-    if top >= vocab:
-        raise ValueError(f"the training stream holds token id {top} but the model's vocab_size is {vocab}")
-    try:
-        sample_batch(data.train, 0, cfg.batch_size, cfg.seq_len, cfg.seed, 0, world_size)
-    except ValueError as err:
-        raise ValueError(f"batch_size={cfg.batch_size}, seq_len={cfg.seq_len} do not fit the data of corpus "
-                         f"{cfg.corpus!r}: {err}") from None
-    holdout = getattr(data, "holdout", None) or {}
-    if not holdout:
-        raise ValueError(f"corpus {cfg.corpus!r} has no holdout stream to evaluate on")
-    seqs = {}
-    for name, stream in holdout.items():
-        try:
-            seqs[name] = holdout_sequences(stream, cfg.eval_sequences, cfg.seq_len)
-        except ValueError as err:
-            raise ValueError(f"holdout {name!r} cannot be evaluated with seq_len={cfg.seq_len}: {err}") from None
-    return seqs
+    return check_data(cfg, load_data(cfg, data, 0), 1)
 
 
 @contextlib.contextmanager
@@ -245,131 +145,177 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
         init = final_model_dir(cfg.init_from)
         if not (init / "config.json").is_file():
             raise ValueError(f"init_from={cfg.init_from!r} holds no trained model; train the stage='big' run first")
-    data = _load_data(cfg, data, rank)
-    eval_seqs = _check_data(cfg, data, world)
+    data = load_data(cfg, data, rank)
+    eval_seqs = check_data(cfg, data, world)
     ident = identity(cfg, data_fingerprint(data))
     with claim(run_dir, "duo train") if rank == 0 else contextlib.nullcontext():
         return _fit(cfg, run_dir, data, eval_seqs, ident, resume, overwrite, rank, world)
 
 
+@dataclass
+class _Training:
+    """What the steps of one training share: the run, the model and its optimiser, and the counters a
+    checkpoint carries (built by :func:`_setup`, moved forward by :func:`_resume`)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    data: object
+    eval_seqs: dict[str, torch.Tensor]
+    ident: dict
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module
+    named: list[tuple[str, nn.Parameter]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0  # the first step still to run
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds inside training steps
+    wall_t0: float = field(default_factory=time.perf_counter)  # wall time: steps, evaluations and checkpoints
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.wall_t0
+
+
 def _fit(cfg: TrainConfig, run_dir: Path, data, eval_seqs, ident: dict, resume: bool, overwrite: bool, rank: int,
          world: int) -> TrainResult:
     """The training of :func:`train`, with the run folder locked (rank 0) and the data checked."""
-    from tqdm.auto import tqdm
-
     ident_hash = json_hash(ident)
     finished, extended = _finished_run(run_dir, ident, ident_hash, resume, overwrite, rank)
     if finished is not None:
         return finished
+    t = _setup(cfg, run_dir, data, eval_seqs, ident, rank, world)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    _resume(t, ckpt, extended)
+    if rank == 0:
+        _write_run_files(run_dir, cfg, ident, ident_hash, data, resumed_at=t.step if ckpt is not None else None,
+                         extended=extended)
+    barrier()
 
-    device = _device(cfg)
+    baselines = {name: unigram_perplexity(data.train, seqs, t.model.config.vocab_size)
+                 for name, seqs in eval_seqs.items()}
+    log = MetricsLog(run_dir / METRICS_FILE, rank == 0)
+    if ckpt is None:
+        log.write(dict(kind="baseline", step=0, unigram_ppl=baselines))
+    last_eval = _step_loop(t, log)
+    if last_eval is None:  # resumed after the last step (a kill between the last step and the summary)
+        last_eval = _eval(t.model, eval_seqs, cfg, rank)
+    summary = dict(identity_hash=ident_hash, steps=cfg.steps, tokens=t.tokens_seen, train_seconds=t.elapsed,
+                   wall_seconds=t.wall(),
+                   final_eval=last_eval, unigram_ppl=baselines, arch=cfg.arch, stage=cfg.stage,
+                   ffn_width=cfg.ffn_width() if cfg.arch == "dense" else None,
+                   parameters=sum(p.numel() for p in t.model.parameters()), world_size=world,
+                   **(dict(extended=extended) if extended else {}))
+    if rank == 0:
+        _save_final(t, summary)
+    barrier()
+    return TrainResult(run_dir, summary)
+
+
+def _setup(cfg: TrainConfig, run_dir: Path, data, eval_seqs, ident: dict, rank: int, world: int) -> _Training:
+    """The freshly initialised model on this rank's device (stage 'small': with the stage 'big' weights),
+    its trainable parameters, optimiser and learning-rate schedule."""
+    device = train_device(cfg)
     model = build_model(cfg)
     if cfg.stage == "small":
-        _load_init(model, final_model_dir(cfg.init_from))
+        load_init(model, final_model_dir(cfg.init_from))
     model.to(device).train()
     named = trainable_parameters(model, cfg)
     optimizer = make_optimizer(named, cfg)
     scheduler = make_scheduler(optimizer, cfg)
-    L = model.config.num_hidden_layers
+    return _Training(cfg, run_dir, data, eval_seqs, ident, rank, world, device, model, named, optimizer, scheduler)
 
-    start, tokens_seen, elapsed, wall = 0, 0, 0.0, 0.0
-    ckpt = latest_checkpoint(run_dir) if resume else None
+
+def _resume(t: _Training, ckpt: Path | None, extended: list[dict]) -> None:
+    """Load the newest checkpoint (if any) into ``t``; an extended run continues on the longer schedule."""
+    cfg, wall = t.cfg, 0.0
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, ident, other_steps=bool(extended))
-        start, tokens_seen, elapsed, wall = state["step"], state["tokens_seen"], state["elapsed"], state["wall"]
+        state = load_checkpoint(ckpt, t.model, t.optimizer, t.scheduler, t.ident, other_steps=bool(extended))
+        t.step, t.tokens_seen, t.elapsed, wall = state["step"], state["tokens_seen"], state["elapsed"], state["wall"]
     if extended:
         if ckpt is None:
-            raise ValueError(f"run folder {run_dir} has no checkpoint to continue from; train it afresh with "
+            raise ValueError(f"run folder {t.run_dir} has no checkpoint to continue from; train it afresh with "
                              f"--overwrite, or use another run folder")
-        extended[-1].setdefault("at_step", start)
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # the longer schedule from here on
-            group["lr"] = base * lr_factor(start, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-    wall_t0 = time.perf_counter() - wall  # wall time: steps, evaluations and checkpoints
+        extended[-1].setdefault("at_step", t.step)
+        for group, base in zip(t.optimizer.param_groups, t.scheduler.base_lrs):  # the longer schedule from here on
+            group["lr"] = base * lr_factor(t.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    t.wall_t0 = time.perf_counter() - wall
 
-    metrics_path = run_dir / METRICS_FILE
-    if rank == 0:
-        _write_run_files(run_dir, cfg, ident, ident_hash, data, resumed_at=start if ckpt is not None else None,
-                         extended=extended)
-    _barrier()
 
-    baselines = {name: unigram_perplexity(data.train, seqs, model.config.vocab_size) for name, seqs in eval_seqs.items()}
-    log = MetricsLog(metrics_path, rank == 0)
-    if ckpt is None:
-        log.write(dict(kind="baseline", step=0, unigram_ppl=baselines))
+def _step_loop(t: _Training, log: MetricsLog) -> list[dict] | None:
+    """Steps ``t.step .. cfg.steps - 1`` with their logs, evaluations and checkpoints; the last evaluation
+    (None when no step was left to run)."""
+    from tqdm.auto import tqdm
 
-    ddp = _distributed(model, cfg, device, world)
-    local_rows = list(range(rank, cfg.batch_size, world))
-    micro = len(local_rows) // cfg.grad_accum
-    routes_mode = cfg.routes_mode()
-    params = [p for _, p in named]
+    cfg, rank, run_dir = t.cfg, t.rank, t.run_dir
+    ddp = wrap_distributed(t.model, cfg, t.device, t.world)
+    local_rows = list(range(rank, cfg.batch_size, t.world))
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
-
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and rank == 0), desc=f"train {run_dir.name}",
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=t.step, disable=not (cfg.progress and rank == 0),
+               desc=f"train {run_dir.name}", dynamic_ncols=True)
     last_eval = None
-    for step in range(start, cfg.steps):
+    for step in range(t.step, cfg.steps):
         t0 = time.perf_counter()
-        x = sample_batch(data.train, step, cfg.batch_size, cfg.seq_len, cfg.seed, rank, world).to(device)
-        routes = None
-        if is_duo(model):
-            if routes_mode == "random":
-                routes = training_routes(cfg.seed, step, local_rows, cfg.seq_len, L, cfg.p_big, cfg.p_skip).to(device)
-            else:
-                routes = [BIG if routes_mode == "big" else SMALL] * L
-        loss_sum = _accumulate_gradients(ddp, x, routes, cfg, micro, world)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-            raise NonFiniteError(step + 1, loss_sum, grad_norm, run_dir)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            t = torch.tensor([loss_sum], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            loss_sum = float(t) / world
+        loss_sum, grad_norm, lr = _train_step(t, ddp, step, local_rows)
         dt = time.perf_counter() - t0
-        elapsed += dt
-        tokens_seen += cfg.batch_size * cfg.seq_len
+        t.elapsed += dt
+        t.tokens_seen += cfg.batch_size * cfg.seq_len
         done = step + 1
         tps = cfg.batch_size * cfg.seq_len / dt
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
         if done % cfg.log_every == 0 or done == cfg.steps or done == 1:
-            log.write(dict(kind="train", step=done, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
-                           tokens_per_s=tps, elapsed=elapsed, wall=time.perf_counter() - wall_t0))
+            log.write(dict(kind="train", step=done, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens=t.tokens_seen,
+                           tokens_per_s=tps, elapsed=t.elapsed, wall=t.wall()))
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            last_eval = _eval(model, eval_seqs, cfg, rank)
+            last_eval = _eval(t.model, t.eval_seqs, cfg, rank)
             for r in last_eval:
                 log.write(dict(kind="eval", step=done, **r))
             if rank == 0:
                 bar.write(f"step {done}: " + ", ".join(f"{r['holdout']}/{r['routes']} {r['ppl']:.1f}" for r in last_eval))
         if done % ckpt_every == 0 or done == cfg.steps:  # the last one lets a finished run be extended
             if rank == 0:
-                save_checkpoint(run_dir, done, model, optimizer, scheduler, ident,
-                                dict(tokens_seen=tokens_seen, elapsed=elapsed, wall=time.perf_counter() - wall_t0),
+                save_checkpoint(run_dir, done, t.model, t.optimizer, t.scheduler, t.ident,
+                                dict(tokens_seen=t.tokens_seen, elapsed=t.elapsed, wall=t.wall()),
                                 cfg.keep_checkpoints)
-            _barrier()
+            barrier()
     bar.close()
+    return last_eval
 
-    if last_eval is None:  # resumed after the last step (a kill between the last step and the summary)
-        last_eval = _eval(model, eval_seqs, cfg, rank)
-    summary = dict(identity_hash=ident_hash, steps=cfg.steps, tokens=tokens_seen, train_seconds=elapsed,
-                   wall_seconds=time.perf_counter() - wall_t0,
-                   final_eval=last_eval, unigram_ppl=baselines, arch=cfg.arch, stage=cfg.stage,
-                   ffn_width=cfg.ffn_width() if cfg.arch == "dense" else None,
-                   parameters=sum(p.numel() for p in model.parameters()), world_size=world,
-                   **(dict(extended=extended) if extended else {}))
-    if rank == 0:
-        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise NonFiniteError(cfg.steps, math.nan, math.nan, run_dir, f"non-finite weights in {bad[:3]}")
-        with atomic_dir(run_dir / FINAL_DIR) as tmp:
-            save_complete_checkpoint(model, getattr(data, "tokenizer", None), tmp)
-            write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
-        write_json(run_dir / SUMMARY_FILE, summary)
-    _barrier()
-    return TrainResult(run_dir, summary)
+
+def _train_step(t: _Training, ddp, step: int, local_rows: list[int]) -> tuple[float, float, float]:
+    """One optimiser step on this rank's rows of the global batch of ``step``: the loss (mean over ranks),
+    the gradient norm before clipping and the learning rate used."""
+    cfg, L = t.cfg, t.model.config.num_hidden_layers
+    routes_mode = cfg.routes_mode()
+    x = sample_batch(t.data.train, step, cfg.batch_size, cfg.seq_len, cfg.seed, t.rank, t.world).to(t.device)
+    routes = None
+    if is_duo(t.model):
+        if routes_mode == "random":
+            routes = training_routes(cfg.seed, step, local_rows, cfg.seq_len, L, cfg.p_big, cfg.p_skip).to(t.device)
+        else:
+            routes = [BIG if routes_mode == "big" else SMALL] * L
+    loss_sum = _accumulate_gradients(ddp, x, routes, cfg, len(local_rows) // cfg.grad_accum, t.world)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in t.named], cfg.grad_clip))
+    if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+        raise NonFiniteError(step + 1, loss_sum, grad_norm, t.run_dir)
+    lr = t.optimizer.param_groups[0]["lr"]
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return mean_over_ranks(loss_sum, t.device, t.world), grad_norm, lr
+
+
+def _save_final(t: _Training, summary: dict) -> None:
+    """final/ (the complete checkpoint and its manifest) and summary.json, after checking every weight is finite."""
+    bad = [n for n, p in t.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteError(t.cfg.steps, math.nan, math.nan, t.run_dir, f"non-finite weights in {bad[:3]}")
+    with atomic_dir(t.run_dir / FINAL_DIR) as tmp:
+        save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp)
+        write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
+    write_json(t.run_dir / SUMMARY_FILE, summary)
 
 
 def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, overwrite: bool,
@@ -381,7 +327,7 @@ def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, ove
     summary_path = run_dir / SUMMARY_FILE
     if (overwrite or not resume) and rank == 0:
         clear(run_dir)
-    _barrier()
+    barrier()
     summary = read_run_json(summary_path, "the run's summary", required=False)
     if summary is not None and summary.get("identity_hash") == ident_hash:
         verify_final(run_dir)
@@ -421,15 +367,6 @@ def _write_run_files(run_dir: Path, cfg: TrainConfig, ident: dict, ident_hash: s
             tok.save_pretrained(str(tmp))
 
 
-def _distributed(model, cfg: TrainConfig, device: torch.device, world: int):
-    """``model`` wrapped in DistributedDataParallel when there are several processes."""
-    if world == 1:
-        return model
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=_may_leave_modules_unused(model, cfg))
-
-
 def _accumulate_gradients(ddp, x: torch.Tensor, routes, cfg: TrainConfig, micro: int, world: int) -> float:
     """Forward and backward of one step's local rows in ``cfg.grad_accum`` micro-batches; the mean loss."""
     device = x.device
@@ -448,35 +385,12 @@ def _accumulate_gradients(ddp, x: torch.Tensor, routes, cfg: TrainConfig, micro:
     return loss_sum
 
 
-def _may_leave_modules_unused(model, cfg: TrainConfig) -> bool:
-    """Whether a trainable FFN can get no token in a step (DDP then needs find_unused_parameters)."""
-    if not is_duo(model):
-        return False
-    mode = cfg.routes_mode()
-    small_unused = mode == "big" or (mode == "random" and cfg.p_big + cfg.p_skip >= 1.0)
-    big_unused = mode == "small" or (mode == "random" and cfg.p_big == 0.0)
-    return (small_unused and cfg.stage != "big") or (big_unused and cfg.stage != "small") or cfg.p_skip > 0
-
-
 def _eval(model, seqs, cfg: TrainConfig, rank: int) -> list[dict]:
     """Evaluate on rank 0; every rank gets the records."""
-    out = [None]
+    records = None
     if rank == 0:
         device = next(model.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            out = [evaluate_route_modes(model, seqs, cfg.eval_routes, cfg=cfg, seed=cfg.seed, batch_size=cfg.eval_batch_size)]
-    if dist_rank_world()[1] > 1:
-        dist.broadcast_object_list(out, src=0)
-    return out[0]
-
-
-def _load_init(model, final: Path) -> None:
-    """Weights of a trained Duo model (stage 'small' starts from the stage 'big' result)."""
-    src = load_run(final)
-    # a saved final/ also holds its code map and the tokenizer's token ids: neither defines the model
-    ignore = ("_name_or_path", "auto_map", "bos_token_id", "eos_token_id", "pad_token_id")
-    a, b = ({k: v for k, v in model_fields(c.config).items() if k not in ignore} for c in (src, model))
-    if not isinstance(src, DuoForCausalLM) or a != b:
-        diff = config_differences(a, b)
-        raise ValueError(f"init_from={str(final)!r} is not a Duo model of this run's size: " + "; ".join(diff))
-    model.load_state_dict(src.state_dict())
+            records = evaluate_route_modes(model, seqs, cfg.eval_routes, cfg=cfg, seed=cfg.seed,
+                                           batch_size=cfg.eval_batch_size)
+    return broadcast_from_rank0(records)
