@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import re
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from .bookhtml import BookBuildError, build_book
 
 PRESETS = ("tiny", "default", "paper")
 
@@ -48,10 +47,6 @@ PAPER_REPORTED = {
 
 class CLIError(RuntimeError):
     """An error reported to the user as ``duo: error: ...`` with exit status 1."""
-
-
-class BookBuildError(CLIError):
-    """``jupyter-book build`` failed (a warning counts as a failure: it runs with -W)."""
 
 
 # --------------------------------------------------------------------------- registry
@@ -106,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args._func(args)
-    except (CLIError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
+    except (CLIError, BookBuildError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
         print(f"duo: error: {exc}", file=sys.stderr)
         return 1
     except (OSError, ImportError) as exc:  # a missing path, a full disk, an optional dependency
@@ -165,73 +160,6 @@ def repo_root(start: Path | None = None) -> Path:
         raise CLIError(f"cannot find the book sources: {exc}") from None
 
 
-# jupyter_book has no __main__; run its click entry point with this interpreter so the
-# build uses the same environment as duolib, whatever is on PATH.
-_JUPYTER_BOOK = "from jupyter_book.cli.main import main; main(prog_name=\"jupyter-book\")"
-
-
-def book_command(root: Path, output: Path | None = None) -> list[str]:
-    """The ``jupyter-book build`` command line that builds the book under ``root``.
-
-    Sources are ``root/book`` with ``root/_config.yml`` and ``root/book/_toc.yml``;
-    HTML lands in ``<output>/_build/html``; always pass ``output`` (``build_book`` uses
-    ``root/book``): without ``--path-output`` jupyter-book writes to ``root/_build``.
-    ``-W`` makes every warning an error, ``--keep-going`` lists them all first, and
-    ``--all`` rebuilds every page (an incremental build would hide old warnings).
-    """
-    root = Path(root)
-    cmd = [
-        sys.executable,
-        "-c",
-        _JUPYTER_BOOK,
-        "build",
-        str(root / "book"),
-        "--config",
-        str(root / "_config.yml"),
-        "--toc",
-        str(root / "book" / "_toc.yml"),
-        "--builder",
-        "html",
-        "--all",
-        "-W",
-        "--keep-going",
-    ]
-    if output is not None:
-        cmd += ["--path-output", str(output)]
-    return cmd
-
-
-def build_book(root: Path | None = None, output: Path | None = None, quiet: bool = False) -> Path:
-    """Build the book's HTML with warnings as errors; return the HTML folder.
-
-    Raises :class:`BookBuildError` if the build fails.
-    """
-    root = repo_root() if root is None else Path(root).resolve()
-    out_base = root / "book" if output is None else Path(output).resolve()
-    cmd = book_command(root, out_base)
-    proc = subprocess.run(
-        cmd,
-        cwd=root,
-        stdout=subprocess.PIPE if quiet else None,
-        stderr=subprocess.STDOUT if quiet else None,
-        text=True,
-    )
-    html = out_base / "_build" / "html"
-    if proc.returncode != 0 or not (html / "index.html").is_file():
-        if quiet and proc.stdout:
-            log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
-            problems = [ln for ln in log.splitlines() if re.search(r"WARNING|ERROR|Error", ln)]
-            detail = "\nproblems:\n" + "\n".join(problems[:50]) + "\nend of log:\n" + log[-4000:]
-        else:
-            detail = "\n(see the jupyter-book output above)"
-        status = f"exit status {proc.returncode}" if proc.returncode else f"no {html / 'index.html'}"
-        raise BookBuildError(
-            f"the book build failed ({status}; warnings are errors: -W)"
-            f"\ncommand: {shlex.join(cmd)}{detail}"
-        )
-    return html
-
-
 def _human(n: int) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.3f}B"
@@ -279,6 +207,9 @@ PROFILE = arg("--profile", choices=PRESETS, default="default",
 NO_PROGRESS = arg("--no-progress", dest="quiet", action="store_true", help="no progress bar")
 SEED = arg("--seed", type=int, default=None, help="random seed (default: the profile's, else 0)")
 MODEL = arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)")
+BOOK_RUN_DIR = arg("--out", dest="run_dir", type=Path, default=None,
+                   help="the book's run folder, where the notebooks read and write their artefacts "
+                        "(default: runs/<profile> under the repository root)")
 RANDOM_INIT = arg("--random-init", action="store_true",
                   help="a randomly initialised model of --profile (smoke test)")
 
@@ -287,8 +218,7 @@ RANDOM_INIT = arg("--random-init", action="store_true",
     "book",
     "execute the experiment notebooks (papermill, dependency order, cached) and build the book",
     PROFILE,
-    arg("--out", dest="run_dir", type=Path, default=None,
-        help="run folder of the notebooks' artefacts (default: runs/<profile>)"),
+    BOOK_RUN_DIR,
     arg("--only", nargs="*", default=None, metavar="STEP", help="execute only these notebooks"),
     arg("--force", action="store_true", help="re-execute notebooks even when unchanged"),
     arg("--jobs", type=lambda v: v if v == "auto" else int(v), default=1,
@@ -354,13 +284,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-
 @subcommand(
     "data",
     "prepare a profile's corpus (tokenizer, token caches) in the run folder the book's notebooks read",
     PROFILE,
-    arg("--out", dest="run_dir", type=Path, default=None,
-        help="run folder (default: runs/<profile> under the repository root, where the notebooks look)"),
+    BOOK_RUN_DIR,
 )
 def cmd_data(args: argparse.Namespace) -> int:
     from duolib.book.pipeline import book_data, resolve_run_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from duolib import cli
+from duolib import bookhtml, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_presets_unknown_name(capsys):
 
 
 def test_book_command_line():
-    cmd = cli.book_command(ROOT, Path("/tmp/out"))
+    cmd = bookhtml.book_command(ROOT, Path("/tmp/out"))
     assert cmd[0] == sys.executable and "jupyter_book" in cmd[2] and cmd[3] == "build"
     assert str(ROOT / "book") in cmd and "-W" in cmd
     assert cmd[cmd.index("--config") + 1] == str(ROOT / "_config.yml")

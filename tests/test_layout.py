@@ -20,7 +20,7 @@ FLOORS = [
     {"model", "layers", "convert"},
     {"oracle", "train", "retrofit"},
     {"router"},
-    {"book"},
+    {"book", "bookhtml"},
     {"cli"},
     {"__main__"},
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from duolib.cli import build_book
+from duolib.bookhtml import build_book
 from duolib.book.pipeline import STEPS, notebook_key, resolve_jobs, run_pipeline, step_names, stored_key
 
 ROOT = Path(__file__).resolve().parents[1]
