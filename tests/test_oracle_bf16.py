@@ -9,7 +9,8 @@ import torch
 from duolib import BIG, SMALL, DuoConfig, DuoForCausalLM
 from duolib.oracle import leaf
 from duolib.oracle.engine import loss_matrix
-from duolib.oracle.reductions import LossMatrix, token_difficulty
+from duolib.oracle.difficulty import token_difficulty
+from duolib.oracle.reductions import LossMatrix
 
 # Weights larger than the default init spread the losses of the patterns apart, as training does.
 CONFIGS = {

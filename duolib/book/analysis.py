@@ -23,7 +23,8 @@ from ..utils import parts_hash
 from ..fileio import atomic_write_text
 from ..runfolder import read_checked, write_checked
 from ..profiles import get_profile
-from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices, token_difficulty
+from ..oracle.difficulty import token_difficulty
+from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..oracle.beam import beam_oracle
 from ..oracle.engine import loss_matrix

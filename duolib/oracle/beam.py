@@ -12,14 +12,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils import eval_mode
-from .engine import check_ids, check_semantics, ffn_residual, oracle_setup, reference_routes
+from .engine import check_ids, check_semantics
+from .setup import ffn_residual, oracle_setup, reference_routes
 from .brute_force import attention_node_flops
-from .reductions import check_budget, parse_choices
+from .reductions import MeanTokenLoss, check_budget, parse_choices
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..flops import ffn_flops, head_flops
 
 @dataclass
-class BeamResult:
+class BeamResult(MeanTokenLoss):
     """Approximate per-token oracle from :func:`beam_oracle`.
 
     token_losses ``[N]`` float32, patterns ``[N, L]`` int8 (each token's best pattern found);
@@ -33,14 +34,6 @@ class BeamResult:
     k: int | None
     proxy_vocab: int | None = None
     cost: dict = field(default_factory=dict)
-
-    @property
-    def mean_loss(self) -> float:
-        return float(self.token_losses.double().mean())
-
-    @property
-    def perplexity(self) -> float:
-        return float(np.exp(self.mean_loss))
 
 
 PROXIES = ("early-exit", "suffix")

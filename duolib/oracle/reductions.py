@@ -11,7 +11,7 @@ reduces them:
 - :meth:`LossMatrix.best_of_random` — best of N seeded random patterns, both readings;
 - :meth:`LossMatrix.schedule_oracle` — per-position budgets ``k(t)`` (:func:`budget_schedule`);
 - :meth:`LossMatrix.winner_usage` — where the winning patterns put big (or skip) layers;
-- :func:`token_difficulty` — the per-token difficulty table (all-small minus oracle).
+- :func:`~duolib.oracle.difficulty.token_difficulty` — the per-token difficulty table (all-small minus oracle).
 
 Perplexity is ``exp`` of the mean token loss everywhere.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -123,16 +123,9 @@ def shuffled_schedule(num_layers: int, seq_len: int, seed: int = 0) -> torch.Ten
 
 # ----------------------------------------------------------------------------- results
 
-@dataclass
-class Reduction:
-    """One reduction of a loss matrix: per-token losses ``[N]`` and the pattern each token used.
-
-    winners: ``[N]`` indices into the matrix's patterns (for ``fixed`` all equal)."""
-
-    name: str
-    token_losses: torch.Tensor
-    winners: torch.Tensor
-    info: dict = field(default_factory=dict)
+class MeanTokenLoss:
+    """``mean_loss`` (the float64 mean of the result's ``token_losses`` ``[N]``) and ``perplexity`` (its exp):
+    shared by the reductions here and the beam search's result."""
 
     @property
     def mean_loss(self) -> float:
@@ -141,6 +134,18 @@ class Reduction:
     @property
     def perplexity(self) -> float:
         return math.exp(self.mean_loss)
+
+
+@dataclass
+class Reduction(MeanTokenLoss):
+    """One reduction of a loss matrix: per-token losses ``[N]`` and the pattern each token used.
+
+    winners: ``[N]`` indices into the matrix's patterns (for ``fixed`` all equal)."""
+
+    name: str
+    token_losses: torch.Tensor
+    winners: torch.Tensor
+    info: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "mean_loss": self.mean_loss, "perplexity": self.perplexity, **self.info}
@@ -424,40 +429,3 @@ class LossMatrix:
             "seq": np.tile(self.seq.numpy(), P), "position": np.tile(self.position.numpy(), P),
             "loss": self.losses.flatten().numpy(),
         })
-
-
-# ----------------------------------------------------------------------------- difficulty
-
-def token_difficulty(matrix: LossMatrix, k: int, tokenizer=None, labels: torch.Tensor | None = None,
-                     label_names: Sequence[str] | None = None):
-    """Per-token difficulty table (pandas DataFrame), one row per scored token.
-
-    Columns: ``seq``, ``position`` (t; the row scores the prediction of token t + 1), ``token_id``
-    (the predicted token), ``token`` (its text, with ``tokenizer``), ``loss_small`` (all-small
-    pattern), ``loss_big`` (all-big), ``loss_oracle`` (per-token oracle with exactly ``k`` big
-    layers), ``difficulty`` = loss_small - loss_oracle [ours, the paper's figures], and
-    ``small_minus_big``.  With ``labels`` ``[B, T]`` (aligned with the input ids, e.g. the synthetic
-    corpus's codes) a ``label`` column holds the predicted token's label (``labels[seq, t + 1]``),
-    and ``label_name`` too when ``label_names`` is given."""
-    import pandas as pd
-
-    L = matrix.num_layers
-    small, big = matrix.loss_of([SMALL] * L), matrix.loss_of([BIG] * L)
-    oracle = matrix.oracle(k)
-    frame = {"seq": matrix.seq.numpy(), "position": matrix.position.numpy(), "token_id": matrix.target.numpy()}
-    if tokenizer is not None:
-        frame["token"] = [tokenizer.decode([int(i)]) for i in matrix.target.tolist()]
-    frame.update(loss_small=small.numpy(), loss_big=big.numpy(), loss_oracle=oracle.token_losses.numpy(),
-                 difficulty=(small - oracle.token_losses).numpy(), small_minus_big=(small - big).numpy(),
-                 oracle_pattern=[pattern_to_str(matrix.patterns[w]) for w in oracle.winners.tolist()])
-    if labels is not None:
-        labels = torch.as_tensor(labels)
-        n_seq = int(matrix.seq.max()) + 1 if matrix.num_tokens else 0
-        if labels.dim() != 2 or labels.shape[0] < n_seq or labels.shape[1] != matrix.seq_len:
-            raise ValueError(f"labels must be [batch, seq_len] = [{n_seq}, {matrix.seq_len}] like the input ids; "
-                             f"got shape {tuple(labels.shape)}")
-        lab = labels[matrix.seq, matrix.position + 1]
-        frame["label"] = lab.numpy()
-        if label_names is not None:
-            frame["label_name"] = [label_names[int(i)] for i in lab.tolist()]
-    return pd.DataFrame(frame)

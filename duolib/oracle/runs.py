@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from .engine import loss_matrix
-from .reductions import SEMANTICS, LossMatrix, check_budget, token_difficulty
+from .difficulty import token_difficulty
+from .reductions import SEMANTICS, LossMatrix, check_budget
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
 from ..config import DuoConfig
 from ..model import DuoForCausalLM
@@ -25,7 +26,7 @@ def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_r
     ``summary.json`` (:meth:`LossMatrix.summary` + engine stats), ``per_k.csv`` (perplexity of each
     reduction per budget), ``patterns.csv`` (mean loss / perplexity per pattern), ``usage.csv``
     (fraction of tokens at each layer x position whose oracle pattern at each budget uses big, and
-    skip when skip is a choice), ``difficulty.parquet`` (:func:`~duolib.oracle.reductions.token_difficulty`
+    skip when skip is a choice), ``difficulty.parquet`` (:func:`~duolib.oracle.difficulty.token_difficulty`
     at budget ``k``, when all-small and all-big are in the matrix) and, with ``save_matrix``,
     ``losses.npy`` ``[P, N]`` + ``patterns.npy`` ``[P, L]``."""
     import json
