@@ -159,8 +159,12 @@ def test_cached_distilled_router(model, tmp_path):
 # ----------------------------------------------------------------------------- dense comparison
 
 def test_compare_config_scales_warmup_and_validates(tmp_path):
+    from duolib.profiles import get_profile
+
+    stage1 = get_profile("default")["train"]
     cfg = ex.compare_config("default", tmp_path, 150)
-    assert cfg.steps == 150 and cfg.eval_every == 150 and cfg.warmup_steps == round(50 * 150 / 900)
+    assert cfg.steps == 150 and cfg.eval_every == 150
+    assert cfg.warmup_steps == round(stage1["warmup_steps"] * 150 / stage1["steps"])
     with pytest.raises(ValueError, match="compare_steps"):
         ex.compare_config("tiny", tmp_path, 0)
 
