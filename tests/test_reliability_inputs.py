@@ -16,7 +16,7 @@ import torch
 
 from duolib.config import DuoConfig
 from duolib.model import DuoForCausalLM
-from duolib.train.run_folder import latest_checkpoint
+from duolib.train.checkpoint import latest_checkpoint
 from duolib.cli import main
 from duolib.routing import BIG, FixedRoutes
 from duolib.train.config import TrainConfig

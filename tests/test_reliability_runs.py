@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from duolib.train.run_folder import latest_checkpoint
+from duolib.train.checkpoint import latest_checkpoint
 from duolib.cli import main
 from duolib.runfolder import RunFolderError, claim, digest
 from duolib.train.loop import train

@@ -25,7 +25,8 @@ from duolib.train.config import P_GRID, TrainConfig, lr_at
 from duolib.train.build import build_model
 from duolib.train.loop import train
 from duolib.train.baselines import freeze_ablation
-from duolib.train.run_folder import latest_checkpoint, read_metrics
+from duolib.train.checkpoint import latest_checkpoint
+from duolib.train.run_folder import read_metrics
 from duolib.routing import training_routes
 from duolib.train.evaluate import unigram_perplexity
 from tiny_runs import SYNTH, tiny

@@ -58,11 +58,11 @@ from .inputs import check_data, load_data
 from .distributed import (barrier, broadcast_from_rank0, dist_rank_world, mean_over_ranks, train_device,
                           wrap_distributed)
 from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
-                         atomic_dir, config_differences, data_fingerprint, final_model_dir, identity,
-                         latest_checkpoint, load_checkpoint, load_run, only_longer, read_metric_records,
-                         read_metrics, read_run_json, remove_leftovers, save_checkpoint, save_complete_checkpoint,
-                         verify_final, write_json, write_json_lines)
+                         atomic_dir, config_differences, data_fingerprint, final_model_dir, identity, load_run,
+                         only_longer, read_metric_records, read_metrics, read_run_json, remove_leftovers,
+                         save_complete_checkpoint, verify_final, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- the training loop
