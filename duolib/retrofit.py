@@ -33,7 +33,7 @@ With no policy set, every token takes the big module: the original model, bit fo
 the big MLP with the largest importance score, copied (weights and biases; the output bias whole).
 Score of unit j: ``||W_in[j]|| * ||W_out[:, j]||`` (fc1 row x fc2 column for OPT, c_fc column x
 c_proj row for GPT-2), times ``||W_gate[j]||`` for SwiGLU.  ``init="random"``: normal(0, 0.02),
-zero biases.  Then :func:`train_small_modules` trains the small modules with random routing
+zero biases (:mod:`duolib.retrofit_small`).  Then :func:`train_small_modules` trains the small modules with random routing
 (original weights frozen) and :func:`duolib.router.train.train_router` trains a router.
 """
 
@@ -47,38 +47,14 @@ from torch import nn
 
 from .utils import batch_source, frozen, progress as progress_bar
 from .layers import hard_ffn
+from .retrofit_small import FCMLP, init_small, inner_size, make_small
 from .model import trace_from
 from .routing import BIG, SKIP, SMALL, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, make_policy
 
 FAMILIES = ("llama", "opt", "gpt2")
 
 
-# ----------------------------------------------------------------------------- MLP modules
-
-
-class GatedMLP(nn.Module):
-    """A small Llama-style MLP: ``down(act(gate(x)) * up(x))``."""
-
-    def __init__(self, hidden_size: int, inner_size: int, act: nn.Module, bias: bool = False):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, inner_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, inner_size, bias=bias)
-        self.down_proj = nn.Linear(inner_size, hidden_size, bias=bias)
-        self.act_fn = act
-
-    def forward(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
-class FCMLP(nn.Module):
-    """OPT's fc1 -> activation -> fc2 path as one module (wraps the original modules for ``big``)."""
-
-    def __init__(self, fc1: nn.Module, act: nn.Module, fc2: nn.Module):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = fc1, act, fc2
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+# ----------------------------------------------------------------------------- the routed FFN slot
 
 
 class DuoFFN(nn.Module):
@@ -195,74 +171,6 @@ def is_retrofitted(model) -> bool:
     return any(isinstance(m, DuoFFN) for m in model.modules())
 
 
-# ----------------------------------------------------------------------------- small-module construction
-
-
-def _norm_rows(w: torch.Tensor) -> torch.Tensor:
-    return w.float().norm(dim=1)
-
-
-def importance_scores(big: nn.Module, family: str) -> torch.Tensor:
-    """Importance of each inner unit of a big MLP ``[inner]`` (see the module docstring)."""
-    with torch.no_grad():
-        if family == "llama":
-            return (_norm_rows(big.gate_proj.weight) * _norm_rows(big.up_proj.weight)
-                    * _norm_rows(big.down_proj.weight.t()))
-        if family == "opt":
-            return _norm_rows(big.fc1.weight) * _norm_rows(big.fc2.weight.t())
-        return _norm_rows(big.c_fc.weight.t()) * _norm_rows(big.c_proj.weight)  # Conv1D weights are [in, out]
-
-
-def _inner_size(big: nn.Module, family: str) -> int:
-    return {"llama": lambda: big.up_proj.out_features, "opt": lambda: big.fc1.out_features,
-            "gpt2": lambda: big.c_fc.weight.shape[1]}[family]()
-
-
-def _make_small(big: nn.Module, family: str, hidden: int, width: int, config) -> nn.Module:
-    if family == "llama":
-        return GatedMLP(hidden, width, big.act_fn, bias=big.up_proj.bias is not None)
-    if family == "opt":
-        return FCMLP(nn.Linear(hidden, width, bias=big.fc1.bias is not None), big.act,
-                     nn.Linear(width, hidden, bias=big.fc2.bias is not None))
-    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
-
-    return GPT2MLP(width, config)
-
-
-@torch.no_grad()
-def _init_small(small: nn.Module, big: nn.Module, family: str, init: str, std: float) -> None:
-    if init == "random":
-        for p in small.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, std)
-            else:
-                p.zero_()
-        return
-    width = _inner_size(small, family)
-    keep = importance_scores(big, family).topk(width).indices.sort().values
-    if family == "llama":
-        small.gate_proj.weight.copy_(big.gate_proj.weight[keep])
-        small.up_proj.weight.copy_(big.up_proj.weight[keep])
-        small.down_proj.weight.copy_(big.down_proj.weight[:, keep])
-        for name in ("gate_proj", "up_proj"):
-            if getattr(small, name).bias is not None:
-                getattr(small, name).bias.copy_(getattr(big, name).bias[keep])
-        if small.down_proj.bias is not None:
-            small.down_proj.bias.copy_(big.down_proj.bias)
-    elif family == "opt":
-        small.fc1.weight.copy_(big.fc1.weight[keep])
-        small.fc2.weight.copy_(big.fc2.weight[:, keep])
-        if small.fc1.bias is not None:
-            small.fc1.bias.copy_(big.fc1.bias[keep])
-        if small.fc2.bias is not None:
-            small.fc2.bias.copy_(big.fc2.bias)
-    else:
-        small.c_fc.weight.copy_(big.c_fc.weight[:, keep])
-        small.c_fc.bias.copy_(big.c_fc.bias[keep])
-        small.c_proj.weight.copy_(big.c_proj.weight[keep])
-        small.c_proj.bias.copy_(big.c_proj.bias)
-
-
 # ----------------------------------------------------------------------------- retrofit
 
 
@@ -293,14 +201,14 @@ def retrofit_model(model, small_ffn_size: int | None = None, init: str = "import
             big = FCMLP(layer.fc1, layer.activation_fn, layer.fc2)
         else:
             big = layer.mlp
-        big_width = _inner_size(big, family)
+        big_width = inner_size(big, family)
         width = small_ffn_size if small_ffn_size is not None else max(1, big_width // 16)
         if not 1 <= width < big_width:
             raise ValueError(f"small_ffn_size={width} must be at least 1 and below the big MLP width {big_width}")
-        small = _make_small(big, family, hidden, width, cfg)
+        small = make_small(big, family, hidden, width, cfg)
         p = next(big.parameters())
         small = small.to(device=p.device, dtype=p.dtype)
-        _init_small(small, big, family, init, std)
+        init_small(small, big, family, init, std)
         for q in small.parameters():
             q.requires_grad_(True)
         ffn = DuoFFN(big, small, i, hidden)

@@ -18,7 +18,7 @@ FLOORS = [
     {"utils", "fileio", "profiles", "routing", "stats", "runfolder"},
     {"config", "flops", "data"},
     {"model", "layers", "convert"},
-    {"oracle", "train", "retrofit"},
+    {"oracle", "train", "retrofit", "retrofit_small"},
     {"router"},
     {"book", "bookhtml"},
     {"cli"},

@@ -7,8 +7,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import duolib
 from duolib import BIG, SKIP, SMALL, FixedRoutes, RoutingPolicy
 from duolib.retrofit import (
-    DuoFFN, detect_family, duo_ffns, importance_scores, route_loss, routing, small_parameters, train_small_modules
+    DuoFFN, detect_family, duo_ffns, route_loss, routing, small_parameters, train_small_modules
 )
+from duolib.retrofit_small import importance_scores
 from duolib.router.policy import RouterPolicy, load_router
 from duolib.router.evaluate import evaluate_policy
 from duolib.router.train import train_router
