@@ -104,10 +104,16 @@ for _name, _section in _ROUTER_SECTIONS.items():
 # skip_p: p(skip) of the second Stage-1 model, trained for the skip studies (notebook 02b); the rest of its
 # random routing is split evenly between big and small ((1 - skip_p) / 2 each).  The paper trains with
 # big / small only and does not give skip probabilities [ours].
+# synthetic_layers / synthetic_lr: the synthetic-corpus model of notebook 06 (None: the profile's model and
+# lr). [ours] default: 4 layers of the same width at a higher lr learn the synthetic rule (06 reports the
+# per-label losses) in a few CPU minutes, which the 12-layer model does not.
 _BOOK_SECTIONS = {
-    "tiny": dict(compare_steps=20, synthetic_steps=30, heatmap_bins=8, bench_repeats=2, skip_p=0.2),
-    "default": dict(compare_steps=100, synthetic_steps=150, heatmap_bins=16, bench_repeats=9, skip_p=0.2),
-    "paper": dict(compare_steps=20_000, synthetic_steps=20_000, heatmap_bins=32, bench_repeats=20, skip_p=0.2),
+    "tiny": dict(compare_steps=20, synthetic_steps=30, synthetic_layers=None, synthetic_lr=None, heatmap_bins=8,
+                 bench_repeats=2, skip_p=0.2),
+    "default": dict(compare_steps=100, synthetic_steps=600, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
+                    bench_repeats=9, skip_p=0.2),
+    "paper": dict(compare_steps=20_000, synthetic_steps=20_000, synthetic_layers=None, synthetic_lr=None,
+                  heatmap_bins=32, bench_repeats=20, skip_p=0.2),
 }
 for _name, _section in _BOOK_SECTIONS.items():
     PROFILES[_name].setdefault("book", _section)

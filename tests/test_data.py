@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast
 
 from duolib.data import batches as B
 from duolib.data import corpus as D
+from duolib.data import synthetic as S
 from duolib.data import tokenizer as T
 
 SYN = dict(n_docs=60, seed=3)
@@ -48,7 +49,7 @@ def test_english_and_python_corpora():
 
 
 def test_split_is_disjoint_deterministic_and_nonempty():
-    docs = D.synthetic_documents(dict(n_docs=50)) + [D.Document(f"text/{i}", "x", "text") for i in range(5)]
+    docs = S.synthetic_documents(dict(n_docs=50)) + [D.Document(f"text/{i}", "x", "text") for i in range(5)]
     train, holdout = D.split_documents(docs, 0.05)
     train2, holdout2 = D.split_documents(list(reversed(docs)), 0.05)
     assert [d.doc_id for d in train] == [d.doc_id for d in train2]
@@ -103,51 +104,62 @@ def test_mix_balances_text_and_code():
 
 # ----------------------------------------------------------------------------- synthetic labels
 
-def _expected_compute(text):
-    """Ground truth from the document text itself: recalled values and sums, in order."""
+def _expected_compute(text, cfg=None):
+    """Ground truth from the document text itself: recalled values and table facts, in order."""
+    cfg, table = S.synthetic_config(cfg), S.fact_table(cfg)
     bound, out = {}, []
-    for line in text.splitlines():
+    for i, line in enumerate(text.splitlines()):
         words = line.split()
         if words[0] == "let":
-            bound[words[1]] = words[3]
+            bound[words[1]] = (words[3], i)
         elif words[0] == "get":
-            assert words[1] in bound, line  # a recall always refers to an earlier binding
-            out.append(bound[words[1]])
-        elif words[0] == "sum":
-            assert int(words[5]) == int(words[1]) + int(words[3]), line
-            out.append(words[5])
+            assert words[1] in bound, line  # a recall always refers to an earlier binding ...
+            assert cfg.min_gap <= i - bound[words[1]][1] <= cfg.max_gap, line  # ... a few statements back
+            out.append(bound[words[1]][0])
+        elif words[0] == "map":
+            assert words[2] == table[words[1]], line
+            out.append(words[2])
     return out
 
 
+def test_fact_table_is_fixed_and_wider_than_the_model():
+    table = S.fact_table()
+    assert table == S.fact_table({"seed": 5}) and len(set(table.values())) == len(table) == S.SyntheticConfig().n_facts
+    assert len(table) > 128  # more facts than the default width: no linear map of the embeddings holds them
+    with pytest.raises(ValueError, match="max_gap"):
+        S.synthetic_config({"min_gap": 4, "max_gap": 3})
+
+
 def test_synthetic_is_deterministic_and_labelled():
-    a, b = D.synthetic_document(7, SYN), D.synthetic_document(7, SYN)
+    a, b = S.synthetic_document(7, SYN), S.synthetic_document(7, SYN)
     assert a.text == b.text and np.array_equal(a.char_labels, b.char_labels)
-    assert a.text != D.synthetic_document(7, {**SYN, "seed": 4}).text
+    assert a.text != S.synthetic_document(7, {**SYN, "seed": 4}).text
+    assert {line.split()[0] for line in a.text.splitlines()} == {"let", "get", "map", "say", "hum"}
     assert len(a.char_labels) == len(a.text)
-    compute = "".join(c if lab == D.LABEL_COMPUTE else " " for c, lab in zip(a.text, a.char_labels)).split()
+    compute = "".join(c if lab == S.LABEL_COMPUTE else " " for c, lab in zip(a.text, a.char_labels)).split()
     assert compute == _expected_compute(a.text) and compute
 
 
 def test_synthetic_token_labels_match_ground_truth(synthetic):
-    """Compute-labelled tokens of the cached holdout stream decode to the recalled values / sums."""
+    """Compute-labelled tokens of the cached holdout stream decode to the recalled values / table facts."""
     tok, stream = synthetic.tokenizer, synthetic.holdout["synthetic"]
     tokens, labels = np.asarray(stream.tokens), np.asarray(stream.labels)
     eos = np.flatnonzero(tokens == synthetic.eos_token_id)
-    assert len(eos) == stream.meta["n_docs"] + 1 and set(labels[eos]) == {D.LABEL_OTHER}
+    assert len(eos) == stream.meta["n_docs"] + 1 and set(labels[eos]) == {S.LABEL_OTHER}
     checked = 0
     for lo, hi in zip(eos[:-1] + 1, eos[1:]):
         ids, labs = tokens[lo:hi], labels[lo:hi]
         runs, current = [], []
         for i, lab in zip(ids.tolist(), labs.tolist()):
-            if lab == D.LABEL_COMPUTE:
+            if lab == S.LABEL_COMPUTE:
                 current.append(i)
             elif current:
                 runs, current = runs + [tok.decode(current).strip()], []
         expected = _expected_compute(tok.decode(ids.tolist()))
         assert runs == expected
         checked += len(expected)
-        noise = tok.decode([i for i, lab in zip(ids.tolist(), labs.tolist()) if lab == D.LABEL_NOISE])
-        assert not re.search(r"\b(let|get|sum|say|hum)\b|[=?+.]", noise)
+        noise = tok.decode([i for i, lab in zip(ids.tolist(), labs.tolist()) if lab == S.LABEL_NOISE])
+        assert not re.search(r"\b(let|get|map|say|hum)\b|[=?.]", noise)
     assert checked > 20
 
 
@@ -164,7 +176,7 @@ def test_prepare_synthetic(synthetic):
     assert isinstance(table, pd.DataFrame) and list(table["split"]) == ["train", "holdout/synthetic"]
     assert table["documents"].sum() == SYN["n_docs"] and (table["tokens"] > 0).all()
     assert table.loc[0, "tokens"] == len(synthetic.train)
-    shares = table[[f"share_{n}" for n in D.LABEL_NAMES]].sum(axis=1)
+    shares = table[[f"share_{n}" for n in S.LABEL_NAMES]].sum(axis=1)
     assert np.allclose(shares, 1.0, atol=1e-3) and (table["share_compute"] > 0.02).all()
 
 

@@ -27,7 +27,8 @@ Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = int
   model ``m`` (``no_skip``, ``skip_trained``): ``model``, ``p_skip``, ``holdouts.<h>.skip_fraction_ci``
   (per layer).  C7 is judged on ``skip_study.skip_trained`` only.
 - ``06_difficulty``: ``holdouts.<h>.spearman_ci``; optional ``synthetic.gain_ci`` =
-  :func:`duolib.book.evidence.label_gain_intervals`.
+  :func:`duolib.book.evidence.label_gain_intervals` of the difficulty, and ``synthetic.small_minus_big_ci``
+  = the same function on the all-small minus all-big loss (its ``compute`` entry is C9's precondition).
 - ``07_routers``: ``p_skip``; ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
   ``late_big_fraction_ci.<k>``, ``early_position_big_ratio_ci``, ``skip_late_fraction_ci``.
 - ``08_dense``: ``steps.{duo, dense, freeze}``, ``unigram``, ``duo.<p>``, ``dense.<p>``,
@@ -97,7 +98,9 @@ RULES_TEXT = {
           f"{C8_RATIO}; with skip (only if the model was trained with skip, else that part is not testable): share "
           f"of skips in the later half > {C8_EVEN}; holds if every testable part holds, does not hold if none, "
           "else partly.",
-    "C9": "mechanism (synthetic corpus, ground truth): `compute` tokens gain more from compute than `easy` and "
+    "C9": "mechanism (synthetic corpus, ground truth): precondition: the synthetic model's all-big loss on "
+          "`compute` tokens is below its all-small loss (interval of all-small - all-big above 0), else the check "
+          "is not testable; `compute` tokens gain more from compute than `easy` and "
           "`noise` tokens (intervals of both differences above 0), else does not hold (mechanism check failed); "
           f"not loss: |Spearman(loss, difficulty)| < {C9_RHO} on every holdout; holds if both, partly if not "
           "loss but no synthetic check, does not hold if either fails.",
@@ -374,8 +377,15 @@ def c9(r):
         key = key or (f"{h} rho", rho, ".2f")
     not_loss = False if False in rho_ok else None if None in rho_ok else True
     gain = d6.get("synthetic", {}).get("gain_ci")
+    per_label = d6.get("synthetic", {}).get("small_minus_big_ci", {})
+    learned = _ci(per_label, "compute") if "compute" in per_label else None
     if gain is None:
         notes.append("no synthetic ground-truth check")
+        mechanism = "missing"
+    elif learned is None or above(learned, 0.0) is not True:
+        shown = "not measured" if learned is None else _fmt(learned, "+.3f")
+        notes.append(f"synthetic check not testable: the big path does not predict compute tokens better than "
+                     f"the small path (all-small - all-big loss {shown})")
         mechanism = "missing"
     else:
         ce, cn = _ci(gain, "compute_minus_easy"), _ci(gain, "compute_minus_noise")

@@ -67,7 +67,7 @@ def holdout_sequences(stream, n: int, seq_len: int, *, seed: int = 0, with_label
     windows in every notebook, and a smaller ``n`` gives a prefix of a larger draw).
 
     With ``with_labels=True`` returns ``(input_ids, labels)``, labels the aligned uint8 codes of
-    ``duolib.data.corpus.LABEL_NAMES`` as int64 (the stream must carry labels: the synthetic corpus).
+    ``duolib.data.synthetic.LABEL_NAMES`` as int64 (the stream must carry labels: the synthetic corpus).
     """
     tokens = _tokens(stream)
     starts = window_starts(len(tokens), n, seq_len, seed)

@@ -11,7 +11,7 @@ Corpus specs (the ``corpus`` argument of :func:`prepare`):
   until code makes up a fraction F (default 0.5) of the training characters.  Holdouts: ``english``
   and ``python`` (the paper's web-text and code holdouts).
 * ``synthetic``: a generated language whose characters carry ground-truth labels (see
-  :func:`synthetic_documents` and :data:`LABEL_NAMES`).
+  :mod:`duolib.data.synthetic`).
 * ``text:PATH``: a folder of ``.txt`` / ``.md`` / ``.py`` files (one document each), or one text file
   (cut into blocks of whole lines of about :data:`TEXT_BLOCK_CHARS` characters, one document each).
 * ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face dataset through ``datasets`` (online users only).
@@ -35,7 +35,7 @@ import shutil
 import sys
 import sysconfig
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
@@ -43,6 +43,8 @@ import numpy as np
 
 from ..fileio import remove_stale_temps
 from ..utils import json_hash
+from .document import Document
+from .synthetic import LABEL_NAMES, SyntheticConfig, synthetic_config, synthetic_documents
 from .tokenizer import (DEFAULT_TRAIN_CHARS, EOS_TOKEN, TokenStream, build_stream, cache_root,
                         check_vocab_size, load_stream, load_tokenizer, tokenizer_hash, train_tokenizer)
 
@@ -60,23 +62,10 @@ DEFAULT_CODE_FRACTION = 0.5
 BLOCK_CHARS = 4096
 SPLIT_SEED = 0
 CACHE_VERSION = 2
-#: Token label codes of the synthetic corpus (uint8 in the caches); eos tokens are labelled 0.
-LABEL_OTHER, LABEL_EASY, LABEL_COMPUTE, LABEL_NOISE = 0, 1, 2, 3
-LABEL_NAMES = ("other", "easy", "compute", "noise")
 #: [ours] Block size of a single-file ``text:PATH`` corpus (about a page or two of text).
 TEXT_BLOCK_CHARS = 8192
 _TEXT_SUFFIXES = (".txt", ".md", ".py")
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document: a stable id (``source/name``), its text, its source and optional char labels."""
-
-    doc_id: str
-    text: str
-    source: str
-    char_labels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 # ----------------------------------------------------------------------------- corpus specs
@@ -246,113 +235,6 @@ def _hf_documents(arg: str, max_docs: int | None) -> list[Document]:
     if not docs:
         raise ValueError(f"dataset {name!r} column {column!r} holds no text")
     return docs
-
-
-# ----------------------------------------------------------------------------- synthetic language
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Parameters of the synthetic labelled language (seeded, deterministic)."""
-
-    n_docs: int = 2000
-    seed: int = 0
-    min_statements: int = 20
-    max_statements: int = 60
-    n_keys: int = 64
-    n_values: int = 64
-    n_noise_words: int = 256
-    min_gap: int = 3
-    max_operand: int = 50
-
-
-_PHRASES = (
-    "the quick brown fox jumps over the lazy dog", "all that glitters is not gold",
-    "a stitch in time saves nine", "early birds catch the worm", "every cloud has a silver lining",
-    "actions speak louder than words", "practice makes perfect", "knowledge is power",
-)
-# statement kinds and their probabilities: bind a key, recall a key, add, fixed phrase, noise.
-_KINDS = ("let", "get", "sum", "say", "hum")
-_KIND_P = (0.3, 0.3, 0.15, 0.15, 0.1)
-
-
-def synthetic_config(cfg=None) -> SyntheticConfig:
-    """A :class:`SyntheticConfig` from None, a dict of fields or an instance."""
-    if cfg is None:
-        return SyntheticConfig()
-    if isinstance(cfg, SyntheticConfig):
-        return cfg
-    return SyntheticConfig(**cfg)
-
-
-@cache
-def _lexicon(n_keys: int, n_values: int, n_noise: int) -> tuple[list[str], list[str], list[str]]:
-    """Disjoint pseudo-word lists (keys, values, noise words), fixed whatever the corpus seed."""
-    syl = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
-    pool = np.random.default_rng(20241014).permutation([a + b for a in syl for b in syl]).tolist()
-    if n_keys + n_values + n_noise > len(pool):
-        raise ValueError(f"synthetic lexicon too large: at most {len(pool)} words in all")
-    return pool[:n_keys], pool[n_keys:n_keys + n_values], pool[n_keys + n_values:n_keys + n_values + n_noise]
-
-
-def _statement(kind: str, rng, cfg: SyntheticConfig, state: dict) -> list[tuple[str, int]]:
-    """Words of one statement as (word, label) pairs; updates the bindings in ``state``."""
-    keys, values, noise = _lexicon(cfg.n_keys, cfg.n_values, cfg.n_noise_words)
-    if kind == "let":
-        key = state["free"].pop()
-        value = values[rng.integers(len(values))]
-        state["bound"][key] = (value, state["i"])
-        return [("let", LABEL_OTHER), (key, LABEL_NOISE), ("=", LABEL_EASY), (value, LABEL_NOISE), (".", LABEL_EASY)]
-    if kind == "get":
-        key = state["ready"][rng.integers(len(state["ready"]))]
-        return [("get", LABEL_OTHER), (key, LABEL_OTHER), ("?", LABEL_EASY),
-                (state["bound"][key][0], LABEL_COMPUTE), (".", LABEL_EASY)]
-    if kind == "sum":
-        a, b = (int(x) for x in rng.integers(0, cfg.max_operand, size=2))
-        return [("sum", LABEL_OTHER), (str(a), LABEL_NOISE), ("+", LABEL_EASY), (str(b), LABEL_NOISE),
-                ("=", LABEL_EASY), (str(a + b), LABEL_COMPUTE), (".", LABEL_EASY)]
-    if kind == "say":
-        words = _PHRASES[rng.integers(len(_PHRASES))].split()
-        rest = [(w, LABEL_EASY) for w in words[1:]] + [(".", LABEL_EASY)]
-        return [("say", LABEL_OTHER), (words[0], LABEL_OTHER)] + rest
-    picks = rng.integers(len(noise), size=4)
-    return [("hum", LABEL_OTHER)] + [(noise[j], LABEL_NOISE) for j in picks] + [(".", LABEL_EASY)]
-
-
-def synthetic_document(index: int, cfg: SyntheticConfig | dict | None = None) -> Document:
-    """Synthetic document ``index``: statements, one a line, words separated by single spaces.
-
-    ``let K = V .`` binds a key (K, V noise); ``get K ? V .`` recalls the value bound to K at least
-    ``min_gap`` statements earlier (V compute); ``sum A + B = C .`` (A, B noise, C = A + B compute);
-    ``say`` + a fixed phrase (first word other, the rest easy); ``hum`` + 4 random words (noise).
-    Keywords and recalled keys are ``other``; ``=``, ``?``, ``+``, ``.``, spaces and newlines easy.
-    """
-    cfg = synthetic_config(cfg)
-    rng = np.random.default_rng([cfg.seed, index])
-    keys = _lexicon(cfg.n_keys, cfg.n_values, cfg.n_noise_words)[0]
-    state = {"free": [keys[j] for j in rng.permutation(len(keys))], "bound": {}, "i": 0}
-    pieces: list[tuple[str, int]] = []
-    for i in range(int(rng.integers(cfg.min_statements, cfg.max_statements + 1))):
-        state["i"] = i
-        state["ready"] = [k for k, (_, at) in state["bound"].items() if i - at >= cfg.min_gap]
-        kind = _KINDS[rng.choice(len(_KINDS), p=_KIND_P)]
-        if kind == "get" and not state["ready"]:
-            kind = "let"
-        if kind == "let" and not state["free"]:
-            kind = "hum"
-        for j, (word, label) in enumerate(_statement(kind, rng, cfg, state)):
-            pieces += [(" " if j else "", LABEL_EASY), (word, label)]
-        pieces.append(("\n", LABEL_EASY))
-    text = "".join(p for p, _ in pieces)
-    labels = np.repeat(np.array([lab for _, lab in pieces], dtype=np.uint8), [len(p) for p, _ in pieces])
-    return Document(f"synthetic/{index:06d}", text, "synthetic", labels)
-
-
-def synthetic_documents(cfg: SyntheticConfig | dict | None = None) -> list[Document]:
-    """The ``cfg.n_docs`` documents of the synthetic corpus."""
-    cfg = synthetic_config(cfg)
-    if cfg.n_docs < 2:
-        raise ValueError(f"synthetic n_docs={cfg.n_docs}: need at least 2 (train and holdout)")
-    return [synthetic_document(i, cfg) for i in range(cfg.n_docs)]
 
 
 # ----------------------------------------------------------------------------- split and mixture

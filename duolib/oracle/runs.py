@@ -12,7 +12,8 @@ from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
 from ..config import DuoConfig
 from ..model import DuoForCausalLM
 from ..profiles import get_profile
-from ..data.corpus import LABEL_NAMES, prepare
+from ..data.corpus import prepare
+from ..data.synthetic import LABEL_NAMES
 from ..data.batches import holdout_sequences
 from ..data.run_data import data_for_model, model_folder
 from ..fileio import atomic_write_text
