@@ -5,6 +5,7 @@ figure of the HTML is a real image.  Also: caching of unchanged steps and bad pa
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -184,7 +185,10 @@ def test_parallel_steps_glue_what_serial_steps_glue(tiny_book, tmp_path):
 
 
 def test_jobs_setting():
+    from duolib.book.pipeline import busy_cpus
+
     assert resolve_jobs(3) == 3 and resolve_jobs("auto") >= 1
+    assert 0 <= busy_cpus(0.2) <= os.cpu_count()  # a sample of now, in CPUs
     for bad in (0, "two", True):
         with pytest.raises(ValueError, match="positive number of notebooks"):
             resolve_jobs(bad)

@@ -218,15 +218,33 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
 
 
 def resolve_jobs(jobs: int | str) -> int:
-    """A positive number of notebooks at a time; ``"auto"``: the usable CPUs minus the 1-minute load
-    average at the start (work already on the machine), at least 1."""
+    """A positive number of notebooks at a time; ``"auto"``: the usable CPUs minus those busy with other work
+    right now (:func:`busy_cpus`), at least 1."""
     if jobs == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        return max(1, cpus - busy)
+        return max(1, cpus - round(busy_cpus()))
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r}: give a positive number of notebooks at a time or 'auto'")
     return jobs
+
+
+def busy_cpus(interval: float = 1.0) -> float:
+    """CPUs busy with work over the next ``interval`` seconds (Linux ``/proc/stat``); elsewhere the 1-minute
+    load average.  A sample of now, not the load average: that one still counts, for a minute, work that has
+    just ended (the virtualenv install that ``make book`` runs first)."""
+    def totals():
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
+
+    try:
+        total0, idle0 = totals()
+        time.sleep(interval)
+        total1, idle1 = totals()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cpus = os.cpu_count() or 1  # /proc/stat counts every CPU of the machine
+    return cpus * (1 - (idle1 - idle0) / max(1, total1 - total0))
 
 
 @dataclass
