@@ -36,7 +36,7 @@ from duolib import DuoConfig, DuoForCausalLM, RandomRoutes
 from duolib.book.bench import token_routes
 from duolib.book.pipeline import run_pipeline
 from duolib.oracle.engine import loss_matrix
-from duolib.oracle.reductions import enumerate_patterns
+from duolib.oracle.patterns import enumerate_patterns
 from duolib.routing import TokenRoutes
 from duolib.utils import calibrate_threads
 

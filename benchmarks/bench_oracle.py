@@ -44,7 +44,7 @@ from duolib.book.bench import oracle_component_costs
 from duolib.oracle.beam import beam_oracle
 from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix, trie_flops
 from duolib.oracle.engine import loss_matrix
-from duolib.oracle.reductions import enumerate_patterns
+from duolib.oracle.patterns import enumerate_patterns
 from duolib.routing import ROUTE_NAMES
 
 

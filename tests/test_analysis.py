@@ -10,7 +10,8 @@ import torch
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
 from duolib.book import analysis
 from duolib.oracle.engine import loss_matrix
-from duolib.oracle.reductions import LossMatrix, enumerate_patterns
+from duolib.oracle.patterns import enumerate_patterns
+from duolib.oracle.reductions import LossMatrix
 
 
 @pytest.fixture(scope="module")

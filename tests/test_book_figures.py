@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from duolib.book import plots, schematic  # noqa: E402
-from duolib.oracle.reductions import LossMatrix, enumerate_patterns  # noqa: E402
+from duolib.oracle.patterns import enumerate_patterns  # noqa: E402
+from duolib.oracle.reductions import LossMatrix  # noqa: E402
 from duolib.routing import BIG, SMALL  # noqa: E402
 
 

@@ -13,9 +13,10 @@ from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
 from duolib import cli
 from duolib.oracle.beam import beam_oracle
 from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix, trie_flops
-from duolib.oracle.engine import loss_matrix, resolve_patterns
+from duolib.oracle.engine import loss_matrix
+from duolib.oracle.patterns import enumerate_patterns, parse_choices, resolve_patterns
 from duolib.oracle.difficulty import token_difficulty
-from duolib.oracle.reductions import LossMatrix, budget_schedule, enumerate_patterns, parse_choices
+from duolib.oracle.reductions import LossMatrix, budget_schedule
 
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}
 

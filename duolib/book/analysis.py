@@ -24,7 +24,8 @@ from ..fileio import atomic_write_text
 from ..runfolder import read_checked, write_checked
 from ..profiles import get_profile
 from ..oracle.difficulty import token_difficulty
-from ..oracle.reductions import LossMatrix, check_budget, enumerate_patterns, parse_choices
+from ..oracle.patterns import enumerate_patterns, parse_choices
+from ..oracle.reductions import LossMatrix, check_budget
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..oracle.beam import beam_oracle
 from ..oracle.engine import loss_matrix

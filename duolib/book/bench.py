@@ -29,7 +29,8 @@ from ..flops import mean_flops_per_token, training_flops_per_token
 from ..model import DuoForCausalLM
 from ..routing import training_routes
 from ..router.policy import RouterPolicy
-from ..oracle.engine import loss_matrix, resolve_patterns
+from ..oracle.engine import loss_matrix
+from ..oracle.patterns import resolve_patterns
 from ..oracle.setup import ffn_residual, oracle_setup
 from ..oracle.brute_force import brute_force_flops, brute_force_loss_matrix, trie_flops
 

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from ..flops import attention_flops, ffn_flops, head_flops
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..utils import eval_mode
-from .engine import check_ids, check_semantics, make_matrix, resolve_patterns
+from .engine import check_ids, check_semantics, make_matrix
+from .patterns import resolve_patterns
 from .setup import reference_routes
 from .reductions import LossMatrix
 

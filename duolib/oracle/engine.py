@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 from ..utils import eval_mode
 from .leaf import BF16Leaf, certify_sets, resolve_precision
-from .reductions import SEMANTICS, LossMatrix, check_budget, enumerate_patterns, parse_choices
+from .patterns import resolve_patterns
+from .reductions import SEMANTICS, LossMatrix
 from .setup import OracleSetup, ffn_residual, oracle_setup, reference_routes
-from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, check_codes
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 
 _FFN_ORDER = (BIG, SMALL, SKIP)
 
@@ -62,35 +63,6 @@ def check_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
         raise ValueError(f"input_ids must lie in 0..{cfg.vocab_size - 1} (the vocabulary)")
     return input_ids.long()
-
-
-def resolve_patterns(num_layers: int, patterns=None, choices=("small", "big"), k: int | None = None
-                     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """The pattern set ``[P, L]`` int8 and its choices: ``patterns`` if given (validated; rows with
-    exactly ``k`` big layers if k is given), else every pattern over ``choices`` (with ``k`` bigs)."""
-    if patterns is None:
-        codes = parse_choices(choices)
-        return enumerate_patterns(num_layers, codes, k), codes
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not torch.is_tensor(patterns):
-        patterns = [as_pattern(p, num_layers) for p in patterns] if len(patterns) else []
-        if not patterns:
-            raise ValueError("the pattern set is empty; give at least one pattern of "
-                             f"{num_layers} route codes (0 skip, 1 small, 2 big)")
-        patterns = torch.stack(patterns)
-    if patterns.dim() != 2 or patterns.shape[1] != num_layers:
-        raise ValueError(f"patterns must be [num_patterns, {num_layers}]; got shape {tuple(patterns.shape)}")
-    if patterns.shape[0] == 0:
-        raise ValueError(f"the pattern set is empty; give at least one pattern of {num_layers} route codes")
-    check_codes(patterns, "patterns")
-    patterns = patterns.to(torch.int8)
-    if k is not None:
-        k = check_budget(k, num_layers)
-        patterns = patterns[(patterns == BIG).sum(1) == k]
-        if patterns.shape[0] == 0:
-            raise ValueError(f"no given pattern has exactly k={k} big layers")
-    return patterns, tuple(sorted(set(patterns.unique().tolist())))
 
 
 def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact=None, bound=None

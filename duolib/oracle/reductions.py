@@ -1,4 +1,4 @@
-"""Loss matrices of routing patterns and their reductions (oracles, baselines, schedules, difficulty).
+"""Loss matrices of routing patterns and their reductions (oracles, baselines, schedules).
 
 A :class:`LossMatrix` holds ``losses[p, n]``: the next-token loss of scored token ``n`` when routed
 by pattern ``p`` (``patterns[p]``, one route code per layer).  Tokens are numbered sequence-major:
@@ -13,7 +13,8 @@ reduces them:
 - :meth:`LossMatrix.winner_usage` — where the winning patterns put big (or skip) layers;
 - :func:`~duolib.oracle.difficulty.token_difficulty` — the per-token difficulty table (all-small minus oracle).
 
-Perplexity is ``exp`` of the mean token loss everywhere.
+Perplexity is ``exp`` of the mean token loss everywhere.  The pattern sets themselves (route choices,
+every pattern over them) come from :mod:`duolib.oracle.patterns`.
 """
 
 from __future__ import annotations
@@ -35,29 +36,7 @@ SHUFFLED = "shuffled"
 PAPER_LAYERS = 12
 
 
-# ----------------------------------------------------------------------------- choices and patterns
-
-def parse_choices(choices) -> tuple[int, ...]:
-    """Route codes (sorted) from names / codes: ``"small,big"``, ``("skip", "big")``, ``[1, 2]``.
-
-    Raises ValueError for an empty set or anything outside {skip, small, big}."""
-    if isinstance(choices, str):
-        choices = [c.strip() for c in choices.replace("+", ",").split(",") if c.strip()]
-    items = list(choices)
-    if not items:
-        raise ValueError("choices is empty; allowed: a non-empty subset of {skip, small, big}")
-    codes, bad = set(), []
-    for c in items:
-        if isinstance(c, str) and c.lower() in ROUTE_NAMES:
-            codes.add(ROUTE_NAMES.index(c.lower()))
-        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and SKIP <= int(c) <= BIG:
-            codes.add(int(c))
-        else:
-            bad.append(c)
-    if bad:
-        raise ValueError(f"choices {bad!r} are not a subset of {{skip, small, big}} (codes 0, 1, 2)")
-    return tuple(sorted(codes))
-
+# ----------------------------------------------------------------------------- budgets and samples
 
 def check_budget(k: int, num_layers: int, what: str = "k") -> int:
     """``k`` as an int in ``0..num_layers`` (the number of big layers per token), else ValueError."""
@@ -65,27 +44,6 @@ def check_budget(k: int, num_layers: int, what: str = "k") -> int:
         raise ValueError(f"{what}={k!r} is outside 0..{num_layers}: a budget counts big layers of a "
                          f"{num_layers}-layer model")
     return int(k)
-
-
-def enumerate_patterns(num_layers: int, choices=("small", "big"), k: int | None = None) -> torch.Tensor:
-    """Every pattern over ``choices`` ``[P, L]`` int8, in lexicographic code order (optionally only
-    those with exactly ``k`` big layers).  ``len(choices) ** L`` rows before the ``k`` filter."""
-    codes = np.array(parse_choices(choices), dtype=np.int8)
-    if num_layers < 1:
-        raise ValueError(f"num_layers={num_layers} must be positive")
-    n = len(codes) ** num_layers
-    index = np.arange(n, dtype=np.int64)
-    digits = np.empty((n, num_layers), dtype=np.int8)
-    for i in range(num_layers - 1, -1, -1):  # base-len(codes) digits, most significant first
-        digits[:, i] = codes[index % len(codes)]
-        index //= len(codes)
-    if k is not None:
-        k = check_budget(k, num_layers)
-        digits = digits[(digits == BIG).sum(1) == k]
-        if len(digits) == 0:
-            raise ValueError(f"no pattern over choices {[ROUTE_NAMES[c] for c in codes]} has exactly k={k} big "
-                             f"layers; include 'big' in the choices")
-    return torch.from_numpy(digits)
 
 
 def random_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
