@@ -357,7 +357,7 @@ def token_contexts(ids: torch.Tensor, seq, position, tokenizer, width: int = 6) 
 
 def difficulty_frame(matrix: LossMatrix, k: int, ids: torch.Tensor, tokenizer, labels=None,
                      label_names=None) -> pd.DataFrame:
-    """:func:`duolib.oracle.reductions.token_difficulty` plus ``loss`` (= all-big loss, the full model [ours])
+    """:func:`duolib.oracle.difficulty.token_difficulty` plus ``loss`` (= all-big loss, the full model [ours])
     and ``context`` (the text before the predicted token)."""
     df = token_difficulty(matrix, k, tokenizer=tokenizer, labels=labels, label_names=label_names)
     df.insert(df.columns.get_loc("loss_small"), "loss", df["loss_big"])
