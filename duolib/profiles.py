@@ -108,12 +108,19 @@ for _name, _section in _ROUTER_SECTIONS.items():
 # lr). [ours] default: 4 layers of the same width at a higher lr learn the synthetic rule faster per CPU
 # second than the 12-layer model (probes: compute-token loss 1.3 nats after 400 steps vs 4.9 after 200
 # 12-layer steps); 600 steps at ~0.35 s each are about 3.5 minutes on one thread.
+# compare_model: DuoConfig overrides of the dense comparison's models (08_dense), compare_steps their
+# training steps (every model the same); retrofit_steps: 09_retrofit's step unit.
 _BOOK_SECTIONS = {
-    "tiny": dict(compare_steps=20, synthetic_steps=30, synthetic_layers=None, synthetic_lr=None, heatmap_bins=8,
-                 bench_repeats=2, skip_p=0.2),
-    "default": dict(compare_steps=100, synthetic_steps=600, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
+    "tiny": dict(compare_steps=20, compare_model={}, retrofit_steps=20, synthetic_steps=30, synthetic_layers=None,
+                 synthetic_lr=None, heatmap_bins=8, bench_repeats=2, skip_p=0.2),
+    # default: the comparison's seven trainings (Duo, five dense, the two-stage ablation) at the Stage-1
+    # width but 4 layers instead of 12, so that each trains several times longer than the 12-layer model
+    # could in the same CPU time (the LM head over the 4,096-token vocabulary is a fixed share of each step).
+    "default": dict(compare_steps=300, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
+                    synthetic_steps=600, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
                     bench_repeats=9, skip_p=0.2),
-    "paper": dict(compare_steps=20_000, synthetic_steps=20_000, synthetic_layers=None, synthetic_lr=None,
+    "paper": dict(compare_steps=20_000, compare_model={}, retrofit_steps=20_000, synthetic_steps=20_000,
+                  synthetic_layers=None, synthetic_lr=None,
                   heatmap_bins=32, bench_repeats=20, skip_p=0.2),
 }
 for _name, _section in _BOOK_SECTIONS.items():

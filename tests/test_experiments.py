@@ -156,42 +156,17 @@ def test_cached_distilled_router(model, tmp_path):
     assert ppl2 == pytest.approx(ppl) and again.meta["kind"] == "distilled"
 
 
-# ----------------------------------------------------------------------------- dense comparison
+# ----------------------------------------------------------------------------- pooling
 
-def test_compare_config_scales_warmup_and_validates(tmp_path):
-    from duolib.profiles import get_profile
+def test_pooled_perplexity_weights_holdouts_by_tokens():
+    import pandas as pd
 
-    stage1 = get_profile("default")["train"]
-    cfg = ex.compare_config("default", tmp_path, 150)
-    assert cfg.steps == 150 and cfg.eval_every == 150
-    assert cfg.warmup_steps == round(stage1["warmup_steps"] * 150 / stage1["steps"])
-    with pytest.raises(ValueError, match="compare_steps"):
-        ex.compare_config("tiny", tmp_path, 0)
-
-
-def test_p_curve_and_pooled_perplexity(model):
-    L = model.config.num_hidden_layers
-    seqs = {"a": ids(2, 16), "b": ids(2, 16, seed=1)}
-    curve = ex.p_curve(model, seqs, [0.0, 1.0])
-    small = curve.query("holdout == 'a' and p == 0.0")["loss"].iloc[0]
-    ref = model(seqs["a"], labels=seqs["a"], routes=[SMALL] * L).loss
-    assert small == pytest.approx(float(ref.detach()), rel=1e-5)
-    pooled = ex.pooled_perplexity(curve, "p")
+    frame = pd.DataFrame({"holdout": ["a", "b", "a", "b"], "p": [0.0, 0.0, 1.0, 1.0], "loss": [1.0, 2.0, 3.0, 3.0],
+                          "tokens": [30, 10, 5, 5]})
+    pooled = ex.pooled_perplexity(frame, "p")
     assert list(pooled.index) == [0.0, 1.0] and pooled.index.name == "p"
-    both = curve[curve["p"] == 1.0]
-    assert pooled[1.0] == pytest.approx(math.exp(both["loss"].mean()))
-
-
-def test_summary_curve_repeats_a_stored_evaluation():
-    class Result:
-        run_dir = "r"
-        summary = {"final_eval": [{"holdout": "a", "routes": "dense", "loss": 2.0, "ppl": math.exp(2.0), "tokens": 10},
-                                  {"holdout": "a", "routes": "big", "loss": 1.0, "ppl": math.exp(1.0), "tokens": 10}]}
-
-    curve = ex.summary_curve(Result(), [0.25, 0.5])
-    assert list(curve["p"]) == [0.25, 0.5] and (curve["loss"] == 2.0).all()
-    with pytest.raises(ValueError, match="no final evaluation"):
-        ex.summary_curve(Result(), [0.5], routes="small")
+    assert pooled[0.0] == pytest.approx(math.exp((30 * 1.0 + 10 * 2.0) / 40)) and pooled[1.0] == pytest.approx(math.exp(3))
+    assert ex.pooled_perplexity(frame) == pytest.approx(math.exp((30 + 20 + 15 + 15) / 50))
 
 
 # ----------------------------------------------------------------------------- retrofit
@@ -251,6 +226,20 @@ def test_validate_params_fills_defaults_and_names_bad_values():
     budgets, steps = validate_params("07_routers", "tiny", budgets=None, steps=None)
     assert budgets == tuple(knobs["budgets"]) and steps == knobs["steps"]
     assert validate_params("08_dense", "tiny", p_values=[0, 1]) == ((0, 1),)
+    book = get_profile("default")["book"]
+    assert validate_params("08_dense", "default", compare_steps=None, compare_model=None) == (
+        book["compare_steps"], book["compare_model"])
+    assert validate_params("08_dense", "tiny", compare_model={"num_hidden_layers": 2}) == ({"num_hidden_layers": 2},)
+    with pytest.raises(ValueError, match=r"compare_model=\{'layers': 2\} must be a dict .*num_hidden_layers"):
+        validate_params("08_dense", "tiny", compare_model={"layers": 2})
+    with pytest.raises(ValueError, match="compare_model=.*vocab_size"):
+        validate_params("08_dense", "tiny", compare_model={"vocab_size": 100})
+    with pytest.raises(ValueError, match=r"compare_model=\{'num_hidden_layers': 0\}: num_hidden_layers=0 must be"):
+        validate_params("08_dense", "tiny", compare_model={"num_hidden_layers": 0})
+    with pytest.raises(ValueError, match="compare_steps=0 must be a positive whole number"):
+        validate_params("08_dense", "tiny", compare_steps=0)
+    small_steps, = validate_params("09_retrofit", "default", small_steps=None)
+    assert small_steps == book["retrofit_steps"]
     L = get_profile("tiny")["model"]["num_hidden_layers"]
     assert validate_params("10_performance", "tiny", k=None, wide=None) == (round(L / 3), False)
     layers, budget = validate_params("09_retrofit", "tiny", opt_layers=6, budget=None)

@@ -86,3 +86,17 @@ def test_signed_never_prints_a_negative_saving():
     assert signed(0.006, *words) == "saves 1% of the time"
     assert signed(-1.5, "{} up", "{} down", "flat", fmt="{:.1f}") == "1.5 down"
     assert signed(0.04, "{} up", "{} down", "flat", fmt="{:.1f}") == "flat"
+
+
+def test_interval_reading_follows_the_scorecards_zones():
+    from duolib.book.phrasing import interval_reading
+
+    words = ("worse", "better", "undecided")
+    assert interval_reading({"value": 0.1, "low": 0.01, "high": 0.2}, *words) == "worse"
+    assert interval_reading({"value": -0.1, "low": -0.2, "high": 0.0}, *words) == "better"
+    assert interval_reading({"value": 0.1, "low": -0.01, "high": 0.2}, *words) == "undecided"
+    assert interval_reading({"value": 1.1, "low": 1.05, "high": 1.2}, *words, bound=1.0) == "worse"
+    with pytest.raises(ValueError, match="low=0.3 is above high=0.2"):
+        interval_reading({"value": 0.25, "low": 0.3, "high": 0.2}, *words)
+    with pytest.raises(ValueError, match="must be a number"):
+        interval_reading({"value": 0.0, "low": float("nan"), "high": 0.2}, *words)

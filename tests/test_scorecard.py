@@ -197,6 +197,27 @@ def test_c10_needs_equal_steps_and_models_clearly_above_unigram(kw, expected):
     assert verdict(dense(**kw), "C10") == expected
 
 
+@pytest.mark.parametrize("approach, expected", [((0.1, 0.05), HOLDS), ((-0.1, 0.05), PARTLY), ((0.02, 0.05), INCONCLUSIVE)])
+def test_c10_uses_the_paired_interval_of_the_shrinking_gap(approach, expected):
+    """Separate gap intervals at the two ends overlap (their widest difference straddles 0), but the paired
+    difference from the same resampled windows decides; without it the rule stays inconclusive."""
+    results = dense(gap_hi=(0.1, 0.15))
+    assert verdict(results, "C10") == INCONCLUSIVE
+    results["08_dense"]["approach_ci"] = ci(*approach)
+    assert verdict(results, "C10") == expected
+    assert "gap shrinks by" in scorecard(results).set_index("claim").loc["C10", "measured"]
+
+
+@pytest.mark.parametrize("weak", ["freeze_small", "joint_small"])
+def test_c10_is_not_testable_when_one_model_misses_the_unigram_bar(weak):
+    results = dense(unigram=100.0)  # bar 50: every model of dense() is below it
+    assert verdict(results, "C10") == HOLDS
+    results["08_dense"][weak] = 50.5
+    card = scorecard(results).set_index("claim")
+    assert card.loc["C10", "verdict"] == UNTESTABLE
+    assert "not clearly above unigram: " + ("freeze" if weak == "freeze_small" else "joint") in card.loc["C10", "measured"]
+
+
 def test_missing_results_are_reported_not_guessed_and_rules_are_printed():
     card = scorecard({})
     assert set(card["verdict"]) == {MISSING}

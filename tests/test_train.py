@@ -248,9 +248,13 @@ def test_dense_baseline_trains_with_the_same_loop(cache_dir, tmp_path):
 
 
 def test_freeze_ablation_trains_big_alone_then_only_small(cache_dir, tmp_path):
-    base = tiny(cache_dir, steps=5, eval_every=5)
+    base = tiny(cache_dir, steps=2, eval_every=2, warmup_steps=2)
     init = build_model(base).state_dict()
-    big, small = freeze_ablation(base, tmp_path)
+    big, small = freeze_ablation(base, tmp_path, small_steps=3)  # 5 steps in all, like a joint run of 5
+    assert (big.summary["steps"], small.summary["steps"]) == (2, 3)
+    evals = small.metrics.query("kind == 'eval'")["step"].unique().tolist()
+    assert evals == [3], "a base evaluated only at its end is evaluated only at the small stage's end"
+    assert json.loads((small.run_dir / "config.json").read_text())["config"]["warmup_steps"] == 2
     wb, ws = weights(big.run_dir), weights(small.run_dir)
     for k, v in wb.items():
         if ".small." in k:

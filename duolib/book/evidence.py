@@ -178,6 +178,34 @@ def paired_loss_intervals(losses: dict[str, torch.Tensor], n_boot: int = N_BOOT,
     return _named(names + [f"{a}_minus_{b}" for a, b in pairs], stat, per_window.shape[0], n_boot, seed)
 
 
+def dense_gap_intervals(duo: dict[str, torch.Tensor], dense: dict[str, torch.Tensor], n_boot: int = N_BOOT,
+                        seed: int = 0) -> dict:
+    """C10 on per-token losses ``[N, T']`` of the Duo model (random routes at each p(big)) and of the
+    FLOP-matched dense model of each p, all on the same N windows, keyed by the p as a string.
+
+    Returns ``{"gap": {p: ci}, "approach": ci}``: ``gap`` = Duo / dense - 1 in perplexity (positive:
+    Duo is worse); ``approach`` = gap at the lowest p minus gap at the highest (positive: the gap
+    shrinks as the big modules dominate), from the same resampled windows, so it is paired."""
+    ps = sorted(duo, key=float)
+    if len(ps) < 2 or set(ps) != set(dense):
+        raise ValueError(f"need Duo and dense losses at the same two or more p(big) values; got Duo at {sorted(duo)}, "
+                         f"dense at {sorted(dense)}")
+    shapes = {tuple(t.shape) for t in [*duo.values(), *dense.values()]}
+    if len(shapes) != 1:
+        raise ValueError(f"the losses must cover the same windows, one shape; got shapes {sorted(shapes)}")
+    per_window = np.stack([t.double().mean(1).numpy() for t in [*(duo[p] for p in ps), *(dense[p] for p in ps)]],
+                          axis=1)  # [N, 2P]: equal token counts per window, so window means pool exactly
+    P = len(ps)
+
+    def stat(w):
+        mean = (w @ per_window) / w.sum(1, keepdims=True)
+        gap = np.exp(mean[:, :P] - mean[:, P:]) - 1
+        return np.concatenate([gap, gap[:, :1] - gap[:, -1:]], axis=1)
+
+    flat = _named(ps + ["approach"], stat, per_window.shape[0], n_boot, seed)
+    return {"gap": {p: flat[p] for p in ps}, "approach": flat["approach"]}
+
+
 def router_intervals(matrix: LossMatrix, router_losses: torch.Tensor, random_losses: torch.Tensor, k: int,
                      n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """C2 on one holdout and budget: the router's and random routing's (at the router's realised budget)

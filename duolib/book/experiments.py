@@ -8,9 +8,10 @@ The notebooks stay thin: each cell calls one of these functions.
 - cached router training (``run_dir/routers/<name>``): :func:`cached_router`, :func:`cached_distilled_router`;
 - scoring and route statistics: :func:`score_policies`, :func:`late_fraction`,
   :func:`early_position_ratio`, :func:`usage_grid`, :func:`oracle_references`, :func:`scored_budget_flops`;
-- the dense comparison (Fig. 8): :func:`compare_config`, :func:`p_curve`, :func:`pooled_perplexity`.
+- pooling holdouts: :func:`pooled_perplexity`.
 
-The retrofit study (Fig. 9) is in :mod:`duolib.book.retrofit_study`.
+The dense comparison (Fig. 8) is in :mod:`duolib.book.dense_study`, the retrofit study (Fig. 9) in
+:mod:`duolib.book.retrofit_study`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from ..router.policy import SETTINGS, RouterPolicy, budget_targets, load_router,
 from ..router.train import train_distilled_router, train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
-from .pipeline import book_train_config
-from ..train.evaluate import evaluate_route_modes, is_duo
 from .analysis import read_manifest
 
 # ----------------------------------------------------------------------------- data
@@ -328,44 +327,7 @@ def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
     return frame
 
 
-# ----------------------------------------------------------------------------- Fig. 8: Duo vs dense
-
-
-def compare_config(profile: str, run_dir, steps: int, seed: int = 0):
-    """The Stage-1 TrainConfig of ``profile`` shortened to ``steps`` (the dense comparison's budget):
-    evaluated once at the end, warm-up scaled by ``steps / profile steps`` (at least 1)."""
-    cfg = book_train_config(profile, run_dir, seed=seed)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"compare_steps={steps!r} must be a positive whole number of training steps")
-    warmup = max(1, round(cfg.warmup_steps * steps / cfg.steps))
-    return cfg.replace(steps=int(steps), eval_every=int(steps), warmup_steps=min(warmup, int(steps)))
-
-
-def p_curve(model, sequences: Mapping[str, torch.Tensor], p_values: Sequence[float], seed: int = 0,
-            batch_size: int = 16):
-    """Holdout loss / perplexity of ``model`` under random routing at each p(big) (rows holdout, p,
-    loss, ppl, tokens); a dense model is evaluated once and repeated for every p."""
-    import pandas as pd
-
-    modes = [f"random:{p:g}" for p in p_values]
-    records = evaluate_route_modes(model, dict(sequences), modes, seed=seed, batch_size=batch_size)
-    if not is_duo(model):
-        records = [{**r, "routes": m} for r in records for m in modes]
-    frame = pd.DataFrame(records)
-    frame["p"] = frame["routes"].str.split(":").str[1].astype(float)
-    return frame[["holdout", "p", "loss", "ppl", "tokens"]]
-
-
-def summary_curve(result, p_values: Sequence[float], routes: str = "dense"):
-    """The final evaluation a finished run stored (``TrainResult.summary["final_eval"]``, one route
-    mode, by default a dense model's) as :func:`p_curve` rows repeated for every p: no reload."""
-    import pandas as pd
-
-    rows = [{"holdout": r["holdout"], "p": float(p), "loss": r["loss"], "ppl": r["ppl"], "tokens": r["tokens"]}
-            for r in result.summary["final_eval"] if r["routes"] == routes for p in p_values]
-    if not rows:
-        raise ValueError(f"run {result.run_dir} has no final evaluation under routes {routes!r}")
-    return pd.DataFrame(rows)
+# ----------------------------------------------------------------------------- pooling
 
 
 def pooled_perplexity(frame, by: str | Sequence[str] | None = None):

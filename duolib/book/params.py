@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 
+from ..config import DuoConfig
 from ..profiles import get_profile
 from ..train.config import P_GRID
 from .experiments import check_budget_list, check_settings
@@ -37,15 +38,27 @@ def _routers(profile: str, budgets=None, settings=None, steps=None, distill_budg
     )
 
 
-def _dense(profile: str, compare_steps=None, p_values=None) -> dict:
-    compare_steps = get_profile(profile)["book"]["compare_steps"] if compare_steps is None else compare_steps
+def _dense(profile: str, compare_steps=None, p_values=None, compare_model=None) -> dict:
+    book = get_profile(profile)["book"]
+    compare_steps = positive_count("compare_steps", book["compare_steps"] if compare_steps is None else compare_steps,
+                                   "training steps")
+    compare_model = book["compare_model"] if compare_model is None else compare_model
+    # the vocabulary is the book corpus's tokenizer: only the network's sizes may change
+    allowed = sorted(set(get_profile(profile)["model"]) - {"vocab_size"})
+    if not isinstance(compare_model, dict) or set(compare_model) - set(allowed):
+        raise ValueError(f"compare_model={compare_model!r} must be a dict of model sizes overriding the {profile!r} "
+                         f"profile's model, with keys among {allowed} (e.g. {{'num_hidden_layers': 4}})")
+    try:
+        DuoConfig.preset(profile, **compare_model)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"compare_model={compare_model!r}: {err}") from None
     p_values = tuple(P_GRID if p_values is None else p_values)
     for p in p_values:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p_values holds {p!r}: each p(big) must be a probability in [0, 1]")
     if len(p_values) < 2:
         raise ValueError(f"p_values={p_values!r}: give at least two p(big) values to draw a curve")
-    return dict(compare_steps=compare_steps, p_values=p_values)
+    return dict(compare_steps=compare_steps, p_values=p_values, compare_model=compare_model)
 
 
 def _retrofit(profile: str, model_name=None, opt_layers=None, pretrain_steps=None, small_steps=None,
@@ -54,7 +67,7 @@ def _retrofit(profile: str, model_name=None, opt_layers=None, pretrain_steps=Non
     out = {}
     for name, value in {"pretrain_steps": pretrain_steps, "small_steps": small_steps,
                         "router_steps": router_steps}.items():
-        value = book["compare_steps"] * (2 if name == "pretrain_steps" else 1) if value is None else value
+        value = book["retrofit_steps"] * (2 if name == "pretrain_steps" else 1) if value is None else value
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "pretrain_steps" else 1):
             raise ValueError(f"{name}={value!r} must be a whole number of training steps (at least 1; 0 allowed "
                              f"for pretrain_steps)")

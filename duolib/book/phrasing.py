@@ -100,3 +100,12 @@ def signed(value, above: str, below: str, equal: str, *, fmt: str = "{:.0%}") ->
     if float(fmt.format(0.0).strip("%+")) == float(shown.strip("%+").replace(",", "")):
         return equal.format(shown)
     return (above if value > 0 else below).format(shown)
+
+
+def interval_reading(ci, above: str, below: str, straddles: str, bound: float = 0.0) -> str:
+    """One of three phrases by where the interval ``ci`` (``{"value", "low", "high"}``) lies against
+    ``bound``: wholly above (low > bound), at or below (high <= bound: the scorecard's zones), or across it."""
+    low, high = _check("low", ci["low"]), _check("high", ci["high"])
+    if low > high:
+        raise ValueError(f"interval low={low} is above high={high}")
+    return above if low > bound else below if high <= bound else straddles

@@ -74,7 +74,7 @@ STEPS: tuple[Step, ...] = (
     Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model")),
     Step("06_difficulty", needs=("03_oracle",)),
     Step("07_routers", needs=("03_oracle",)),
-    Step("08_dense", needs=("02_training",)),
+    Step("08_dense", needs=("01_data",)),  # trains its own, smaller models
     Step("09_retrofit"),
     Step("10_performance", alone=True),
     Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",

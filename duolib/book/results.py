@@ -122,7 +122,9 @@ class DenseResults(TypedDict):
     compare_steps: NotRequired[int]
     steps: NotRequired[dict[str, int]]  # duo / dense / freeze (both stages): C10 needs them equal
     unigram: NotRequired[float]  # pooled unigram perplexity of the evaluation windows
-    gap_ci: NotRequired[dict[str, Interval]]  # Duo / dense - 1 at the lowest and highest p(big)
+    gap_ci: NotRequired[dict[str, Interval]]  # Duo / dense - 1 at each p(big)
+    approach_ci: NotRequired[Interval]  # gap at the lowest p(big) minus gap at the highest (paired)
+    compare_model: NotRequired[dict[str, int]]  # model overrides of the comparison's models
     freeze_excess_ci: NotRequired[Interval]  # all-small: freeze / joint - 1
 
 

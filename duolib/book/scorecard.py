@@ -32,7 +32,8 @@ Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = int
 - ``07_routers``: ``p_skip``; ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
   ``late_big_fraction_ci.<k>``, ``early_position_big_ratio_ci``, ``skip_late_fraction_ci``.
 - ``08_dense``: ``steps.{duo, dense, freeze}``, ``unigram``, ``duo.<p>``, ``dense.<p>``,
-  ``joint_small``, ``freeze_small`` (perplexities), optional ``gap_ci.<p>``, ``freeze_excess_ci``.
+  ``joint_small``, ``freeze_small`` (perplexities), optional ``gap_ci.<p>`` and ``approach_ci`` =
+  :func:`duolib.book.evidence.dense_gap_intervals`, ``freeze_excess_ci``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ RULES_TEXT = {
           "loss but no synthetic check, does not hold if either fails.",
     "C10": f"precondition: Duo, dense and freeze models trained for equal steps and each at most "
            f"{C10_UNIGRAM_BAR:.0%} of the unigram perplexity, else not testable; approaches: (Duo / dense - 1) "
-           "lower at the highest p(big) than at the lowest; freeze worse: all-small perplexity after "
+           "lower at the highest p(big) than at the lowest (interval of the paired difference); freeze worse: all-small perplexity after "
            "freeze-big-then-train-small above joint training's; holds if both, partly if one, does not hold if "
            "neither.",
 }
@@ -419,7 +420,12 @@ def c10(r):
         why = "unequal training steps" if len(set(steps.values())) != 1 else f"not clearly above unigram: {', '.join(weak)}"
         return UNTESTABLE, f"{why}; {notes}", None
     lo_gap, hi_gap = gap[ps[0]], gap[ps[-1]]
-    approaches = above(Ci(lo_gap.value - hi_gap.value, lo_gap.low - hi_gap.high, lo_gap.high - hi_gap.low), 0.0)
+    if "approach_ci" in d:  # gap(lowest p) - gap(highest p) from the same resampled windows
+        approach = _ci(d, "approach_ci")
+        notes += f"; gap shrinks by {_fmt(approach, '+.1%')}"
+    else:  # separate intervals only: the widest difference they allow
+        approach = Ci(lo_gap.value - hi_gap.value, lo_gap.low - hi_gap.high, lo_gap.high - hi_gap.low)
+    approaches = above(approach, 0.0)
     freeze = _ci(d, "freeze_excess_ci") if "freeze_excess_ci" in d else Ci(*(d["freeze_small"] / d["joint_small"] - 1,) * 3, True)
     return two_part(approaches, above(freeze, 0.0)), notes, (f"gap p={ps[-1]}", hi_gap, "+.1%")
 

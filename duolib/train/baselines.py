@@ -22,13 +22,20 @@ def dense_baselines(base: TrainConfig, runs_root: str | os.PathLike, p_values: S
 
 
 def freeze_ablation(base: TrainConfig, runs_root: str | os.PathLike, small_routes: str = "random",
-                    **kwargs) -> tuple[TrainResult, TrainResult]:
+                    small_steps: int | None = None, **kwargs) -> tuple[TrainResult, TrainResult]:
     """The paper's ablation: (1) train the big modules alone (all-big routes, small modules frozen and
     unused) into runs_root/ablation-big; (2) freeze them with attention, norms and embeddings and
     train only the small modules (``small_routes``: "random" = the run's p_big, or "small") into
-    runs_root/ablation-small, each stage with the full step budget of ``base``."""
+    runs_root/ablation-small-<routes>.  The big stage trains ``base.steps`` steps, the small stage
+    ``small_steps`` (None: as many), with the warm-up of ``base`` (at most its steps) and one final
+    evaluation."""
     big = train(base.replace(stage="big", arch="duo"), Path(runs_root) / "ablation-big", **kwargs)
-    small = train(base.replace(stage="small", arch="duo", init_from=str(big.final_dir),
-                               small_stage_routes=small_routes),
+    second = base
+    if small_steps is not None:  # a base evaluated only at its end stays so
+        n = int(small_steps)
+        second = base.replace(steps=n, eval_every=n if base.eval_every >= base.steps else min(base.eval_every, n),
+                              warmup_steps=min(base.warmup_steps, n))
+    small = train(second.replace(stage="small", arch="duo", init_from=str(big.final_dir),
+                                 small_stage_routes=small_routes),
                   Path(runs_root) / f"ablation-small-{small_routes}", **kwargs)
     return big, small
