@@ -107,6 +107,7 @@ class RouterResults(TypedDict):
     early_position_big_ratio: float  # big rate of the first tenth of positions over the rest
     skip_late_fraction: float  # share of skips in the second half of the layers
     p_skip: NotRequired[float]
+    skip_model: NotRequired[str]  # run folder of the model the skip routers were trained on (scorecard.skip_models)
     late_big_fraction_ci: NotRequired[dict[str, Interval]]
     early_position_big_ratio_ci: NotRequired[Interval]
     skip_late_fraction_ci: NotRequired[Interval]
