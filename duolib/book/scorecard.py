@@ -29,7 +29,8 @@ Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = int
 - ``06_difficulty``: ``holdouts.<h>.spearman_ci``; optional ``synthetic.gain_ci`` =
   :func:`duolib.book.evidence.label_gain_intervals` of the difficulty, and ``synthetic.small_minus_big_ci``
   = the same function on the all-small minus all-big loss (its ``compute`` entry is C9's precondition).
-- ``07_routers``: ``p_skip`` and optional ``skip_model`` (of the skip routers' model); ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
+- ``07_routers``: ``p_skip`` and optional ``skip_model`` (of the skip routers' model);
+  ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
   ``late_big_fraction_ci.<k>``, ``early_position_big_ratio_ci``, ``skip_late_fraction_ci``.
 - ``08_dense``: ``steps.{duo, dense, freeze}``, ``unigram``, ``duo.<p>``, ``dense.<p>``,
   ``joint_small``, ``freeze_small`` (perplexities), optional ``gap_ci.<p>`` and ``approach_ci`` =
