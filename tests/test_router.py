@@ -383,3 +383,67 @@ def test_duo_route_command(tmp_path, capsys):
     assert "router saved to" in capsys.readouterr().out
     rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", "--budget", "9"])
     assert rc == 1 and "budget=9.0 is outside 0..4" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- calibration and flatness
+
+
+def test_calibration_brings_the_hard_routes_to_the_budget(trained, holdout, router_k2):
+    import copy
+
+    from duolib.router.train import calibrate_router
+
+    router = copy.deepcopy(router_k2[0])
+    with torch.no_grad():  # push every layer toward big: the hard routes overshoot the budget of 2 of 4
+        for lin in router.layers:
+            lin.bias[router.options.index(BIG)] += 3.0
+    weights = [lin.weight.clone() for lin in router.layers]
+    before = evaluate_policy(trained, router, holdout)["mean_big_layers"]
+    assert before > 3.0
+    calib = torch.cat([markov_batch(s, seed=5) for s in range(4)])
+    info = calibrate_router(trained, router, calib)
+    assert info["error_layers"] <= 0.05
+    assert abs(evaluate_policy(trained, router, holdout)["mean_big_layers"] - 2) <= 0.25  # unseen windows
+    assert all(torch.equal(w, lin.weight) for w, lin in zip(weights, router.layers))  # only the threshold moved
+    assert router.meta["calibration"]["offsets"]["big"] < 0
+
+
+def test_calibration_of_a_three_way_skip_setting(trained, holdout):
+    from duolib.router.train import calibrate_router
+
+    router = RouterPolicy.for_model(trained, ("skip", "small", "big"), seed=3)
+    train_router(trained, router, lambda s: markov_batch(s, seed=2), steps=10, option_budget="big50_small30_skip20",
+                 progress=False)
+    calibrate_router(trained, router, torch.cat([markov_batch(s, seed=5) for s in range(4)]))
+    got = evaluate_policy(trained, router, holdout)
+    for name, target in SETTINGS["big50_small30_skip20"].items():
+        assert abs(got[f"frac_{name}"] - target) * 4 <= 0.25, (name, got)
+
+
+def test_flatness_on_constructed_histories():
+    import numpy as np
+
+    from duolib.router.evaluate import FLAT_TOL, flatness_word, history_flatness, tail_change
+
+    steps = np.arange(400)
+    noise = np.random.default_rng(0).normal(0, 0.05, 400)
+    plateau = 3 + 2 * np.exp(-steps / 30) + noise  # converged long before the last 20%
+    falling = 5 - 0.004 * steps + noise  # still dropping ~0.3 over the last 80 steps (~10%)
+    assert abs(tail_change(plateau)) < FLAT_TOL and flatness_word(tail_change(plateau)) == "flattened"
+    assert tail_change(falling) > FLAT_TOL and flatness_word(tail_change(falling)) == "still falling"
+    assert flatness_word(tail_change(falling[::-1])) == "still rising"
+    slow = 3 + 2 * np.exp(-steps / 300)  # an exponential that is still visibly falling at the end
+    assert flatness_word(tail_change(slow)) == "still falling"
+    with pytest.raises(ValueError, match="at least 10"):
+        tail_change([1.0] * 5)
+    with pytest.raises(ValueError, match="not finite"):
+        tail_change([1.0] * 20 + [float("nan")])
+
+    import pandas as pd
+
+    flat_penalty = pd.DataFrame({"loss": plateau, "penalty": 1e-3 * np.exp(-steps / 20)})
+    assert history_flatness(flat_penalty, alpha=10.0)["flat"]
+    # the cross-entropy part flat, the weighted penalty still falling by ~0.3 nats at the end: not flat
+    late_penalty = pd.DataFrame({"loss": plateau, "penalty": 0.15 * (1 - steps / 400)})
+    verdict = history_flatness(late_penalty, alpha=10.0)
+    assert not verdict["flat"] and verdict["word"] == "still falling" and verdict["penalty_change"] > FLAT_TOL

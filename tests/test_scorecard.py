@@ -118,16 +118,24 @@ def test_c7_without_a_skip_study_is_not_testable_and_without_05_not_measured():
 def test_skip_models_names_the_model_of_each_skip_verdict():
     table = sc.skip_models({**routes05(skips=POLAR), **routers()}).set_index("claim")
     assert table.loc["C7", "model"] == "stage1-skip" and table.loc["C7", "p_skip"] == 0.2
-    assert table.loc["C8", "p_skip"] == 0.5
+    assert table.loc["C8", "model"] == "stage1-skip" and table.loc["C8", "p_skip"] == 0.5
+    assert sc.skip_models(routers(p_skip=0.0)).set_index("claim").loc["C8", "model"] == "none"
     assert sc.skip_models(routes05(skips=None)).set_index("claim").loc["C7", "model"] == "none"
 
 
-def routers(position=(0.8, 0.05), learned=(-0.1, 0.02), late=(0.6, 0.05), ratio=(1.2, 0.1), skip=(0.7, 0.05), p_skip=0.5):
+def routers(position=(0.8, 0.05), learned=(-0.1, 0.02), late=(0.6, 0.05), ratio=(1.2, 0.1), skip=(0.7, 0.05), p_skip=0.5,
+            skip_learned=(-0.1, 0.02), noskip_skip=(0.2, 0.05)):
+    """07's results: the budget routers on a model without skip (one budget, k=6); the skip routers' C8
+    share on the skip-trained model (``p_skip``; 0: no such model) and, for contrast, on the no-skip model."""
     c2 = {"router": ci(10.0), "random": ci(11.0), "router_minus_random": ci(*learned), "position": ci(*position)}
-    return {"03_oracle": oracle(),
-            "07_routers": {"p_skip": p_skip, "holdouts": {"english": {"router": {"6": 10.0}, "c2": {"6": c2}}},
-                           "late_big_fraction_ci": {"6": ci(*late)}, "early_position_big_ratio_ci": ci(*ratio),
-                           "skip_late_fraction_ci": ci(*skip)}}
+    out = {"03_oracle": oracle(),
+           "07_routers": {"p_skip": 0.0, "holdouts": {"english": {"router": {"6": 10.0}, "c2": {"6": c2}}},
+                          "late_big_fraction_ci": {"6": ci(*late)}, "early_position_big_ratio_ci": ci(*ratio),
+                          "skip_late_fraction_ci": ci(*noskip_skip)}}
+    if p_skip > 0:
+        out["07_routers"]["skip_model"] = {"model": "stage1-skip", "p_skip": p_skip, "skip_late_fraction_ci": ci(*skip),
+                                           "router_minus_random_ci": ci(*skip_learned)}
+    return out
 
 
 @pytest.mark.parametrize("position, learned, expected", [
@@ -151,6 +159,38 @@ def test_c8(kw, expected):
 def test_c8_skip_part_without_a_skip_model_is_not_a_failure():
     card = scorecard(routers(skip=(0.1, 0.05), p_skip=0.0)).set_index("claim")
     assert card.loc["C8", "verdict"] == HOLDS and "not testable" in card.loc["C8", "measured"]
+
+
+def test_c8_skip_part_reads_the_skip_trained_models_routers():
+    # the no-skip model's skip routers skip early layers; only the skip-trained model's count
+    assert verdict(routers(skip=(0.7, 0.05), noskip_skip=(0.1, 0.05)), "C8") == HOLDS
+    assert verdict(routers(skip=(0.3, 0.05), noskip_skip=(0.9, 0.05)), "C8") == PARTLY
+
+
+def test_c8_skip_router_no_better_than_random_leaves_the_skip_part_untested():
+    card = scorecard(routers(skip=(0.1, 0.05), skip_learned=(0.05, 0.02))).set_index("claim")
+    assert card.loc["C8", "verdict"] == HOLDS and "skip router is no better than random" in card.loc["C8", "measured"]
+    assert verdict(routers(skip=(0.1, 0.05), skip_learned=(-0.01, 0.02)), "C8") == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("learned, expected", [((0.05, 0.02), UNTESTABLE), ((-0.01, 0.02), INCONCLUSIVE)])
+def test_c8_needs_routers_that_beat_random_routing(learned, expected):
+    # every part would hold, but the router is no better (or not clearly better) than random routing
+    card = scorecard(routers(learned=learned)).set_index("claim")
+    assert card.loc["C8", "verdict"] == expected
+    if expected == UNTESTABLE:
+        assert "did not learn" in card.loc["C8", "measured"]
+
+
+def test_c8_judges_only_the_budgets_whose_router_learned():
+    r = routers(late=(0.6, 0.05))
+    c2 = r["07_routers"]["holdouts"]["english"]["c2"]
+    c2["4"] = {**c2["6"], "router_minus_random": ci(0.1, 0.02)}  # k=4 did not learn ...
+    r["07_routers"]["late_big_fraction_ci"]["4"] = ci(0.2, 0.05)  # ... and would fail the late-layer part
+    card = scorecard(r).set_index("claim")
+    assert card.loc["C8", "verdict"] == HOLDS and "left out" in card.loc["C8", "measured"]
+    c2["4"]["router_minus_random"] = ci(-0.1, 0.02)  # once it learned, its early layers count
+    assert verdict(r, "C8") == PARTLY
 
 
 def difficulty(rho=(0.3, 0.05), ce=(0.5, 0.1), cn=(0.4, 0.1), synthetic=True, learned=(0.8, 0.1)):

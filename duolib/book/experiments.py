@@ -34,7 +34,7 @@ from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..data.batches import holdout_sequences, sample_batch
 from ..router.evaluate import route_and_score
 from ..router.policy import SETTINGS, RouterPolicy, budget_targets, load_router, weights_fingerprint
-from ..router.train import train_distilled_router, train_router
+from ..router.train import calibrate_router, train_distilled_router, train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
 from .analysis import read_manifest
@@ -152,24 +152,29 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
 
 
 def cached_router(model, folder, batches, steps: int, *, options=("small", "big"), budget: float | None = None,
-                  option_budget: Mapping[str, float] | None = None, data_key: str = "", seed: int = 0, **train_kwargs):
+                  option_budget: Mapping[str, float] | None = None, data_key: str = "", seed: int = 0,
+                  calibrate_batches: int = 4, **train_kwargs):
     """Train a router as in the paper (:func:`duolib.router.train.train_router`) into ``folder``, or load it
     if ``folder`` holds one trained with the same settings on the same base weights.
 
-    ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.
-    Returns ``(router, history DataFrame)``."""
+    ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.  With
+    ``calibrate_batches`` > 0 the trained router's decision threshold is then calibrated to its budget
+    (:func:`duolib.router.train.calibrate_router`) on that many further training batches (steps
+    ``steps`` onward, unseen in training).  Returns ``(router, history DataFrame)``."""
     import pandas as pd
 
     folder = Path(folder)
     router = RouterPolicy.for_model(model, options, seed=seed)
     spec = dict(kind="router", options=list(router.option_names), budget=budget, option_budget=option_budget,
-                steps=steps, data=data_key, seed=seed, base=weights_fingerprint(model),
+                steps=steps, data=data_key, seed=seed, base=weights_fingerprint(model), calibrate=calibrate_batches,
                 **{k: v for k, v in train_kwargs.items() if k != "progress"})
     hit = _cached(folder, spec, model)
     if hit is not None:
         return hit
     history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget, seed=seed,
                            **{"progress": False, **train_kwargs})
+    if calibrate_batches:
+        calibrate_router(model, router, torch.cat([batches(steps + i) for i in range(calibrate_batches)]))
     _store(folder, spec, model, router, history)
     return router, pd.DataFrame(history)
 
@@ -184,15 +189,17 @@ def oracle_targets(model, input_ids: torch.Tensor, k: int, semantics: str = "sha
 
 
 def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, steps: int, *, semantics: str = "shared",
-                            batch_size: int = 8, lr: float = 1e-2, seed: int = 0):
+                            batch_size: int = 8, lr: float = 1e-2, seed: int = 0, calibrate: bool = True):
     """Beyond the paper: a router trained to imitate the per-token oracle at budget ``k`` on the
-    training slice ``input_ids`` (winners from :func:`oracle_targets`), cached in ``folder``.
+    training slice ``input_ids`` (winners from :func:`oracle_targets`), cached in ``folder``; with
+    ``calibrate`` its threshold is then calibrated to k big layers on the same slice, like the paper's
+    routers (:func:`duolib.router.train.calibrate_router`).
     Returns ``(router, history DataFrame, oracle perplexity on the training slice)``."""
     import pandas as pd
 
     folder = Path(folder)
     spec = dict(kind="distilled", k=k, steps=steps, semantics=semantics, batch_size=batch_size, lr=lr, seed=seed,
-                ids=tensor_hash(input_ids), base=weights_fingerprint(model))
+                ids=tensor_hash(input_ids), base=weights_fingerprint(model), calibrate=calibrate)
     hit = _cached(folder, spec, model)
     if hit is not None:
         router, history = hit
@@ -202,6 +209,8 @@ def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, step
     history = train_distilled_router(model, router, input_ids, routes, steps, batch_size=batch_size, lr=lr,
                                      seed=seed, token_index=index, progress=False)
     router.meta["oracle_train_ppl"] = ppl
+    if calibrate:
+        calibrate_router(model, router, input_ids)
     _store(folder, spec, model, router, history)
     return router, pd.DataFrame(history), ppl
 

@@ -29,9 +29,9 @@ Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = int
 - ``06_difficulty``: ``holdouts.<h>.spearman_ci``; optional ``synthetic.gain_ci`` =
   :func:`duolib.book.evidence.label_gain_intervals` of the difficulty, and ``synthetic.small_minus_big_ci``
   = the same function on the all-small minus all-big loss (its ``compute`` entry is C9's precondition).
-- ``07_routers``: ``p_skip`` and optional ``skip_model`` (of the skip routers' model);
-  ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
-  ``late_big_fraction_ci.<k>``, ``early_position_big_ratio_ci``, ``skip_late_fraction_ci``.
+- ``07_routers``: ``p_skip``; ``holdouts.<h>.c2.<k>`` = :func:`duolib.book.evidence.router_intervals`;
+  ``late_big_fraction_ci.<k>``, ``early_position_big_ratio_ci``, ``skip_late_fraction_ci`` (no-skip model);
+  ``skip_model.{model, p_skip, skip_late_fraction_ci, router_minus_random_ci}`` (routers of the skip-trained model).
 - ``08_dense``: ``steps.{duo, dense, freeze}``, ``unigram``, ``duo.<p>``, ``dense.<p>``,
   ``joint_small``, ``freeze_small`` (perplexities), optional ``gap_ci.<p>`` and ``approach_ci`` =
   :func:`duolib.book.evidence.dense_gap_intervals`, ``freeze_excess_ci``.
@@ -96,10 +96,12 @@ RULES_TEXT = {
           f"skip rate >= {C7_ALWAYS} and some <= {C7_NEVER}; early exit: the later half of the layers holds >= "
           f"{C7_EXIT:.0%} of the skips; holds if polarised and not early exit, partly if polarised and early exit, "
           "does not hold if not polarised.",
-    "C8": f"share of big decisions in the later half > {C8_EVEN} at every budget; early-position big ratio > "
-          f"{C8_RATIO}; with skip (only if the model was trained with skip, else that part is not testable): share "
-          f"of skips in the later half > {C8_EVEN}; holds if every testable part holds, does not hold if none, "
-          "else partly.",
+    "C8": "precondition (C2's): a router beat random routing at its realised budget (interval of the difference "
+          "below 0), else not testable (routers did not learn); judged on the budgets whose router learned on "
+          f"every holdout: share of big decisions in the later half > {C8_EVEN} at each; early-position big ratio > "
+          f"{C8_RATIO}; with skip, on the routers of the model trained with skip (absent, or a skip router no "
+          f"better than random routing at its realised route shares: that part is not testable): share of skips "
+          f"in the later half > {C8_EVEN}; holds if every testable part holds, does not hold if none, else partly.",
     "C9": "mechanism (synthetic corpus, ground truth): precondition: the synthetic model's all-big loss on "
           "`compute` tokens is below its all-small loss (interval of all-small - all-big above 0), else the check "
           "is not testable; `compute` tokens gain more from compute than `easy` and "
@@ -339,32 +341,51 @@ def skip_models(results: dict[str, dict]):
     rows = [dict(claim="C7", part="{big, skip} oracle", model=study["model"] if study else "none",
                  p_skip=float(study["p_skip"]) if study else float("nan"))]
     if "07_routers" in results:
-        d = results["07_routers"]
-        rows.append(dict(claim="C8", part="routers with skip", model=d.get("skip_model", "not recorded"),
-                         p_skip=float(d.get("p_skip", 0.0))))
+        sm = results["07_routers"].get("skip_model") or {}
+        rows.append(dict(claim="C8", part="routers with skip", model=sm.get("model", "none"),
+                         p_skip=float(sm.get("p_skip", float("nan")))))
     return pd.DataFrame(rows)
+
+
+def _zone(flag: bool | None) -> str:
+    return {True: HOLDS, False: FAILS, None: INCONCLUSIVE}[flag]
 
 
 def c8(r):
     d = r["07_routers"]
-    p_skip = float(d.get("p_skip", 0.0))
-    late = {k: _ci(d["late_big_fraction_ci"], k) for k in d["late_big_fraction_ci"]}
+    learned: dict[str, list[bool | None]] = {}
+    for hd in d["holdouts"].values():
+        for k, c in hd["c2"].items():
+            learned.setdefault(k, []).append(below(_ci(c, "router_minus_random"), 0.0))
+    ok = [k for k, flags in learned.items() if all(f is True for f in flags)]
+    if not ok:
+        flags = [f for fl in learned.values() for f in fl]
+        if flags and all(f is False for f in flags):
+            return UNTESTABLE, "routers did not learn (none beat random routing at its realised budget)", None
+        return INCONCLUSIVE, "no router beat random routing beyond the intervals (C2's precondition unsettled)", None
+    late = {k: _ci(d["late_big_fraction_ci"], k) for k in ok}
     ratio = _ci(d, "early_position_big_ratio_ci")
-    parts = [combine([{True: HOLDS, False: FAILS, None: INCONCLUSIVE}[above(v, C8_EVEN)] for v in late.values()]),
-             {True: HOLDS, False: FAILS, None: INCONCLUSIVE}[above(ratio, C8_RATIO)]]
+    parts = [combine([_zone(above(v, C8_EVEN)) for v in late.values()]), _zone(above(ratio, C8_RATIO))]
     notes = (f"share of big in later layers {', '.join(f'k={k} {_fmt(v)}' for k, v in late.items())}; "
              f"early-position big ratio {_fmt(ratio)}")
-    if p_skip > 0:
-        skip = _ci(d, "skip_late_fraction_ci")
-        parts.append({True: HOLDS, False: FAILS, None: INCONCLUSIVE}[above(skip, C8_EVEN)])
-        notes += f"; share of skips in later layers {_fmt(skip)}"
+    if len(ok) < len(learned):
+        notes += f"; budgets left out (router no better than random): {', '.join(k for k in learned if k not in ok)}"
+    sm = d.get("skip_model")
+    if not sm or float(sm.get("p_skip", 0.0)) <= 0:
+        notes += "; skip part not testable (no routers trained on a model trained with skip)"
     else:
-        notes += "; skip part not testable (no model trained with skip)"
+        skip, gain = _ci(sm, "skip_late_fraction_ci"), sm.get("router_minus_random_ci")
+        skip_learned = below(_ci(sm, "router_minus_random_ci"), 0.0) if gain is not None else True
+        notes += f"; skip model (p_skip {float(sm['p_skip']):g}): share of skips in later layers {_fmt(skip)}"
+        if skip_learned is False:
+            notes += " - skip part not testable: the skip router is no better than random routing"
+        else:
+            parts.append(_zone(above(skip, C8_EVEN)) if skip_learned else INCONCLUSIVE)
     if INCONCLUSIVE in parts:
         verdict = INCONCLUSIVE
     else:
         verdict = HOLDS if all(p == HOLDS for p in parts) else FAILS if all(p == FAILS for p in parts) else PARTLY
-    return verdict, notes, (f"late big share k={next(iter(late))}", next(iter(late.values())), ".2f")
+    return verdict, notes, (f"late big share k={ok[0]}", late[ok[0]], ".2f")
 
 
 def c9(r):

@@ -11,6 +11,7 @@ import math
 from contextlib import contextmanager
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 
 from .policy import RouterPolicy, token_losses, routed_forward
@@ -205,3 +206,52 @@ def history_frame(history: Iterable[dict]):
     import pandas as pd
 
     return pd.DataFrame(list(history))
+
+
+#: A training curve has flattened when its smoothed value changed by less than FLAT_TOL (relative to the
+#: final level) over the last FLAT_TAIL of the steps [ours; the Stage-1 plateau rule uses the same 2% / 20%].
+FLAT_TOL = 0.02
+FLAT_TAIL = 0.2
+FLATTENED, STILL_FALLING, STILL_RISING = "flattened", "still falling", "still rising"
+
+
+def smoothed(values, window: int) -> np.ndarray:
+    """Trailing moving average (the first ``window - 1`` points average what exists so far)."""
+    v = np.asarray(values, dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, i - window)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def tail_change(values, scale=None, tail: float = FLAT_TAIL, window: int | None = None) -> float:
+    """Drop of the smoothed curve over its last ``tail`` of steps, relative to ``|scale|`` (default: the
+    smoothed final value): positive while falling, negative while rising.  ``window``: default a tenth
+    of the steps.  ValueError for fewer than 10 points or non-finite values."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) < 10 or not np.isfinite(v).all():
+        raise ValueError(f"a training curve needs at least 10 finite values; got {len(v)} "
+                         f"({int((~np.isfinite(v)).sum()) if v.ndim == 1 else 'bad shape'} not finite)")
+    s = smoothed(v, window or max(1, len(v) // 10))
+    start = min(len(v) - 2, int(round(len(v) * (1 - tail))))
+    ref = abs(float(s[-1] if scale is None else scale))
+    return float(s[start] - s[-1]) / max(ref, 1e-12)
+
+
+def flatness_word(change: float, tol: float = FLAT_TOL) -> str:
+    """``flattened`` if ``|change| < tol``, else ``still falling`` / ``still rising``."""
+    return FLATTENED if abs(change) < tol else STILL_FALLING if change > 0 else STILL_RISING
+
+
+def history_flatness(history, alpha: float, tol: float = FLAT_TOL) -> dict:
+    """Has a router's training (a :func:`duolib.router.train.train_router` history) flattened?  The total
+    loss's tail change relative to its final level, and the weighted budget penalty's (``alpha *
+    penalty``) relative to the same final loss (a penalty near 0 has no level of its own).  Returns
+    ``{"loss_change", "penalty_change", "flat" (both below tol), "word"}``."""
+    frame = history_frame(history) if not hasattr(history, "columns") else history
+    loss = frame["loss"].to_numpy(dtype=float)
+    level = smoothed(loss, max(1, len(loss) // 10))[-1]
+    changes = {"loss_change": tail_change(loss),
+               "penalty_change": tail_change(alpha * frame["penalty"].to_numpy(dtype=float), scale=level)}
+    worst = max(changes.values(), key=abs)
+    return {**changes, "flat": all(abs(c) < tol for c in changes.values()), "word": flatness_word(worst, tol)}
