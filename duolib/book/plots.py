@@ -422,15 +422,20 @@ def wrap_label(text: str, width: int) -> str:
     return "\n".join(textwrap.fill(line, width, break_long_words=False) or line for line in text.split("\n"))
 
 
-def router_histories(df: pd.DataFrame, budget_col: str = "mean_big_layers"):
-    """Router training curves: cross-entropy and the (soft) average big layers per token by step, one
-    line per router (columns: method, step, ce, ``budget_col``)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    sns.lineplot(data=df, x="step", y="ce", hue="method", ax=axes[0], legend=False)
-    axes[0].set_title("cross-entropy while training (soft mixture)")
-    sns.lineplot(data=df, x="step", y=budget_col, hue="method", ax=axes[1])
-    axes[1].set_title("average big layers per token (soft)")
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+def router_histories(df: pd.DataFrame, budget_col: str = "mean_big_layers", smooth: int = 1):
+    """Router training curves by step, one line per router: total loss, budget penalty and the (soft)
+    average big layers per token (columns: method, step, loss, penalty, ``budget_col``); ``smooth``: a
+    trailing moving average over that many logged steps."""
+    df = df.copy()
+    cols = ["loss", "penalty", budget_col]
+    df[cols] = df.groupby("method")[cols].transform(lambda v: v.rolling(smooth, min_periods=1).mean())
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    titles = ["training loss (soft mixture)", "budget penalty", "average big layers per token (soft)"]
+    for ax, col, title in zip(axes, cols, titles):
+        sns.lineplot(data=df, x="step", y=col, hue="method", ax=ax, legend=col == budget_col)
+        ax.set_title(title)
+    axes[1].set_yscale("log")
+    axes[2].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     return fig
 
