@@ -54,7 +54,7 @@ def budget_table(scores: pd.DataFrame, targets: Mapping[str, Mapping[str, float]
         rows.append({"model": model_name, "router": r.method, "holdout": r.holdout,
                      "target_big": goal.get("big", 0.0) * num_layers, "realised_big": r.frac_big * num_layers,
                      "target_skip": goal.get("skip", 0.0) * num_layers, "realised_skip": r.frac_skip * num_layers,
-                     "largest_miss": off[worst], "within": abs(off[worst]) <= BUDGET_TOL_LAYERS})
+                     "largest_miss": off[worst], "miss_option": worst, "within": abs(off[worst]) <= BUDGET_TOL_LAYERS})
     return pd.DataFrame(rows)
 
 
@@ -65,7 +65,8 @@ def budget_sentence(table: pd.DataFrame) -> str:
         return (f"every router lands within {BUDGET_TOL_LAYERS} layers of its target on every holdout "
                 f"(largest miss {table['largest_miss'].abs().max():.2f} layers)")
     bad = table[~table["within"]]
-    names = ", ".join(f"{r.router}{' (' + r.model + ')' if r.model else ''} on {r.holdout} ({r.largest_miss:+.2f})"
+    names = ", ".join(f"{r.router}{' (' + r.model + ')' if r.model else ''} on {r.holdout} ({r.largest_miss:+.2f} "
+                      f"{r.miss_option} layers)"
                       for r in bad.itertuples())
     return f"{len(bad)} of {n} router-holdout pairs miss their target by more than {BUDGET_TOL_LAYERS} layers: {names}"
 
