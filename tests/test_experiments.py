@@ -141,6 +141,7 @@ def test_cached_router_trains_once_then_loads(model, tmp_path):
     for a, b in zip(r1.parameters(), r2.parameters()):
         assert torch.equal(a, b)
     assert len(h2) == 3
+    assert r2.meta["calibration"] == r1.meta["calibration"]  # calibrated once, then loaded as calibrated
     r3, _ = ex.cached_router(model, tmp_path / "r", batches, 4, budget=2, data_key="x")  # new settings: retrain
     assert r3.meta["trained_steps"] == 4
     skip, _ = ex.cached_router(model, tmp_path / "s", batches, 2, options=("big", "skip"),

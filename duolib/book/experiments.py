@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..utils import json_hash, tensor_hash
+from ..utils import batch_source, json_hash, tensor_hash
 from ..fileio import atomic_write_text
 from ..runfolder import RunFolderError, verify_manifest, write_manifest
 from ..profiles import get_profile
@@ -174,7 +174,8 @@ def cached_router(model, folder, batches, steps: int, *, options=("small", "big"
     history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget, seed=seed,
                            **{"progress": False, **train_kwargs})
     if calibrate_batches:
-        calibrate_router(model, router, torch.cat([batches(steps + i) for i in range(calibrate_batches)]))
+        more = batch_source(batches)
+        calibrate_router(model, router, torch.cat([more(steps + i) for i in range(calibrate_batches)]))
     _store(folder, spec, model, router, history)
     return router, pd.DataFrame(history)
 

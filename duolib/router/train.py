@@ -134,13 +134,17 @@ class _LogitRecorder(RoutingPolicy):
         return self.router.route_layer(layer_idx, hidden_states, position_ids)
 
 
-def match_fractions(logits: torch.Tensor, targets: torch.Tensor, sweeps: int = 30) -> torch.Tensor:
+def match_fractions(logits: torch.Tensor, targets: torch.Tensor, sweeps: int = 30, tol: float = 1e-3) -> torch.Tensor:
     """Offsets ``d [n]`` such that ``argmax(logits + d)`` over rows ``[M, n]`` takes option i for a share
-    ``targets[i]`` of the rows: cyclic bisection, one option at a time (its share rises with its offset)."""
+    ``targets[i]`` of the rows (within ``tol``): cyclic bisection, one option at a time (its share rises
+    with its offset)."""
     d = torch.zeros(logits.shape[1], dtype=torch.float64)
     z = logits.double()
     span = float(z.max() - z.min()) + 1.0
     for _ in range(sweeps):
+        shares = torch.bincount((z + d).argmax(1), minlength=len(d)).double() / len(z)
+        if float((shares - targets).abs().max()) <= tol:
+            break
         for i in range(len(d)):
             lo, hi = -span, span
             for _ in range(40):
