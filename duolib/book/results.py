@@ -110,7 +110,11 @@ class RouterResults(TypedDict):
     skip_model: NotRequired[str]  # run folder of the model the skip routers were trained on (scorecard.skip_models)
     late_big_fraction_ci: NotRequired[dict[str, Interval]]
     early_position_big_ratio_ci: NotRequired[Interval]
-    skip_late_fraction_ci: NotRequired[Interval]
+    skip_late_fraction_ci: NotRequired[Interval]  # the skip router of the model trained without skip
+    skip_model: NotRequired[dict]  # p_skip, setting, skip_late_fraction_ci, router_minus_random_ci: C8's skip part
+    routers_flattened: NotRequired[bool]  # every router's loss and penalty flattened (router.evaluate.history_flatness)
+    budgets_within: NotRequired[bool]  # every realised budget within router_study.BUDGET_TOL_LAYERS of its target
+    distilled_minus_router_ci: NotRequired[dict[str, Interval]]  # per holdout, mean loss (nats)
 
 
 class DenseResults(TypedDict):
