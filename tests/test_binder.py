@@ -126,7 +126,7 @@ def test_relative_run_folders_are_taken_from_the_repository_root(tmp_path):
 def test_upstream_of_each_step():
     assert upstream("01_data") == [] and upstream("09_retrofit") == []
     assert upstream("03_oracle") == ["01_data", "02_training"]
-    assert upstream("07_routers") == ["01_data", "02_training", "03_oracle"]
+    assert upstream("07_routers") == ["01_data", "02_training", "02b_skip_model", "03_oracle"]
     assert upstream("05_oracle_routes") == ["01_data", "02_training", "02b_skip_model", "03_oracle"]
     assert upstream("scorecard") == ["01_data", "02_training", "02b_skip_model", "03_oracle", "04_schedules",
                                      "05_oracle_routes",

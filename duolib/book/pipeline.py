@@ -73,7 +73,7 @@ STEPS: tuple[Step, ...] = (
     Step("04_schedules", needs=("03_oracle",)),
     Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model")),
     Step("06_difficulty", needs=("03_oracle",)),
-    Step("07_routers", needs=("03_oracle",)),
+    Step("07_routers", needs=("03_oracle", "02b_skip_model")),  # skip settings on both Stage-1 models
     Step("08_dense", needs=("01_data",)),  # trains its own, smaller models
     Step("09_retrofit"),
     Step("10_performance", alone=True),
