@@ -107,11 +107,10 @@ class RouterResults(TypedDict):
     early_position_big_ratio: float  # big rate of the first tenth of positions over the rest
     skip_late_fraction: float  # share of skips in the second half of the layers
     p_skip: NotRequired[float]
-    skip_model: NotRequired[str]  # run folder of the model the skip routers were trained on (scorecard.skip_models)
     late_big_fraction_ci: NotRequired[dict[str, Interval]]
     early_position_big_ratio_ci: NotRequired[Interval]
     skip_late_fraction_ci: NotRequired[Interval]  # the skip router of the model trained without skip
-    skip_model: NotRequired[dict]  # p_skip, setting, skip_late_fraction_ci, router_minus_random_ci: C8's skip part
+    skip_model: NotRequired[dict]  # C8 skip part: model (run folder), p_skip, skip_late_fraction_ci, ...
     routers_flattened: NotRequired[bool]  # every router's loss and penalty flattened (router.evaluate.history_flatness)
     budgets_within: NotRequired[bool]  # every realised budget within router_study.BUDGET_TOL_LAYERS of its target
     distilled_minus_router_ci: NotRequired[dict[str, Interval]]  # per holdout, mean loss (nats)
