@@ -15,7 +15,10 @@ class DuoConfig(PreTrainedConfig):
     Fields: ``vocab_size``, ``hidden_size`` (d), ``num_hidden_layers`` (L), ``num_attention_heads``,
     ``num_key_value_heads`` (defaults to the head count: plain multi-head attention),
     ``big_ffn_size`` and ``small_ffn_size`` (inner widths; small defaults to big // 16 as in the
-    paper), ``max_position_embeddings``, ``rope_theta``, ``rms_norm_eps``, ``tie_word_embeddings``.
+    paper), ``max_position_embeddings``, ``rope_theta``, ``rms_norm_eps``, ``tie_word_embeddings``,
+    ``rope_parameters`` (transformers' rotary settings as in ``LlamaConfig``: ``rope_type`` "default",
+    "linear", "dynamic", "yarn", "longrope" or "llama3" with its factors; ``rope_theta`` is kept equal
+    to ``rope_parameters["rope_theta"]``).
 
     Example::
 
@@ -24,6 +27,17 @@ class DuoConfig(PreTrainedConfig):
     """
 
     model_type = "duo"
+    # Llama's tensor-parallel plan, with both FFNs of every layer split like Llama's MLP.  It is declared
+    # for transformers' tp_plan="auto" but untested on several devices (this project has one CPU host);
+    # Attention.project concatenates q/k/v weights in a head order computed from the full head counts.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        **{f"layers.*.{ffn}.{proj}": split for ffn in ("big", "small")
+           for proj, split in (("gate_proj", "colwise"), ("up_proj", "colwise"), ("down_proj", "rowwise"))},
+    }
 
     vocab_size: int = 4096
     hidden_size: int = 128
@@ -34,6 +48,7 @@ class DuoConfig(PreTrainedConfig):
     small_ffn_size: int | None = None
     max_position_embeddings: int = 256
     rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -48,7 +63,18 @@ class DuoConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         self._check_sizes()
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # fills rope_parameters (rope_type, rope_theta) from rope_theta if absent
+        self._check_rope()
+
+    def _check_rope(self) -> None:
+        rope = self.rope_parameters
+        if not isinstance(rope, dict) or "rope_type" not in rope or any(isinstance(v, dict) for v in rope.values()):
+            raise ValueError(f"rope_parameters={rope!r}: Duo needs one dict with a rope_type for all layers "
+                             f"(e.g. {{'rope_type': 'linear', 'factor': 2.0}})")
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"rope_parameters has partial_rotary_factor={rope['partial_rotary_factor']}; "
+                             f"Duo rotates whole heads (use 1.0)")
+        self.rope_theta = float(rope["rope_theta"])
 
     def _check_sizes(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -91,10 +117,10 @@ class DuoConfig(PreTrainedConfig):
         """The Duo config holding a Llama model (a ``LlamaConfig`` or its dict): its MLP width becomes
         ``big_ffn_size``, token ids are kept; ``small_ffn_size`` defaults to big // 16."""
         d = llama if isinstance(llama, dict) else llama.to_dict()
-        rope = d.get("rope_parameters") or {}
-        if rope.get("rope_type", "default") != "default" or d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError(f"the Llama config uses rope {rope.get('rope_type')!r}, attention_bias={d.get('attention_bias')}, "
-                             f"mlp_bias={d.get('mlp_bias')}; Duo supports default rope without biases")
+        rope = dict(d.get("rope_parameters") or {})
+        if d.get("attention_bias") or d.get("mlp_bias"):
+            raise ValueError(f"the Llama config uses attention_bias={d.get('attention_bias')}, "
+                             f"mlp_bias={d.get('mlp_bias')}; Duo supports models without biases")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"the Llama config uses hidden_act={d['hidden_act']!r}; Duo's FFNs are SwiGLU (silu)")
         keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -104,6 +130,8 @@ class DuoConfig(PreTrainedConfig):
         theta = rope.get("rope_theta", d.get("rope_theta"))
         if theta is not None:
             fields["rope_theta"] = float(theta)
+        if rope:
+            fields["rope_parameters"] = {**rope, **({"rope_theta": float(theta)} if theta is not None else {})}
         return cls(**fields, big_ffn_size=d["intermediate_size"], small_ffn_size=small_ffn_size)
 
     @classmethod

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .config import DuoConfig
@@ -36,22 +37,54 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """Rotary positions: dims ``i`` and ``i + hd/2`` of a head (Llama's "rotate half" convention)
-    rotate together by the angle ``position * theta^(-2i/hd)``.
+    rotate together by the angle ``position * inv_freq[i]``, scaled by ``attention_scaling``, with the
+    frequencies of ``config.rope_parameters`` computed by transformers' own functions, as
+    ``LlamaRotaryEmbedding`` does (default rope: ``inv_freq[i] = theta^(-2i/hd)``, scaling 1).
 
-    The inverse frequencies are recomputed on every call (head_dim / 2 numbers) rather than kept in
-    a buffer, so models built on the meta device and loaded with ``from_pretrained`` stay exact."""
+    Rope types without state ("default", "linear", "yarn", "llama3", ...) recompute their inverse
+    frequencies on every call (head_dim / 2 numbers) rather than reading a buffer, so models built on
+    the meta device, loaded with ``from_pretrained`` or cast to another dtype stay exact.  "dynamic" and
+    "longrope" depend on the longest sequence seen, so they keep Llama's buffers and its update
+    (``dynamic_rope_update``); ``DuoPreTrainedModel._init_weights`` recomputes those buffers after
+    meta-device loading, as transformers does for Llama."""
+
+    STATEFUL = ("dynamic", "longrope")
 
     def __init__(self, config: DuoConfig):
         super().__init__()
-        self.dim, self.theta = config.head_dim, config.rope_theta
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        inv_freq, self.attention_scaling = self.init_fn(self.config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: DuoConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """``theta^(-2i/hd)`` ``[hd/2]`` and attention scaling 1 (the name transformers' init looks up)."""
+        dim = config.head_dim
+        exponents = torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim
+        return 1.0 / (config.rope_parameters["rope_theta"] ** exponents), 1.0
+
+    @property
+    def init_fn(self) -> Callable:
+        if self.rope_type == "default":
+            return self.compute_default_rope_parameters
+        return ROPE_INIT_FUNCTIONS[self.rope_type]
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """Unit complex numbers ``e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64): what :meth:`Attention.project` takes."""
-        exponents = torch.arange(0, self.dim, 2, dtype=torch.float, device=position_ids.device) / self.dim
-        inv_freq = 1.0 / (self.theta ** exponents)  # [hd/2]
+        """``attention_scaling * e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64): what :meth:`Attention.project` takes."""
+        return self.rotations(position_ids, position_ids)  # the update reads only the first one's device
+
+    @dynamic_rope_update
+    def rotations(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.rope_type in self.STATEFUL:
+            inv_freq, scaling = self.inv_freq.to(device=x.device, dtype=torch.float), self.attention_scaling
+        else:
+            inv_freq, scaling = self.init_fn(self.config, x.device)
         freqs = position_ids[..., None].float() * inv_freq  # [B, T, hd/2]
-        return torch.polar(torch.ones_like(freqs), freqs)[:, :, None]
+        return torch.polar(torch.full_like(freqs, scaling), freqs)[:, :, None]
 
 
 def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -76,6 +76,8 @@ class DuoPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
+        elif isinstance(module, RotaryEmbedding):
+            super()._init_weights(module)  # transformers' rope buffer init, as for Llama
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -164,12 +166,15 @@ class DuoModel(DuoPreTrainedModel):
                               routing=trace_from(decisions) if return_routes else None)
 
     def _check_length(self, past, seq: int) -> None:
-        """Positions past ``max_position_embeddings`` were never trained; a static cache's tensor length is
-        not read back (that would stall the device)."""
-        if isinstance(past, int) and past + seq > self.config.max_position_embeddings:
+        """Positions past ``max_position_embeddings`` were never trained, unless a scaled rope
+        (``rope_parameters``) declares the longer context; a static cache's tensor length is not read
+        back (that would stall the device)."""
+        scaled = self.config.rope_parameters["rope_type"] != "default"
+        if not scaled and isinstance(past, int) and past + seq > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence reaches position {past + seq - 1} but max_position_embeddings="
-                f"{self.config.max_position_embeddings}; use sequences of at most {self.config.max_position_embeddings} tokens"
+                f"{self.config.max_position_embeddings}; use sequences of at most {self.config.max_position_embeddings} tokens "
+                f"or a scaled rope_parameters"
             )
 
 
@@ -183,6 +188,7 @@ class DuoForCausalLM(DuoPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # as Llama's; see DuoConfig.base_model_tp_plan
 
     def __init__(self, config: DuoConfig):
         super().__init__(config)

@@ -2,6 +2,7 @@
 (an all-big Duo model holds the same weights as the Llama model it is compared with), and keeps
 working under routing."""
 
+import re
 import warnings
 
 import pytest
@@ -247,3 +248,88 @@ def test_oracle_fixed_context_attention_is_the_models_attention_function():
     with torch.no_grad():
         reference = duo(x, labels=x, return_token_losses=True).token_losses.reshape(-1)
     assert (sdpa[-1] - reference).abs().max() <= 1e-5  # the last pattern is all big: the reference route
+
+
+# ----------------------------------------------------------------------------- scaled rope and the tensor-parallel plan
+
+ROPES = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},  # attention_scaling != 1
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    "longrope": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [float(i + 2) for i in range(8)],
+                 "original_max_position_embeddings": 64},
+}
+
+
+@pytest.mark.parametrize("name", list(ROPES))
+def test_scaled_rope_equals_llama_including_beyond_the_original_context(name):
+    duo, llama = pair(rope_parameters=dict(ROPES[name]))
+    assert duo.config.head_dim == 16 and llama.config.rope_parameters["rope_type"] == name
+    assert duo.config.max_position_embeddings == 128
+    with torch.no_grad():
+        for seq in (12, 200):  # 200 > max_position_embeddings: dynamic and longrope switch their frequencies
+            x = tokens(seq=seq)
+            assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5, (name, seq)
+
+
+def test_dynamic_rope_state_follows_llama_through_long_then_short_inputs():
+    duo, llama = pair(rope_parameters=dict(ROPES["dynamic"]))
+    with torch.no_grad():
+        for seq in (12, 150, 140, 12, 170):  # growth, cached growth, reset, growth again
+            x = tokens(seq=seq, seed=seq)
+            assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5, seq
+        # decoding past the original context with a cache: positions arrive one at a time
+        x = tokens(batch=1, seq=120)
+        kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
+        assert torch.equal(duo.generate(x, **kwargs), llama.generate(x, **kwargs))
+
+
+def test_default_rope_still_refuses_positions_it_never_saw():
+    duo, _ = pair()
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        duo(tokens(seq=129))
+
+
+@pytest.mark.parametrize("name", ["dynamic", "yarn"])
+def test_from_pretrained_of_a_scaled_rope_llama_is_exact(tmp_path, name):
+    """from_pretrained builds on the meta device: the rope state must be recomputed, not left empty."""
+    _, llama = pair(rope_parameters=dict(ROPES[name]))
+    llama.save_pretrained(tmp_path)
+    duo = DuoForCausalLM.from_pretrained(tmp_path).eval()
+    assert duo.config.rope_parameters == llama.config.rope_parameters
+    rotary = duo.model.rotary_emb
+    assert torch.equal(rotary.inv_freq, llama.model.rotary_emb.inv_freq)
+    x = tokens(seq=200)
+    with torch.no_grad():
+        assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5
+
+
+def test_rope_parameters_are_validated_and_rope_theta_kept_in_step():
+    with pytest.raises(KeyError, match="factor"):
+        DuoConfig.preset("tiny", rope_parameters={"rope_type": "linear"})
+    with pytest.raises(ValueError, match="partial_rotary_factor"):
+        DuoConfig.preset("tiny", rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5})
+    cfg = DuoConfig.preset("tiny", rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    assert cfg.rope_theta == 500.0 and DuoConfig.from_dict(cfg.to_dict()).rope_parameters == cfg.rope_parameters
+
+
+def test_tensor_parallel_plan_names_existing_linear_layers():
+    """The plan itself cannot run here (one CPU host, no multi-device process group): every key must
+    at least match Llama's split of each attention / FFN linear layer in a real model."""
+    duo, llama = pair()
+    plan = duo.config.base_model_tp_plan
+    names = {n for n, m in duo.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    matched = set()
+    for key in plan:
+        pattern = key.replace(".", r"\.").replace("*", r"\d+")
+        hits = {n for n in names if re.fullmatch(pattern, n)}
+        assert len(hits) == duo.config.num_hidden_layers, key
+        matched |= hits
+    assert matched == names  # every linear layer of the base model is split
+    for key, split in llama.config.base_model_tp_plan.items():
+        for duo_key in {key.replace(".mlp.", ".big."), key.replace(".mlp.", ".small.")}:  # attention: one key
+            assert plan[duo_key] == split, duo_key
+    assert DuoForCausalLM._tp_plan == LlamaForCausalLM._tp_plan
+    assert {n for n, _ in duo.named_modules()} >= set(DuoForCausalLM._tp_plan)
