@@ -73,9 +73,14 @@ class RotaryEmbedding(nn.Module):
         return ROPE_INIT_FUNCTIONS[self.rope_type]
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """``attention_scaling * e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64): what :meth:`Attention.project` takes."""
-        return self.rotations(position_ids, position_ids)  # the update reads only the first one's device
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None):
+        """``forward(position_ids)``: ``attention_scaling * e^(i angle)`` ``[B, T, 1, hd/2]`` (complex64), what
+        :meth:`Attention.project` takes.  ``forward(x, position_ids)``: Llama's ``(cos, sin)`` ``[B, T, hd]`` in
+        x's dtype, for tools written against ``LlamaRotaryEmbedding``."""
+        if position_ids is None:
+            return self.rotations(x, x)  # the update reads only the first one's device
+        rot = self.rotations(x, position_ids)[:, :, 0]  # [B, T, hd/2]
+        return torch.cat((rot.real,) * 2, -1).to(x.dtype), torch.cat((rot.imag,) * 2, -1).to(x.dtype)
 
     @dynamic_rope_update
     def rotations(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:

@@ -301,6 +301,9 @@ def test_from_pretrained_of_a_scaled_rope_llama_is_exact(tmp_path, name):
     assert duo.config.rope_parameters == llama.config.rope_parameters
     rotary = duo.model.rotary_emb
     assert torch.equal(rotary.inv_freq, llama.model.rotary_emb.inv_freq)
+    x, positions = torch.ones(1), torch.arange(200)[None]
+    for ours, theirs in zip(rotary(x, positions), llama.model.rotary_emb(x, positions)):  # Llama's (cos, sin)
+        assert ours.shape == theirs.shape and (ours - theirs).abs().max() <= 1e-6
     x = tokens(seq=200)
     with torch.no_grad():
         assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5
