@@ -87,17 +87,19 @@ for _name, _section in _ORACLE_SECTIONS.items():
 _ROUTER_SECTIONS = {
     "tiny": dict(budgets=(2,), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"), steps=30,
                  batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
-                 distill_steps=40),
+                 distill_steps=40, distill_windows=8),
     # default: 10 routers (3 budgets and 3 skip settings on the Stage-1 model, the 3 skip settings again on
     # the skip-trained model, 1 distilled); 400 steps (4x the first book's) of 4 x 128 tokens: the steps the
     # loss and the budget penalty need to flatten (07 checks it: duolib.router.evaluate.history_flatness) at
-    # a batch that keeps 07 within the CPU book's budget (batch 8 would double its ~20 minutes)
+    # a batch that keeps 07 within the CPU book's budget (batch 8 would double its ~20 minutes).
+    # distill_windows: training windows (of the oracle's seq_len) whose per-token oracle labels the
+    # distilled router imitates; the default matches the oracle slice's 32 windows (~4,000 tokens).
     "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                     steps=400, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
-                    eval_sequences=256, distill_steps=800),
+                    eval_sequences=256, distill_steps=800, distill_windows=32),
     "paper": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                   steps=10_000, batch_size=64, seq_len=2048, lr=1e-3, alpha=10.0, tau0=1.0, tau_min=0.1,
-                  eval_sequences=1024, distill_steps=10_000),
+                  eval_sequences=1024, distill_steps=10_000, distill_windows=64),
 }
 for _name, _section in _ROUTER_SECTIONS.items():
     PROFILES[_name].setdefault("router", _section)

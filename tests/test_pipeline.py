@@ -193,6 +193,7 @@ def test_jobs_setting():
         with pytest.raises(ValueError, match="positive number of notebooks"):
             resolve_jobs(bad)
     assert [s.name for s in STEPS if s.alone] == ["10_performance"]
+    assert not any(s.alone and s.first for s in STEPS)
 
 
 def test_a_second_run_glues_the_same_values_and_a_perturbed_one_is_reported(tiny_book, tmp_path):
@@ -250,3 +251,6 @@ def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatc
     (tmp_path / ".pipeline" / "01_data.time.json").write_text('{"step": "02_training"}')
     with pytest.raises(ValueError, match="01_data.time.json"):
         pipeline.step_times(tmp_path)
+    # a step marked first starts before the steps listed before it once both are ready
+    assert log.index(("start", "07_routers")) < log.index(("start", "04_schedules"))
+    assert [s.name for s in STEPS if s.first] == ["07_routers"]

@@ -106,6 +106,10 @@ def test_c7_is_judged_on_the_skip_trained_model_only(skip_trained, no_skip, expe
     else:
         assert "judged on the skip-trained model stage1-skip (p_skip = 0.2)" in measured
         assert f"no-skip model stage1 (not judged) would give '{HOLDS if no_skip is POLAR else FAILS}'" in measured
+        # every skip rate the verdict rests on is shown with its interval, and the key is the highest one
+        top = max(skip_trained, key=lambda x: x["value"])
+        assert f"highest {top['value']:.2f} [{top['low']:.2f}, {top['high']:.2f}]" in measured
+        assert card.loc["C7", "key"] == f"english highest skip rate: {top['value']:.2f} [{top['low']:.2f}, {top['high']:.2f}]"
 
 
 def test_c7_without_a_skip_study_is_not_testable_and_without_05_not_measured():

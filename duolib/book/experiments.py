@@ -63,10 +63,10 @@ def eval_slices(data, n: int, seq_len: int) -> dict[str, torch.Tensor]:
 
 
 def distill_slice(profile: str, data, seed: int = 0) -> torch.Tensor:
-    """The training slice of the oracle-distilled router: the router section's ``batch_size`` random
+    """The training slice of the oracle-distilled router: the router section's ``distill_windows`` random
     training windows of the oracle section's ``seq_len`` (one fixed draw, apart from router training's)."""
     p = get_profile(profile)
-    return sample_batch(data.train, 10**6, p["router"]["batch_size"], p["oracle"]["seq_len"], seed)
+    return sample_batch(data.train, 10**6, p["router"]["distill_windows"], p["oracle"]["seq_len"], seed)
 
 
 def train_batches(stream, batch_size: int, seq_len: int, seed: int = 0, offset: int = 0) -> Callable[[int], torch.Tensor]:

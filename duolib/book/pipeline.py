@@ -14,8 +14,8 @@ reruns everything.  ``force=True`` reruns everything.  Heavy artefacts
 caches, so e.g. editing the oracle notebook reruns the oracle but not Stage-1 training.
 
 Parallel steps: with ``jobs > 1`` independent notebooks run at the same time, each in its own kernel
-process; a step starts once every step it needs has finished, ready steps start in ``STEPS`` order, and
-a step marked ``alone`` (the timing notebook) runs with no other, after every step listed before it.  Every notebook computes the same
+process; a step starts once every step it needs has finished, ready steps start in ``STEPS`` order (those
+marked ``first`` before the others), and a step marked ``alone`` (the timing notebook) runs with no other, after every step listed before it.  Every notebook computes the same
 numbers either way (its work does not depend on what runs beside it; oracle forward passes give the
 same bits at any thread count), so serial and parallel books agree.
 """
@@ -56,12 +56,14 @@ AUTO_UPSTREAM_PROFILES = ("tiny",)
 @dataclass(frozen=True)
 class Step:
     """One notebook of the book; ``needs`` are the steps whose artefacts it reads; ``alone``: nothing else
-    may run beside it (it measures speed)."""
+    may run beside it (it measures speed); ``first``: when ready, it starts before the other ready steps
+    (a long step on the critical path, so shorter ones fill the other core beside it)."""
 
     name: str
     needs: tuple[str, ...] = ()
     params: dict = field(default_factory=dict, hash=False, compare=False)
     alone: bool = False
+    first: bool = False
 
 
 # Dependency order; notebooks read what earlier steps left in run_dir.
@@ -73,7 +75,8 @@ STEPS: tuple[Step, ...] = (
     Step("04_schedules", needs=("03_oracle",)),
     Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model")),
     Step("06_difficulty", needs=("03_oracle",)),
-    Step("07_routers", needs=("03_oracle", "02b_skip_model")),  # skip settings on both Stage-1 models
+    # skip settings on both Stage-1 models; the longest step after 03: 04-06 run beside it
+    Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True),
     Step("08_dense", needs=("01_data",)),  # trains its own, smaller models
     Step("09_retrofit"),
     Step("10_performance", alone=True),
@@ -284,8 +287,8 @@ def step_times(run_dir: str | os.PathLike) -> list[dict]:
 
 def _run_jobs(todo: list[_Job], jobs: int, root: Path):
     """Yield each job's result as it finishes: at most ``jobs`` at a time, each after the jobs it needs,
-    ready jobs in list order, an ``alone`` job with nothing beside it (so, as no step needs a later one, after
-    every job listed before it).  One job: in this process.  After a
+    ready jobs ``first`` ones first, then in list order, an ``alone`` job with nothing beside it (so, as no
+    step needs a later one and no ``alone`` step is ``first``, after every job listed before it).  One job: in this process.  After a
     failure no job starts; the running ones finish, then the first error is raised."""
     if jobs == 1:
         for job in todo:
@@ -293,7 +296,7 @@ def _run_jobs(todo: list[_Job], jobs: int, root: Path):
         return
     import multiprocessing
 
-    pending, waiting_on = list(todo), {job.step.name for job in todo}
+    pending, waiting_on = sorted(todo, key=lambda job: not job.step.first), {job.step.name for job in todo}
     running, error = {}, None
     with ThreadPoolExecutor(jobs) as threads:  # each thread waits on one kernel process (papermill)
         while (pending and error is None) or running:

@@ -298,12 +298,17 @@ def c6(r):
 NO_SKIP, SKIP_TRAINED = "no_skip", "skip_trained"
 
 
-def c7_parts(study: dict) -> tuple[list[str], list[str]]:
-    """C7's verdict and note for each holdout of one model's {big, skip} study."""
-    out, notes = [], []
+def c7_parts(study: dict) -> tuple[list[str], list[str], tuple | None]:
+    """C7's verdict and note for each holdout of one model's {big, skip} study, and the key number: the
+    first holdout's highest per-layer skip rate (the "almost always" pole) with its interval."""
+    out, notes, key = [], [], None
     for h, d in study["holdouts"].items():
         f = [_ci({"x": x}, "x") for x in d["skip_fraction_ci"]]
-        notes.append(f"{h}: skip rate per layer {' '.join(f'{x[0]:.2f}' for x in f)}")
+        top = max(range(len(f)), key=lambda i: f[i].value)
+        low = min(range(len(f)), key=lambda i: f[i].value)
+        notes.append(f"{h}: skip rate per layer {' '.join(f'{x[0]:.2f}' for x in f)}; highest "
+                     f"{_fmt(f[top])} (layer {top + 1}), lowest {_fmt(f[low])} (layer {low + 1})")
+        key = key or (f"{h} highest skip rate", f[top], ".2f")
         always = any_true([True if x[1] >= C7_ALWAYS else False if x[2] < C7_ALWAYS else None for x in f])
         never = any_true([True if x[2] <= C7_NEVER else False if x[1] > C7_NEVER else None for x in f])
         polarised = False if False in (always, never) else None if None in (always, never) else True
@@ -311,7 +316,7 @@ def c7_parts(study: dict) -> tuple[list[str], list[str]]:
         n = len(values)
         early_exit = sum(values[n // 2:]) / max(sum(values), 1e-9) >= C7_EXIT
         out.append(INCONCLUSIVE if polarised is None else (PARTLY if early_exit else HOLDS) if polarised else FAILS)
-    return out, notes
+    return out, notes, key
 
 
 def c7(r):
@@ -321,7 +326,7 @@ def c7(r):
         return UNTESTABLE, ("no skip-trained model in this run (notebook 02b): on the model trained without skip a "
                             "skipped layer is a route it never saw"), None
     p_skip = float(study["p_skip"])
-    out, notes = c7_parts(study)
+    out, notes, key = c7_parts(study)
     notes.insert(0, f"judged on the skip-trained model {study['model']} (p_skip = {p_skip:g})")
     if NO_SKIP in studies:
         notes.append(f"the no-skip model {studies[NO_SKIP]['model']} (not judged) would give "
@@ -329,7 +334,7 @@ def c7(r):
     if p_skip <= 0:
         notes[0] += " - not testable: that model was not trained with skip"
         return UNTESTABLE, "; ".join(notes), None
-    return combine(out), "; ".join(notes), None
+    return combine(out), "; ".join(notes), key
 
 
 def skip_models(results: dict[str, dict]):
