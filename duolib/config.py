@@ -141,3 +141,13 @@ class DuoConfig(PreTrainedConfig):
 
 
 DuoConfig.register_for_auto_class()  # save_pretrained writes auto_map: trust_remote_code=True needs no duolib
+
+
+def check_context(config, seq_len: int, what: str = "seq_len") -> None:
+    """Raise unless ``seq_len`` tokens fit the context ``config.max_position_embeddings`` (any transformers
+    config that has it).  The model itself runs longer inputs, as Llama does; entry points that train,
+    score or route windows call this so that they never work on positions the model was not trained on."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and seq_len > limit:
+        raise ValueError(f"{what}={seq_len} is longer than the model's context (max_position_embeddings={limit}); "
+                         f"use {what} <= {limit} or a model with a longer context")

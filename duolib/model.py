@@ -27,7 +27,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -36,6 +36,8 @@ from .config import DuoConfig
 from .flops import pattern_flops
 from .layers import Attention, DuoLayer, RMSNorm, RotaryEmbedding
 from .routing import BIG, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -148,7 +150,7 @@ class DuoModel(DuoPreTrainedModel):
         given_positions = position_ids is not None
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
-            self._check_length(past, T)
+            self._warn_past_context(past, T)
             position_ids = (torch.arange(T, device=h.device) + past)[None]  # [1, T]
         # positions passed in may mark packed sequences (a restart at 0 opens a new one)
         mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
@@ -165,16 +167,18 @@ class DuoModel(DuoPreTrainedModel):
         return DuoModelOutput(last_hidden_state=self.norm(h), cache=cache,
                               routing=trace_from(decisions) if return_routes else None)
 
-    def _check_length(self, past, seq: int) -> None:
-        """Positions past ``max_position_embeddings`` were never trained, unless a scaled rope
-        (``rope_parameters``) declares the longer context; a static cache's tensor length is not read
-        back (that would stall the device)."""
-        scaled = self.config.rope_parameters["rope_type"] != "default"
-        if not scaled and isinstance(past, int) and past + seq > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence reaches position {past + seq - 1} but max_position_embeddings="
-                f"{self.config.max_position_embeddings}; use sequences of at most {self.config.max_position_embeddings} tokens "
-                f"or a scaled rope_parameters"
+    def _warn_past_context(self, past, seq: int) -> None:
+        """Positions past ``max_position_embeddings`` run as in Llama (rope is defined for any position), but
+        an unscaled rope never saw them in training: warn once.  The entry points that must stay inside the
+        trained context (training, the oracle, router data, evaluation windows) check it themselves.  A
+        static cache's tensor length is not read back (that would stall the device)."""
+        limit = self.config.max_position_embeddings
+        if (self.config.rope_parameters["rope_type"] == "default" and isinstance(past, int)
+                and past + seq > limit):
+            logger.warning_once(
+                f"a sequence reaches past max_position_embeddings={limit}: positions beyond it were never "
+                f"trained with this unscaled rope, so quality there is unknown; give a scaled rope_parameters "
+                f"for a longer context"
             )
 
 

@@ -2,6 +2,7 @@
 (an all-big Duo model holds the same weights as the Llama model it is compared with), and keeps
 working under routing."""
 
+import logging
 import re
 import warnings
 
@@ -286,10 +287,25 @@ def test_dynamic_rope_state_follows_llama_through_long_then_short_inputs():
         assert torch.equal(duo.generate(x, **kwargs), llama.generate(x, **kwargs))
 
 
-def test_default_rope_still_refuses_positions_it_never_saw():
-    duo, _ = pair()
-    with pytest.raises(ValueError, match="max_position_embeddings=128"):
-        duo(tokens(seq=129))
+def test_default_rope_past_the_context_equals_llama_and_warns_once(caplog):
+    """Like Llama, an unscaled rope runs any position (no error); positions past max_position_embeddings
+    were never trained, so the first such call warns, once."""
+    duo, llama = pair()
+    logging.Logger.warning_once.cache_clear()  # the warning may have been given earlier in this process
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="duolib.model"):
+        assert (duo(tokens(seq=128)).logits - llama(tokens(seq=128)).logits).abs().max() <= 1e-5
+        assert not [r for r in caplog.records if r.name == "duolib.model"]  # inside the context: silent
+        for seq in (200, 150):
+            x = tokens(seq=seq, seed=seq)
+            assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5, seq
+            assert (duo(x, use_cache=False).logits - llama(x, use_cache=False).logits).abs().max() <= 1e-5, seq
+        x = tokens(batch=1, seq=120)  # decoding across the boundary, one position at a time from the cache
+        kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
+        assert torch.equal(duo.generate(x, **kwargs), llama.generate(x, **kwargs))
+        routed = duo(tokens(seq=200), routes=PositionRoutes(torch.randint(0, 3, (200, 4)))).logits
+        assert routed.shape == (2, 200, 512) and torch.isfinite(routed).all()
+    warned = [r.getMessage() for r in caplog.records if r.name == "duolib.model"]
+    assert len(warned) == 1 and "max_position_embeddings=128" in warned[0], warned
 
 
 @pytest.mark.parametrize("name", ["dynamic", "yarn"])

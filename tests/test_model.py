@@ -269,10 +269,26 @@ def test_bad_routes_raise(routes, message):
         model(tokens(), routes=routes)
 
 
-def test_sequence_longer_than_context_raises():
+def test_entry_points_refuse_windows_longer_than_the_trained_context(tmp_path, capsys):
+    """The model runs past max_position_embeddings (as Llama does); training, the oracle and router
+    training check their windows against it themselves."""
+    from duolib import cli
+    from duolib.oracle.engine import loss_matrix
+    from duolib.oracle.brute_force import brute_force_loss_matrix
+    from duolib.train.config import TrainConfig
+
     model = tiny_model()
-    with pytest.raises(ValueError, match="max_position_embeddings=128"):
-        model(tokens(batch=1, seq=129))
+    assert model(tokens(batch=1, seq=129)).logits.shape == (1, 129, 512)  # no error at the model's level
+    with pytest.raises(ValueError, match=r"seq_len=129 is longer than the model's context \(max_position_embeddings=128"):
+        TrainConfig.from_profile("tiny", seq_len=129).validate()
+    for matrix in (loss_matrix, brute_force_loss_matrix):
+        with pytest.raises(ValueError, match="seq_len=129 exceeds max_position_embeddings=128"):
+            matrix(model, tokens(batch=1, seq=129), k=1)
+    rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path / "r"), "--no-progress",
+                   "--steps", "1", "--seq-len", "129"])
+    assert rc == 1 and "--seq-len=129 is longer than the model's context (max_position_embeddings=128)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r" / "router").exists()
 
 
 def test_random_routes_rejects_bad_probabilities():

@@ -19,7 +19,7 @@ from ..utils import batch_source, frozen, progress as progress_bar
 from .policy import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, SETTINGS, RouterPolicy, is_duo_model,
                      model_sizes, budget_penalty, budget_targets, parse_options, routed_forward, temperature)
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, FixedRoutes, RoutingPolicy, TokenRoutes, check_codes
-from ..config import DuoConfig
+from ..config import DuoConfig, check_context
 from ..model import DuoForCausalLM
 from ..profiles import get_profile
 from .evaluate import evaluate_routers, history_frame, route_and_score
@@ -363,6 +363,7 @@ def cli_main(args) -> int:
         model = _load_base(args.model)
     else:
         raise ValueError("give --model (a model or `duo train` run folder) or --random-init")
+    check_context(model.config, seq_len, "--seq-len")
     vocab = int(model.config.vocab_size)
     corpus = args.corpus or ("random" if args.random_init else None)
     if corpus == "random":
