@@ -1,14 +1,17 @@
 """Cost of the transformers-compatible model paths, and the default SDPA routed forward against the
 implementation before them.
 
-Side by side in one process, call by call in rotating order (median and minimum CPU time of
-``--repeats`` calls each):
-  * ``routed forward``: the default-profile model, per-token random routes (skip / small / big), under
-    ``no_grad``, the new ``DuoForCausalLM`` vs the old one (its files read with ``git show REV:...``
-    into a temporary package; REV defaults to the commit before the transformers-compatible model),
-    both called as a user calls them (``model(x, routes=routes)``; the new model also builds its
-    KV cache there, as Llama does, since ``config.use_cache`` is True) and with ``use_cache=False``;
-  * ``routed train step``: forward + backward with labels, new vs old;
+``routed`` (the acceptance check: the default SDPA routed forward must not get slower): the
+default-profile model under per-token routes (skip / small / big, one fixed route tensor), the code
+before the transformers-compatible model (REV, its files read with ``git show REV:...`` into a
+temporary package), the new code as a user calls it (``model(x, routes=routes)``: it builds a KV
+cache, as Llama does, since ``config.use_cache`` is True) and the new code with ``use_cache=False``
+(what duolib's own callers pass).  Each version runs in its own subprocess (the same weights and
+inputs), the versions alternate over ``--rounds`` rounds in rotated order, and each process reports
+its fastest CPU time of eval ``no_grad`` forwards and of train-mode forward + backward steps.
+
+The other parts run side by side in one process, call by call in rotating order (median and
+minimum CPU time of ``--repeats`` calls each):
   * eager vs SDPA attention, gradient checkpointing vs plain (forward + backward);
   * ``torch.compile`` (inductor) vs eager for the all-big forward and the routed forward, with their
     graph breaks (``torch._dynamo.explain``; routed execution has data-dependent shapes by design);
@@ -16,13 +19,14 @@ Side by side in one process, call by call in rotating order (median and minimum 
   * the fixed-context oracle (``loss_matrix``), old vs new (the old package from ``git archive REV``).
 
     python benchmarks/bench_hf_paths.py                       # all parts
-    python benchmarks/bench_hf_paths.py --parts routed --repeats 21
+    python benchmarks/bench_hf_paths.py --parts routed --rounds 5 --calls 10
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,7 @@ from pathlib import Path
 from statistics import median
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from duolib import DuoConfig, DuoForCausalLM
 
@@ -90,28 +95,79 @@ def sizes(cfg: DuoConfig) -> dict:
                                          "max_position_embeddings")}
 
 
-def part_routed(args, cfg):
-    new, old = models(args.old_rev, cfg)
+VARIANTS = {"old": {}, "new": {}, "new use_cache=False": {"use_cache": False}}
+
+
+def worker(args, cfg) -> None:
+    """One code version in its own process: load the shared weights, time ``args.rounds_calls`` eval routed
+    forwards (no_grad) and train-mode routed forward + backward steps, save the eval logits, print JSON."""
+    weights = load_file(args.weights)
+    if args.worker == "old":
+        cls = old_model_class(args.old_rev)
+        model = cls(cls.config_class(**sizes(cfg)))
+    else:
+        model = DuoForCausalLM(cfg)
+    model.load_state_dict(weights)
+    kw = VARIANTS[args.worker]
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
     routes = torch.randint(0, 3, (args.batch, args.seq, cfg.num_hidden_layers), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        diff = (new(x, routes=routes).logits - old(x, routes=routes).logits).abs().max().item()
-        times = side_by_side({
-            "old routed forward": lambda: old(x, routes=routes),
-            "new routed forward": lambda: new(x, routes=routes),
-            "new routed forward, use_cache=False": lambda: new(x, routes=routes, use_cache=False),
-            "old all-big forward": lambda: old(x),
-            "new all-big forward": lambda: new(x),
-        }, args.repeats)
-    report(f"no_grad forward, default model, batch {args.batch} x {args.seq} (max |logit diff| {diff:.2e})",
-           times, "old routed forward")
-    new.train(), old.train()
 
-    def step(model):
+    def forward():
+        with torch.no_grad():
+            return model(x, routes=routes, **kw).logits
+
+    def step():
         model.zero_grad(set_to_none=True)
-        model(x, labels=x, routes=routes).loss.backward()
-    report("routed train step (forward + backward)", side_by_side({"old": lambda: step(old), "new": lambda: step(new)},
-                                                                   max(3, args.repeats // 2)), "old")
+        model(x, labels=x, routes=routes, **kw).loss.backward()
+    model.eval()
+    save_file({"logits": forward()}, args.logits)
+    out = {"eval": timed(forward, args.calls)}
+    model.train()
+    out["train"] = timed(step, max(2, args.calls // 2))
+    print(json.dumps(out))
+
+
+def timed(f, calls: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        f()
+    times = []
+    for _ in range(calls):
+        t = clock()
+        f()
+        times.append(clock() - t)
+    return times
+
+
+def part_routed(args, cfg):
+    """Old code, new code as called by default and new code with ``use_cache=False``, each in its own
+    subprocess, alternated over ``--rounds`` rounds (order rotated), on the same weights and inputs."""
+    folder = Path(tempfile.mkdtemp(prefix="duo-bench-"))
+    torch.manual_seed(0)
+    save_file({k: v.clone() for k, v in DuoForCausalLM(cfg).state_dict().items()}, folder / "weights.safetensors")
+    names, runs = list(VARIANTS), {k: {"eval": [], "train": []} for k in VARIANTS}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            cmd = [sys.executable, __file__, "--worker", name, "--weights", str(folder / "weights.safetensors"),
+                   "--logits", str(folder / f"{name}.safetensors"), "--old-rev", args.old_rev, "--profile",
+                   args.profile, "--batch", str(args.batch), "--seq", str(args.seq), "--calls", str(args.calls),
+                   "--threads", str(args.threads)]
+            got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            for part in ("eval", "train"):
+                runs[name][part].append(min(got[part]))  # a process's steadiest estimate: its fastest call
+    logits = {k: load_file(folder / f"{k}.safetensors")["logits"] for k in VARIANTS}
+    same = {k: torch.equal(logits[k], logits["old"]) for k in VARIANTS}
+    print(f"\nrouted forward, batch {args.batch} x {args.seq}, {args.rounds} rounds of one process per code version "
+          f"({args.calls} eval calls, {max(2, args.calls // 2)} train steps each); logits bit-identical to old: {same}")
+    print(f"  {'':<22} {'eval no_grad forward (ms)':>34} {'train forward + backward (ms)':>36}")
+    for name in VARIANTS:
+        cells = []
+        for part in ("eval", "train"):
+            per_round = [v / o for v, o in zip(runs[name][part], runs["old"][part])]
+            cells.append(f"{median(runs[name][part]) * 1e3:9.2f}  ratio {median(per_round):.3f} "
+                         f"[{min(per_round):.3f}, {max(per_round):.3f}]")
+        print(f"  {name:<22} {cells[0]:>34} {cells[1]:>36}")
+    print("  (median over rounds of each process's fastest call; ratio to old: median [min, max] of the per-round "
+          "ratios)")
 
 
 def part_paths(args, cfg):
@@ -210,9 +266,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5, help="routed: processes per code version")
+    ap.add_argument("--calls", type=int, default=10, help="routed: timed eval calls per process (half as many steps)")
+    ap.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--logits", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = DuoConfig.preset(args.profile)
+    if args.worker:
+        worker(args, cfg)
+        return 0
     print(f"torch {torch.__version__}, {args.threads} thread(s), profile {args.profile}, CPU time per call")
     for name in args.parts:
         PARTS[name](args, cfg)

@@ -318,7 +318,7 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
         for step in progress_bar(range(steps), progress, "small modules"):
             ids = get_batch(step).to(device)
             with routing(model, policy, record=False):
-                loss = model(input_ids=ids, labels=ids).loss
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -333,4 +333,4 @@ def train_small_modules(model, batches, steps: int, *, lr: float = 1e-3, p_big: 
 def route_loss(model, input_ids: torch.Tensor, policy) -> float:
     """Mean next-token loss of a retrofitted model on ``input_ids`` routed by ``policy``."""
     with routing(model, policy, record=False):
-        return float(model(input_ids=input_ids, labels=input_ids).loss)
+        return float(model(input_ids=input_ids, labels=input_ids, use_cache=False).loss)

@@ -395,7 +395,7 @@ def routed_forward(model, input_ids: torch.Tensor, policy, labels: torch.Tensor 
         out = model(input_ids, labels=labels, routes=policy, return_routes=True, use_cache=False)
         return out, out.routing
     with routing(model, policy) as recorder:
-        out = model(input_ids=input_ids, labels=labels)
+        out = model(input_ids=input_ids, labels=labels, use_cache=False)
     return out, recorder.trace()
 
 

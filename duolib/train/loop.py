@@ -379,7 +379,7 @@ def _accumulate_gradients(ddp, x: torch.Tensor, routes, cfg: TrainConfig, micro:
         sync = i == cfg.grad_accum - 1 or world == 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = ddp(xi, labels=xi, **kw).loss
+                loss = ddp(xi, labels=xi, use_cache=False, **kw).loss
             (loss / cfg.grad_accum).backward()
         loss_sum += float(loss.detach()) / cfg.grad_accum
     return loss_sum
