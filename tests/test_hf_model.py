@@ -352,3 +352,37 @@ def test_tensor_parallel_plan_names_existing_linear_layers():
             assert plan[duo_key] == split, duo_key
     assert DuoForCausalLM._tp_plan == LlamaForCausalLM._tp_plan
     assert {n for n, _ in duo.named_modules()} >= set(DuoForCausalLM._tp_plan)
+
+
+def test_duolibs_own_forward_passes_build_no_kv_cache(monkeypatch):
+    """model(x) builds a DynamicCache by default (config.use_cache, as in Llama); duolib's own evaluation,
+    oracle, router and retrofit passes never read one, so they must not pay for building it."""
+    from transformers import LlamaConfig
+    from transformers.cache_utils import DynamicCache as Cache
+
+    from duolib.oracle.brute_force import brute_force_loss_matrix
+    from duolib.retrofit import retrofit_model, route_loss, train_small_modules
+    from duolib.router.policy import routed_forward
+    from duolib.train.evaluate import evaluate_route_modes
+
+    built = []
+    init = Cache.__init__
+    monkeypatch.setattr(Cache, "__init__", lambda self, *a, **kw: (built.append(1), init(self, *a, **kw))[1])
+    duo, _ = pair()
+    torch.manual_seed(0)
+    llama = retrofit_model(LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=2, num_attention_heads=4)).eval(), 8)
+    x, small = tokens(), torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        duo(x)
+        llama(small)
+    assert len(built) == 2  # the default: a cache per call, for Duo as for Llama
+    routes = RandomRoutes(p_big=0.5, generator=torch.Generator().manual_seed(0))
+    evaluate_route_modes(duo, {"holdout": x}, route_modes=("small", "big"))
+    brute_force_loss_matrix(duo, x[:1, :6], k=1)
+    with torch.no_grad():
+        routed_forward(duo, x, routes, labels=x)
+        routed_forward(llama, small, routes, labels=small)
+    route_loss(llama, small, routes)
+    train_small_modules(llama, small, steps=1, progress=False)
+    assert len(built) == 2
