@@ -134,7 +134,7 @@ def calibrated_router(model, x, frac_big: float):
             router.layers[layer_idx].bias[1] -= torch.quantile(margin.float().cpu(), 1 - frac_big).to(margin.device)
             return router.route_layer(layer_idx, hidden_states, position_ids)
 
-    model(x, routes=Calibrate())
+    model(x, routes=Calibrate(), use_cache=False)
     return router.eval()
 
 
@@ -144,7 +144,7 @@ def time_forward(model, x, policy, device) -> tuple[float, float]:
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        model(x, routes=policy)
+        model(x, routes=policy, use_cache=False)  # timed: no KV cache that nothing reads
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, time.process_time() - c0
@@ -175,7 +175,7 @@ def routed_inference_speed(cfg, batch: int, seq: int, repeats: int, warmup: int 
     predicted, big_layers = {}, {}
     for pname, policy in policies.items():
         with torch.no_grad():
-            routes = model(x, routes=policy, return_routes=True).routing.routes.cpu()
+            routes = model(x, routes=policy, return_routes=True, use_cache=False).routing.routes.cpu()
         predicted[pname] = 1 - mean_flops_per_token(cfg, routes) / mean_flops_per_token(cfg, torch.full_like(routes, BIG))
         big_layers[pname] = float((routes == BIG).sum(-1).float().mean())
     times = {pname: ([], []) for pname in policies}  # (all-big, routed) (wall, cpu) pairs
