@@ -3,7 +3,7 @@
 Two policies route every token through 4 big and 8 small FFNs on average:
 
 - ``token4``: :class:`~duolib.TokenRoutes`, exactly 4 big layers per token (random layers per token);
-- ``router``: a randomly initialised :class:`~duolib.router.RouterPolicy` whose per-layer biases are
+- ``router``: a randomly initialised :class:`~duolib.router.policy.RouterPolicy` whose per-layer biases are
   calibrated on the batch so that each layer sends a third of the tokens big (~4 of 12 per token);
 - ``fixed4`` (reference): the same pattern ``BBBBSSSSSSSS`` for every token, so no gather / scatter:
   the saving sparse execution could reach with zero routing overhead.

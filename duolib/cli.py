@@ -32,7 +32,7 @@ PRESETS = ("tiny", "default", "paper")
 ENTRY_POINTS = {
     "train": "duolib.train.command:run_from_args",
     "oracle": "duolib.oracle.runs:cli_main",
-    "route": "duolib.router.train:cli_main",
+    "route": "duolib.router.command:cli_main",
 }
 
 # The parameter counts the paper reports for its 1.399B model (section "Architecture").

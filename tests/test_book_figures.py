@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from duolib.book import plots, schematic  # noqa: E402
+from duolib.book import plots, route_plots, schematic  # noqa: E402
 from duolib.oracle.patterns import enumerate_patterns  # noqa: E402
 from duolib.oracle.reductions import LossMatrix  # noqa: E402
 from duolib.routing import BIG, SMALL  # noqa: E402
@@ -67,13 +67,13 @@ def test_sequence_routes_refuses_a_bad_sequence():
 
 
 def test_token_labels_make_invisible_characters_visible():
-    assert plots.token_label("\n") == "↵"
-    assert plots.token_label("\n    ") == "↵"  # trailing indentation no longer pushes the label down
-    assert plots.token_label(" the") == "the"
-    assert plots.token_label("   ") == "␣"
-    assert plots.token_label("\t") == "⇥"
-    assert plots.token_label("<|endoftext|>") == "⟨eot⟩"
-    assert plots.token_label("x" * 30).endswith("…") and len(plots.token_label("x" * 30)) == 14
+    assert route_plots.token_label("\n") == "↵"
+    assert route_plots.token_label("\n    ") == "↵"  # trailing indentation no longer pushes the label down
+    assert route_plots.token_label(" the") == "the"
+    assert route_plots.token_label("   ") == "␣"
+    assert route_plots.token_label("\t") == "⇥"
+    assert route_plots.token_label("<|endoftext|>") == "⟨eot⟩"
+    assert route_plots.token_label("x" * 30).endswith("…") and len(route_plots.token_label("x" * 30)) == 14
 
 
 def _text_sizes(fig) -> list[float]:
@@ -94,7 +94,7 @@ def test_heatmap_labels_are_readable_at_the_rendered_size():
     rng = np.random.default_rng(0)
     for grids in ({f"router k={k}": rng.random((12, 128)) for k in (4, 6, 8)},
                   {f"{h}: k = {k}": rng.random((12, 127)) for h in ("english", "python") for k in (4, 6, 8)}):
-        fig = plots.heatmap_panels(grids, bins=16, suptitle="fraction routed big")
+        fig = route_plots.heatmap_panels(grids, bins=16, suptitle="fraction routed big")
         scale = _rendered_scale(fig)
         assert min(_text_sizes(fig)) * scale >= 8.0, (min(_text_sizes(fig)), scale)
         plt.close(fig)
@@ -121,7 +121,7 @@ def test_route_grids_put_every_token_label_next_to_the_axis():
     plots.use_style()
     tokens = ["<|endoftext|>", "TH", "\n", "\n    ", "  ", " by", "\n\n"] + [f" w{i}" for i in range(25)]
     codes = np.random.default_rng(1).integers(1, 3, (12, len(tokens)))
-    fig = plots.route_grids([(codes, tokens, "english"), (codes[:, :20], tokens[:20], "python")])
+    fig = route_plots.route_grids([(codes, tokens, "english"), (codes[:, :20], tokens[:20], "python")])
     fig.canvas.draw()
     assert len(fig.axes) == 2
     for ax in fig.axes:
@@ -132,7 +132,7 @@ def test_route_grids_put_every_token_label_next_to_the_axis():
         assert not _overlaps(labels)
     assert min(_text_sizes(fig)) * _rendered_scale(fig) >= 8.0
     with pytest.raises(ValueError, match="one column per token"):
-        plots.decision_grid(codes, tokens[:-1])
+        route_plots.decision_grid(codes, tokens[:-1])
     plt.close(fig)
 
 

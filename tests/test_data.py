@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast
 
 from duolib.data import batches as B
 from duolib.data import corpus as D
+from duolib.data import split as SP
 from duolib.data import synthetic as S
 from duolib.data import tokenizer as T
 
@@ -50,39 +51,39 @@ def test_english_and_python_corpora():
 
 def test_split_is_disjoint_deterministic_and_nonempty():
     docs = S.synthetic_documents(dict(n_docs=50)) + [D.Document(f"text/{i}", "x", "text") for i in range(5)]
-    train, holdout = D.split_documents(docs, 0.05)
-    train2, holdout2 = D.split_documents(list(reversed(docs)), 0.05)
+    train, holdout = SP.split_documents(docs, 0.05)
+    train2, holdout2 = SP.split_documents(list(reversed(docs)), 0.05)
     assert [d.doc_id for d in train] == [d.doc_id for d in train2]
     assert {k: [d.doc_id for d in v] for k, v in holdout.items()} == {k: [d.doc_id for d in v] for k, v in holdout2.items()}
     held = {d.doc_id for v in holdout.values() for d in v}
     assert set(holdout) == {"synthetic", "text"} and all(holdout.values())
     assert held.isdisjoint(d.doc_id for d in train) and len(held) + len(train) == len(docs)  # one block per doc
-    tiny, tiny_holdout = D.split_documents(docs, 1e-9)  # guarantee: one holdout block per source
+    tiny, tiny_holdout = SP.split_documents(docs, 1e-9)  # guarantee: one holdout block per source
     assert [len(v) for v in tiny_holdout.values()] == [1, 1] and len(tiny) == len(docs) - 2
     with pytest.raises(ValueError, match="need 2"):
-        D.split_documents(docs[:1])
+        SP.split_documents(docs[:1])
 
 
 def test_split_holds_out_blocks_of_every_document_and_keeps_all_text():
     lines = [f"line {i} of a long work " + "x" * (i % 37) + "\n" for i in range(4000)]
     docs = [D.Document(f"text/w{j}", "".join(lines[j::3]), "text") for j in range(3)]
-    train, holdout = D.split_documents(docs, 0.2, block_chars=1000)
+    train, holdout = SP.split_documents(docs, 0.2, block_chars=1000)
     held = holdout["text"]
-    assert {D.work_id(d.doc_id) for d in held} == {d.doc_id for d in docs}  # every work contributes
+    assert {SP.work_id(d.doc_id) for d in held} == {d.doc_id for d in docs}  # every work contributes
     for doc in docs:  # pieces tile each document exactly: no text lost, none in both splits
-        pieces = [d for d in train + held if D.work_id(d.doc_id) == doc.doc_id]
+        pieces = [d for d in train + held if SP.work_id(d.doc_id) == doc.doc_id]
         starts = {p.doc_id: int(p.doc_id.split("#")[1].split("-")[0]) for p in pieces}
         assert "".join(p.text for p in sorted(pieces, key=lambda p: starts[p.doc_id])) == doc.text
     assert all(d.text.endswith("\n") and 0 < len(d.text) < 1100 for d in held)  # whole lines, about a block
     assert 0.1 < sum(len(d.text) for d in held) / sum(len(d.text) for d in docs) < 0.3
-    assert D.split_documents(docs, 0.2, block_chars=1000, seed=1)[1]["text"] != held  # the seed moves the blocks
-    assert D.block_bounds("ab\ncd\nef", 2) == [0, 3, 6, 8] and D.block_bounds("abc", 10) == [0, 3]
+    assert SP.split_documents(docs, 0.2, block_chars=1000, seed=1)[1]["text"] != held  # the seed moves the blocks
+    assert SP.block_bounds("ab\ncd\nef", 2) == [0, 3, 6, 8] and SP.block_bounds("abc", 10) == [0, 3]
 
 
 def test_real_corpora_holdouts_span_many_works_and_files():
     """The acceptance minimums: English holdout from >= 10 works, Python from >= 50 files."""
-    _, holdout = D.split_documents(D.load_documents("mix"))
-    works = {s: {D.work_id(d.doc_id) for d in v} for s, v in holdout.items()}
+    _, holdout = SP.split_documents(D.load_documents("mix"))
+    works = {s: {SP.work_id(d.doc_id) for d in v} for s, v in holdout.items()}
     assert len(works["english"]) >= 10 and len(works["python"]) >= 50, {s: len(w) for s, w in works.items()}
     spread = D.holdout_spread("mix")
     assert spread["english"]["works"] == len(works["english"]) and spread["english"]["of_works"] == 42
@@ -92,8 +93,8 @@ def test_real_corpora_holdouts_span_many_works_and_files():
 def test_mix_balances_text_and_code():
     docs = [D.Document(f"english/{i}", "e" * 1000, "english") for i in range(10)]
     docs += [D.Document(f"python/{i}", "p" * 100, "python") for i in range(500)]
-    train, holdout = D.split_documents(docs)
-    mixed = D.mix_train(train, 0.5)
+    train, holdout = SP.split_documents(docs)
+    mixed = SP.mix_train(train, 0.5)
     eng = sum(len(d.text) for d in mixed if d.source == "english")
     code = sum(len(d.text) for d in mixed if d.source == "python")
     assert eng == sum(len(d.text) for d in train if d.source == "english")

@@ -114,20 +114,20 @@ def test_plots_draw_interval_bands_and_error_bars():
     import pandas as pd
     from matplotlib.collections import LineCollection, PolyCollection
 
-    from duolib.book import plots
+    from duolib.book import plots, route_plots
 
     curves = pd.DataFrame({"k": [1, 2, 3] * 2, "perplexity": [5, 4, 4.5, 6, 5, 5.5], "method": ["a"] * 3 + ["b"] * 3})
     curves["low"], curves["high"] = curves["perplexity"] - 0.2, curves["perplexity"] + 0.2
-    ax = plots.budget_curves(curves).axes[0]
+    ax = route_plots.budget_curves(curves).axes[0]
     assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2  # one band per method
     rates = pd.DataFrame({"layer": [1, 2, 1, 2], "rate": [0.2, 0.8, 0.3, 0.7], "holdout": ["e", "e", "p", "p"]})
     rates["low"], rates["high"] = rates["rate"] - 0.05, rates["rate"] + 0.05
-    ax = plots.layer_rates(rates, hue="holdout").axes[0]
+    ax = route_plots.layer_rates(rates, hue="holdout").axes[0]
     assert sum(isinstance(c, LineCollection) for c in ax.collections) == 4  # one error bar per bar
     frontier = pd.DataFrame({"holdout": "e", "method": ["oracle", "oracle", "router"], "source": ["reference", "reference", "router"],
                              "mean_big_layers": [1, 2, 1.5], "ppl": [5.0, 4.0, 4.8], "low": [4.8, 3.9, 4.6],
                              "high": [5.2, 4.1, 5.0]})
-    ax = plots.routers_vs_references(frontier).axes[0]
+    ax = route_plots.routers_vs_references(frontier).axes[0]
     assert any(isinstance(c, PolyCollection) for c in ax.collections)
     assert any(isinstance(c, LineCollection) for c in ax.collections)
     sched = pd.DataFrame({"holdout": "e", "schedule": ["constant", "falling"], "perplexity": [4.0, 4.2],

@@ -181,10 +181,13 @@ def test_small_opt_retrofit_keeps_the_original(tmp_path):
     original = copy.deepcopy(opt)
     duolib.retrofit_model(opt)
     assert rs.max_logit_diff(original, opt, batches) == 0.0
-    table = rs.retrofit_perplexities(opt, {"a": batches}, {"orig": None, "small": FixedRoutes([SMALL] * 4),
-                                                          "rand": RandomRoutes(0.5, seed=0)})
+    table, losses = rs.retrofit_perplexities(opt, {"a": batches}, {"orig": None, "small": FixedRoutes([SMALL] * 4),
+                                                                  "rand": RandomRoutes(0.5, seed=0)})
     assert table.set_index("routes").loc["orig", "mean_big_layers"] == 4
     assert table.set_index("routes").loc["small", "mean_big_layers"] == 0
+    assert list(losses) == ["orig", "small", "rand"] and losses["orig"]["a"].shape == (2, 15)
+    for name, loss in table.set_index("routes")["loss"].items():  # the table's losses are the returned ones' means
+        assert loss == float(losses[name]["a"].double().mean())
 
 
 def test_retokenize_roundtrip():

@@ -184,3 +184,36 @@ def test_names_come_from_their_defining_module():
            for m, imports in GRAPH.items() for i in imports
            if i["name"] and not face_free(i["target"]) and i["name"] not in defined_names(i["target"])]
     assert not bad, "\n".join(bad)
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def oversized(path: Path) -> list[str]:
+    """A module over :data:`MAX_MODULE_LINES` lines and its functions (methods and nested ones included)
+    over :data:`MAX_FUNCTION_LINES` lines (decorators to last line), each as ``module:line name (n lines)``."""
+    source = path.read_text()
+    name = module_name(path)
+    found = []
+    if (n := len(source.splitlines())) > MAX_MODULE_LINES:
+        found.append(f"{name} ({n} lines)")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            if (n := node.end_lineno - start + 1) > MAX_FUNCTION_LINES:
+                found.append(f"{name}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_no_long_module_or_function():
+    bad = [item for path in sorted(PKG.rglob("*.py")) for item in oversized(path)]
+    assert not bad, (f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function; split them "
+                     "along a real seam:\n" + "\n".join(bad))
+
+
+def test_size_check_names_a_long_function(monkeypatch):
+    """The size check can fail: a 61-line function and a 401-line module are named."""
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    source = "def long_one():\n" + body + "\n" * (400 - 61) + "y = 1\n"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
+    assert oversized(PKG / "utils.py") == ["duolib.utils (401 lines)", "duolib.utils:1 long_one (61 lines)"]

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
-from duolib.router.policy import (
-    SETTINGS, RouterPolicy, budget_penalty, budget_targets, load_router, routed_forward, temperature
-)
+from duolib.router.budgets import SETTINGS, budget_penalty, budget_targets, temperature
+from duolib.router.policy import RouterPolicy, load_router, routed_forward
 from duolib.router.evaluate import (
     decision_grid, decision_heatmap, evaluate_policy, evaluate_routers, heatmap_from_routes, perplexity_vs_budget,
     perplexity_vs_flops

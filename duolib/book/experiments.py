@@ -33,7 +33,8 @@ from ..profiles import get_profile
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..data.batches import holdout_sequences, sample_batch
 from ..router.evaluate import route_and_score
-from ..router.policy import SETTINGS, RouterPolicy, budget_targets, load_router, weights_fingerprint
+from ..router.budgets import SETTINGS, budget_targets
+from ..router.policy import RouterPolicy, load_router, weights_fingerprint
 from ..router.train import calibrate_router, train_distilled_router, train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
@@ -96,7 +97,7 @@ def check_budget_list(budgets, num_layers: int, what: str = "budget") -> tuple[i
 def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
     """Skip settings as ``{name: {option: fraction}}``.
 
-    ``settings``: names of :data:`duolib.router.policy.SETTINGS`, or a mapping name -> fractions per option
+    ``settings``: names of :data:`duolib.router.budgets.SETTINGS`, or a mapping name -> fractions per option
     (``{"mine": {"big": 0.5, "skip": 0.5}}``) that must sum to 1.  ValueError names the bad value."""
     if isinstance(settings, str):
         settings = [settings]

@@ -128,19 +128,18 @@ def max_logit_diff(model_a, model_b, input_ids: torch.Tensor) -> float:
 
 
 def retrofit_perplexities(model, slices: Mapping[str, torch.Tensor], policies: Mapping[str, object],
-                          batch_size: int = 16, losses: dict | None = None):
+                          batch_size: int = 16) -> tuple["pd.DataFrame", dict[str, dict[str, torch.Tensor]]]:
     """Perplexity of a retrofitted model on each holdout slice under each policy (``None`` = the
-    original all-big model): rows holdout, routes, loss, ppl, mean_big_layers.  With ``losses`` (a dict) the
-    per-token losses ``[N, T-1]`` are also stored there as ``losses[routes][holdout]`` (for paired intervals)."""
+    original all-big model): a table (rows holdout, routes, loss, ppl, mean_big_layers) and the per-token
+    losses ``[N, T-1]`` as ``losses[routes][holdout]`` (for paired intervals)."""
     import pandas as pd
 
-    rows = []
+    rows, losses = [], {}
     for h, ids in slices.items():
         for name, policy in policies.items():
             token_losses, routes = route_and_score(model, policy, ids, batch_size)
-            if losses is not None:
-                losses.setdefault(name, {})[h] = token_losses
+            losses.setdefault(name, {})[h] = token_losses
             loss = float(token_losses.double().mean())
             rows.append({"holdout": h, "routes": name, "loss": loss, "ppl": math.exp(loss),
                          "mean_big_layers": float((routes[:, :-1] == BIG).sum(-1).double().mean())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), losses

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RandomRoutes
-from ..router.evaluate import FLAT_TOL, history_flatness, route_and_score
+from ..router.evaluate import FLAT_TAIL, FLAT_TOL, history_flatness, route_and_score
 from .evidence import paired_loss_intervals, router_intervals
 
 #: Realised budgets must lie within this many big (or skipped, small) layers per token of the target.
@@ -35,9 +35,10 @@ def flatness_sentence(table: pd.DataFrame) -> str:
     """``all 10 routers flattened`` or ``7 of 10 routers flattened; still changing: a (still falling), ...``."""
     n, flat = len(table), int(table["flat"].sum())
     if flat == n:
-        return f"all {n} routers flattened (loss and weighted penalty changed by less than {FLAT_TOL:.0%} over the last 20% of steps)"
+        return (f"all {n} routers flattened (loss and weighted penalty changed by less than {FLAT_TOL:.0%} over the "
+                f"last {FLAT_TAIL:.0%} of steps)")
     rest = ", ".join(f"{r.router} ({r.training})" for r in table.itertuples() if not r.flat)
-    return f"{flat} of {n} routers flattened (the {FLAT_TOL:.0%} rule over the last 20% of steps); not yet: {rest}"
+    return f"{flat} of {n} routers flattened (the {FLAT_TOL:.0%} rule over the last {FLAT_TAIL:.0%} of steps); not yet: {rest}"
 
 
 def budget_table(scores: pd.DataFrame, targets: Mapping[str, Mapping[str, float]], num_layers: int,

@@ -1,25 +1,27 @@
-"""Trained routers (the paper's Stage 3): the router policy, its budgets, save / load.
+"""Trained routers (the paper's Stage 3): the router policy, save / load.  Options, budgets, the penalty
+and the temperature: :mod:`duolib.router.budgets`.
 
 A router is one linear layer per transformer layer on the (normalised) hidden state entering the
 FFN slot; its logits choose among the router's *options*, a subset of {skip, small, big}:
 
 - ``("small", "big")``: the paper's main setting (budgets of 4, 6, 8 big layers out of 12);
 - ``("skip", "big")`` / ``("skip", "small", "big")``: the paper's skip settings
-  (70% small / 30% big, 50% big / 50% skip, 50% big / 30% small / 20% skip: see :data:`SETTINGS`).
+  (70% small / 30% big, 50% big / 50% skip, 50% big / 30% small / 20% skip: see
+  :data:`duolib.router.budgets.SETTINGS`).
 
-**Training** (:func:`duolib.router.train.train_router`, as in the paper, also reachable from here): the FFN slot outputs the soft mixture
+**Training** (:func:`duolib.router.train.train_router`, as in the paper): the FFN slot outputs the soft mixture
 ``sum_x P(x) * module_x(h)`` with ``P = softmax(logits / tau)``; the temperature is annealed toward
-hard choices by :func:`temperature`.  The loss is ``CE + alpha * penalty`` where, per sequence,
-``penalty = (mean over tokens and layers of P(big) - budget / L)^2`` (averaged over the batch), or,
-with per-option budgets, the sum of that term over the options, each against its target fraction.
+hard choices by :func:`duolib.router.budgets.temperature`.  The loss is ``CE + alpha * penalty`` where,
+per sequence, ``penalty = (mean over tokens and layers of P(big) - budget / L)^2`` (averaged over the
+batch), or, with per-option budgets, the sum of that term over the options, each against its target fraction.
 The base model is frozen by default.
 
 **Inference**: hard argmax routes (``router.mode == "hard"``, the default) with real sparse
 execution.  Decisions depend only on each token's own hidden state, so ``generate(routes=router)``
 works with the KV cache.
 
-**Beyond the paper**: :func:`train_distilled_router` trains the same router with cross-entropy to
-imitate an oracle's per-token, per-layer choices at a budget, teacher-forced along the oracle's routes.
+**Beyond the paper**: :func:`duolib.router.train.train_distilled_router` trains the same router with
+cross-entropy to imitate an oracle's per-token, per-layer choices at a budget, teacher-forced along the oracle's routes.
 
 Evaluation helpers (in :mod:`duolib.router.evaluate`) return tidy pandas DataFrames: perplexity vs average big layers
 (:func:`perplexity_vs_budget`), perplexity vs FLOPs per token (:func:`perplexity_vs_flops`),
@@ -36,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,124 +47,13 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_write, atomic_write_text
-from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy
+from ..routing import ROUTE_NAMES, RoutingPolicy
 from ..model import DuoForCausalLM, shifted_token_losses
 from ..retrofit import routing
-
-OPTION_CODES = {"skip": SKIP, "small": SMALL, "big": BIG}
-
-#: The paper's router budgets (big layers out of 12) and its skip settings (target fraction per option).
-PAPER_BUDGETS = (4, 6, 8)
-SETTINGS: dict[str, dict[str, float]] = {
-    "small70_big30": {"small": 0.7, "big": 0.3},
-    "big50_skip50": {"big": 0.5, "skip": 0.5},
-    "big50_small30_skip20": {"big": 0.5, "small": 0.3, "skip": 0.2},
-}
-
-#: Defaults of router training [ours: the paper gives neither alpha nor the schedule].
-DEFAULT_ALPHA = 10.0
-DEFAULT_TAU0 = 1.0
-DEFAULT_TAU_MIN = 0.1
-DEFAULT_LR = 1e-2
+from .budgets import OPTION_CODES, parse_options
 
 FORMAT = "duolib-router"
 FORMAT_VERSION = 1
-
-
-# ----------------------------------------------------------------------------- options and budgets
-
-
-def parse_options(options: Sequence[str | int] | str) -> tuple[int, ...]:
-    """Router options as sorted route codes: ``("small", "big")`` -> ``(1, 2)``; also ``"skip,big"``."""
-    if isinstance(options, str):
-        options = [o.strip() for o in options.split(",") if o.strip()]
-    codes = []
-    for o in options:
-        if isinstance(o, str):
-            if o.lower() not in OPTION_CODES:
-                raise ValueError(f"unknown router option {o!r}; allowed: 'skip', 'small', 'big'")
-            codes.append(OPTION_CODES[o.lower()])
-        elif int(o) in (SKIP, SMALL, BIG):
-            codes.append(int(o))
-        else:
-            raise ValueError(f"unknown router option {o!r}; allowed route codes 0 (skip), 1 (small), 2 (big)")
-    codes = tuple(sorted(set(codes)))
-    if len(codes) < 2:
-        raise ValueError(f"a router needs at least two options; got {[ROUTE_NAMES[c] for c in codes]}")
-    return codes
-
-
-def budget_targets(num_layers: int, options: Sequence[int], budget: float | None = None,
-                   option_budget: Mapping[str | int, float] | str | None = None) -> dict[int, float]:
-    """Target mean probability per penalised option: ``{code: fraction}``.
-
-    ``budget``: average number of big layers per token, in ``0..num_layers`` (penalises P(big) only).
-    ``option_budget``: target fraction per option (names or codes, or a name of :data:`SETTINGS`),
-    summing to 1; options of the router that it omits get target 0.  Give exactly one of the two.
-    """
-    options = parse_options(options)
-    if (budget is None) == (option_budget is None):
-        raise ValueError("give exactly one of budget (big layers per token) and option_budget "
-                         f"(fraction per option, e.g. {SETTINGS['small70_big30']})")
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 <= budget <= num_layers:
-            raise ValueError(f"budget={budget!r} is outside 0..{num_layers}: it is the average number of big layers "
-                             f"per token, allowed from 0 to num_hidden_layers={num_layers}")
-        if BIG not in options:
-            raise ValueError(f"budget={budget} counts big layers but the router's options "
-                             f"{[ROUTE_NAMES[c] for c in options]} have no 'big'; use option_budget")
-        return {BIG: float(budget) / num_layers}
-    if isinstance(option_budget, str):
-        if option_budget not in SETTINGS:
-            raise ValueError(f"unknown setting {option_budget!r}; allowed: {', '.join(SETTINGS)}")
-        option_budget = SETTINGS[option_budget]
-    targets = {code: 0.0 for code in options}
-    for key, frac in option_budget.items():
-        if isinstance(key, str) and key.lower() in OPTION_CODES:
-            code = OPTION_CODES[key.lower()]
-        elif not isinstance(key, str) and int(key) in (SKIP, SMALL, BIG):
-            code = int(key)
-        else:
-            raise ValueError(f"option_budget names unknown option {key!r}; allowed: 'skip', 'small', 'big'")
-        if code not in options:
-            raise ValueError(f"option_budget names {ROUTE_NAMES[code]!r} but the router's options are "
-                             f"{[ROUTE_NAMES[c] for c in options]}")
-        if not 0.0 <= float(frac) <= 1.0:
-            raise ValueError(f"option_budget[{key!r}]={frac} must be a fraction in [0, 1]")
-        targets[code] = float(frac)
-    total = sum(targets.values())
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"option_budget {dict(option_budget)} sums to {total:g}; the fractions of the options "
-                         f"must sum to 1")
-    return targets
-
-
-def budget_penalty(probs: torch.Tensor, targets: Mapping[int, float]) -> torch.Tensor:
-    """``sum over options c of mean_b (mean_{t,l} probs[b, t, l, c] - target_c)^2`` for probs ``[B, T, L, 3]``.
-
-    The per-sequence mean over tokens and layers is the paper's "mean over layers of P(big)"
-    taken for the whole sequence (the penalty replaces per-layer load balancing)."""
-    penalty = probs.new_zeros(())
-    for code, target in targets.items():
-        per_seq = probs[..., code].float().mean(dim=(1, 2))  # [B]
-        penalty = penalty + (per_seq - target).pow(2).mean()
-    return penalty
-
-
-def temperature(step: int, steps: int, tau0: float = DEFAULT_TAU0, tau_min: float = DEFAULT_TAU_MIN) -> float:
-    """Softmax temperature at ``step`` (0-based) of ``steps``: exponential decay from tau0 to tau_min.
-
-    ``tau(step) = max(tau_min, tau0 * (tau_min / tau0) ** (step / (steps - 1)))``: tau0 at the first
-    step, tau_min at the last.  [ours] The paper only says the temperature is annealed toward hard
-    choices; its printed schedule is ambiguous (neither the direction of the exponent nor the end
-    value is unambiguous), so we use this explicit exponential decay, monotone and bounded below.
-    """
-    if tau0 <= 0 or tau_min <= 0 or tau_min > tau0:
-        raise ValueError(f"need 0 < tau_min <= tau0; got tau0={tau0}, tau_min={tau_min}")
-    if steps <= 1:
-        return float(tau_min)
-    frac = min(1.0, max(0.0, step / (steps - 1)))
-    return float(max(tau_min, tau0 * (tau_min / tau0) ** frac))
 
 
 # ----------------------------------------------------------------------------- base-model signature

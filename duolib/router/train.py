@@ -1,4 +1,5 @@
-"""Router training (the paper's Stage 3), oracle distillation (ours) and the ``duo route`` command.
+"""Router training (the paper's Stage 3) and oracle distillation (ours); the ``duo route`` command is in
+:mod:`duolib.router.command`.
 
 :func:`train_router` trains a :class:`~duolib.router.policy.RouterPolicy` on a frozen (by default) base model
 with the soft mixture, the annealed temperature and the budget penalty described in
@@ -9,25 +10,16 @@ per-layer choices.  Both work on Duo models and on models retrofitted by :func:`
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from ..utils import batch_source, frozen, progress as progress_bar
-from .policy import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, SETTINGS, RouterPolicy, is_duo_model,
-                     model_sizes, budget_penalty, budget_targets, parse_options, routed_forward, temperature)
-from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, FixedRoutes, RoutingPolicy, TokenRoutes, check_codes
-from ..config import DuoConfig, check_context
-from ..model import DuoForCausalLM
-from ..profiles import get_profile
-from .evaluate import evaluate_routers, history_frame, route_and_score
-from ..data.corpus import prepare
-from ..data.batches import holdout_sequences, sample_batch
-from ..data.run_data import data_for_model, model_folder
-from ..fileio import atomic_write
-from ..runfolder import check_usable, claim
+from .budgets import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, budget_penalty, budget_targets,
+                      temperature)
+from .policy import RouterPolicy, model_sizes, routed_forward
+from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, TokenRoutes, check_codes
 
 
 # ----------------------------------------------------------------------------- training (paper)
@@ -50,10 +42,7 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     Afterwards the router is in hard mode.  History keys: step, tau, loss, ce, penalty,
     mean_big_layers (soft), frac_skip / frac_small / frac_big (soft).
     """
-    hidden, L = model_sizes(model)
-    if router.num_layers != L or router.hidden_size != hidden:
-        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
-                         f"has hidden_size={hidden}, {L} layers")
+    L = check_router_fits(model, router)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer")
     check_finite(alpha=alpha, lr=lr, tau0=tau0, tau_min=tau_min, base_lr=base_lr)
@@ -88,23 +77,44 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
             opt.step()
             if step % log_every == 0 or step == steps - 1:
-                probs = trace.probs.detach().float()
-                history.append({
-                    "step": step, "tau": tau, "loss": float(loss.detach()), "ce": float(out.loss.detach()),
-                    "penalty": float(penalty.detach()),
-                    "mean_big_layers": float(probs[..., BIG].sum(-1).mean()),
-                    **{f"frac_{ROUTE_NAMES[c]}": float(probs[..., c].mean()) for c in (SKIP, SMALL, BIG)},
-                })
+                history.append(history_row(step, tau, loss, out.loss, penalty, trace.probs))
+    finish_training(router, model, targets, kind=router.meta.get("kind", "router"),
+                    trained_steps=router.meta.get("trained_steps", 0) + steps,
+                    budget=budget, option_budget={ROUTE_NAMES[c]: f for c, f in targets.items()},
+                    alpha=alpha, lr=lr, tau0=tau0, tau_min=tau_min, freeze_base=freeze_base)
+    return history
+
+
+def check_router_fits(model, router: RouterPolicy) -> int:
+    """The model's number of layers; ValueError when ``router`` was sized for another model."""
+    hidden, L = model_sizes(model)
+    if router.num_layers != L or router.hidden_size != hidden:
+        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
+                         f"has hidden_size={hidden}, {L} layers")
+    return L
+
+
+def history_row(step: int, tau: float, loss: torch.Tensor, ce: torch.Tensor, penalty: torch.Tensor,
+                probs: torch.Tensor) -> dict:
+    """One logged step of :func:`train_router`: losses, and the soft route shares of ``probs [B, T, L, 3]``."""
+    probs = probs.detach().float()
+    return {
+        "step": step, "tau": tau, "loss": float(loss.detach()), "ce": float(ce.detach()),
+        "penalty": float(penalty.detach()),
+        "mean_big_layers": float(probs[..., BIG].sum(-1).mean()),
+        **{f"frac_{ROUTE_NAMES[c]}": float(probs[..., c].mean()) for c in (SKIP, SMALL, BIG)},
+    }
+
+
+def finish_training(router: RouterPolicy, model, targets: dict[int, float], **meta) -> None:
+    """A trained router: eval and hard mode, its ``targets`` and training ``meta`` recorded, the base model's
+    signature kept (for :func:`duolib.router.policy.load_router`'s check)."""
     router.eval()
     router.mode = "hard"
     router.targets = targets
-    router.meta.update(kind=router.meta.get("kind", "router"),
-                       trained_steps=router.meta.get("trained_steps", 0) + steps,
-                       budget=budget, option_budget={ROUTE_NAMES[c]: f for c, f in targets.items()},
-                       alpha=alpha, lr=lr, tau0=tau0, tau_min=tau_min, freeze_base=freeze_base)
+    router.meta.update(**meta)
     if router.base is None:
         router.base = RouterPolicy.for_model(model, router.options).base
-    return history
 
 
 #: Calibration stops once every option's realised share is within this many layers of its target.
@@ -283,22 +293,12 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
     along the oracle's own routes, takes the hidden state entering every FFN slot and trains
     the layer's linear router to predict the oracle's code there.  History: step, loss, accuracy.
     """
-    hidden, L = model_sizes(model)
-    if router.num_layers != L or router.hidden_size != hidden:
-        raise ValueError(f"router sized for hidden_size={router.hidden_size}, {router.num_layers} layers; the model "
-                         f"has hidden_size={hidden}, {L} layers")
+    L = check_router_fits(model, router)
     routes, mask = oracle_routes_per_sequence(input_ids, oracle_routes, fill=router.options[-1],
                                               token_index=token_index)
     if routes.shape[2] != L:
         raise ValueError(f"oracle patterns have {routes.shape[2]} layers but the model has {L}")
-    used = sorted(set(routes[mask].unique().tolist()))
-    if not set(used) <= set(router.options):
-        raise ValueError(f"oracle routes use {[ROUTE_NAMES[c] for c in used]} but the router's options are "
-                         f"{list(router.option_names)}")
-    to_index = torch.full((3,), -100, dtype=torch.long)
-    to_index[list(router.options)] = torch.arange(len(router.options))
-    targets = to_index[routes]  # [N, T, L] option indices
-    targets[~mask] = -100
+    targets = option_targets(router, routes, mask)
     gen = torch.Generator().manual_seed(seed)
     device = next(router.parameters()).device
     opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=0.0)
@@ -312,102 +312,41 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
             teacher = _TeacherForced(r)
             with torch.no_grad():
                 routed_forward(model, ids, teacher)
-            losses, correct, count = [], 0, 0
-            for layer in range(L):
-                logits = router.logits(layer, teacher.hidden[layer]).float()  # [b, T, n]
-                losses.append(F.cross_entropy(logits.transpose(1, 2), tgt[..., layer], ignore_index=-100))
-                valid = tgt[..., layer] != -100
-                correct += int((logits.argmax(-1) == tgt[..., layer])[valid].sum())
-                count += int(valid.sum())
-            loss = torch.stack(losses).mean()
+            loss, correct, count = imitation_loss(router, teacher.hidden, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if step % log_every == 0 or step == steps - 1:
                 history.append({"step": step, "loss": float(loss.detach()), "accuracy": correct / max(1, count)})
-    router.eval()
-    router.mode = "hard"
     k = float((routes[mask] == BIG).sum(-1).float().mean()) if mask.any() else float("nan")
-    router.targets = {BIG: k / L}
-    router.meta.update(kind="distilled", trained_steps=router.meta.get("trained_steps", 0) + steps,
-                       budget=k, lr=lr, teacher="oracle")
-    if router.base is None:
-        router.base = RouterPolicy.for_model(model, router.options).base
+    finish_training(router, model, {BIG: k / L}, kind="distilled",
+                    trained_steps=router.meta.get("trained_steps", 0) + steps, budget=k, lr=lr, teacher="oracle")
     return history
 
 
-# ----------------------------------------------------------------------------- command line (`duo route`)
+def option_targets(router: RouterPolicy, routes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The oracle's codes ``routes [N, T, L]`` as indices into the router's options (-100 where ``mask`` is
+    False: not scored); ValueError when the oracle uses an option the router lacks."""
+    used = sorted(set(routes[mask].unique().tolist()))
+    if not set(used) <= set(router.options):
+        raise ValueError(f"oracle routes use {[ROUTE_NAMES[c] for c in used]} but the router's options are "
+                         f"{list(router.option_names)}")
+    to_index = torch.full((3,), -100, dtype=torch.long)
+    to_index[list(router.options)] = torch.arange(len(router.options))
+    targets = to_index[routes]  # [N, T, L] option indices
+    targets[~mask] = -100
+    return targets
 
 
-def _load_base(spec: str):
-    """A model folder, or a `duo train` run folder (its ``final/``, checked against its manifest)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_folder(spec)).eval()
-
-
-def cli_main(args) -> int:
-    """``duo route``: train a router on a model (or a random tiny one), evaluate it, save it to ``--out``."""
-    knobs = get_profile(args.profile).get("router", {})
-    knob = lambda name: getattr(args, name) if getattr(args, name, None) is not None else knobs[name]  # noqa: E731
-    steps, batch_size, seq_len, n_eval = knob("steps"), knob("batch_size"), knob("seq_len"), knob("eval_sequences")
-    for name, v in dict(steps=steps, batch_size=batch_size, seq_len=seq_len, eval_sequences=n_eval).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {v!r} must be a positive integer")
-    check_finite(lr=knob("lr"), alpha=knob("alpha"))
-    out = check_usable(args.out)
-    if args.random_init:
-        torch.manual_seed(args.seed)
-        model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
-    elif args.model:
-        model = _load_base(args.model)
-    else:
-        raise ValueError("give --model (a model or `duo train` run folder) or --random-init")
-    check_context(model.config, seq_len, "--seq-len")
-    vocab = int(model.config.vocab_size)
-    corpus = args.corpus or ("random" if args.random_init else None)
-    if corpus == "random":
-        def batches(step):
-            return torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(
-                args.seed * 1_000_003 + step))
-        holdout = torch.randint(0, vocab, (n_eval, seq_len),
-                                generator=torch.Generator().manual_seed(987_654 + args.seed))
-    else:
-        if args.random_init:  # no trained tokenizer to keep: the corpus's own
-            prepared = prepare(corpus, vocab_size=vocab, progress=not args.quiet)
-        else:
-            prepared = data_for_model(args.model, corpus, vocab, progress=not args.quiet)
-
-        def batches(step):
-            return sample_batch(prepared.train, step, batch_size, seq_len, seed=args.seed)
-        holdout = holdout_sequences(next(iter(prepared.holdout.values())), n_eval, seq_len)
-    if args.setting and args.budget is not None:
-        raise ValueError("give --budget or --setting, not both")
-    if args.setting:
-        option_budget, budget = args.setting, None
-        if args.setting not in SETTINGS:
-            raise ValueError(f"unknown setting {args.setting!r}; allowed: {', '.join(SETTINGS)}")
-        options = tuple(SETTINGS[args.setting])
-    else:
-        option_budget, budget = None, args.budget if args.budget is not None else knobs["budgets"][0]
-        options = parse_options(args.options or "small,big")
-    router = RouterPolicy.for_model(model, options, seed=args.seed)
-    history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget,
-                           alpha=knob("alpha"), lr=knob("lr"), tau0=knobs.get("tau0", DEFAULT_TAU0),
-                           tau_min=knobs.get("tau_min", DEFAULT_TAU_MIN), seed=args.seed, progress=not args.quiet)
-    L = int(model.config.num_hidden_layers)
-    policies = {"router": router, "all big": FixedRoutes([BIG] * L), "all small": FixedRoutes([SMALL] * L)}
-    if is_duo_model(model):
-        table = evaluate_routers(model, policies, holdout)
-    else:
-        table = evaluate_routers(model, {"router": router}, holdout)
-    with claim(out, "duo route"):
-        for name in ("eval.csv", "history.csv"):  # written last: present only for a finished run
-            (out / name).unlink(missing_ok=True)
-        router.save(out / "router", model)
-        atomic_write(out / "history.csv", lambda tmp: history_frame(history).to_csv(tmp, index=False))
-        atomic_write(out / "eval.csv", lambda tmp: table.to_csv(tmp, index=False))
-    cols = ["method", "mean_big_layers", "frac_skip", "frac_small", "frac_big", "ppl", "flops_per_token"]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"router saved to {out / 'router'}; history.csv and eval.csv in {out}")
-    return 0
+def imitation_loss(router: RouterPolicy, hidden: dict[int, torch.Tensor], targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, int, int]:
+    """Cross-entropy of the router's choices at every layer against the oracle's option indices
+    ``targets [b, T, L]`` (-100: not scored), averaged over layers; also the correct and scored counts."""
+    losses, correct, count = [], 0, 0
+    for layer in range(targets.shape[-1]):
+        logits = router.logits(layer, hidden[layer]).float()  # [b, T, n]
+        losses.append(F.cross_entropy(logits.transpose(1, 2), targets[..., layer], ignore_index=-100))
+        valid = targets[..., layer] != -100
+        correct += int((logits.argmax(-1) == targets[..., layer])[valid].sum())
+        count += int(valid.sum())
+    return torch.stack(losses).mean(), correct, count
