@@ -209,7 +209,8 @@ def history_frame(history: Iterable[dict]):
 
 
 #: A training curve has flattened when its smoothed value changed by less than FLAT_TOL (relative to the
-#: final level) over the last FLAT_TAIL of the steps [ours; the Stage-1 plateau rule uses the same 2% / 20%].
+#: final level) over the last FLAT_TAIL of the steps [ours].  The Stage-1 plateau rule
+#: (:func:`duolib.book.scorecard.converged`) uses the same pair.
 FLAT_TOL = 0.02
 FLAT_TAIL = 0.2
 FLATTENED, STILL_FALLING, STILL_RISING = "flattened", "still falling", "still rising"
