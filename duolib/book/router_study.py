@@ -38,7 +38,8 @@ def flatness_sentence(table: pd.DataFrame) -> str:
         return (f"all {n} routers flattened (loss and weighted penalty changed by less than {FLAT_TOL:.0%} over the "
                 f"last {FLAT_TAIL:.0%} of steps)")
     rest = ", ".join(f"{r.router} ({r.training})" for r in table.itertuples() if not r.flat)
-    return f"{flat} of {n} routers flattened (the {FLAT_TOL:.0%} rule over the last {FLAT_TAIL:.0%} of steps); not yet: {rest}"
+    return (f"{flat} of {n} routers flattened (the {FLAT_TOL:.0%} rule over the last {FLAT_TAIL:.0%} of steps); "
+            f"not yet: {rest}")
 
 
 def budget_table(scores: pd.DataFrame, targets: Mapping[str, Mapping[str, float]], num_layers: int,

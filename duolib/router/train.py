@@ -36,8 +36,8 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     ``batches``: a function ``step -> LongTensor [B, T]`` (e.g. ``lambda s: sample_batch(stream, s, B, T)``),
     a tensor of batches, or an iterable.  Loss: ``CE + alpha * budget_penalty`` with the router
     routing softly at ``temperature(step, steps, tau0, tau_min)``.  ``budget``: big layers per token
-    (0..L); ``option_budget``: a fraction per option (see :func:`budget_targets`).  The base model is
-    frozen (and in eval mode) unless ``freeze_base=False`` (then trained at ``base_lr``).
+    (0..L); ``option_budget``: a fraction per option (see :func:`duolib.router.budgets.budget_targets`).
+    The base model is frozen (and in eval mode) unless ``freeze_base=False`` (then trained at ``base_lr``).
     ``init_prior`` first sets the router biases so that its initial choices match the targets.
     Afterwards the router is in hard mode.  History keys: step, tau, loss, ce, penalty,
     mean_big_layers (soft), frac_skip / frac_small / frac_big (soft).
