@@ -235,7 +235,8 @@ RANDOM_INIT = arg("--random-init", action="store_true",
 def cmd_book(args: argparse.Namespace) -> int:
     import time
 
-    from duolib.book.pipeline import compare_glued, glued_values, run_pipeline
+    from duolib.book.compare import compare_glued, glued_values
+    from duolib.book.pipeline import run_pipeline
 
     root = repo_root()
     if args.compare is not None:

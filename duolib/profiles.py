@@ -82,7 +82,7 @@ for _name, _section in _ORACLE_SECTIONS.items():
     PROFILES[_name].setdefault("oracle", _section)
 
 # Stage-3 router knobs [ours] (duolib.router, `duo route`): budgets in big layers of L (the paper's
-# 4 / 6 / 8 of 12), skip settings (duolib.router.policy.SETTINGS), training and evaluation sizes; alpha is
+# 4 / 6 / 8 of 12), skip settings (duolib.router.budgets.SETTINGS), training and evaluation sizes; alpha is
 # the budget-penalty weight, tau0 -> tau_min the exponential temperature schedule.
 _ROUTER_SECTIONS = {
     "tiny": dict(budgets=(2,), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"), steps=30,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from duolib.cli import main
-from duolib.book.pipeline import (PROFILE_ENV, STEPS, find_root, resolve_run_dir, run_pipeline, run_upstream,
-                             upstream)
+from duolib.book.jobs import PROFILE_ENV
+from duolib.book.pipeline import STEPS, find_root, resolve_run_dir, run_pipeline, run_upstream, upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 

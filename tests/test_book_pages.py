@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from duolib.book.pipeline import PRESENTATION_TAGS, STEPS, hide_code_by_default, run_pipeline
+from duolib.book.jobs import PRESENTATION_TAGS, hide_code_by_default
+from duolib.book.pipeline import STEPS, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [ROOT / "notebooks" / f"{s.name}.ipynb" for s in STEPS]

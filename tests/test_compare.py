@@ -4,7 +4,7 @@ import nbformat
 import pytest
 
 from duolib import cli
-from duolib.book.pipeline import compare_glued, glued_values
+from duolib.book.compare import compare_glued, glued_values
 
 
 PREFIX = "application/papermill.record/"  # what myst_nb's glue(..., display=False) writes

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from duolib.bookhtml import build_book
-from duolib.book.pipeline import STEPS, notebook_key, resolve_jobs, run_pipeline, step_names, stored_key
+from duolib.book.jobs import resolve_jobs
+from duolib.book.pipeline import STEPS, notebook_key, run_pipeline, step_names, stored_key
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.book
@@ -185,7 +186,7 @@ def test_parallel_steps_glue_what_serial_steps_glue(tiny_book, tmp_path):
 
 
 def test_jobs_setting():
-    from duolib.book.pipeline import busy_cpus
+    from duolib.book.jobs import busy_cpus
 
     assert resolve_jobs(3) == 3 and resolve_jobs("auto") >= 1
     assert 0 <= busy_cpus(0.2) <= os.cpu_count()  # a sample of now, in CPUs
@@ -201,7 +202,7 @@ def test_a_second_run_glues_the_same_values_and_a_perturbed_one_is_reported(tiny
     all) glue exactly the values of the first run (`duo book --compare`); a changed value is reported."""
     import nbformat
 
-    from duolib.book.pipeline import compare_glued, glued_values
+    from duolib.book.compare import compare_glued, glued_values
 
     steps = ["01_data", "02_training", "03_oracle"]
     site = tmp_path / "again"
@@ -226,7 +227,7 @@ def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatc
     (even those it does not need) and nothing runs beside it; each ran step leaves its timing."""
     import threading
 
-    from duolib.book import pipeline
+    from duolib.book import jobs, pipeline
 
     log, lock = [], threading.Lock()
 
@@ -237,11 +238,11 @@ def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatc
         with lock:
             log.append(("end", source.stem))
 
-    monkeypatch.setattr(pipeline, "_execute", fake_execute)
-    monkeypatch.setattr(pipeline, "_run_in_process", lambda job, root, context: pipeline._run_job(job, root))
-    todo = [pipeline._Job(s, tmp_path / f"{s.name}.ipynb", tmp_path / "out" / f"{s.name}.ipynb", {}, "k",
+    monkeypatch.setattr(jobs, "execute_notebook", fake_execute)
+    monkeypatch.setattr(jobs, "run_in_process", lambda job, root, context: jobs.run_job(job, root))
+    todo = [jobs.Job(s, tmp_path / f"{s.name}.ipynb", tmp_path / "out" / f"{s.name}.ipynb", {}, "k",
                           tmp_path / ".pipeline" / f"{s.name}.key") for s in STEPS]
-    done = [r.name for r in pipeline._run_jobs(todo, 2, tmp_path)]
+    done = [r.name for r in jobs.run_jobs(todo, 2, tmp_path)]
     assert sorted(done) == sorted(step_names())
     start = log.index(("start", "10_performance"))
     assert {name for kind, name in log[:start] if kind == "end"} == set(step_names()[:step_names().index("10_performance")])

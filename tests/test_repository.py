@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from duolib import cli
-from duolib.book.pipeline import PROFILE_ENV
+from duolib.book.jobs import PROFILE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,9 @@ including "inconclusive" (an interval straddles a boundary) and "not testable" (
 import pytest
 
 from duolib.book import scorecard as sc
-from duolib.book.scorecard import FAILS, HOLDS, INCONCLUSIVE, MISSING, PARTLY, UNTESTABLE, scorecard
+from duolib.book import rules, verdicts
+from duolib.book.scorecard import scorecard
+from duolib.book.verdicts import FAILS, HOLDS, INCONCLUSIVE, MISSING, PARTLY, UNTESTABLE
 
 
 def ci(value, half=0.0):
@@ -120,11 +122,11 @@ def test_c7_without_a_skip_study_is_not_testable_and_without_05_not_measured():
 
 
 def test_skip_models_names_the_model_of_each_skip_verdict():
-    table = sc.skip_models({**routes05(skips=POLAR), **routers()}).set_index("claim")
+    table = rules.skip_models({**routes05(skips=POLAR), **routers()}).set_index("claim")
     assert table.loc["C7", "model"] == "stage1-skip" and table.loc["C7", "p_skip"] == 0.2
     assert table.loc["C8", "model"] == "stage1-skip" and table.loc["C8", "p_skip"] == 0.5
-    assert sc.skip_models(routers(p_skip=0.0)).set_index("claim").loc["C8", "model"] == "none"
-    assert sc.skip_models(routes05(skips=None)).set_index("claim").loc["C7", "model"] == "none"
+    assert rules.skip_models(routers(p_skip=0.0)).set_index("claim").loc["C8", "model"] == "none"
+    assert rules.skip_models(routes05(skips=None)).set_index("claim").loc["C7", "model"] == "none"
 
 
 def routers(position=(0.8, 0.05), learned=(-0.1, 0.02), late=(0.6, 0.05), ratio=(1.2, 0.1), skip=(0.7, 0.05), p_skip=0.5,
@@ -270,10 +272,10 @@ def test_missing_results_are_reported_not_guessed_and_rules_are_printed():
 
 
 def test_combining_holdouts():
-    assert sc.combine([HOLDS, HOLDS]) == HOLDS and sc.combine([HOLDS, FAILS]) == PARTLY
-    assert sc.combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE and sc.combine([HOLDS, UNTESTABLE]) == HOLDS
-    assert sc.combine([UNTESTABLE, UNTESTABLE]) == UNTESTABLE
-    assert sc.combine([HOLDS, PARTLY, INCONCLUSIVE]) == PARTLY and sc.combine([MISSING]) == MISSING
+    assert verdicts.combine([HOLDS, HOLDS]) == HOLDS and verdicts.combine([HOLDS, FAILS]) == PARTLY
+    assert verdicts.combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE and verdicts.combine([HOLDS, UNTESTABLE]) == HOLDS
+    assert verdicts.combine([UNTESTABLE, UNTESTABLE]) == UNTESTABLE
+    assert verdicts.combine([HOLDS, PARTLY, INCONCLUSIVE]) == PARTLY and verdicts.combine([MISSING]) == MISSING
 
 
 def test_a_number_without_an_interval_says_so():

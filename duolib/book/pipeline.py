@@ -13,9 +13,10 @@ reruns everything.  ``force=True`` reruns everything.  Heavy artefacts
 (tokenizer, token caches, the trained model) additionally live in ``run_dir`` with their own
 caches, so e.g. editing the oracle notebook reruns the oracle but not Stage-1 training.
 
-Parallel steps: with ``jobs > 1`` independent notebooks run at the same time, each in its own kernel
-process; a step starts once every step it needs has finished, ready steps start in ``STEPS`` order (those
-marked ``first`` before the others), and a step marked ``alone`` (the timing notebook) runs with no other, after every step listed before it.  Every notebook computes the same
+Parallel steps (:mod:`duolib.book.jobs`): with ``jobs > 1`` independent notebooks run at the same time,
+each in its own kernel process; a step starts once every step it needs has finished, ready steps start in
+``STEPS`` order (those marked ``first`` before the others), and a step marked ``alone`` (the timing
+notebook) runs with no other, after every step listed before it.  Every notebook computes the same
 numbers either way (its work does not depend on what runs beside it; oracle forward passes give the
 same bits at any thread count), so serial and parallel books agree.
 """
@@ -25,13 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fileio import atomic_write_text
 from ..profiles import get_profile
+from .jobs import METADATA_KEY, PROFILE_ENV, Job, Step, StepResult, resolve_jobs, run_jobs
 from .results import check_results
 from .plots import use_style
 from ..train.config import TrainConfig
@@ -40,30 +39,8 @@ from ..data.corpus import prepare
 from ..data.run_data import run_data
 from ..runfolder import claim
 
-METADATA_KEY = "duolib"
-#: Cell tags that decide how a code cell shows in the book (myst-nb); a code cell of an executed notebook
-#: that has none of them gets ``hide-input``: the reader sees prose, figures and tables first, and the
-#: code behind a toggle.  Papermill's ``injected-parameters`` cell stays visible: it records the run.
-PRESENTATION_TAGS = ("hide-input", "remove-input", "hide-cell", "remove-cell", "hide-output", "remove-output",
-                     "injected-parameters")
-# Binder (the `start` script) sets this so that "Run all" in any committed chapter, whose injected
-# parameters say profile="default", runs the tiny profile instead: minutes, not an hour.
-PROFILE_ENV = "DUO_PROFILE"
 # Profiles cheap enough that a chapter run alone may execute the chapters it depends on itself.
 AUTO_UPSTREAM_PROFILES = ("tiny",)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One notebook of the book; ``needs`` are the steps whose artefacts it reads; ``alone``: nothing else
-    may run beside it (it measures speed); ``first``: when ready, it starts before the other ready steps
-    (a long step on the critical path, so shorter ones fill the other core beside it)."""
-
-    name: str
-    needs: tuple[str, ...] = ()
-    params: dict = field(default_factory=dict, hash=False, compare=False)
-    alone: bool = False
-    first: bool = False
 
 
 # Dependency order; notebooks read what earlier steps left in run_dir.
@@ -110,52 +87,6 @@ def stored_key(executed: Path) -> str | None:
     return meta.get(METADATA_KEY, {}).get("key")
 
 
-@dataclass
-class StepResult:
-    name: str
-    status: str  # "ran" or "cached"
-    seconds: float
-    output: Path
-
-
-def _execute(source: Path, output: Path, params: dict, key: str, root: Path) -> None:
-    """papermill ``source`` -> ``output`` (atomically), run in the notebook's own folder."""
-    import nbformat
-    import papermill
-
-    tmp = output.with_name(f".tmp-{output.name}")
-    # The kernel inherits this process's environment: the pipeline's own parameters must win over a
-    # DUO_PROFILE override, or the notebooks would write into another run folder than the stamps.
-    forced = os.environ.pop(PROFILE_ENV, None)
-    try:
-        papermill.execute_notebook(
-            str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(source.parent),
-            progress_bar=False, report_mode=False,
-        )
-        nb = hide_code_by_default(nbformat.read(tmp, as_version=4))
-        nb.metadata[METADATA_KEY] = {"key": key, "profile": params["profile"]}
-        paths = nb.metadata.get("papermill", {})  # this machine's paths -> the final names, relative where possible
-        paths.update(input_path=_shown(source, root), output_path=_shown(output, root))
-        nbformat.write(nb, tmp)
-        os.replace(tmp, output)  # nothing half-written is ever read by the book
-    finally:
-        tmp.unlink(missing_ok=True)
-        if forced is not None:
-            os.environ[PROFILE_ENV] = forced
-
-
-def hide_code_by_default(nb):
-    """Give every code cell without a presentation tag (:data:`PRESENTATION_TAGS`) the ``hide-input``
-    tag; the tags a notebook sets itself are kept.  Returns ``nb`` (changed in place)."""
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        tags = list(cell.metadata.get("tags", []))
-        if not set(tags) & set(PRESENTATION_TAGS):
-            cell.metadata["tags"] = tags + ["hide-input"]
-    return nb
-
-
 def run_pipeline(
     profile: str = "default",
     root: Path | None = None,
@@ -196,7 +127,7 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
 
     keys: dict[str, str] = {}
     results: dict[str, StepResult] = {}
-    todo: list[_Job] = []
+    todo: list[Job] = []
     for step in STEPS:
         source = root / "notebooks" / f"{step.name}.ipynb"
         if only and step.name not in only and not source.is_file():
@@ -211,64 +142,13 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
         if not force and stored_key(output) == keys[step.name] == _read(stamp):
             results[step.name] = StepResult(step.name, "cached", 0.0, output)
         else:
-            todo.append(_Job(step, source, output, params, keys[step.name], stamp))
+            todo.append(Job(step, source, output, params, keys[step.name], stamp))
     with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook") as bar:
-        for result in _run_jobs(todo, jobs, root):
+        for result in run_jobs(todo, jobs, root):
             results[result.name] = result
             bar.update(1)
             bar.write(f"  {result.name}: ran in {result.seconds:.1f} s")
     return [results[s.name] for s in STEPS if s.name in results]
-
-
-def resolve_jobs(jobs: int | str) -> int:
-    """A positive number of notebooks at a time; ``"auto"``: the usable CPUs minus those busy with other work
-    right now (:func:`busy_cpus`), at least 1."""
-    if jobs == "auto":
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cpus - round(busy_cpus()))
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r}: give a positive number of notebooks at a time or 'auto'")
-    return jobs
-
-
-def busy_cpus(interval: float = 1.0) -> float:
-    """CPUs busy with work over the next ``interval`` seconds (Linux ``/proc/stat``); elsewhere the 1-minute
-    load average.  A sample of now, not the load average: that one still counts, for a minute, work that has
-    just ended (the virtualenv install that ``make book`` runs first)."""
-    def totals():
-        with open("/proc/stat", encoding="ascii") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
-
-    try:
-        total0, idle0 = totals()
-        time.sleep(interval)
-        total1, idle1 = totals()
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cpus = os.cpu_count() or 1  # /proc/stat counts every CPU of the machine
-    return cpus * (1 - (idle1 - idle0) / max(1, total1 - total0))
-
-
-@dataclass
-class _Job:
-    step: Step
-    source: Path
-    output: Path
-    params: dict
-    key: str
-    stamp: Path
-
-
-def _run_job(job: _Job, root: Path) -> StepResult:
-    began, start = time.time(), time.perf_counter()
-    _execute(job.source, job.output, job.params, job.key, root)
-    seconds = time.perf_counter() - start
-    job.stamp.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job.stamp, job.key)
-    timing = {"step": job.step.name, "seconds": seconds, "started": began, "finished": began + seconds}
-    atomic_write_text(job.stamp.with_suffix(".time.json"), json.dumps(timing))
-    return StepResult(job.step.name, "ran", seconds, job.output)
 
 
 def step_times(run_dir: str | os.PathLike) -> list[dict]:
@@ -285,60 +165,11 @@ def step_times(run_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _run_jobs(todo: list[_Job], jobs: int, root: Path):
-    """Yield each job's result as it finishes: at most ``jobs`` at a time, each after the jobs it needs,
-    ready jobs ``first`` ones first, then in list order, an ``alone`` job with nothing beside it (so, as no
-    step needs a later one and no ``alone`` step is ``first``, after every job listed before it).  One job: in this process.  After a
-    failure no job starts; the running ones finish, then the first error is raised."""
-    if jobs == 1:
-        for job in todo:
-            yield _run_job(job, root)
-        return
-    import multiprocessing
-
-    pending, waiting_on = sorted(todo, key=lambda job: not job.step.first), {job.step.name for job in todo}
-    running, error = {}, None
-    with ThreadPoolExecutor(jobs) as threads:  # each thread waits on one kernel process (papermill)
-        while (pending and error is None) or running:
-            for job in list(pending) if error is None else []:
-                blocked = any(n in waiting_on for n in job.step.needs)
-                alone_now = any(j.step.alone for j in running.values())
-                if blocked or alone_now or len(running) >= jobs or (job.step.alone and running):
-                    continue
-                pending.remove(job)
-                running[threads.submit(_run_in_process, job, root, multiprocessing.get_context("spawn"))] = job
-            if not running:
-                raise RuntimeError(f"steps {[j.step.name for j in pending]} wait on steps that will not run")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = running.pop(future)
-                if future.exception() is not None:
-                    error = error or future.exception()
-                    continue
-                waiting_on.discard(job.step.name)
-                yield future.result()
-    if error is not None:
-        raise error
-
-
-def _run_in_process(job: _Job, root: Path, context) -> StepResult:
-    """:func:`_run_job` in a fresh process (papermill's kernel client is not made for threads)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_run_job, job, root).result()
-
-
 def _run_dir_param(run_dir: Path, root: Path) -> str:
     """The ``run_dir`` a notebook is given: relative to the repository root when the run folder lies inside
     it (so the committed notebooks show ``runs/default``, not this machine's path; see
     :func:`resolve_run_dir`)."""
     return str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir)
-
-
-def _shown(path: Path, root: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _read(path: Path) -> str | None:
@@ -518,51 +349,3 @@ def trained_p_skip(path: str | os.PathLike) -> float:
         return float(json.loads(file.read_text())["config"].get("p_skip", 0.0))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"cannot read the training config of {str(file)!r} ({exc}); retrain that run") from None
-
-
-# ---- comparing two runs' glued values ---------------------------------------------------------
-#: Glued values that describe this machine, not the result (timings, the machine name):
-#: ``notebook::key`` fnmatch patterns.
-TIMING_GLUES = ("02_training::minutes", "02_training::machine", "08_dense::compare_minutes", "10_performance::*")
-
-
-def glued_values(folder: str | os.PathLike) -> dict[str, str]:
-    """Every value the executed notebooks in ``folder`` (a book folder with ``experiments/``, or the
-    ``experiments`` folder itself) glued, as ``{"<notebook>::<key>": text}``: the HTML or Markdown form
-    where there is one, else the plain text (figures are left out: their bytes depend on the renderer)."""
-    import nbformat
-
-    folder = Path(folder)
-    folder = folder / "experiments" if (folder / "experiments").is_dir() else folder
-    notebooks = sorted(folder.glob("*.ipynb"))
-    if not notebooks:
-        raise ValueError(f"no executed notebooks in {str(folder)!r}; give a book folder (holding experiments/) "
-                         "or its experiments folder")
-    values = {}
-    for path in notebooks:
-        for cell in nbformat.read(path, as_version=4).cells:
-            for out in cell.get("outputs", []):
-                book = out.get("metadata", {}).get("scrapbook", {})
-                if "name" not in book:
-                    continue
-                cut = len(book.get("mime_prefix", ""))  # glue(..., display=False) prefixes the mime types
-                data = {k[cut:]: v for k, v in out.get("data", {}).items()}
-                name = book["name"]
-                mime = next((m for m in ("text/html", "text/markdown", "text/plain") if m in data), None)
-                if mime is not None:
-                    values[f"{path.stem}::{name}"] = "".join(data[mime])
-    return values
-
-
-def compare_glued(a: dict[str, str], b: dict[str, str], ignore: tuple[str, ...] = TIMING_GLUES) -> list[dict]:
-    """Differences between two runs' :func:`glued_values`: rows (key, this, other), where a missing value
-    is None; keys matching an ``ignore`` pattern (fnmatch) are skipped."""
-    from fnmatch import fnmatch
-
-    rows = []
-    for key in sorted(set(a) | set(b)):
-        if any(fnmatch(key, pattern) for pattern in ignore):
-            continue
-        if a.get(key) != b.get(key):
-            rows.append({"key": key, "this": a.get(key), "other": b.get(key)})
-    return rows
