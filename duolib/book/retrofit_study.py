@@ -122,8 +122,8 @@ def cached_pretrained_opt(profile: str, folder, vocab_size: int, batches, steps:
 @torch.no_grad()
 def max_logit_diff(model_a, model_b, input_ids: torch.Tensor) -> float:
     """Largest absolute difference between the logits of two models on ``input_ids``."""
-    a = model_a(input_ids=input_ids.to(next(model_a.parameters()).device)).logits
-    b = model_b(input_ids=input_ids.to(next(model_b.parameters()).device)).logits
+    a = model_a(input_ids=input_ids.to(next(model_a.parameters()).device), use_cache=False).logits
+    b = model_b(input_ids=input_ids.to(next(model_b.parameters()).device), use_cache=False).logits
     return float((a.float().cpu() - b.float().cpu()).abs().max())
 
 
