@@ -273,6 +273,7 @@ def test_entry_points_refuse_windows_longer_than_the_trained_context(tmp_path, c
     """The model runs past max_position_embeddings (as Llama does); training, the oracle and router
     training check their windows against it themselves."""
     from duolib import cli
+    from duolib.oracle.beam import beam_oracle
     from duolib.oracle.engine import loss_matrix
     from duolib.oracle.brute_force import brute_force_loss_matrix
     from duolib.train.config import TrainConfig
@@ -281,9 +282,16 @@ def test_entry_points_refuse_windows_longer_than_the_trained_context(tmp_path, c
     assert model(tokens(batch=1, seq=129)).logits.shape == (1, 129, 512)  # no error at the model's level
     with pytest.raises(ValueError, match=r"seq_len=129 is longer than the model's context \(max_position_embeddings=128"):
         TrainConfig.from_profile("tiny", seq_len=129).validate()
+    too_long = r"seq_len=129 is longer than the model's context \(max_position_embeddings=128\)"
     for matrix in (loss_matrix, brute_force_loss_matrix):
-        with pytest.raises(ValueError, match="seq_len=129 exceeds max_position_embeddings=128"):
+        with pytest.raises(ValueError, match=too_long):
             matrix(model, tokens(batch=1, seq=129), k=1)
+    with pytest.raises(ValueError, match=too_long):
+        beam_oracle(model, tokens(batch=1, seq=129), 2, k=1)
+    fits = tokens(batch=1, seq=128)  # exactly the context: accepted
+    for matrix in (loss_matrix, brute_force_loss_matrix):
+        assert matrix(model, fits, k=1).losses.shape == (4, 127)
+    assert beam_oracle(model, fits, 2, k=1).token_losses.shape == (127,)
     rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path / "r"), "--no-progress",
                    "--steps", "1", "--seq-len", "129"])
     assert rc == 1 and "--seq-len=129 is longer than the model's context (max_position_embeddings=128)" in \

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import check_context
 from ..utils import eval_mode
 from .leaf import BF16Leaf, certify_sets, resolve_precision
 from .patterns import resolve_patterns
@@ -58,8 +59,7 @@ def check_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 2; got shape {tuple(input_ids.shape)}")
     cfg = model.config
-    if input_ids.shape[1] > cfg.max_position_embeddings:
-        raise ValueError(f"seq_len={input_ids.shape[1]} exceeds max_position_embeddings={cfg.max_position_embeddings}")
+    check_context(cfg, input_ids.shape[1], "seq_len")
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
         raise ValueError(f"input_ids must lie in 0..{cfg.vocab_size - 1} (the vocabulary)")
     return input_ids.long()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..config import DuoConfig
+from ..config import DuoConfig, check_context
 from ..flops import dense_equivalent_width
 from ..profiles import PROFILES, get_profile
 from ..utils import check_threads
@@ -177,10 +177,7 @@ class TrainConfig:
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
             raise ValueError(f"need lr > 0, 0 <= min_lr_ratio <= 1, grad_clip > 0; got {self.lr}, "
                              f"{self.min_lr_ratio}, {self.grad_clip}")
-        if self.seq_len > cfg.max_position_embeddings:
-            raise ValueError(f"seq_len={self.seq_len} is longer than the model's context "
-                             f"(max_position_embeddings={cfg.max_position_embeddings}); use seq_len <= "
-                             f"{cfg.max_position_embeddings} or a model with a longer context")
+        check_context(cfg, self.seq_len, "seq_len")
         if self.batch_size % (world_size * self.grad_accum):
             raise ValueError(f"batch_size={self.batch_size} must be divisible by world_size x grad_accum = "
                              f"{world_size} x {self.grad_accum}")
