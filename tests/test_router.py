@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
-from duolib.router.budgets import SETTINGS, budget_penalty, budget_targets, temperature
+from duolib.router.budgets import SETTINGS, budget_penalty, budget_targets, option_code, parse_options, temperature
 from duolib.router.policy import RouterPolicy, load_router, routed_forward
 from duolib.router.evaluate import (
     decision_grid, decision_heatmap, evaluate_policy, evaluate_routers, heatmap_from_routes, perplexity_vs_budget,
@@ -101,6 +101,21 @@ def test_budget_targets_and_penalty():
 def test_bad_budgets_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         budget_targets(12, (SMALL, BIG), **kwargs)
+
+
+def test_options_are_names_or_codes_in_both_parsers():
+    assert parse_options(("BIG", 0, "small", 2)) == (SKIP, SMALL, BIG)
+    assert parse_options("skip, big") == (SKIP, BIG)
+    assert [option_code(o) for o in ("skip", "Small", "big", 0, 1, 2)] == [SKIP, SMALL, BIG, SKIP, SMALL, BIG]
+    assert budget_targets(12, "skip,small,big", option_budget={"Skip": 0.25, SMALL: 0.25, "big": 0.5}) == \
+        {SKIP: 0.25, SMALL: 0.25, BIG: 0.5}
+    assert budget_targets(12, (SMALL, BIG), option_budget="small70_big30") == {SMALL: 0.7, BIG: 0.3}
+    with pytest.raises(ValueError, match=r"unknown router option 3; allowed route codes 0 \(skip\)"):
+        parse_options((1, 3))
+    with pytest.raises(ValueError, match=r"option_budget names unknown option 3; allowed route codes"):
+        budget_targets(12, (SMALL, BIG), option_budget={3: 1.0})
+    with pytest.raises(ValueError, match="option_budget names unknown option 'huge'; allowed: 'skip', 'small', 'big'"):
+        budget_targets(12, (SMALL, BIG), option_budget={"huge": 1.0})
 
 
 def test_bad_budget_in_training_and_bad_options_raise(trained):
@@ -382,6 +397,10 @@ def test_duo_route_command(tmp_path, capsys):
     assert "router saved to" in capsys.readouterr().out
     rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", "--budget", "9"])
     assert rc == 1 and "budget=9.0 is outside 0..4" in capsys.readouterr().err
+    rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path / "s"), "--no-progress",
+                   "--setting", "big90"])
+    assert rc == 1 and "unknown setting 'big90'; allowed: small70_big30" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "router").exists()
 
 
 # ----------------------------------------------------------------------------- calibration and flatness

@@ -31,21 +31,30 @@ DEFAULT_TAU_MIN = 0.1
 DEFAULT_LR = 1e-2
 
 
+def option_code(option: str | int, unknown: str = "unknown router option") -> int:
+    """The route code of a router option: a name (``"skip"``, ``"small"``, ``"big"``, any case) or a code
+    (0, 1, 2).  An unknown option raises ``"{unknown} {option!r}; allowed: ..."``."""
+    if isinstance(option, str):
+        if option.lower() not in OPTION_CODES:
+            raise ValueError(f"{unknown} {option!r}; allowed: 'skip', 'small', 'big'")
+        return OPTION_CODES[option.lower()]
+    if int(option) in (SKIP, SMALL, BIG):
+        return int(option)
+    raise ValueError(f"{unknown} {option!r}; allowed route codes 0 (skip), 1 (small), 2 (big)")
+
+
+def setting_fractions(name: str) -> dict[str, float]:
+    """The target fraction per option of the skip setting ``name`` (a key of :data:`SETTINGS`)."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown setting {name!r}; allowed: {', '.join(SETTINGS)}")
+    return SETTINGS[name]
+
+
 def parse_options(options: Sequence[str | int] | str) -> tuple[int, ...]:
     """Router options as sorted route codes: ``("small", "big")`` -> ``(1, 2)``; also ``"skip,big"``."""
     if isinstance(options, str):
         options = [o.strip() for o in options.split(",") if o.strip()]
-    codes = []
-    for o in options:
-        if isinstance(o, str):
-            if o.lower() not in OPTION_CODES:
-                raise ValueError(f"unknown router option {o!r}; allowed: 'skip', 'small', 'big'")
-            codes.append(OPTION_CODES[o.lower()])
-        elif int(o) in (SKIP, SMALL, BIG):
-            codes.append(int(o))
-        else:
-            raise ValueError(f"unknown router option {o!r}; allowed route codes 0 (skip), 1 (small), 2 (big)")
-    codes = tuple(sorted(set(codes)))
+    codes = tuple(sorted({option_code(o) for o in options}))
     if len(codes) < 2:
         raise ValueError(f"a router needs at least two options; got {[ROUTE_NAMES[c] for c in codes]}")
     return codes
@@ -72,17 +81,10 @@ def budget_targets(num_layers: int, options: Sequence[int], budget: float | None
                              f"{[ROUTE_NAMES[c] for c in options]} have no 'big'; use option_budget")
         return {BIG: float(budget) / num_layers}
     if isinstance(option_budget, str):
-        if option_budget not in SETTINGS:
-            raise ValueError(f"unknown setting {option_budget!r}; allowed: {', '.join(SETTINGS)}")
-        option_budget = SETTINGS[option_budget]
+        option_budget = setting_fractions(option_budget)
     targets = {code: 0.0 for code in options}
     for key, frac in option_budget.items():
-        if isinstance(key, str) and key.lower() in OPTION_CODES:
-            code = OPTION_CODES[key.lower()]
-        elif not isinstance(key, str) and int(key) in (SKIP, SMALL, BIG):
-            code = int(key)
-        else:
-            raise ValueError(f"option_budget names unknown option {key!r}; allowed: 'skip', 'small', 'big'")
+        code = option_code(key, "option_budget names unknown option")
         if code not in options:
             raise ValueError(f"option_budget names {ROUTE_NAMES[code]!r} but the router's options are "
                              f"{[ROUTE_NAMES[c] for c in options]}")

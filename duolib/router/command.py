@@ -13,7 +13,7 @@ from ..model import DuoForCausalLM
 from ..profiles import get_profile
 from ..routing import BIG, SMALL, FixedRoutes
 from ..runfolder import check_usable, claim
-from .budgets import DEFAULT_TAU0, DEFAULT_TAU_MIN, SETTINGS, parse_options
+from .budgets import DEFAULT_TAU0, DEFAULT_TAU_MIN, parse_options, setting_fractions
 from .evaluate import evaluate_routers, history_frame
 from .policy import RouterPolicy, is_duo_model
 from .train import check_finite, train_router
@@ -98,9 +98,7 @@ def route_budget(args, knobs: dict) -> tuple[tuple[int, ...], float | None, str 
     (the profile's first budget when neither is given)."""
     if args.setting and args.budget is not None:
         raise ValueError("give --budget or --setting, not both")
-    if args.setting:
-        if args.setting not in SETTINGS:
-            raise ValueError(f"unknown setting {args.setting!r}; allowed: {', '.join(SETTINGS)}")
-        return tuple(SETTINGS[args.setting]), None, args.setting
+    if args.setting:  # its options make the router before train_router's budget_targets checks the name
+        return tuple(setting_fractions(args.setting)), None, args.setting
     budget = args.budget if args.budget is not None else knobs["budgets"][0]
     return parse_options(args.options or "small,big"), budget, None
