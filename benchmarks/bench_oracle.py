@@ -14,7 +14,8 @@
    ``P * (L * c_layer + c_leaf) / (nodes * c_layer + P * c_leaf)``.  Targets: speed-up >= 2.5x and
    >= 85% of the bound.
 3. Beam search (``duolib.oracle.beam_oracle``) at several widths, for several proxies
-   (``early-exit``, ``suffix``; ``@M``: the cheap top-M restricted-vocabulary version) and both
+   (``early-exit``, ``suffix``; ``@M``: the cheap top-M restricted-vocabulary version; ``linear``: the
+   suffix linearised around the reference route, fixed-context only) and both
    semantics, for the per-token oracle with exactly ``--beam-k`` big layers (default 6, and
    unconstrained): perplexity gap to the exhaustive oracle vs compute (FLOPs and seconds, relative
    to the exhaustive trie on the same pattern set).  Aim: <= 1% gap at >= 10x less compute.
@@ -121,8 +122,9 @@ def main(argv=None) -> int:
     p.add_argument("--widths", type=int, nargs="*", default=[2, 4, 8, 16])
     p.add_argument("--beam-k", nargs="*", default=["6", "none"],
                    help="budgets of the beam comparison ('none': unconstrained)")
-    p.add_argument("--proxies", nargs="*", default=["early-exit@64", "suffix@64"],
-                   help="beam proxies: early-exit or suffix, @M for a top-M restricted vocabulary")
+    p.add_argument("--proxies", nargs="*", default=["early-exit@64", "suffix@64", "linear"],
+                   help="beam proxies: early-exit or suffix, @M for a top-M restricted vocabulary; linear "
+                        "(fixed-context only, skipped under shared)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared machine OpenMP oversubscription makes the brute "
                         "force's many tiny ops erratically slow, which would flatter the trie)")
@@ -241,6 +243,8 @@ def beam_curve(model, ids, args, report) -> None:
                   f"   ({t_ex:.1f} s)")
             for spec in args.proxies:
                 proxy, _, vocab = spec.partition("@")
+                if proxy == "linear" and semantics != "fixed-context":
+                    continue  # one gradient per token cannot express a shared route's effect on later tokens
                 for w in args.widths:
                     r = beam_oracle(model, ids, w, k=k, semantics=semantics, proxy=proxy,
                                     proxy_vocab=int(vocab) if vocab else None, max_rows=args.max_rows)

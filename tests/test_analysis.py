@@ -118,8 +118,9 @@ def test_beam_table(model, tmp_path):
     x = ids(batch=1)
     exact = loss_matrix(model, x, semantics="fixed-context")
     df = analysis.beam_table(model, x, exact, 2, [1, 6], run_dir=tmp_path)
-    assert list(df["width"]) == [1, 6] * 3
-    assert list(df["proxy"]) == ["early-exit"] * 2 + ["suffix"] * 2 + ["early-exit@64"] * 2  # @M: restricted vocabulary
+    assert list(df["width"]) == [1, 6] * 4
+    assert list(df["proxy"]) == (["early-exit"] * 2 + ["suffix"] * 2 + ["early-exit@64"] * 2  # @M: restricted vocabulary
+                                 + ["linear"] * 2)
     assert (df["gap"] >= -1e-5).all()
     assert df.loc[df["width"] == 6, "gap"].abs().max() < 1e-5  # width C(4,2) = 6: exhaustive
     again = analysis.beam_table(model, x, exact, 2, [1, 6], run_dir=tmp_path)

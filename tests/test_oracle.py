@@ -11,7 +11,7 @@ import torch
 
 from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM
 from duolib import cli
-from duolib.oracle.beam import beam_oracle
+from duolib.oracle.beam import beam_oracle, linearize
 from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix, trie_flops
 from duolib.oracle.engine import loss_matrix
 from duolib.oracle.patterns import enumerate_patterns, parse_choices, resolve_patterns
@@ -207,7 +207,7 @@ def test_beam_search_is_exact_when_wide_and_never_beats_the_oracle(model, semant
     m = loss_matrix(model, x, choices="skip,small,big", semantics=semantics)
     for k in (None, 2):
         exact = m.oracle(k)
-        for proxy in ("early-exit", "suffix"):
+        for proxy in ("early-exit", "suffix") + (("linear",) if semantics == "fixed-context" else ()):
             wide = beam_oracle(model, x, 27, choices="skip,small,big", k=k, semantics=semantics, proxy=proxy)
             assert (wide.token_losses - exact.token_losses).abs().max() <= 1e-5
             narrow = beam_oracle(model, x, 1, choices="skip,small,big", k=k, semantics=semantics, proxy=proxy)
@@ -224,6 +224,39 @@ def test_beam_search_is_exact_when_wide_and_never_beats_the_oracle(model, semant
     assert torch.equal(full_vocab.patterns, plain.patterns)  # top-V restricted == the whole vocabulary
     restricted = beam_oracle(model, x, 2, choices="skip,small,big", semantics=semantics, proxy_vocab=8)
     assert restricted.cost["flops"] < plain.cost["flops"] and restricted.cost["proxy_rows"] > 0
+
+
+def test_linear_proxy_gradients_equal_autograd_of_the_models_own_forward(model):
+    """Under an all-big reference the fixed-context path of every token is the model's all-big forward,
+    and token n's loss depends on its own state at layer i only along its own path: d loss_n / d h_{n,i}
+    of the ordinary forward is the linear proxy's g_i."""
+    from duolib.oracle.setup import oracle_setup
+
+    x = ids(batch=2, seq=9)
+    L = model.config.num_hidden_layers
+    setup = oracle_setup(model, x, "fixed-context", "big")
+    states, ref_loss, grads = linearize(model, setup, torch.full((L,), BIG))
+    with torch.enable_grad():
+        out = model(x, routes=torch.full((L,), BIG), labels=x, return_token_losses=True, output_hidden_states=True,
+                    use_cache=False)
+        token_losses, hidden = out.token_losses, out.hidden_states  # [B, T-1], L + 1 states
+        assert (ref_loss.view_as(token_losses) - token_losses).abs().max() < 1e-5
+        for b, n in [(0, 0), (0, 4), (1, 7)]:
+            g = torch.autograd.grad(token_losses[b, n], hidden[1:L], retain_graph=True)
+            for i in range(L - 1):
+                assert (states[i][0, b, n] - hidden[i + 1][b, n]).abs().max() < 1e-5
+                assert torch.allclose(grads[i][0, b, n], g[i][b, n], atol=1e-6, rtol=1e-4), (i, b, n)
+                assert grads[i][0, b, n].abs().max() > 0
+    lin = beam_oracle(model, x, 2, k=2, semantics="fixed-context", proxy="linear")
+    suffix = beam_oracle(model, x, 2, k=2, semantics="fixed-context", proxy="suffix")
+    assert lin.cost["flops"] < suffix.cost["flops"] and lin.cost["linearization_rows"] == x.numel() - 2
+
+
+def test_linear_proxy_refuses_shared_semantics_and_a_restricted_vocabulary(model):
+    with pytest.raises(ValueError, match="fixed-context"):
+        beam_oracle(model, ids(), 2, semantics="shared", proxy="linear")
+    with pytest.raises(ValueError, match="proxy_vocab"):
+        beam_oracle(model, ids(), 2, semantics="fixed-context", proxy="linear", proxy_vocab=8)
 
 
 # ----------------------------------------------------------------------------- distributed

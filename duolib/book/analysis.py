@@ -228,14 +228,15 @@ def trie_counts(patterns: torch.Tensor) -> dict:
 
 
 def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths: Sequence[int],
-               proxies: Sequence[str] = ("early-exit", "suffix", "early-exit@64"), run_dir=None) -> pd.DataFrame:
+               proxies: Sequence[str] = ("early-exit", "suffix", "early-exit@64", "linear"),
+               run_dir=None) -> pd.DataFrame:
     """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
     oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
     exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.brute_force.trie_flops`).
 
     proxies: names of :data:`duolib.oracle.beam.PROXIES`, ``@M`` for the top-M restricted vocabulary
     (``early-exit@64``: within 1% of the oracle at about 6% of its compute at width 16 on the
-    benchmark model, ``benchmarks/bench_oracle.py``)."""
+    benchmark model, ``benchmarks/bench_oracle.py``); ``linear`` needs fixed-context semantics."""
     L = exact.num_layers
     k = check_budget(k, L)
     B, T = input_ids.shape

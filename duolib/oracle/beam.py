@@ -37,7 +37,7 @@ class BeamResult(MeanTokenLoss):
     cost: dict = field(default_factory=dict)
 
 
-PROXIES = ("early-exit", "suffix")
+PROXIES = ("early-exit", "suffix", "linear")
 
 
 @torch.no_grad()
@@ -55,7 +55,14 @@ def beam_oracle(model, input_ids, width: int, *, choices=("small", "big"), k: in
     - ``"suffix"`` [ours]: the loss after completing the prefix with the reference route's
       remaining layers (more layers per candidate, a much better guide).  Even with a budget k the
       all-big reference suffix guides best: on the benchmark model, budget-completing suffixes
-      (remaining big layers first, or last) gave 2-5x larger perplexity gaps.
+      (remaining big layers first, or last) gave 2-5x larger perplexity gaps;
+    - ``"linear"`` [ours], fixed-context only: the suffix proxy linearised around the reference route,
+      ``loss_ref + g_i . (h - h_ref_i)``, where ``g_i`` is the gradient of the token's reference loss
+      with respect to its state after layer i (one forward and one backward of the reference route for
+      all tokens, before the search).  A candidate then costs one dot product instead of the suffix's
+      remaining layers and head.  Under fixed-context a token's loss depends only on its own path (the
+      context is the reference's keys and values), so ``g_i`` is per token; under shared a token's
+      state also moves every later token's loss, which one gradient per token cannot express.
 
     ``proxy_vocab=M`` [ours] makes the proxy cheap: its ``logsumexp`` runs over each token's M most
     likely tokens under the reference route (plus the target) instead of the whole vocabulary, so
@@ -106,9 +113,41 @@ def _beam_inputs(model, input_ids, width, choices, k, semantics, reference, prox
         ref_pattern = None
     else:
         ref_pattern = ref[0, 0]
-    if proxy == "suffix" and ref_pattern is None:
-        raise ValueError("proxy='suffix' needs a single reference pattern (not per-token routes)")
+    if proxy in ("suffix", "linear") and ref_pattern is None:
+        raise ValueError(f"proxy={proxy!r} needs a single reference pattern (not per-token routes)")
+    if proxy == "linear" and semantics != "fixed-context":
+        raise ValueError("proxy='linear' needs semantics='fixed-context' (under shared a token's state also "
+                         "changes later tokens' losses, which its own gradient does not capture)")
+    if proxy == "linear" and proxy_vocab is not None:
+        raise ValueError("proxy_vocab restricts the read-out of the early-exit and suffix proxies; "
+                         "proxy='linear' reads nothing out before the last layer")
     return input_ids, codes, k, ref_pattern
+
+
+def linearize(model, setup, ref_pattern) -> tuple[list, torch.Tensor, list]:
+    """The reference route's states after layers ``0 .. L-2`` (``[1, B, T1, d]`` each), every token's
+    reference loss ``[1, N]`` and the gradients ``g_i`` of each token's loss with respect to its own
+    states (same shapes as the states), for a fixed-context ``setup`` (:func:`oracle_setup`).
+
+    The head's gradient ``softmax(hn W^T) W - w_target`` is formed in row chunks of ``setup.leaf_rows``
+    (the ``[N, vocab]`` logits never exist at once), then one backward runs through the layers.  Under
+    fixed-context a token's context is the reference's constant keys and values, so the summed
+    backward gives each token the gradient of its own loss."""
+    N = setup.targets.numel()
+    with torch.enable_grad():
+        h, states = setup.h0[None].detach().requires_grad_(), []  # a graph even with frozen weights
+        for i, layer in enumerate(model.model.layers):
+            a = setup.attend(i, h)
+            h = ffn_residual(layer, int(ref_pattern[i]), a, layer.post_attention_layernorm(a))
+            states.append(h)
+        hn = model.model.norm(h).float()  # [1, B, T1, d]
+        with torch.no_grad():
+            weight, flat = model.lm_head.weight.float(), hn.detach().reshape(N, -1)
+            grad = torch.cat([torch.softmax(flat[s:s + setup.leaf_rows] @ weight.T, -1) @ weight
+                              for s in range(0, N, setup.leaf_rows)]) - setup.w_target  # [N, d]
+            ref_loss = setup.leaf(h.detach())  # [1, N]
+        grads = torch.autograd.grad(hn, states[:-1], grad.view_as(hn)) if len(states) > 1 else ()
+    return [x.detach() for x in states[:-1]], ref_loss, [g.detach() for g in grads]
 
 
 class _BeamSearch:
@@ -125,6 +164,8 @@ class _BeamSearch:
                      "flops": 0.0}
         self.attn_row = attention_node_flops(self.cfg, self.B, self.T1) / self.N  # mean attention FLOPs per row
         self.group = max(1, max_rows // self.N)
+        if proxy == "linear":
+            self.linearize()
 
     def count(self, kind: str, rows: int, code: int | None = None):
         cost, cfg = self.cost, self.cfg
@@ -136,7 +177,8 @@ class _BeamSearch:
             cost["flops"] += rows * ffn_flops(cfg, code)
         elif kind == "proxy":
             cost["proxy_rows"] += rows
-            cost["flops"] += rows * 2 * cfg.hidden_size * (self.setup.proxy_rows.shape[1] + 1)
+            vocab = 0 if self.proxy == "linear" else self.setup.proxy_rows.shape[1] + 1
+            cost["flops"] += rows * 2 * cfg.hidden_size * max(1, vocab)  # linear: one dot product
         else:
             cost["leaf_rows"] += rows
             cost["flops"] += rows * head_flops(cfg)
@@ -149,9 +191,19 @@ class _BeamSearch:
         self.count("ffn", len(h) * self.N, code)
         return ffn_residual(layer, code, a, layer.post_attention_layernorm(a))
 
+    def linearize(self):
+        """Reference states, losses and gradients of the ``"linear"`` proxy (:func:`linearize`), and their cost."""
+        self.ref_states, self.ref_loss, self.grads = linearize(self.model, self.setup, self.ref_pattern)
+        forward = sum(self.attn_row + ffn_flops(self.cfg, int(c)) for c in self.ref_pattern) + head_flops(self.cfg)
+        self.cost["linearization_rows"] = self.N
+        self.cost["flops"] += 3 * self.N * forward  # the forward, and a backward of about twice its cost
+
     def score(self, i, h):
         """Proxy (or, at the last layer, exact) losses ``[G, N]`` of depth-(i + 1) states ``h``."""
         setup, group, L, N = self.setup, self.group, self.L, self.N
+        if self.proxy == "linear" and i < L - 1:
+            self.count("proxy", len(h) * N)
+            return self.ref_loss + ((h - self.ref_states[i]) * self.grads[i]).sum(-1).reshape(len(h), N)
         losses = []
         for s in range(0, len(h), group):
             c = h[s:s + group]
