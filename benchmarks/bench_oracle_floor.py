@@ -11,7 +11,8 @@ rotary embedding, gathers, concatenations, the loss bookkeeping) is left out, so
 for any engine that computes the layers in fp32, as the exact oracle must.
 
 With ``--model DIR`` (a trained run folder) or without (the profile's preset: the shapes are what count),
-``--engine-windows W`` also times ``loss_matrix`` on W holdout-sized windows and scales it to ``--tokens``.
+``--engine-windows W`` also times ``loss_matrix`` on W windows of ``--seq-len`` random tokens (the engine's
+work does not depend on the tokens) and scales it to ``--tokens``.
 
     python benchmarks/bench_oracle_floor.py                           # default model shapes, 1 and 2 threads
     python benchmarks/bench_oracle_floor.py --engine-windows 4 --model runs/default/stage1
@@ -64,9 +65,10 @@ def attention_rate(cfg, windows: int, t1: int, dtype: torch.dtype, repeats: int)
 
 
 def exp_rate(rows: int, vocab: int, repeats: int) -> float:
-    """``exp`` plus the row sum, in fp32 (as the leaf does them), entries per second."""
+    """``exp`` into a reused buffer plus the row sum, in fp32 (as the leaf does them), entries per second."""
     x = torch.randn(rows, vocab) * 4
-    return rows * vocab / best_seconds(lambda: x.exp().sum(-1), repeats)
+    buf = torch.empty_like(x)
+    return rows * vocab / best_seconds(lambda: torch.exp(x, out=buf).sum(-1), repeats)
 
 
 def work(cfg, tokens: int) -> dict:

@@ -17,6 +17,7 @@ from duolib.oracle.engine import loss_matrix
 from duolib.oracle.patterns import enumerate_patterns, parse_choices, resolve_patterns
 from duolib.oracle.difficulty import token_difficulty
 from duolib.oracle.reductions import LossMatrix, budget_schedule
+from duolib.oracle.setup import oracle_setup
 
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}
 
@@ -230,8 +231,6 @@ def test_linear_proxy_gradients_equal_autograd_of_the_models_own_forward(model):
     """Under an all-big reference the fixed-context path of every token is the model's all-big forward,
     and token n's loss depends on its own state at layer i only along its own path: d loss_n / d h_{n,i}
     of the ordinary forward is the linear proxy's g_i."""
-    from duolib.oracle.setup import oracle_setup
-
     x = ids(batch=2, seq=9)
     L = model.config.num_hidden_layers
     setup = oracle_setup(model, x, "fixed-context", "big")
