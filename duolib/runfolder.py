@@ -30,6 +30,7 @@ from .fileio import atomic_write, atomic_write_text
 LOCK_FILE = ".lock"
 MARKER = ".duolib"
 MANIFEST = "manifest.json"
+BOOKKEEPING = (LOCK_FILE, MARKER)
 #: Files hashed in full up to this size; larger ones by size plus 64 evenly spread 1 MiB blocks
 #: (hashing a 300B-token cache on every load would take longer than the work it feeds).
 FULL_HASH_BYTES = 1 << 30
@@ -241,6 +242,36 @@ def reading(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failed write inside the block (a full disk, a quota, an I/O error; torch and safetensors
+    report them as RuntimeError / SafetensorError without a path) into one RunFolderError that names
+    ``what`` and ``target``, the free space there, and what to do.  Nothing half-written is left: the
+    writers inside write to temporary names."""
+    try:
+        yield
+    except RunFolderError:
+        raise
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _io_failure(err):
+            raise
+        target = Path(target)
+        try:
+            free = f"{shutil.disk_usage(next(p for p in [target, *target.parents] if p.exists())).free / 1e6:,.0f} MB free"
+        except (OSError, StopIteration):
+            free = "free space unknown"
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
+        raise RunFolderError(f"could not write {what} {target} ({cause}; {free}): free some disk space (or fix "
+                             f"the folder's permissions) and rerun; a training run resumes from its last complete "
+                             f"checkpoint") from None
+
+
+def _io_failure(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(k in text for k in ("safetensorerror", "iostream", "no space", "storagefull", "ioerror", "write",
+                                   "disk quota"))
+
+
 # ----------------------------------------------------------------------------- content checks
 
 def digest(path: str | os.PathLike) -> dict:
@@ -273,10 +304,11 @@ def mismatch(path: str | os.PathLike, expected: dict) -> str | None:
 
 
 def write_manifest(folder: str | os.PathLike) -> dict:
-    """Record :func:`digest` of every file under ``folder`` in ``folder/manifest.json`` (written last)."""
+    """Record :func:`digest` of every file under ``folder`` in ``folder/manifest.json`` (written last).
+    A run folder's own lock and marker stay unlisted: they change while the results do not."""
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): digest(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+             if p.is_file() and p.name != MANIFEST and p.relative_to(folder).parts[0] not in BOOKKEEPING}
     atomic_write_text(folder / MANIFEST, json.dumps(dict(files=files), indent=1, sort_keys=True))
     return files
 
@@ -300,12 +332,15 @@ def confined(folder: str | os.PathLike, name: str, what: str = "manifest") -> Pa
     return path
 
 
-def verify_manifest(folder: str | os.PathLike, advice: str) -> None:
+def verify_manifest(folder: str | os.PathLike, advice: str, required: bool = True) -> None:
     """RunFolderError naming the first file of ``folder`` that does not match its manifest: changed,
     truncated, missing, a symlink, outside the folder, or present but not listed (an extra weights file
-    would be loaded).  A folder without a manifest is refused too: deleting the manifest must not
-    switch the check off."""
+    would be loaded).  A folder without a manifest is refused too (deleting the manifest must not switch
+    the check off), unless ``required=False``: a model folder duolib did not write (a plain Hugging Face
+    save) has none to check."""
     folder = Path(folder)
+    if not required and not os.path.lexists(folder / MANIFEST):
+        return
     if not (folder / MANIFEST).is_file() or (folder / MANIFEST).is_symlink():
         raise RunFolderError(f"{folder / MANIFEST} is missing, so the files of {folder} cannot be checked; {advice}")
     info = _json(folder / MANIFEST)
@@ -320,7 +355,8 @@ def verify_manifest(folder: str | os.PathLike, advice: str) -> None:
         raise RunFolderError(str(err) if advice in str(err) else f"{err}; {advice}") from None
     listed = set(info["files"]) | {MANIFEST}
     extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed)
+                   if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed
+                   and p.relative_to(folder).parts[0] not in BOOKKEEPING)
     if extra:
         raise RunFolderError(f"{folder / extra[0]} is not listed in {folder / MANIFEST} (a file added after the "
                              f"folder was written; it could replace what was checked); remove it. {advice}")

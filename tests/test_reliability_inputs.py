@@ -112,7 +112,7 @@ def test_a_truncated_run_tokenizer_is_named(finished, tmp_path, capsys):
     tok.write_bytes(tok.read_bytes()[:500])
     assert main(["oracle", "--profile", "tiny", "--model", str(run), "--out", str(tmp_path / "o"),
                  "--no-progress"]) == 1
-    assert "tokenizer/tokenizer.json is unreadable" in one_line_error(capsys)
+    assert "tokenizer/tokenizer.json differs from the checked copy" in one_line_error(capsys)
 
 
 def test_paths_and_disks_give_one_line_errors(cache_dir, tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runfolder import RunFolderError, confined
+from ..runfolder import RunFolderError, confined, writing
 from ..utils import file_sha256
 from .run_folder import CKPT_DIR, atomic_dir, config_differences, save_model, unwrap_model, write_json
 
@@ -98,7 +98,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident
     """Write ``checkpoint/step-NNNNNNNN`` atomically, point ``checkpoint/latest`` at it, prune old ones."""
     root = Path(run_dir) / CKPT_DIR
     name = f"step-{step:08d}"
-    with atomic_dir(root / name) as tmp:
+    with writing(root / name, "the checkpoint"), atomic_dir(root / name) as tmp:
         save_model(model, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

@@ -48,9 +48,9 @@ import torch
 from torch import nn
 
 from ..data.batches import sample_batch
-from ..data.run_data import run_data
+from ..data.run_data import run_data, verify_run
 from ..routing import BIG, SMALL, training_routes
-from ..runfolder import claim, clear, write_manifest
+from ..runfolder import claim, clear, write_manifest, writing
 from ..utils import apply_threads, json_hash
 from .build import build_model, load_init, make_optimizer, make_scheduler, trainable_parameters
 from .config import TrainConfig, lr_factor
@@ -62,7 +62,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
                          atomic_dir, config_differences, data_fingerprint, final_model_dir, identity, load_run,
                          only_longer, read_metric_records, read_metrics, read_run_json, remove_leftovers,
-                         save_complete_checkpoint, verify_final, write_json, write_json_lines)
+                         save_complete_checkpoint, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -312,7 +312,7 @@ def _save_final(t: _Training, summary: dict) -> None:
     bad = [n for n, p in t.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise NonFiniteError(t.cfg.steps, math.nan, math.nan, t.run_dir, f"non-finite weights in {bad[:3]}")
-    with atomic_dir(t.run_dir / FINAL_DIR) as tmp:
+    with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
         save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
     write_json(t.run_dir / SUMMARY_FILE, summary)
@@ -330,7 +330,7 @@ def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, ove
     barrier()
     summary = read_run_json(summary_path, "the run's summary", required=False)
     if summary is not None and summary.get("identity_hash") == ident_hash:
-        verify_final(run_dir)
+        verify_run(run_dir)  # final/, the tokenizer and config.json, not just the summary
         return TrainResult(run_dir, summary, skipped=True), []
     if not (run_dir / CONFIG_FILE).is_file():
         return None, []
