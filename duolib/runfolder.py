@@ -138,7 +138,8 @@ def clear(path: str | os.PathLike) -> None:
     path = check_usable(path)
     if not path.is_dir():
         return
-    for p in path.iterdir():
+    # the log goes last: a kill midway never leaves checkpoints to resume from without their log
+    for p in sorted(path.iterdir(), key=lambda p: p.name == "metrics.jsonl"):
         if p.name not in (LOCK_FILE, MARKER):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
@@ -227,19 +228,17 @@ def _flock(fd: int, path: Path, lock: Path, shared: bool) -> None:
 
 @contextlib.contextmanager
 def reading(path: str | os.PathLike) -> Iterator[Path]:
-    """Hold the shared lock of run folder ``path`` while the ``with`` block reads it: writers
-    (:func:`claim`, exclusive) cannot start meanwhile, and a folder being written is refused with the
-    writer's pid.  Several readers share it.  A read-only folder without a lock file is read unlocked."""
+    """Hold the shared lock of run folder ``path`` while the ``with`` block reads it: no writer (:func:`claim`)
+    starts meanwhile; a folder being written is refused naming the writer.  Readers share it."""
     path = Path(path)
     fd = open_lock(path / LOCK_FILE, write=False) if path.is_dir() else None
-    if fd is None:
-        yield path
-        return
     try:
-        _flock(fd, path, path / LOCK_FILE, shared=True)
+        if fd is not None:
+            _flock(fd, path, path / LOCK_FILE, shared=True)
         yield path
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -256,20 +255,16 @@ def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
         if isinstance(err, RuntimeError) and not _io_failure(err):
             raise
         target = Path(target)
-        try:
-            free = f"{shutil.disk_usage(next(p for p in [target, *target.parents] if p.exists())).free / 1e6:,.0f} MB free"
-        except (OSError, StopIteration):
-            free = "free space unknown"
+        free = shutil.disk_usage(next(p for p in [target, *target.parents] if p.exists())).free / 1e6
         cause = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
-        raise RunFolderError(f"could not write {what} {target} ({cause}; {free}): free some disk space (or fix "
-                             f"the folder's permissions) and rerun; a training run resumes from its last complete "
-                             f"checkpoint") from None
+        raise RunFolderError(f"could not write {what} {target} ({cause}; {free:,.0f} MB free): free some disk "
+                             f"space (or fix the folder's permissions) and rerun; a training run resumes from its "
+                             f"last complete checkpoint") from None
 
 
 def _io_failure(err: BaseException) -> bool:
     text = f"{type(err).__name__} {err}".lower()
-    return any(k in text for k in ("safetensorerror", "iostream", "no space", "storagefull", "ioerror", "write",
-                                   "disk quota"))
+    return any(k in text for k in ("safetensorerror", "iostream", "no space", "storagefull", "ioerror", "write"))
 
 
 # ----------------------------------------------------------------------------- content checks
@@ -360,6 +355,17 @@ def verify_manifest(folder: str | os.PathLike, advice: str, required: bool = Tru
     if extra:
         raise RunFolderError(f"{folder / extra[0]} is not listed in {folder / MANIFEST} (a file added after the "
                              f"folder was written; it could replace what was checked); remove it. {advice}")
+
+
+def verify_model_folder(path) -> None:
+    """The check of ``from_pretrained`` on a local folder: a folder with a manifest (duolib wrote it) is
+    verified against it, and a run's ``final/`` must have one; other folders and hub names pass."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        return
+    path = Path(path)
+    in_run = path.name == "final" and folder_kind(path.parent) == "duo train"
+    verify_manifest(path, f"the model in {path} is damaged: restore it from a copy or retrain it "
+                          f"(duo train --overwrite)", required=in_run)
 
 
 def _sidecar(path: Path) -> Path:

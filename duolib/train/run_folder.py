@@ -54,7 +54,8 @@ from ..model import DuoForCausalLM
 from .config import TrainConfig
 from ..fileio import atomic_write_text
 from ..runfolder import verify_manifest
-from ..data.run_data import data_fingerprint  # noqa: F401 - the run files' public name
+from ..data.run_data import data_fingerprint, verify_run  # noqa: F401 - data_fingerprint: a public name here
+from ..utils import json_hash
 
 CKPT_DIR = "checkpoint"
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
@@ -173,6 +174,30 @@ def read_metric_records(path: Path) -> list[dict]:
         warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s) (line {', '.join(map(str, bad[:5]))}"
                       f"{', ...' if len(bad) > 5 else ''}); a resumed run rewrites the file without them", stacklevel=2)
     return out
+
+
+def kept_metrics(path: Path, resumed_at: int | None) -> list[dict]:
+    """The metrics.jsonl records a run resumed at step ``resumed_at`` keeps (those up to that step; a fresh
+    run: none), with a warning when the log lost them (a kill while ``--overwrite`` cleared the folder)."""
+    if resumed_at is None:
+        return []
+    keep = [r for r in read_metric_records(path) if r.get("step", 0) <= resumed_at]
+    if resumed_at > 0 and not any(r.get("kind") == "train" for r in keep):
+        warnings.warn(f"{path} holds no training records up to step {resumed_at}, where this run resumes (the "
+                      f"log was lost, e.g. by a kill while the folder was cleared); its log starts at step "
+                      f"{resumed_at}: rerun with --overwrite for a complete one", stacklevel=3)
+    return keep
+
+
+def finished_summary(run_dir: Path, ident: dict) -> dict | None:
+    """The summary of ``run_dir`` when it is a finished run of identity ``ident`` (also one extended to it),
+    after checking the whole run (:func:`duolib.data.run_data.verify_run`); None when it is not."""
+    summary = read_run_json(Path(run_dir) / SUMMARY_FILE, "the run's summary", required=False)
+    grown = json_hash({**ident, "extended": summary["extended"]}) if (summary or {}).get("extended") else None
+    if summary is None or summary.get("identity_hash") not in (json_hash(ident), grown):
+        return None
+    verify_run(run_dir)  # final/, the tokenizer and config.json, not just the summary
+    return summary
 
 
 def read_run_json(path: Path, what: str, required: bool = True):
