@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .bookhtml import BookBuildError, build_book
+from .cliargs import seed_value, threads_value
 
 PRESETS = ("tiny", "default", "paper")
 
@@ -205,7 +206,7 @@ def format_breakdown(name: str, breakdown: dict[str, int], config: Any = None) -
 PROFILE = arg("--profile", choices=PRESETS, default="default",
               help="experiment profile: model preset and every size / budget knob (default: %(default)s)")
 NO_PROGRESS = arg("--no-progress", dest="quiet", action="store_true", help="no progress bar")
-SEED = arg("--seed", type=int, default=None, help="random seed (default: the profile's, else 0)")
+SEED = arg("--seed", type=seed_value, default=None, help="random seed (default: the profile's, else 0)")
 MODEL = arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)")
 BOOK_RUN_DIR = arg("--out", dest="run_dir", type=Path, default=None,
                    help="the book's run folder, where the notebooks read and write their artefacts "
@@ -324,7 +325,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     arg("--eval-every", type=int, default=None, help="steps between holdout evaluations"),
     arg("--checkpoint-every", type=int, default=None, help="steps between checkpoints"),
     arg("--log-every", type=int, default=None, help="steps between metrics lines"),
-    arg("--threads", type=lambda v: v if v == "auto" else int(v), default=None,
+    arg("--threads", type=threads_value, default=None,
         help="torch CPU threads, or 'auto' (1 or all cores, timed at start)"),
     arg("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (JSON value)"),
     arg("--no-resume", action="store_true", help="start afresh (clears the run folder: only a duolib run folder)"),
@@ -348,7 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     arg("--semantics", choices=("shared", "fixed-context", "both"), default=None,
         help="how a route changes later tokens' context (default: the profile's)"),
     arg("--budget", dest="k", type=int, default=None, help="budget (big layers per token) of the difficulty table"),
-    arg("--seed", type=int, default=0, help="random seed (default: %(default)s)"),
+    arg("--seed", type=seed_value, default=0, help="random seed (default: %(default)s)"),
     arg("--save-matrix", action="store_true", help="also write losses.npy"),
     NO_PROGRESS,
 )
@@ -371,11 +372,23 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     arg("--lr", type=float, default=None, help="router learning rate (default: the profile's)"),
     arg("--alpha", type=float, default=None, help="budget-penalty weight"),
     arg("--eval-sequences", type=int, default=None, help="holdout sequences for the evaluation"),
-    arg("--seed", type=int, default=0, help="random seed (default: %(default)s)"),
+    arg("--seed", type=seed_value, default=0, help="random seed (default: %(default)s)"),
     NO_PROGRESS,
 )
 def cmd_route(args: argparse.Namespace) -> int:
     return entry_point("route")(args)
+
+
+@subcommand(
+    "migrate",
+    "mark a run folder written by an earlier duolib release as a duolib folder (.duolib), after a strict check",
+    arg("folder", type=Path, help="the run folder (duo train / oracle / route) of an earlier release"),
+)
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from duolib.runfolder import migrate
+
+    print(f"duo migrate: {args.folder} is a `{migrate(args.folder)}` folder (.duolib marker written)")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .config import DuoConfig
 from .flops import pattern_flops
 from .layers import Attention, DuoLayer, RMSNorm, RotaryEmbedding
+from .runfolder import verify_model_folder
 from .routing import BIG, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
 
 logger = logging.get_logger(__name__)
@@ -84,7 +85,9 @@ class DuoPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' ``from_pretrained``; given a Llama checkpoint, its MLPs load as the big FFNs
-        (config from :meth:`DuoConfig.from_llama`) and the small FFNs are freshly initialised."""
+        (config from :meth:`DuoConfig.from_llama`) and the small FFNs are freshly initialised.  A local
+        folder duolib wrote (a run's ``final/``) is checked against its manifest first."""
+        verify_model_folder(pretrained_model_name_or_path)
         if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
             found, _ = DuoConfig.get_config_dict(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
             if found.get("model_type") == "llama":

@@ -21,7 +21,7 @@ FLOORS = [
     {"oracle", "train", "retrofit", "retrofit_small"},
     {"router"},
     {"book", "bookhtml"},
-    {"cli"},
+    {"cli", "cliargs"},
     {"__main__"},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

@@ -48,7 +48,11 @@ def run_from_args(args) -> int:
         run_dir = args.run_dir or Path("runs") / cfg.profile
         result = train(cfg, run_dir, resume=not args.no_resume, overwrite=args.overwrite)
         if dist_rank_world()[0] == 0:
-            what = "already finished (not recomputed)" if result.skipped else "finished"
+            grown = result.summary.get("extended")
+            what = ("already finished (not recomputed)" if result.skipped else
+                    f"extended from {grown[-1]['from_steps']} to {result.summary['steps']} steps (continued from "
+                    f"its last checkpoint; recorded in its identity, so it is not the fresh run of this "
+                    f"length)" if grown else "finished")
             print(f"duo train: {run_dir} {what}; {result.summary['tokens']:,} tokens, "
                   f"{result.summary['train_seconds']:.0f} s of training")
             for r in result.summary["final_eval"]:
