@@ -210,6 +210,8 @@ MODEL = arg("--model", default=None, help="trained model folder, or a `duo train
 BOOK_RUN_DIR = arg("--out", dest="run_dir", type=Path, default=None,
                    help="the book's run folder, where the notebooks read and write their artefacts "
                         "(default: runs/<profile> under the repository root)")
+MODEL_PROFILE = arg("--profile", choices=PRESETS, default=None,
+                    help="experiment profile (default: the one a `duo train` --model was trained with, else default)")
 RANDOM_INIT = arg("--random-init", action="store_true",
                   help="a randomly initialised model of --profile (smoke test)")
 
@@ -308,7 +310,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     "train",
     "Stage 1: train a Duo model with random routing (or a dense baseline); resumable, torchrun-ready",
     PROFILE,
-    arg("--out", dest="run_dir", type=Path, default=None, help="run folder (default: runs/<profile>)"),
+    arg("--out", dest="run_dir", type=Path, default=None,
+        help="run folder (default: runs/<profile>/stage1, the book's Stage-1 run, caches in runs/<profile>/cache)"),
     arg("--corpus", default=None, help="corpus spec (default: the profile's; see duolib.data.corpus)"),
     arg("--steps", type=int, default=None, help="optimizer steps"),
     arg("--batch-size", type=int, default=None, help="global batch size (sequences)"),
@@ -338,7 +341,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @subcommand(
     "oracle",
     "Stage 2: exhaustive routing oracles (loss matrix, reductions, token difficulty) into a run folder",
-    MODEL, RANDOM_INIT, PROFILE,
+    MODEL, RANDOM_INIT, MODEL_PROFILE,
     arg("--out", type=Path, required=True, help="run folder receiving <holdout>/<semantics>/ tables"),
     arg("--corpus", default=None,
         help="holdout corpus (duolib.data.corpus spec) or 'random' (default with --random-init)"),
@@ -353,14 +356,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_oracle(args: argparse.Namespace) -> int:
+    args.profile = model_profile(args, "oracle")
     return entry_point("oracle")(args)
 
 
 @subcommand(
     "route",
     "Stage 3: train a router (soft mixture, annealed temperature, budget penalty), evaluate and save it",
-    MODEL, RANDOM_INIT, PROFILE,
+    MODEL, RANDOM_INIT, MODEL_PROFILE,
     arg("--out", type=Path, required=True, help="folder receiving router/, history.csv and eval.csv"),
+    arg("--overwrite", action="store_true", help="replace the router already saved in --out"),
     arg("--corpus", default=None, help="corpus spec (duolib.data.corpus) or 'random' (default with --random-init)"),
     arg("--budget", type=float, default=None, help="average big layers per token (default: profile's first)"),
     arg("--setting", default=None, help="skip setting instead: small70_big30, big50_skip50, big50_small30_skip20"),
@@ -375,7 +380,28 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_route(args: argparse.Namespace) -> int:
+    args.profile = model_profile(args, "route")
     return entry_point("route")(args)
+
+
+def model_profile(args: argparse.Namespace, command: str) -> str:
+    """``--profile`` if given; else the profile a `duo train` ``--model`` was trained with (its sizes and budgets
+    fit that model: the default profile's 12-layer budgets do not fit a tiny run); else ``default``."""
+    if args.profile is not None:
+        return args.profile
+    if not args.model:
+        return "default"
+    from duolib.data.run_data import recorded_profile
+
+    profile = recorded_profile(args.model)
+    if profile is None:
+        return "default"
+    if profile not in PRESETS:
+        raise CLIError(f"{args.model} was trained with profile {profile!r}, which duo {command} does not know; "
+                       f"give --profile ({', '.join(PRESETS)})")
+    if profile != "default":
+        print(f"duo {command}: profile {profile} (recorded by the run {args.model}; --profile overrides it)")
+    return profile
 
 
 if __name__ == "__main__":  # pragma: no cover

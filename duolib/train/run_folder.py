@@ -55,12 +55,14 @@ from torch import nn
 from ..model import DuoForCausalLM
 from ..utils import json_hash, token_array
 from .config import TrainConfig
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, umask_modes
 from ..runfolder import verify_manifest
 
 CKPT_DIR = "checkpoint"
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
 FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
+LOADER_KEYS = ("is_local", "local_files_only", "cache_dir", "force_download", "revision", "token", "subfolder",
+               "trust_remote_code", "_commit_hash")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -85,6 +87,8 @@ def save_model(model: nn.Module, folder: Path) -> None:
     """save_pretrained as one safetensors file, quietly."""
     with quiet_hf():
         unwrap_model(model).save_pretrained(folder, max_shard_size="1000GB")
+    for weights in Path(folder).glob("*.safetensors"):
+        umask_modes(weights)  # safetensors writes 0600
 
 
 def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike) -> None:
@@ -101,6 +105,18 @@ def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathL
     save_model(model, Path(folder))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+        fix_tokenizer_config(Path(folder) / "tokenizer_config.json", model.config.max_position_embeddings)
+
+
+def fix_tokenizer_config(path: Path, context: int) -> None:
+    """The saved tokenizer's ``model_max_length`` is the model's context (transformers' default is 1e30, so
+    ``truncation=True`` would never truncate), without the loading options transformers copies in
+    (``is_local``, ``local_files_only``, ...): they describe how a tokenizer was once read, not the tokenizer."""
+    config = json.loads(path.read_text())
+    for key in LOADER_KEYS:
+        config.pop(key, None)
+    config["model_max_length"] = int(context)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_json(path: Path, obj) -> None:
@@ -115,6 +131,7 @@ def atomic_dir(target: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
+        umask_modes(tmp)  # mkdtemp's 0700 (and safetensors' 0600) would make the folder private
         if target.exists():
             old = target.with_name(f".old-{target.name}-{os.getpid()}")
             os.replace(target, old)
