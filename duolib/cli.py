@@ -384,24 +384,14 @@ def cmd_route(args: argparse.Namespace) -> int:
     return entry_point("route")(args)
 
 
-def model_profile(args: argparse.Namespace, command: str) -> str:
-    """``--profile`` if given; else the profile a `duo train` ``--model`` was trained with (its sizes and budgets
-    fit that model: the default profile's 12-layer budgets do not fit a tiny run); else ``default``."""
-    if args.profile is not None:
-        return args.profile
-    if not args.model:
-        return "default"
-    from duolib.data.run_data import recorded_profile
 
-    profile = recorded_profile(args.model)
-    if profile is None:
-        return "default"
-    if profile not in PRESETS:
-        raise CLIError(f"{args.model} was trained with profile {profile!r}, which duo {command} does not know; "
-                       f"give --profile ({', '.join(PRESETS)})")
-    if profile != "default":
-        print(f"duo {command}: profile {profile} (recorded by the run {args.model}; --profile overrides it)")
-    return profile
+def model_profile(args: argparse.Namespace, command: str) -> str:
+    """``--profile``, else the profile the ``--model`` run was trained with, else ``default``."""
+    if args.profile is not None or not args.model:
+        return args.profile or "default"
+    from duolib.data.run_data import profile_for_model
+
+    return profile_for_model(args.model, PRESETS, f"duo {command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,21 @@ def recorded_profile(path: str | os.PathLike) -> str | None:
     return profile if isinstance(profile, str) else None
 
 
+def profile_for_model(model: str | os.PathLike, known: tuple[str, ...], command: str) -> str:
+    """The profile a command given ``model`` and no ``--profile`` uses: the one the `duo train` run was trained
+    with (its sizes and budgets fit that model: the default profile's 12-layer budgets do not fit a tiny
+    run), else ``default`` for a model folder that records none."""
+    profile = recorded_profile(model)
+    if profile is None:
+        return "default"
+    if profile not in known:
+        raise ValueError(f"{model} was trained with profile {profile!r}, which {command} does not know; give "
+                         f"--profile ({', '.join(known)})")
+    if profile != "default":
+        print(f"{command}: profile {profile} (recorded by the run {model}; --profile overrides it)")
+    return profile
+
+
 def runs_inside(path: Path) -> list[Path]:
     """The `duo train` run folders directly inside ``path`` (a book's run folder holds ``stage1``, ...)."""
     return [p for p in sorted(path.iterdir()) if p.is_dir() and find_run(p)] if path.is_dir() else []
