@@ -33,6 +33,7 @@ from ..profiles import get_profile
 from .jobs import METADATA_KEY, PROFILE_ENV, Job, Step, StepResult, resolve_jobs, run_jobs
 from .results import check_results
 from .plots import use_style
+from .conclusions import install as show_conclusions
 from ..train.config import TrainConfig
 from ..train.run_folder import load_run
 from ..data.corpus import prepare
@@ -230,6 +231,7 @@ def notebook_setup(profile: str, run_dir: str | os.PathLike | None) -> tuple[str
         path = resolve_run_dir(run_dir, profile)
     path.mkdir(parents=True, exist_ok=True)
     use_style()
+    show_conclusions(find_root())  # in Jupyter, the chapter's sentences with their numbers (not raw glue roles)
     return profile, path
 
 
