@@ -34,6 +34,7 @@ from .jobs import METADATA_KEY, PROFILE_ENV, Job, Step, StepResult, resolve_jobs
 from .results import check_results
 from .plots import use_style
 from .conclusions import install as show_conclusions
+from .param_types import check_kernel_parameters
 from ..train.config import TrainConfig
 from ..train.run_folder import load_run
 from ..data.corpus import prepare
@@ -216,15 +217,19 @@ def notebook_setup(profile: str, run_dir: str | os.PathLike | None) -> tuple[str
 
     With ``DUO_PROFILE`` set in the environment, that profile and its folder ``runs/<profile>`` under the
     repository root replace the notebook's parameters (what Binder needs: see ``start``)."""
+    check_kernel_parameters(find_root())  # -p seed abc / -p nsequences 2 fail here, before any work
     forced = os.environ.get(PROFILE_ENV)
     if forced:
         try:
             get_profile(forced)
         except ValueError as exc:
             raise ValueError(f"environment variable {PROFILE_ENV}={forced!r}: {exc}") from None
-        target = resolve_run_dir(None, forced)
+        # the book's own folder for the notebook's profile follows the override; a folder given explicitly is kept
+        own = run_dir is None or resolve_run_dir(run_dir, profile) == resolve_run_dir(None, profile)
+        target = resolve_run_dir(None if own else run_dir, forced)
+        kept = "" if own else f"; run_dir={run_dir!r} was given explicitly, so it is kept"
         print(f"{PROFILE_ENV}={forced} is set: this notebook runs the {forced!r} profile in {target} "
-              f"(its parameters: profile={profile!r}, run_dir={run_dir!r}; unset {PROFILE_ENV} to use them)")
+              f"(its parameters: profile={profile!r}, run_dir={run_dir!r}{kept}; unset {PROFILE_ENV} to use them)")
         profile, path = forced, target
     else:
         get_profile(profile)
