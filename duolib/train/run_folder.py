@@ -61,6 +61,8 @@ from ..runfolder import verify_manifest
 CKPT_DIR = "checkpoint"
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
 FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
+#: DuoConfig fields added after the first runs, with their defaults (left out of a run's identity at the default).
+LATER_MODEL_FIELDS = {"stage1_route_probs": None}
 LOADER_KEYS = ("is_local", "local_files_only", "cache_dir", "force_download", "revision", "token", "subfolder",
                "trust_remote_code", "_commit_hash")
 
@@ -175,6 +177,9 @@ def model_fields(config) -> dict:
     d = config.to_dict()
     for k in ("transformers_version", "architectures", "dtype", "torch_dtype"):
         d.pop(k, None)
+    for k, default in LATER_MODEL_FIELDS.items():  # absent from the runs made before them: same identity
+        if d.get(k, default) == default:
+            d.pop(k, None)
     return d
 
 
