@@ -67,6 +67,10 @@ class DuoPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DuoLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # the default (all-big) forward compiles without graph breaks, static cache included (tests/test_hf_compile.py):
+    # transformers' generation then compiles static-cache decoding as it does Llama's.  Routed forwards gather
+    # their tokens' rows (data-dependent shapes) and break the graph there, which CompileConfig's default allows.
+    _can_compile_fullgraph = True
     supports_gradient_checkpointing = True
     _can_record_outputs = {"hidden_states": DuoLayer, "attentions": Attention}
 
