@@ -108,3 +108,17 @@ def test_duo_route_refuses_to_overwrite_a_router_without_overwrite(tmp_path, cap
     rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--steps", "1"])
     assert rc == 1 and "already holds a router; give --overwrite" in capsys.readouterr().err
     assert (tmp_path / "router" / "router.json").read_text() == "{}"
+
+
+def test_final_holds_a_model_card_with_size_data_tokens_routes_and_loading(run_under_umask):
+    run = run_under_umask
+    card = (run / "final" / "README.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert f"Tokens seen in training: {summary['tokens']:,}." in card
+    assert f"corpus `{config['corpus']}`" in card and f"{config['steps']} steps" in card
+    for r in summary["final_eval"]:
+        assert f"| {r['holdout']} | {r['routes']} | {r['loss']:.4f} | {r['ppl']:.2f} |" in card
+    assert "| total |" in card and "`routes=None` (the default) is all big" in card
+    assert "trust_remote_code=True" in card and "import duolib" in card
+    assert mode(run / "final" / "README.md") == 0o640

@@ -55,6 +55,7 @@ from torch import nn
 from ..model import DuoForCausalLM
 from ..utils import json_hash, token_array
 from .config import TrainConfig
+from .model_card import model_card
 from ..fileio import atomic_write_text, umask_modes
 from ..runfolder import verify_manifest
 
@@ -93,11 +94,14 @@ def save_model(model: nn.Module, folder: Path) -> None:
         umask_modes(weights)  # safetensors writes 0600
 
 
-def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike) -> None:
+def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike, train: dict | None = None,
+                             summary: dict | None = None) -> None:
     """A Hugging Face checkpoint that works from its path alone (``pipeline("text-generation", model=folder)``):
     weights and config (with ``auto_map`` and the model code for ``trust_remote_code=True``), the
     tokenizer's bos / eos / pad ids in the config and the generation config (so ``generate`` stops at
-    the tokenizer's eos), and the tokenizer files.  ``tokenizer=None`` saves the model alone."""
+    the tokenizer's eos), the tokenizer files, and a model card ``README.md`` (size, route semantics, how to
+    load; with ``train`` (TrainConfig.to_dict()) and ``summary`` also its data, schedule and final evaluation).
+    ``tokenizer=None`` saves the model alone."""
     model = unwrap_model(model)
     if tokenizer is not None:
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -108,6 +112,8 @@ def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathL
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
         fix_tokenizer_config(Path(folder) / "tokenizer_config.json", model.config.max_position_embeddings)
+    if isinstance(model, DuoForCausalLM):
+        atomic_write_text(Path(folder) / "README.md", model_card(model, train, summary))
 
 
 def fix_tokenizer_config(path: Path, context: int) -> None:
