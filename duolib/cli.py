@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):  # --no-progress: transformers' and the hub's bars too ("Loading weights")
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         rc = args._func(args)
     except (CLIError, BookBuildError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
@@ -233,6 +236,7 @@ RANDOM_INIT = arg("--random-init", action="store_true",
         help="compare the values glued by this book's executed notebooks (book/) with those of another "
              "book or run folder OTHER (e.g. a fresh clone's book/); prints every difference (timings "
              "ignored) and exits 1 if any; nothing is executed or built"),
+    NO_PROGRESS,
 )
 def cmd_book(args: argparse.Namespace) -> int:
     import time
@@ -251,7 +255,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if not args.skip_notebooks:
         results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,
-                               jobs=args.jobs)
+                               jobs=args.jobs, progress=not args.quiet)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
     if not args.skip_build:
@@ -292,6 +296,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     "prepare a profile's corpus (tokenizer, token caches) in the run folder the book's notebooks read",
     PROFILE,
     BOOK_RUN_DIR,
+    NO_PROGRESS,
 )
 def cmd_data(args: argparse.Namespace) -> int:
     from duolib.book.pipeline import book_data, resolve_run_dir
@@ -300,7 +305,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir.resolve() if args.run_dir else resolve_run_dir(None, args.profile)
     with claim(run_dir, "duo book"):  # the book's run folder: `duo book` and the notebooks continue in it
-        data = book_data(args.profile, run_dir)
+        data = book_data(args.profile, run_dir, progress=not args.quiet)
     print(describe(data).to_string(index=False))
     print(f"duo data: {args.profile} corpus ready in {run_dir / 'cache'}")
     return 0
@@ -356,7 +361,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_oracle(args: argparse.Namespace) -> int:
-    args.profile = model_profile(args, "oracle")
+    from duolib.data.run_data import profile_for_model
+
+    args.profile = profile_for_model(args.model, args.profile, PRESETS, "duo oracle")
     return entry_point("oracle")(args)
 
 
@@ -380,18 +387,12 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_route(args: argparse.Namespace) -> int:
-    args.profile = model_profile(args, "route")
+    from duolib.data.run_data import profile_for_model
+
+    args.profile = profile_for_model(args.model, args.profile, PRESETS, "duo route")
     return entry_point("route")(args)
 
 
-
-def model_profile(args: argparse.Namespace, command: str) -> str:
-    """``--profile``, else the profile the ``--model`` run was trained with, else ``default``."""
-    if args.profile is not None or not args.model:
-        return args.profile or "default"
-    from duolib.data.run_data import profile_for_model
-
-    return profile_for_model(args.model, PRESETS, f"duo {command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,6 @@ readable under the umask, a tokenizer config with the model's context, ``duo rou
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import stat
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from duolib import cli
-from duolib.data.run_data import model_folder, recorded_profile
+from duolib.data.run_data import model_folder, profile_for_model, recorded_profile
 from duolib.runfolder import RunFolderError, claim
 from duolib.train.command import config_from_args, default_run_dir
 from duolib.train.loop import train
@@ -56,17 +55,13 @@ def test_tokenizer_config_holds_the_models_context_and_no_loader_options(run_und
     assert not {"is_local", "local_files_only"} & set(tok)
 
 
-def namespace(**kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"profile": None, "model": None, "random_init": False, **kw})
-
-
 def test_oracle_and_route_take_the_runs_recorded_profile_unless_given(run_under_umask, monkeypatch, capsys):
     run = run_under_umask
     assert recorded_profile(run) == recorded_profile(run / "final") == "tiny"
-    assert cli.model_profile(namespace(model=str(run)), "oracle") == "tiny"
+    assert profile_for_model(str(run), None, cli.PRESETS, "duo oracle") == "tiny"
     assert "profile tiny (recorded by the run" in capsys.readouterr().out
-    assert cli.model_profile(namespace(model=str(run), profile="default"), "oracle") == "default"
-    assert cli.model_profile(namespace(random_init=True), "route") == "default"
+    assert profile_for_model(str(run), "default", cli.PRESETS, "duo oracle") == "default"
+    assert profile_for_model(None, None, cli.PRESETS, "duo route") == "default"
     seen = {}
     monkeypatch.setattr(cli, "entry_point", lambda command: lambda args: seen.setdefault(command, args.profile) and 0)
     cli.main(["oracle", "--model", str(run), "--out", "x"])
@@ -122,3 +117,13 @@ def test_final_holds_a_model_card_with_size_data_tokens_routes_and_loading(run_u
     assert "| total |" in card and "`routes=None` (the default) is all big" in card
     assert "trust_remote_code=True" in card and "import duolib" in card
     assert mode(run / "final" / "README.md") == 0o640
+
+
+def test_no_progress_on_every_command_silences_transformers_bars_too(monkeypatch, capsys):
+    parser = cli.build_parser()
+    for command in (["data"], ["book"], ["train"], ["oracle", "--out", "x"], ["route", "--out", "x"]):
+        assert parser.parse_args(command + ["--no-progress"]).quiet, command
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(cli, "build_book", lambda *a: None)
+    assert cli.main(["book", "--skip-notebooks", "--skip-build", "--no-progress"]) == 0
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # read by huggingface_hub and transformers' bars

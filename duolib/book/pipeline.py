@@ -98,13 +98,15 @@ def run_pipeline(
     force: bool = False,
     seed: int = 0,
     jobs: int | str = 1,
+    progress: bool = True,
 ) -> list[StepResult]:
     """Execute the notebooks of ``STEPS`` for ``profile``; return what ran and what was cached (``STEPS`` order).
 
     root: the repository (holds ``notebooks/``; default :func:`find_root`); run_dir: artefacts (default
     ``root/runs/<profile>``); book_dir: the book sources, executed notebooks go to ``book_dir/experiments``
     (default ``root/book``); jobs: notebooks run at the same time (the module docstring); ``"auto"``: the
-    usable cores not busy with other work at the start (:func:`resolve_jobs`).
+    usable cores not busy with other work at the start (:func:`resolve_jobs`); progress: the bar over the
+    notebooks (``duo book --no-progress`` turns it off).
     """
     get_profile(profile)  # validates the name
     jobs = resolve_jobs(jobs)
@@ -120,11 +122,11 @@ def run_pipeline(
         only = [n for n in step_names() if n in only or n in missing]
 
     with claim(run_dir, "duo book"):  # one writer of the run folder at a time
-        return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs)
+        return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs, progress)
 
 
 def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, force: bool, seed: int,
-               jobs: int) -> list[StepResult]:
+               jobs: int, progress: bool = True) -> list[StepResult]:
     from tqdm.auto import tqdm
 
     keys: dict[str, str] = {}
@@ -145,7 +147,8 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
             results[step.name] = StepResult(step.name, "cached", 0.0, output)
         else:
             todo.append(Job(step, source, output, params, keys[step.name], stamp))
-    with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook") as bar:
+    with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook",
+              disable=not progress) as bar:
         for result in run_jobs(todo, jobs, root):
             results[result.name] = result
             bar.update(1)
@@ -318,13 +321,13 @@ SKIP_STAGE1_DIR = "stage1-skip"
 HALF_SKIP_ROUTES = "random:0.5:0.5"
 
 
-def book_data(profile: str, run_dir: str | os.PathLike):
+def book_data(profile: str, run_dir: str | os.PathLike, progress: bool = False):
     """The corpus of the book's Stage-1 run (``duolib.data.corpus.Prepared``; cached inside ``run_dir``): once
     that run exists, its recorded data and tokenizer (:func:`duolib.data.run_data.run_data`)."""
     if (Path(run_dir) / STAGE1_DIR / "tokenizer").is_dir():
-        return run_data(Path(run_dir) / STAGE1_DIR)
+        return run_data(Path(run_dir) / STAGE1_DIR, progress=progress)
     cfg = book_train_config(profile, run_dir)
-    return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
+    return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=progress, **cfg.data)
 
 
 def stage1_model(run_dir: str | os.PathLike):

@@ -44,10 +44,13 @@ def recorded_profile(path: str | os.PathLike) -> str | None:
     return profile if isinstance(profile, str) else None
 
 
-def profile_for_model(model: str | os.PathLike, known: tuple[str, ...], command: str) -> str:
-    """The profile a command given ``model`` and no ``--profile`` uses: the one the `duo train` run was trained
-    with (its sizes and budgets fit that model: the default profile's 12-layer budgets do not fit a tiny
-    run), else ``default`` for a model folder that records none."""
+def profile_for_model(model: str | os.PathLike | None, given: str | None, known: tuple[str, ...],
+                      command: str) -> str:
+    """The profile of a command given ``--model model`` and ``--profile given``: ``given`` if any; else the one
+    the `duo train` run was trained with (its sizes and budgets fit that model: the default profile's
+    12-layer budgets do not fit a tiny run); else ``default``."""
+    if given is not None or not model:
+        return given or "default"
     profile = recorded_profile(model)
     if profile is None:
         return "default"
