@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):  # --no-progress: transformers' and the hub's bars too ("Loading weights")
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         rc = args._func(args)
     except (CLIError, BookBuildError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
@@ -211,6 +214,8 @@ MODEL = arg("--model", default=None, help="trained model folder, or a `duo train
 BOOK_RUN_DIR = arg("--out", dest="run_dir", type=Path, default=None,
                    help="the book's run folder, where the notebooks read and write their artefacts "
                         "(default: runs/<profile> under the repository root)")
+MODEL_PROFILE = arg("--profile", choices=PRESETS, default=None,
+                    help="experiment profile (default: the one a `duo train` --model was trained with, else default)")
 RANDOM_INIT = arg("--random-init", action="store_true",
                   help="a randomly initialised model of --profile (smoke test)")
 
@@ -232,6 +237,7 @@ RANDOM_INIT = arg("--random-init", action="store_true",
         help="compare the values glued by this book's executed notebooks (book/) with those of another "
              "book or run folder OTHER (e.g. a fresh clone's book/); prints every difference (timings "
              "ignored) and exits 1 if any; nothing is executed or built"),
+    NO_PROGRESS,
 )
 def cmd_book(args: argparse.Namespace) -> int:
     import time
@@ -250,7 +256,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if not args.skip_notebooks:
         results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,
-                               jobs=args.jobs)
+                               jobs=args.jobs, progress=not args.quiet)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
     if not args.skip_build:
@@ -291,6 +297,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     "prepare a profile's corpus (tokenizer, token caches) in the run folder the book's notebooks read",
     PROFILE,
     BOOK_RUN_DIR,
+    NO_PROGRESS,
 )
 def cmd_data(args: argparse.Namespace) -> int:
     from duolib.book.pipeline import book_data, resolve_run_dir
@@ -299,7 +306,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir.resolve() if args.run_dir else resolve_run_dir(None, args.profile)
     with claim(run_dir, "duo book"):  # the book's run folder: `duo book` and the notebooks continue in it
-        data = book_data(args.profile, run_dir)
+        data = book_data(args.profile, run_dir, progress=not args.quiet)
     print(describe(data).to_string(index=False))
     print(f"duo data: {args.profile} corpus ready in {run_dir / 'cache'}")
     return 0
@@ -309,7 +316,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     "train",
     "Stage 1: train a Duo model with random routing (or a dense baseline); resumable, torchrun-ready",
     PROFILE,
-    arg("--out", dest="run_dir", type=Path, default=None, help="run folder (default: runs/<profile>)"),
+    arg("--out", dest="run_dir", type=Path, default=None,
+        help="run folder (default: runs/<profile>/stage1, the book's Stage-1 run, caches in runs/<profile>/cache)"),
     arg("--corpus", default=None, help="corpus spec (default: the profile's; see duolib.data.corpus)"),
     arg("--steps", type=int, default=None, help="optimizer steps"),
     arg("--batch-size", type=int, default=None, help="global batch size (sequences)"),
@@ -339,7 +347,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @subcommand(
     "oracle",
     "Stage 2: exhaustive routing oracles (loss matrix, reductions, token difficulty) into a run folder",
-    MODEL, RANDOM_INIT, PROFILE,
+    MODEL, RANDOM_INIT, MODEL_PROFILE,
     arg("--out", type=Path, required=True, help="run folder receiving <holdout>/<semantics>/ tables"),
     arg("--corpus", default=None,
         help="holdout corpus (duolib.data.corpus spec) or 'random' (default with --random-init)"),
@@ -354,14 +362,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_oracle(args: argparse.Namespace) -> int:
+    from duolib.data.run_data import profile_for_model
+
+    args.profile = profile_for_model(args.model, args.profile, PRESETS, "duo oracle")
     return entry_point("oracle")(args)
 
 
 @subcommand(
     "route",
     "Stage 3: train a router (soft mixture, annealed temperature, budget penalty), evaluate and save it",
-    MODEL, RANDOM_INIT, PROFILE,
+    MODEL, RANDOM_INIT, MODEL_PROFILE,
     arg("--out", type=Path, required=True, help="folder receiving router/, history.csv and eval.csv"),
+    arg("--overwrite", action="store_true", help="replace the router already saved in --out"),
     arg("--corpus", default=None, help="corpus spec (duolib.data.corpus) or 'random' (default with --random-init)"),
     arg("--budget", type=float, default=None, help="average big layers per token (default: profile's first)"),
     arg("--setting", default=None, help="skip setting instead: small70_big30, big50_skip50, big50_small30_skip20"),
@@ -376,6 +388,9 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_route(args: argparse.Namespace) -> int:
+    from duolib.data.run_data import profile_for_model
+
+    args.profile = profile_for_model(args.model, args.profile, PRESETS, "duo route")
     return entry_point("route")(args)
 
 

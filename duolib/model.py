@@ -36,7 +36,7 @@ from .config import DuoConfig
 from .flops import pattern_flops
 from .layers import Attention, DuoLayer, RMSNorm, RotaryEmbedding
 from .runfolder import verify_model_folder
-from .routing import BIG, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
+from .routing import BIG, CheckpointReplay, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
 
 logger = logging.get_logger(__name__)
 
@@ -68,6 +68,10 @@ class DuoPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DuoLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # the default (all-big) forward compiles without graph breaks, static cache included (tests/test_hf_compile.py):
+    # transformers' generation then compiles static-cache decoding as it does Llama's.  Routed forwards gather
+    # their tokens' rows (data-dependent shapes) and break the graph there, which CompileConfig's default allows.
+    _can_compile_fullgraph = True
     supports_gradient_checkpointing = True
     _can_record_outputs = {"hidden_states": DuoLayer, "attentions": Attention}
 
@@ -131,6 +135,16 @@ class DuoModel(DuoPreTrainedModel):
     def default_policy(self) -> RoutingPolicy:
         return self.all_big
 
+    def stage1_policy(self) -> RoutingPolicy:
+        """The routes of a training-mode forward without ``routes``: random with ``config.stage1_route_probs``
+        (drawn from a generator seeded by torch's global RNG, so ``torch.manual_seed`` / ``Trainer``'s seed
+        make them reproducible), else all big."""
+        probs = getattr(self.config, "stage1_route_probs", None)
+        if not probs:
+            return self.all_big
+        p_skip, _, p_big = probs
+        return RandomRoutes(p_big=p_big, p_skip=p_skip, seed=int(torch.randint(2**62, (1,)).item()))
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
@@ -158,7 +172,8 @@ class DuoModel(DuoPreTrainedModel):
         # positions passed in may mark packed sequences (a restart at 0 opens a new one)
         mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
                                   position_ids=position_ids if given_positions else None)
-        policy = make_policy(routes, B, T, self.config.num_hidden_layers, self.default_policy())
+        default = self.stage1_policy() if routes is None and self.training else self.default_policy()
+        policy = make_policy(routes, B, T, self.config.num_hidden_layers, default)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             policy = CheckpointReplay(policy)
         rotations = self.rotary_emb(position_ids)  # [B or 1, T, 1, hd/2]

@@ -153,6 +153,18 @@ def _holder(lock: Path) -> str:
     return "another process"
 
 
+# What a user mixing the book's layout (runs/<profile>: data caches, stage1/ the Stage-1 run, results/) with
+# the command line most likely meant, by (the folder's writer, the command refused).
+_LAYOUT_HINTS = {
+    ("duo book", "duo train"): "; the book's Stage-1 run is {path}/stage1 (`duo train --profile P` with no --out "
+                               "writes runs/P/stage1)",
+    ("duo book", "duo oracle"): "; e.g. --out {path}/oracle-cli (the book's Stage-1 model: --model {path}/stage1)",
+    ("duo book", "duo route"): "; e.g. --out {path}/router-cli (the book's Stage-1 model: --model {path}/stage1)",
+    ("duo train", "duo book"): "; the book keeps its Stage-1 run in a subfolder, stage1/: give the book (duo data, "
+                               "duo book, run_dir) the folder above it, e.g. move {path} to runs/<profile>/stage1",
+}
+
+
 @contextlib.contextmanager
 def claim(path: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold the exclusive lock of folder ``path`` (created if needed) for the ``with`` block.
@@ -162,7 +174,8 @@ def claim(path: str | os.PathLike, what: str) -> Iterator[Path]:
     path = check_usable(path)
     kind = folder_kind(path)
     if kind is not None and kind != what:
-        raise RunFolderError(f"{path} is a `{kind}` folder; give `{what}` a folder of its own (new or empty)")
+        raise RunFolderError(f"{path} is a `{kind}` folder; give `{what}` a folder of its own (new or empty)"
+                             + _LAYOUT_HINTS.get((kind, what), "").format(path=path))
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -114,6 +114,39 @@ def find_run(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def recorded_profile(path: str | os.PathLike) -> str | None:
+    """The profile the `duo train` run of ``path`` (the run folder or its ``final/``) was trained with; None
+    for a model folder that is not a run."""
+    run = find_run(path)
+    if run is None:
+        return None
+    profile = json.loads((run / CONFIG_FILE).read_text()).get("config", {}).get("profile")
+    return profile if isinstance(profile, str) else None
+
+
+def profile_for_model(model: str | os.PathLike | None, given: str | None, known: tuple[str, ...],
+                      command: str) -> str:
+    """The profile of a command given ``--model model`` and ``--profile given``: ``given`` if any; else the one
+    the `duo train` run was trained with (its sizes and budgets fit that model: the default profile's
+    12-layer budgets do not fit a tiny run); else ``default``."""
+    if given is not None or not model:
+        return given or "default"
+    profile = recorded_profile(model)
+    if profile is None:
+        return "default"
+    if profile not in known:
+        raise ValueError(f"{model} was trained with profile {profile!r}, which {command} does not know; give "
+                         f"--profile ({', '.join(known)})")
+    if profile != "default":
+        print(f"{command}: profile {profile} (recorded by the run {model}; --profile overrides it)")
+    return profile
+
+
+def runs_inside(path: Path) -> list[Path]:
+    """The `duo train` run folders directly inside ``path`` (a book's run folder holds ``stage1``, ...)."""
+    return [p for p in sorted(path.iterdir()) if p.is_dir() and find_run(p)] if path.is_dir() else []
+
+
 def model_folder(path: str | os.PathLike) -> Path:
     """The folder holding a model's weights (a run's ``final/``), checked against its manifest; a run
     folder is checked end to end first (:func:`verify_run`)."""
@@ -124,8 +157,11 @@ def model_folder(path: str | os.PathLike) -> Path:
         return run / FINAL_DIR
     folder = path / FINAL_DIR if (path / FINAL_DIR / "config.json").is_file() else path
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{path} holds no model (no config.json, nor {FINAL_DIR}/config.json); give a model folder "
-                         f"or a `duo train` run folder")
+        inside = runs_inside(path)
+        hint = (f"; it holds the run folder{'s' * (len(inside) > 1)} {', '.join(map(str, inside))}: give "
+                f"{'one of them' if len(inside) > 1 else 'that'} to --model" if inside else
+                "; give a model folder or a `duo train` run folder")
+        raise ValueError(f"{path} holds no model (no config.json, nor {FINAL_DIR}/config.json){hint}")
     # not a run: a plain save_pretrained folder has no manifest; one that has it is checked
     verify_manifest(folder, f"the model in {folder} is damaged: retrain it (duo train --overwrite) or restore it",
                     required=False)

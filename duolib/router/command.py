@@ -36,6 +36,8 @@ def cli_main(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} {v!r} must be a positive integer")
     check_finite(lr=knob("lr"), alpha=knob("alpha"))
     out = check_usable(args.out)
+    if (out / "router").exists() and not getattr(args, "overwrite", False):  # checked before any training
+        raise ValueError(f"{out / 'router'} already holds a router; give --overwrite to replace it, or another --out")
     with reading_model(None if args.random_init else args.model):  # the run's model and data, no writer between
         model = route_base_model(args)
         check_context(model.config, seq_len, "--seq-len")

@@ -319,7 +319,7 @@ def _save_final(t: _Training, summary: dict) -> None:
     if bad:
         raise NonFiniteError(t.cfg.steps, math.nan, math.nan, t.run_dir, f"non-finite weights in {bad[:3]}")
     with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
-        save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp)
+        save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp, t.cfg.to_dict(), summary)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
     write_json(t.run_dir / SUMMARY_FILE, summary)
 

@@ -52,7 +52,8 @@ from torch import nn
 
 from ..model import DuoForCausalLM
 from .config import TrainConfig
-from ..fileio import atomic_write_text
+from .model_card import model_card
+from ..fileio import atomic_write_text, umask_modes
 from ..runfolder import verify_manifest
 from ..data.run_data import data_fingerprint, verify_run  # noqa: F401 - data_fingerprint: a public name here
 from ..utils import json_hash
@@ -60,6 +61,10 @@ from ..utils import json_hash
 CKPT_DIR = "checkpoint"
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
 FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
+#: DuoConfig fields added after the first runs, with their defaults (left out of a run's identity at the default).
+LATER_MODEL_FIELDS = {"stage1_route_probs": None}
+LOADER_KEYS = ("is_local", "local_files_only", "cache_dir", "force_download", "revision", "token", "subfolder",
+               "trust_remote_code", "_commit_hash")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -84,13 +89,18 @@ def save_model(model: nn.Module, folder: Path) -> None:
     """save_pretrained as one safetensors file, quietly."""
     with quiet_hf():
         unwrap_model(model).save_pretrained(folder, max_shard_size="1000GB")
+    for weights in Path(folder).glob("*.safetensors"):
+        umask_modes(weights)  # safetensors writes 0600
 
 
-def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike) -> None:
+def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike, train: dict | None = None,
+                             summary: dict | None = None) -> None:
     """A Hugging Face checkpoint that works from its path alone (``pipeline("text-generation", model=folder)``):
     weights and config (with ``auto_map`` and the model code for ``trust_remote_code=True``), the
     tokenizer's bos / eos / pad ids in the config and the generation config (so ``generate`` stops at
-    the tokenizer's eos), and the tokenizer files.  ``tokenizer=None`` saves the model alone."""
+    the tokenizer's eos), the tokenizer files, and a model card ``README.md`` (size, route semantics, how to
+    load; with ``train`` (TrainConfig.to_dict()) and ``summary`` also its data, schedule and final evaluation).
+    ``tokenizer=None`` saves the model alone."""
     model = unwrap_model(model)
     if tokenizer is not None:
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -100,6 +110,20 @@ def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathL
     save_model(model, Path(folder))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+        fix_tokenizer_config(Path(folder) / "tokenizer_config.json", model.config.max_position_embeddings)
+    if isinstance(model, DuoForCausalLM):
+        atomic_write_text(Path(folder) / "README.md", model_card(model, train, summary))
+
+
+def fix_tokenizer_config(path: Path, context: int) -> None:
+    """The saved tokenizer's ``model_max_length`` is the model's context (transformers' default is 1e30, so
+    ``truncation=True`` would never truncate), without the loading options transformers copies in
+    (``is_local``, ``local_files_only``, ...): they describe how a tokenizer was once read, not the tokenizer."""
+    config = json.loads(path.read_text())
+    for key in LOADER_KEYS:
+        config.pop(key, None)
+    config["model_max_length"] = int(context)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_json(path: Path, obj) -> None:
@@ -114,6 +138,7 @@ def atomic_dir(target: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
+        umask_modes(tmp)  # mkdtemp's 0700 (and safetensors' 0600) would make the folder private
         if target.exists():
             old = target.with_name(f".old-{target.name}-{os.getpid()}")
             os.replace(target, old)
@@ -145,6 +170,9 @@ def model_fields(config) -> dict:
     d = config.to_dict()
     for k in ("transformers_version", "architectures", "dtype", "torch_dtype"):
         d.pop(k, None)
+    for k, default in LATER_MODEL_FIELDS.items():  # absent from the runs made before them: same identity
+        if d.get(k, default) == default:
+            d.pop(k, None)
     return d
 
 
