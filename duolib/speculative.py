@@ -31,12 +31,15 @@ from .config import check_context
 @dataclass
 class SpeculativeStats:
     """What a speculative run did: ``drafted`` draft tokens proposed, ``accepted`` of them kept,
-    ``verify_calls`` target forwards (the prompt's prefill included) and ``draft_calls`` draft forwards."""
+    ``verify_calls`` target forwards (the prompt's prefill included), ``draft_calls`` draft forwards,
+    ``target_tokens`` / ``draft_tokens`` the token rows those forwards processed (prompt included)."""
 
     drafted: int = 0
     accepted: int = 0
     verify_calls: int = 0
     draft_calls: int = 0
+    target_tokens: int = 0
+    draft_tokens: int = 0
     accepted_per_round: list[int] = field(default_factory=list)
 
     @property
@@ -92,6 +95,7 @@ def speculative_generate(model, input_ids: torch.Tensor, max_new_tokens: int, dr
     # invariant between rounds: the target cache holds seq[:-1], the draft cache a prefix of seq
     out = model(input_ids, routes=target_routes, cache=target_cache, use_cache=True, logits_to_keep=1)
     stats.verify_calls += 1
+    stats.target_tokens += prompt_len
     seq = torch.cat([input_ids, _argmax(out.logits[:, -1:])], dim=1)
     while seq.shape[1] - prompt_len < max_new_tokens and int(seq[0, -1]) != eos_token_id:
         remaining = max_new_tokens - (seq.shape[1] - prompt_len)
@@ -101,6 +105,7 @@ def speculative_generate(model, input_ids: torch.Tensor, max_new_tokens: int, dr
             pending = torch.cat([seq, *drafts], dim=1)[:, draft_cache.get_seq_length():]
             out = model(pending, routes=draft_routes, cache=draft_cache, use_cache=True, logits_to_keep=1)
             stats.draft_calls += 1
+            stats.draft_tokens += pending.shape[1]
             drafts.append(_argmax(out.logits[:, -1:]))
             if int(drafts[-1]) == eos_token_id:
                 break
@@ -108,6 +113,7 @@ def speculative_generate(model, input_ids: torch.Tensor, max_new_tokens: int, dr
         proposal = torch.cat([seq[:, -1:], *drafts], dim=1)  # [1, 1 + k']
         logits = model(proposal, routes=target_routes, cache=target_cache, use_cache=True).logits
         stats.verify_calls += 1
+        stats.target_tokens += proposal.shape[1]
         choice = _argmax(logits)  # [1, 1 + k']: the target's token after each proposal token
         matches = (choice[0, :-1] == proposal[0, 1:]).long()
         kept = int(matches.cumprod(0).sum())

@@ -60,6 +60,10 @@ def test_a_draft_routed_as_the_target_is_always_accepted(draft_len):
     # the prefill gives one token; each round then keeps its draft_len drafts plus the target's next token
     rounds = -(-(n - 1) // (draft_len + 1))
     assert stats.verify_calls == 1 + rounds and stats.drafted == n - 1 - rounds
+    # the target scores the prompt, then each round's last kept token and its drafts; nothing is cropped, so the
+    # draft reads each token once, all but the last round's last draft and the target's token after it
+    assert stats.target_tokens == PROMPT + rounds + stats.drafted
+    assert stats.draft_tokens == PROMPT + n - 2
 
 
 @torch.no_grad()

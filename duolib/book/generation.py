@@ -1,0 +1,153 @@
+"""Generation speed: greedy ``generate`` with a KV cache under each routing, and self-speculative decoding
+(:func:`duolib.speculative.speculative_generate`), shared by ``benchmarks/bench_generate.py`` and the book's
+performance notebook.
+
+Every timed call produces the same number of new tokens from the same prompt.  One round times every
+variant once (the order reversed on odd rounds, so a slow drift of a shared machine does not favour one
+side); a variant's speed-up is the median over rounds of ``t_all_big / t_variant`` with the all-big call
+of the same round, and its interval is the percentile bootstrap of that median over rounds
+(:func:`duolib.stats.percentile_interval`).  The FLOP-predicted speed-up is the ratio of the forward FLOPs of
+the whole call (:func:`duolib.flops.routes_flops`): every token row a forward processes (prompt included) is
+counted once at the routes its policy takes on the generated text; for speculative decoding these are the
+verifier's rows (all-big) plus the draft's rows, as :class:`~duolib.speculative.SpeculativeStats` counts them.
+The head is counted only on the rows where it runs: for ``generate`` on the prompt's last row and each
+new token's row, for the speculative draft once per draft call, for its verifier on the prompt's last row
+and every proposal row.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from ..flops import head_flops, routes_flops
+from ..routing import BIG
+from ..speculative import speculative_generate
+from ..stats import N_BOOT, percentile_interval
+from .bench import CLOCKS
+
+
+def clock_fn(clock):
+    if callable(clock):
+        return clock
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}; allowed: {', '.join(CLOCKS)}")
+    return CLOCKS[clock]
+
+
+def fixed_patterns(num_layers: int, ks) -> dict[str, str]:
+    """``all-big``, ``all-small`` and, per k in ``ks``, the pattern with the first k layers big, the rest small."""
+    out = {"all-big": "B" * num_layers, "all-small": "S" * num_layers}
+    for k in ks:
+        if not 0 < k < num_layers:
+            raise ValueError(f"k={k} big layers: give 0 < k < {num_layers} (all-big and all-small are always timed)")
+        out[f"big{k}"] = "B" * k + "S" * (num_layers - k)
+    return out
+
+
+def median_interval(values, seed: int = 0) -> dict:
+    """Median of ``values`` and the 95% percentile-bootstrap interval of the median over resampled values."""
+    values = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng([seed, len(values)]).integers(0, len(values), size=(N_BOOT, len(values)))
+    return percentile_interval(float(np.median(values)), np.median(values[idx], axis=1)).as_dict()
+
+
+@torch.no_grad()
+def row_flops(model, sequence: torch.Tensor, routes) -> tuple[float, float]:
+    """(mean forward FLOPs of one token row of ``sequence`` ``[1, S]`` under ``routes``, mean big layers per
+    row): the routes are those the policy takes on the finished sequence, each row at its own context."""
+    taken = model(sequence[:, :-1], routes=routes, return_routes=True, use_cache=False).routing.routes
+    rows = taken.shape[0] * taken.shape[1]
+    return routes_flops(model.config, taken) / rows, float((taken == BIG).sum(-1).float().mean())
+
+
+def generate_call(model, prompt: torch.Tensor, new_tokens: int, routes):
+    def call():
+        out = model.generate(prompt, routes=routes, do_sample=False, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+        if out.shape[1] != prompt.shape[1] + new_tokens:
+            raise RuntimeError(f"generate returned {out.shape[1] - prompt.shape[1]} new tokens, not {new_tokens}")
+        return out
+    return call
+
+
+def speculative_call(model, prompt, new_tokens, draft_routes, draft_len):
+    return lambda: speculative_generate(model, prompt, new_tokens, draft_routes, draft_len)
+
+
+@torch.no_grad()
+def generation_speed(model, prompts: torch.Tensor, new_tokens: int, repeats: int, *, patterns: dict | None = None,
+                     drafts: dict | None = None, draft_lens=(2, 4), warmup: int = 1, clock="cpu") -> dict:
+    """Tokens per second of greedy decoding of ``model`` (eval mode) under each routing, and self-speculative
+    decoding (all-big target) per draft routing and draft length, on ``prompts`` ``[n, T]`` (round r uses
+    prompt ``r % n``).  ``patterns``: name -> routes (default :func:`fixed_patterns` with k = L/3, 2L/3);
+    it must hold ``all-big``, the baseline.  ``drafts``: name -> draft routes (default all-small and the
+    L/3-big pattern).  Returns ``{"generate": [rows], "speculative": [rows]}``; each row has ``tok_s``
+    (median), ``speedup`` (median paired ratio, with ``speedup_ci``) and ``predicted`` (FLOP ratio); the
+    speculative rows add ``acceptance`` (accepted / drafted over every prompt) and ``tokens_per_verify``."""
+    if model.training:
+        raise ValueError("the model is in training mode; call model.eval() before timing generation")
+    if prompts.dim() != 2 or not len(prompts):
+        raise ValueError(f"prompts must be [n, T] with n >= 1; got shape {tuple(prompts.shape)}")
+    if repeats < 2:
+        raise ValueError(f"repeats={repeats}: an interval over repeats needs at least 2")
+    clk = clock_fn(clock)
+    L = model.config.num_hidden_layers
+    patterns = fixed_patterns(L, sorted({max(1, round(L / 3)), max(1, round(2 * L / 3))} - {L})) \
+        if patterns is None else dict(patterns)
+    if "all-big" not in patterns:
+        raise ValueError(f"patterns {sorted(patterns)} lack the baseline 'all-big'")
+    if drafts is None:
+        low = fixed_patterns(L, [max(1, round(L / 3))])
+        drafts = {name: low[name] for name in low if name != "all-big"}
+    T = prompts.shape[1]
+    variants = {("generate", name, 0): routes for name, routes in patterns.items()}
+    variants.update({("speculative", name, k): routes for name, routes in drafts.items() for k in draft_lens})
+    times = {v: [] for v in variants}
+    flops = {v: 0.0 for v in variants}
+    big_layers, accepted, drafted, per_verify = {}, dict.fromkeys(variants, 0), dict.fromkeys(variants, 0), {}
+    for r in range(warmup + repeats):
+        prompt = prompts[r % len(prompts)][None]
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for v in order:
+            kind, name, k = v
+            call = generate_call(model, prompt, new_tokens, variants[v]) if kind == "generate" else \
+                speculative_call(model, prompt, new_tokens, variants[v], k)
+            t0 = clk()
+            out = call()
+            dt = clk() - t0
+            if r < warmup:
+                continue
+            times[v].append(dt)
+            if r - warmup < len(prompts):  # the counts are deterministic per prompt: one pass over the prompts
+                head = head_flops(model.config)
+                if kind == "generate":  # the prompt's rows, then one row per new token but the last
+                    f, b = row_flops(model, out, variants[v])
+                    flops[v] += f * (out.shape[1] - 1) - head * (T - 1)
+                    big_layers.setdefault(v, []).append(b)
+                else:
+                    seq, stats = out
+                    f_draft, _ = row_flops(model, seq, variants[v])
+                    f_target, _ = row_flops(model, seq, None)
+                    flops[v] += (stats.draft_tokens * f_draft - (stats.draft_tokens - stats.draft_calls) * head
+                                 + stats.target_tokens * f_target - (T - 1) * head)
+                    accepted[v] += stats.accepted
+                    drafted[v] += stats.drafted
+                    per_verify.setdefault(v, []).append(stats.tokens_per_verify)
+    base = ("generate", "all-big", 0)
+    rows = {"generate": [], "speculative": []}
+    for v, ts in times.items():
+        kind, name, k = v
+        ratios = [b / t for b, t in zip(times[base], ts)]
+        row = dict(variant=name, tok_s=new_tokens / statistics.median(ts), speedup=statistics.median(ratios),
+                   speedup_ci=median_interval(ratios), predicted=flops[base] / flops[v])
+        if kind == "generate":
+            row["big_layers"] = statistics.mean(big_layers[v])
+        else:
+            row.update(draft_len=k, acceptance=accepted[v] / drafted[v] if drafted[v] else float("nan"),
+                       tokens_per_verify=statistics.mean(per_verify[v]))
+        rows[kind].append(row)
+    return rows
