@@ -18,7 +18,7 @@ and every proposal row.
 from __future__ import annotations
 
 import statistics
-import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,6 +78,54 @@ def speculative_call(model, prompt, new_tokens, draft_routes, draft_len):
     return lambda: speculative_generate(model, prompt, new_tokens, draft_routes, draft_len)
 
 
+@dataclass
+class CallCounts:
+    """What one variant's calls did, summed over one pass over the prompts (deterministic per prompt)."""
+
+    flops: float = 0.0
+    big_layers: list = field(default_factory=list)
+    accepted: int = 0
+    drafted: int = 0
+    tokens_per_verify: list = field(default_factory=list)
+
+    def add(self, model, kind: str, routes, out, prompt_len: int) -> None:
+        head = head_flops(model.config)
+        if kind == "generate":  # the prompt's rows, then one row per new token but the last
+            f, b = row_flops(model, out, routes)
+            self.flops += f * (out.shape[1] - 1) - head * (prompt_len - 1)
+            self.big_layers.append(b)
+            return
+        seq, stats = out
+        f_draft, _ = row_flops(model, seq, routes)
+        f_target, _ = row_flops(model, seq, None)
+        self.flops += (stats.draft_tokens * f_draft - (stats.draft_tokens - stats.draft_calls) * head
+                       + stats.target_tokens * f_target - (prompt_len - 1) * head)
+        self.accepted += stats.accepted
+        self.drafted += stats.drafted
+        self.tokens_per_verify.append(stats.tokens_per_verify)
+
+
+def timed_rounds(model, prompts, new_tokens: int, variants: dict, rounds: int, warmup: int, clk):
+    """Times ``[rounds]`` and :class:`CallCounts` per variant ``(kind, name, draft_len) -> routes``; round r
+    uses prompt ``r % n`` and runs every variant once, in reversed order on odd rounds."""
+    times = {v: [] for v in variants}
+    counts = {v: CallCounts() for v in variants}
+    for r in range(warmup + rounds):
+        prompt = prompts[r % len(prompts)][None]
+        for v in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            kind, _, k = v
+            call = generate_call(model, prompt, new_tokens, variants[v]) if kind == "generate" else \
+                speculative_call(model, prompt, new_tokens, variants[v], k)
+            t0 = clk()
+            out = call()
+            dt = clk() - t0
+            if r >= warmup:
+                times[v].append(dt)
+                if r - warmup < len(prompts):
+                    counts[v].add(model, kind, variants[v], out, prompts.shape[1])
+    return times, counts
+
+
 @torch.no_grad()
 def generation_speed(model, prompts: torch.Tensor, new_tokens: int, repeats: int, *, patterns: dict | None = None,
                      drafts: dict | None = None, draft_lens=(2, 4), warmup: int = 1, clock="cpu") -> dict:
@@ -94,60 +142,28 @@ def generation_speed(model, prompts: torch.Tensor, new_tokens: int, repeats: int
         raise ValueError(f"prompts must be [n, T] with n >= 1; got shape {tuple(prompts.shape)}")
     if repeats < 2:
         raise ValueError(f"repeats={repeats}: an interval over repeats needs at least 2")
-    clk = clock_fn(clock)
     L = model.config.num_hidden_layers
-    patterns = fixed_patterns(L, sorted({max(1, round(L / 3)), max(1, round(2 * L / 3))} - {L})) \
-        if patterns is None else dict(patterns)
+    low = max(1, round(L / 3))
+    patterns = fixed_patterns(L, sorted({low, max(1, round(2 * L / 3))} - {L})) if patterns is None else patterns
     if "all-big" not in patterns:
         raise ValueError(f"patterns {sorted(patterns)} lack the baseline 'all-big'")
     if drafts is None:
-        low = fixed_patterns(L, [max(1, round(L / 3))])
-        drafts = {name: low[name] for name in low if name != "all-big"}
-    T = prompts.shape[1]
+        drafts = {name: routes for name, routes in fixed_patterns(L, [low]).items() if name != "all-big"}
     variants = {("generate", name, 0): routes for name, routes in patterns.items()}
     variants.update({("speculative", name, k): routes for name, routes in drafts.items() for k in draft_lens})
-    times = {v: [] for v in variants}
-    flops = {v: 0.0 for v in variants}
-    big_layers, accepted, drafted, per_verify = {}, dict.fromkeys(variants, 0), dict.fromkeys(variants, 0), {}
-    for r in range(warmup + repeats):
-        prompt = prompts[r % len(prompts)][None]
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for v in order:
-            kind, name, k = v
-            call = generate_call(model, prompt, new_tokens, variants[v]) if kind == "generate" else \
-                speculative_call(model, prompt, new_tokens, variants[v], k)
-            t0 = clk()
-            out = call()
-            dt = clk() - t0
-            if r < warmup:
-                continue
-            times[v].append(dt)
-            if r - warmup < len(prompts):  # the counts are deterministic per prompt: one pass over the prompts
-                head = head_flops(model.config)
-                if kind == "generate":  # the prompt's rows, then one row per new token but the last
-                    f, b = row_flops(model, out, variants[v])
-                    flops[v] += f * (out.shape[1] - 1) - head * (T - 1)
-                    big_layers.setdefault(v, []).append(b)
-                else:
-                    seq, stats = out
-                    f_draft, _ = row_flops(model, seq, variants[v])
-                    f_target, _ = row_flops(model, seq, None)
-                    flops[v] += (stats.draft_tokens * f_draft - (stats.draft_tokens - stats.draft_calls) * head
-                                 + stats.target_tokens * f_target - (T - 1) * head)
-                    accepted[v] += stats.accepted
-                    drafted[v] += stats.drafted
-                    per_verify.setdefault(v, []).append(stats.tokens_per_verify)
+    times, counts = timed_rounds(model, prompts, new_tokens, variants, repeats, warmup, clock_fn(clock))
     base = ("generate", "all-big", 0)
     rows = {"generate": [], "speculative": []}
     for v, ts in times.items():
         kind, name, k = v
         ratios = [b / t for b, t in zip(times[base], ts)]
+        c = counts[v]
         row = dict(variant=name, tok_s=new_tokens / statistics.median(ts), speedup=statistics.median(ratios),
-                   speedup_ci=median_interval(ratios), predicted=flops[base] / flops[v])
+                   speedup_ci=median_interval(ratios), predicted=counts[base].flops / c.flops)
         if kind == "generate":
-            row["big_layers"] = statistics.mean(big_layers[v])
+            row["big_layers"] = statistics.mean(c.big_layers)
         else:
-            row.update(draft_len=k, acceptance=accepted[v] / drafted[v] if drafted[v] else float("nan"),
-                       tokens_per_verify=statistics.mean(per_verify[v]))
+            row.update(draft_len=k, acceptance=c.accepted / c.drafted if c.drafted else float("nan"),
+                       tokens_per_verify=statistics.mean(c.tokens_per_verify))
         rows[kind].append(row)
     return rows
