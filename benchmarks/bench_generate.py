@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from duolib import DuoConfig, DuoForCausalLM  # noqa: E402
 from duolib.book.bench import WIDE  # noqa: E402
-from duolib.book.generation import fixed_patterns, generation_speed  # noqa: E402
+from duolib.book.generation import fixed_patterns, generation_speed, holdout_prompts  # noqa: E402
 
 MODELS = {"default": dict(), "wide": WIDE}
 
@@ -41,13 +41,9 @@ MODELS = {"default": dict(), "wide": WIDE}
 def prompts_for(model, args) -> torch.Tensor:
     """The run's holdout windows when a run is given, else random tokens (seeded)."""
     if args.run:
-        from duolib.data.batches import holdout_sequences
         from duolib.data.run_data import run_data
 
-        holdout = run_data(args.run).holdout  # name -> stream; prompts alternate between the holdouts
-        per = -(-args.prompts // len(holdout))
-        windows = [torch.as_tensor(holdout_sequences(s, per, args.prompt_len, seed=0)) for s in holdout.values()]
-        return torch.stack([w[i] for i in range(per) for w in windows])[:args.prompts].long()
+        return holdout_prompts(run_data(args.run).holdout, args.prompts, args.prompt_len)
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, model.config.vocab_size, (args.prompts, args.prompt_len), generator=g)
 
@@ -58,6 +54,8 @@ def build(name: str, args):
 
         if name != "default":
             raise SystemExit(f"--run gives one trained model; run with --models default (not {name})")
+        if args.weights:
+            return DuoForCausalLM.from_pretrained(args.weights).eval()
         return load_run(args.run).eval()
     torch.manual_seed(0)
     return DuoForCausalLM(DuoConfig.preset(args.profile, **MODELS[name])).eval()
@@ -68,6 +66,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="default,wide", help="comma-separated: default, wide")
     p.add_argument("--profile", default="default", help="the model preset of 'default' (tiny for a smoke run)")
     p.add_argument("--run", default=None, help="a trained Stage-1 run folder (duo train) instead of random init")
+    p.add_argument("--weights", default=None, help="with --run: a saved model folder to time instead of the run's "
+                                                   "final model (e.g. RUN_DIR/checkpoint/step-00000200)")
     p.add_argument("--router", default=None, help="with --run: a saved router folder (duo route) to time too")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--prompts", type=int, default=4, help="distinct prompts, used round robin")

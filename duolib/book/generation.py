@@ -21,12 +21,15 @@ import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ..data.batches import holdout_sequences
 from ..flops import head_flops, routes_flops
 from ..routing import BIG
 from ..speculative import speculative_generate
 from ..stats import N_BOOT, percentile_interval
+from .phrasing import interval_reading, times_as
 from .bench import CLOCKS
 
 
@@ -48,11 +51,51 @@ def fixed_patterns(num_layers: int, ks) -> dict[str, str]:
     return out
 
 
+def holdout_prompts(holdout: dict, n: int, prompt_len: int, seed: int = 0) -> torch.Tensor:
+    """``[n, prompt_len]`` prompts alternating between the holdout streams (name -> stream, as
+    ``Prepared.holdout``): windows of :func:`duolib.data.batches.holdout_sequences`."""
+    if not holdout or n < 1:
+        raise ValueError(f"need at least one holdout stream and one prompt; got {len(holdout)} streams, n={n}")
+    per = -(-n // len(holdout))
+    windows = [torch.as_tensor(holdout_sequences(s, per, prompt_len, seed=seed)) for s in holdout.values()]
+    if min(len(w) for w in windows) < per:
+        raise ValueError(f"a holdout holds fewer than {per} windows of {prompt_len} tokens; ask for fewer prompts")
+    return torch.stack([w[i] for i in range(per) for w in windows])[:n].long()
+
+
+@torch.no_grad()
+def same_as_greedy(model, prompts: torch.Tensor, new_tokens: int, draft_len: int = 4) -> int:
+    """How many of ``prompts`` ``[n, T]`` get the same tokens from self-speculative decoding (all-small draft)
+    as from all-big greedy ``generate``."""
+    draft = "S" * model.config.num_hidden_layers
+    return sum(int(torch.equal(speculative_generate(model, p[None], new_tokens, draft, draft_len)[0],
+                               generate_call(model, p[None], new_tokens, None)())) for p in prompts)
+
+
 def median_interval(values, seed: int = 0) -> dict:
     """Median of ``values`` and the 95% percentile-bootstrap interval of the median over resampled values."""
     values = np.asarray(values, dtype=np.float64)
     idx = np.random.default_rng([seed, len(values)]).integers(0, len(values), size=(N_BOOT, len(values)))
     return percentile_interval(float(np.median(values)), np.median(values[idx], axis=1)).as_dict()
+
+
+FASTER = ("faster", "slower", "as fast")
+
+
+def speedup_words(row: dict) -> str:
+    """A row's speed-up over all-big in words, with its interval read against 1: "1.05 times as fast as
+    all-big, i.e. faster (95% interval 1.02x to 1.10x, wholly faster)"."""
+    ci = row["speedup_ci"]
+    reading = interval_reading(ci, "wholly faster", "not faster", "so not surely different", bound=1.0)
+    return (f"{times_as(row['speedup'], 'all-big', words=FASTER)} (95% interval {ci['low']:.2f}x to "
+            f"{ci['high']:.2f}x, {reading})")
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a pandas table, the interval as one column."""
+    frame = pd.DataFrame(rows)
+    frame["speed-up 95% interval"] = [f"{r['speedup_ci']['low']:.2f} to {r['speedup_ci']['high']:.2f}" for r in rows]
+    return frame.drop(columns=["speedup_ci"]).round(3)
 
 
 @torch.no_grad()
