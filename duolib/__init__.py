@@ -21,6 +21,7 @@ _FACE = {
     **dict.fromkeys(["BIG", "ROUTE_NAMES", "SKIP", "SMALL", "FixedRoutes", "PositionRoutes", "RandomRoutes",
                      "RoutingPolicy", "RoutingTrace", "TokenRoutes", "pattern_to_str"], "routing"),
     **dict.fromkeys(["retrofit_model"], "retrofit"),
+    **dict.fromkeys(["SpeculativeStats", "speculative_generate"], "speculative"),
     **dict.fromkeys(["RouterPolicy", "load_router"], "router.policy"),
     **dict.fromkeys(["train_distilled_router", "train_router"], "router.train"),
 }

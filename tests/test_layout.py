@@ -18,7 +18,7 @@ FLOORS = [
     {"utils", "fileio", "profiles", "routing", "stats", "runfolder"},
     {"config", "flops", "data"},
     {"model", "layers", "convert"},
-    {"oracle", "train", "retrofit", "retrofit_small"},
+    {"oracle", "train", "retrofit", "retrofit_small", "speculative"},
     {"router"},
     {"book", "bookhtml"},
     {"cli", "cliargs"},

@@ -59,7 +59,7 @@ STEPS: tuple[Step, ...] = (
     Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True, replicate=True),
     Step("08_dense", needs=("01_data",), replicate=True),  # trains its own, smaller models
     Step("09_retrofit"),
-    Step("10_performance", alone=True),
+    Step("10_performance", needs=("02_training",), alone=True),  # its generation section times the Stage-1 model
     Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
                              "08_dense")),
 )
