@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--entropy-windows", type=int, default=4)
     ap.add_argument("--k", type=int, default=6, help="budget of the loss_matrix timing (its C(L, k) patterns)")
+    ap.add_argument("--repeats", type=int, default=1, help="loss_matrix calls per setting (alternating)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         print(f"placebo {sem}: {per_wall:.2f} s wall, {per_cpu:.2f} s CPU per candidate; in {args.budget_s:.0f} CPU s: "
               f"{fit} candidates on {args.windows} windows, or all {n_max} (every budget) on {windows:.1f} windows")
     x = ids[:args.entropy_windows]
-    for entropy in (False, True, False, True):
+    for entropy in (False, True) * args.repeats:
         m, wall, cpu = timed(lambda: loss_matrix(model, x, k=args.k, entropy=entropy))
         print(f"loss_matrix k={args.k} ({m.num_patterns} patterns, {args.entropy_windows} x {args.seq_len}) "
               f"entropy={entropy}: {wall:.1f} s wall, {cpu:.1f} s CPU")

@@ -33,3 +33,11 @@ def test_oracle_floor_counts_the_work_the_engines_flop_accounting_counts(capsys)
                        "--engine-windows", "2"]) == 0
     out = capsys.readouterr().out
     assert "floor, everything fp32" in out and "engine, 1 thread(s)" in out
+
+
+def test_controls_benchmark_runs_on_tiny(capsys):
+    bench = load("bench_controls")
+    assert bench.main(["--profile", "tiny", "--windows", "2", "--seq-len", "8", "--candidates", "1",
+                       "--entropy-windows", "1", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "placebo shared" in out and "placebo fixed-context" in out and "entropy=True" in out

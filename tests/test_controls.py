@@ -250,3 +250,21 @@ def test_selection_intervals_pairing_and_refusals(model):
         selection_intervals(m, placebo_losses(model, ids(batch=3), 4, drop=0.1))
     no_entropy = selection_intervals(loss_matrix(model, x), None, n_boot=50)
     assert no_entropy["label_free"] == {} and "placebo_gain_k1" not in no_entropy["ci"]
+
+
+def test_cached_placebo_roundtrip(model, tmp_path, monkeypatch):
+    from duolib.book import selection
+    from duolib.book.selection import cached_placebo
+
+    x = ids()
+    first = cached_placebo(model, x, tmp_path, 2, drop=0.1)
+    files = sorted(p.name for p in (tmp_path / "oracle").iterdir())
+    assert len(files) == 2 and files[1].endswith(".sha256")
+    compute = selection.placebo_losses
+    monkeypatch.setattr(selection, "placebo_losses", lambda *a, **k: pytest.fail("recomputed a cached placebo"))
+    again = cached_placebo(model, x, tmp_path, 2, drop=0.1)
+    monkeypatch.setattr(selection, "placebo_losses", compute)
+    assert torch.equal(again.losses, first.losses) and torch.equal(again.reference, first.reference)
+    assert again.drop == 0.1 and again.semantics == "shared"
+    other = cached_placebo(model, x, tmp_path, 2, drop=0.2)  # another drop share is another file
+    assert not torch.equal(other.losses, first.losses) and len(list((tmp_path / "oracle").iterdir())) == 4

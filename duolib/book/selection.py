@@ -14,7 +14,8 @@ are paired):
 - ``matched_k<k>`` (1 <= k < L/2) = loss(oracle k) - loss(oracle L-k): equal candidate counts, negative when
   the budget with less compute wins;
 
-and the point perplexities ``placebo[k]`` and ``label_free[k]``.  For 06: :func:`split_half_ci` (the rank
+and the point perplexities ``placebo[k]`` and ``label_free[k]``.  :func:`cached_placebo` stores the placebo
+losses in the run folder like the loss matrices.  For 06: :func:`split_half_ci` (the rank
 agreement of per-token difficulty from two disjoint halves of the k-big patterns) and
 :func:`seed_agreement_ci`, the same statistic for two per-token vectors of one quantity from two sources.
 The all-small minus all-big difficulty has no pattern set to split (two fixed routes, no selection), so
@@ -25,15 +26,39 @@ windows to :func:`seed_agreement_ci` (the key ``split_half_small_minus_big_ci``)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..oracle.controls import PlaceboLosses, split_half_difficulty
+from ..oracle.controls import PLACEBO_DROP, PlaceboLosses, placebo_losses, split_half_difficulty
+from ..oracle.engine import check_semantics
 from ..oracle.reductions import LossMatrix, check_budget
 from ..routing import BIG
+from ..runfolder import read_checked, write_checked
 from ..stats import N_BOOT, bootstrap, window_totals
+from ..utils import parts_hash
+from .analysis import ORACLE_DIR, model_fingerprint
 from .evidence import spearman_interval
+
+
+def cached_placebo(model, input_ids, run_dir, n_candidates: int, *, drop: float = PLACEBO_DROP, seed: int = 0,
+                   semantics: str = "shared", progress: bool = False) -> PlaceboLosses:
+    """:func:`duolib.oracle.controls.placebo_losses` (all-big context reference), loaded from ``run_dir/oracle/``
+    when the same model, ids and arguments were computed before (checked by its ``.sha256`` sidecar)."""
+    check_semantics(semantics)
+    input_ids = torch.as_tensor(input_ids).long()
+    spec = dict(n_candidates=int(n_candidates), drop=float(drop), seed=int(seed), semantics=semantics,
+                shape=list(input_ids.shape))
+    key = parts_hash(model_fingerprint(model), spec, input_ids.numpy().tobytes())
+    path = Path(run_dir) / ORACLE_DIR / f"placebo-{semantics}-{key}.pt"
+    cached = read_checked(path, lambda p: PlaceboLosses.from_state(torch.load(p, weights_only=True)))
+    if cached is not None:
+        return cached
+    placebo = placebo_losses(model, input_ids, n_candidates, drop=drop, seed=seed, semantics=semantics,
+                             progress=progress)
+    write_checked(path, lambda tmp: torch.save(placebo.state(), tmp))
+    return placebo
 
 
 def _budgets(matrix: LossMatrix, placebo: PlaceboLosses | None, ks) -> list[int]:

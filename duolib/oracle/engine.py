@@ -80,6 +80,14 @@ def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats,
                       entropy=entropy)
 
 
+def leaf_precision(precision: str, entropy: bool, device) -> str:
+    """The leaf's precision: :func:`~duolib.oracle.leaf.resolve_precision`, fp32 whenever entropies are wanted."""
+    if entropy and precision == "bf16":
+        raise ValueError("entropy=True needs precision='fp32' (the bf16 leaf rescores only the entries a minimum "
+                         "can use, and an entropy needs every logit); pass precision='fp32' or 'auto'")
+    return "fp32" if entropy else resolve_precision(precision, device)
+
+
 # ----------------------------------------------------------------------------- trie engine
 
 class _Trie:
@@ -176,14 +184,10 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
     AMX-BF16 units, else fp32.  The default stays fp32: a bf16 matrix's other entries are bf16 scores.
     best_of: ``(n, seed)`` of the best-of-N samples a bf16 run certifies too (None: none).  If a rescored
     entry shows the bf16 bound unsafe for the model, the work is redone in fp32 (``stats["precision"]``).
-    entropy: also the softmax entropy ``H[pattern, token]`` of each prediction (:attr:`LossMatrix.entropy`, for
-    :meth:`LossMatrix.label_free`), in the same head chunks; fp32 only (``"auto"`` resolves to fp32).  Its losses
-    come from a max-shifted logsumexp and agree with the default path's within fp32 rounding."""
+    entropy: also each prediction's softmax entropy (:attr:`LossMatrix.entropy`, :meth:`LossMatrix.label_free`) in the
+    same head chunks; fp32 only ("auto" gives fp32); losses then agree with the default path's within rounding."""
     check_semantics(semantics)
-    if entropy and precision == "bf16":
-        raise ValueError("entropy=True needs precision='fp32' (the bf16 leaf rescores only the entries a minimum "
-                         "can use, and an entropy needs every logit); pass precision='fp32' or 'auto'")
-    precision = "fp32" if entropy else resolve_precision(precision, next(model.parameters()).device)
+    precision = leaf_precision(precision, entropy, next(model.parameters()).device)
     input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
     patterns, codes = resolve_patterns(L, patterns, choices, k)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, pattern_to_str
-from .schedules import PAPER_LAYERS, SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule  # noqa: F401 (face)
+from .schedules import SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule
 
 SEMANTICS = ("shared", "fixed-context")
 

@@ -1,5 +1,5 @@
 """The paper's per-position budget schedules ``k(t)`` (falling / rising / constant) and [ours] their shuffled
-control, read by :meth:`duolib.oracle.reductions.LossMatrix.schedule_oracle` (re-exported there)."""
+control, read by :meth:`duolib.oracle.reductions.LossMatrix.schedule_oracle`."""
 
 from __future__ import annotations
 
