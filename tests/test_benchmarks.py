@@ -66,3 +66,11 @@ def test_generation_speed_predicts_the_flops_of_each_call_and_runs_the_benchmark
                                         "6", "--new-tokens", "4", "--repeats", "2", "--draft-lens", "2"]) == 0
     out = capsys.readouterr().out
     assert "all-small" in out and "speed-up" in out and "accepted" in out
+
+
+def test_controls_benchmark_runs_on_tiny(capsys):
+    bench = load("bench_controls")
+    assert bench.main(["--profile", "tiny", "--windows", "2", "--seq-len", "8", "--candidates", "1",
+                       "--entropy-windows", "1", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "placebo shared" in out and "placebo fixed-context" in out and "entropy=True" in out

@@ -16,7 +16,8 @@ from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix
 from duolib.oracle.engine import loss_matrix
 from duolib.oracle.patterns import enumerate_patterns, parse_choices, resolve_patterns
 from duolib.oracle.difficulty import token_difficulty
-from duolib.oracle.reductions import LossMatrix, budget_schedule
+from duolib.oracle.reductions import LossMatrix
+from duolib.oracle.schedules import budget_schedule
 from duolib.oracle.setup import oracle_setup
 from tolerances import assert_paths_close
 
