@@ -49,6 +49,19 @@ def env() -> dict:
 
 # ----------------------------------------------------------------------------- pure functions
 
+def test_lr_schedule_holds_the_final_rate_for_the_last_hold_steps():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1, hold_steps=20)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+    assert lrs[79] == pytest.approx(1e-4) and all(x == pytest.approx(1e-4) for x in lrs[79:])
+    assert all(a > b for a, b in zip(lrs[10:79], lrs[11:79]))  # the cosine reaches the floor at step 79
+    assert "hold_steps" not in TrainConfig(steps=100).semantic()  # at its default: old runs keep their identity
+    assert TrainConfig(steps=100, hold_steps=20).semantic()["hold_steps"] == 20
+    with pytest.raises(ValueError, match="hold_steps"):
+        TrainConfig(steps=100, warmup_steps=10, hold_steps=95).validate()
+    with pytest.raises(ValueError, match="hold_steps"):
+        TrainConfig(steps=100, hold_steps=-1).validate()
+
+
 def test_lr_schedule_warmup_then_cosine_to_min():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg) for s in range(cfg.steps)]

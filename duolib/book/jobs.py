@@ -28,13 +28,19 @@ PROFILE_ENV = "DUO_PROFILE"
 class Step:
     """One notebook of the book; ``needs`` are the steps whose artefacts it reads; ``alone``: nothing else
     may run beside it (it measures speed); ``first``: when ready, it starts before the other ready steps
-    (a long step on the critical path, so shorter ones fill the other core beside it)."""
+    (a long step on the critical path, so shorter ones fill the other core beside it); ``replicate``: the
+    step reads a trained model, so the pipeline runs it once per training seed (:mod:`duolib.book.seeds`);
+    ``replica_params``: parameters given to the step's replicas only (e.g. to leave out sections that no claim
+    reads); ``notebook``: the notebook it executes when not ``name`` (a seed's replica of a step)."""
 
     name: str
     needs: tuple[str, ...] = ()
     params: dict = field(default_factory=dict, hash=False, compare=False)
     alone: bool = False
     first: bool = False
+    replicate: bool = False
+    replica_params: dict = field(default_factory=dict, hash=False, compare=False)
+    notebook: str = ""
 
 
 @dataclass

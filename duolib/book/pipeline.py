@@ -38,6 +38,7 @@ from ..train.run_folder import load_run
 from ..data.corpus import prepare
 from ..data.run_data import run_data
 from ..runfolder import claim
+from .seeds import SEEDS_DIR, seed_dir, seed_list
 
 # Profiles cheap enough that a chapter run alone may execute the chapters it depends on itself.
 AUTO_UPSTREAM_PROFILES = ("tiny",)
@@ -45,21 +46,46 @@ AUTO_UPSTREAM_PROFILES = ("tiny",)
 
 # Dependency order; notebooks read what earlier steps left in run_dir.
 STEPS: tuple[Step, ...] = (
-    Step("01_data"),
-    Step("02_training", needs=("01_data",)),
-    Step("02b_skip_model", needs=("01_data",)),  # trains beside 02_training (independent runs)
-    Step("03_oracle", needs=("02_training",)),
-    Step("04_schedules", needs=("03_oracle",)),
-    Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model")),
-    Step("06_difficulty", needs=("03_oracle",)),
+    Step("01_data", replicate=True),
+    Step("02_training", needs=("01_data",), replicate=True),
+    Step("02b_skip_model", needs=("01_data",), replicate=True),  # trains beside 02_training (independent runs)
+    Step("03_oracle", needs=("02_training",), replicate=True, replica_params={"replica": True}),
+    Step("04_schedules", needs=("03_oracle",), replicate=True),
+    Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model"), replicate=True),
+    Step("06_difficulty", needs=("03_oracle",), replicate=True),
     # skip settings on both Stage-1 models; the longest step after 03: 04-06 run beside it
-    Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True),
-    Step("08_dense", needs=("01_data",)),  # trains its own, smaller models
+    Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True, replicate=True),
+    Step("08_dense", needs=("01_data",), replicate=True),  # trains its own, smaller models
     Step("09_retrofit"),
     Step("10_performance", alone=True),
     Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
                              "08_dense")),
 )
+
+
+def replica_name(step: str, seed: int) -> str:
+    """The name of training seed ``seed``'s replica of ``step`` (the step itself for seed 0)."""
+    return step if seed == 0 else f"{step}@seed{seed}"
+
+
+def seed_steps(n_seeds: int) -> list[Step]:
+    """``STEPS`` with every ``replicate`` step repeated for the training seeds ``1 .. n_seeds - 1``, each replica
+    right after its step; a replica needs its seed's replicas of the replicated steps it needs, and a step
+    that is not replicated waits for every replica of the steps it needs (the scorecard reads all seeds)."""
+    by_name = {s.name: s for s in STEPS}
+    extra = list(range(1, len(seed_list(n_seeds))))
+    out = []
+    for step in STEPS:
+        needs = tuple(step.needs)
+        if not step.replicate:
+            needs += tuple(replica_name(n, s) for n in step.needs if by_name[n].replicate for s in extra)
+        out.append(Step(step.name, needs, step.params, step.alone, step.first, step.replicate, {}, step.name))
+        if step.replicate:
+            out += [Step(replica_name(step.name, s),
+                         tuple(replica_name(n, s) if by_name[n].replicate else n for n in step.needs),
+                         {**step.params, **step.replica_params}, step.alone, step.first, True, {}, step.name)
+                    for s in extra]
+    return out
 
 
 def step_names() -> list[str]:
@@ -128,35 +154,46 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
     keys: dict[str, str] = {}
     results: dict[str, StepResult] = {}
     todo: list[Job] = []
-    for step in STEPS:
-        source = root / "notebooks" / f"{step.name}.ipynb"
-        if only and step.name not in only and not source.is_file():
+    steps = seed_steps(get_profile(profile)["book"]["seeds"])
+    for step in steps:
+        source = root / "notebooks" / f"{step.notebook}.ipynb"
+        if only and step.notebook not in only and not source.is_file():
             continue
-        params = {"profile": profile, "run_dir": _run_dir_param(run_dir, root), "seed": seed,
+        train_seed = step_seed(step)
+        folder = seed_dir(run_dir, train_seed)
+        params = {"profile": profile, "run_dir": _run_dir_param(folder, root), "seed": seed + train_seed,
                   **step.params}
         keys[step.name] = notebook_key(source, params, [keys.get(n, "") for n in step.needs])
-        output = out_dir / f"{step.name}.ipynb"
-        if only and step.name not in only:
+        output = out_dir / f"{step.name}.ipynb" if train_seed == 0 else folder / "experiments" / f"{step.notebook}.ipynb"
+        if only and step.notebook not in only:
             continue
-        stamp = run_dir / ".pipeline" / f"{step.name}.key"
+        stamp = folder / ".pipeline" / f"{step.notebook}.key"
         if not force and stored_key(output) == keys[step.name] == _read(stamp):
             results[step.name] = StepResult(step.name, "cached", 0.0, output)
         else:
+            output.parent.mkdir(parents=True, exist_ok=True)
             todo.append(Job(step, source, output, params, keys[step.name], stamp))
     with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook") as bar:
         for result in run_jobs(todo, jobs, root):
             results[result.name] = result
             bar.update(1)
             bar.write(f"  {result.name}: ran in {result.seconds:.1f} s")
-    return [results[s.name] for s in STEPS if s.name in results]
+    return [results[s.name] for s in steps if s.name in results]
+
+
+def step_seed(step: Step) -> int:
+    """The training seed of a step of :func:`seed_steps` (0 for the book's own run)."""
+    return int(step.name.rsplit("@seed", 1)[1]) if "@seed" in step.name else 0
 
 
 def step_times(run_dir: str | os.PathLike) -> list[dict]:
-    """The last run of each step in ``run_dir`` (``STEPS`` order): step, seconds, started, finished (Unix times),
-    from the files the pipeline writes next to its stamps; steps never run by the pipeline are left out."""
+    """The last run of each step in ``run_dir`` and of each seed's replica found under it (:func:`seed_steps`
+    order): step, seconds, started, finished (Unix times), from the files the pipeline writes next to its
+    stamps; steps never run by the pipeline are left out."""
     rows = []
-    for step in STEPS:
-        path = Path(run_dir) / ".pipeline" / f"{step.name}.time.json"
+    replicas = sorted(int(p.name[4:]) for p in (Path(run_dir) / SEEDS_DIR).glob("seed*") if p.name[4:].isdigit())
+    for step in seed_steps(1 + max(replicas, default=0)):
+        path = seed_dir(run_dir, step_seed(step)) / ".pipeline" / f"{step.notebook}.time.json"
         if path.is_file():
             row = json.loads(path.read_text(encoding="utf-8"))
             if set(row) != {"step", "seconds", "started", "finished"} or row["step"] != step.name:

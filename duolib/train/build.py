@@ -47,7 +47,7 @@ def make_optimizer(named: Sequence[tuple[str, nn.Parameter]], cfg: TrainConfig) 
 
 def make_scheduler(optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.hold_steps))
 
 
 def load_init(model, final: Path) -> None:

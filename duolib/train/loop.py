@@ -239,7 +239,7 @@ def _resume(t: _Training, ckpt: Path | None, extended: list[dict]) -> None:
                              f"--overwrite, or use another run folder")
         extended[-1].setdefault("at_step", t.step)
         for group, base in zip(t.optimizer.param_groups, t.scheduler.base_lrs):  # the longer schedule from here on
-            group["lr"] = base * lr_factor(t.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+            group["lr"] = base * lr_factor(t.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.hold_steps)
     t.wall_t0 = time.perf_counter() - wall
 
 

@@ -1,0 +1,190 @@
+"""Replication over training seeds: where each seed's run lives, and one results tree for all of them.
+
+One trained model is an anecdote: a change of seed, or only of the CPU's floating-point rounding, moves the
+numbers the claims read from the model by more than the window bootstrap of one model shows.  The book
+therefore reruns every chapter marked ``replicate`` in :data:`duolib.book.pipeline.STEPS` once per training
+seed, each seed in its own run folder (:func:`seed_dir`): seed 0 is the book's run folder itself, seed ``s``
+lives in ``run_dir/seeds/seed<s>``, with its own trained models, loss matrices and ``results/``.
+
+:func:`combine_seeds` turns the seeds' result trees into one tree of the same shape, which the scorecard's
+rules read unchanged:
+
+- an interval leaf ``{"value", "low", "high"}`` becomes the seed-then-window interval (below), with the
+  per-seed point values added as ``"seeds"``;
+- any other number becomes the mean over the seeds that have it;
+- everything else (strings, lists, booleans) is taken from seed 0.
+
+Seed-then-window interval [ours]: each bootstrap draw first resamples the seeds with replacement, then, for
+each drawn seed, draws one value from that seed's window-bootstrap distribution, and averages them.  The
+result files keep each seed's interval, not its draws, so a seed's window distribution is taken as the
+two-piece normal that reproduces its point value and both interval ends (each half's spread is that side's
+distance / z of the level).  With a handful of seeds a bootstrap over seeds under-covers whenever the seeds
+differ by more than their windows do (it sees the between-seed spread through three values;
+``tests/test_seeds.py`` measures it), so the combined interval is the union of that interval and the
+Student-t interval of the seeds' point values (``S - 1`` degrees of freedom, exact for normally distributed
+seed effects): never narrower than either, it keeps its level in both regimes.  With one seed the combined
+interval is that seed's own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..stats import LEVEL, N_BOOT
+
+#: Folder (inside the book's run folder) holding the run folders of the seeds after the first.
+SEEDS_DIR = "seeds"
+_INTERVAL = frozenset({"value", "low", "high"})
+
+
+def seed_dir(run_dir: str | os.PathLike, seed: int) -> Path:
+    """The run folder of training seed ``seed``: the book's run folder for seed 0, else ``run_dir/seeds/seed<s>``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer")
+    return Path(run_dir) if seed == 0 else Path(run_dir) / SEEDS_DIR / f"seed{seed}"
+
+
+def seed_list(n_seeds: int) -> list[int]:
+    """The training seeds of a book with ``n_seeds`` seeds: ``0 .. n_seeds - 1``."""
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"seeds={n_seeds!r} must be a positive number of training seeds (the profile's "
+                         f"book.seeds)")
+    return list(range(n_seeds))
+
+
+def is_interval(node) -> bool:
+    return isinstance(node, dict) and _INTERVAL <= set(node) and all(
+        isinstance(node[k], (int, float)) and not isinstance(node[k], bool) for k in _INTERVAL)
+
+
+def seed_draws(intervals: list[dict], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> np.ndarray:
+    """``[n_boot]`` seed-then-window draws of the mean over seeds of one quantity (module docstring).
+
+    ``intervals``: one ``{"value", "low", "high"}`` per seed.  Draw ``b`` resamples the seeds with
+    replacement, draws one window-level value for each drawn seed and averages them."""
+    if not intervals:
+        raise ValueError("need the interval of at least one seed")
+    z = _z(level)
+    v = np.array([float(i["value"]) for i in intervals])
+    lo = np.array([float(i["low"]) for i in intervals])
+    hi = np.array([float(i["high"]) for i in intervals])
+    if np.any(~np.isfinite(v)):
+        return np.full(n_boot, np.nan)
+    down, up = np.maximum(v - lo, 0.0) / z, np.maximum(hi - v, 0.0) / z
+    rng = np.random.default_rng([seed, len(intervals)])
+    pick = rng.integers(0, len(intervals), size=(n_boot, len(intervals)))
+    e = rng.standard_normal(size=pick.shape)
+    values = v[pick] + np.where(e < 0, e * down[pick], e * up[pick])
+    return values.mean(axis=1)
+
+
+def combine_intervals(intervals: list[dict], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
+    """One interval dict from the seeds' intervals of one quantity: value = mean of the seeds' values, low /
+    high = percentiles of :func:`seed_draws`, ``seeds`` = the seeds' values (in seed order)."""
+    values = [float(i["value"]) for i in intervals]
+    if len(intervals) == 1:
+        return {**{k: float(intervals[0][k]) for k in _INTERVAL}, "seeds": values}
+    draws = seed_draws(intervals, n_boot, seed, level)
+    if np.isnan(draws).any():
+        nan = float("nan")
+        return {"value": nan, "low": nan, "high": nan, "seeds": values}
+    a = (1 - level) / 2
+    mean = float(np.mean(values))
+    half = _t(level, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return {"value": mean, "low": min(float(np.quantile(draws, a)), mean - half),
+            "high": max(float(np.quantile(draws, 1 - a)), mean + half), "seeds": values}
+
+
+def combine_seeds(trees: list[dict], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL):
+    """One result tree from the seeds' trees (seed 0 first; module docstring).  A key missing from some seeds is
+    combined over the seeds that have it; a key missing from seed 0 is left out."""
+    if not trees:
+        raise ValueError("need the results of at least one seed")
+    return _combine(trees, n_boot, seed, level, path=())
+
+
+def _combine(nodes: list, n_boot: int, seed: int, level: float, path: tuple):
+    first = nodes[0]
+    if is_interval(first):
+        same = [n for n in nodes if is_interval(n)]
+        # each interval its own stream of draws, fixed by its place in the tree (stable across runs)
+        return combine_intervals(same, n_boot, seed + _path_hash(path), level)
+    if isinstance(first, dict):
+        return {k: _combine([n[k] for n in nodes if isinstance(n, dict) and k in n], n_boot, seed, level,
+                            path + (str(k),)) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        numbers = [float(n) for n in nodes if isinstance(n, (int, float)) and not isinstance(n, bool)]
+        mean = float(np.mean(numbers))
+        return mean if isinstance(first, float) or not mean.is_integer() else int(mean)
+    return first
+
+
+def _path_hash(path: tuple) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256("/".join(path).encode()).digest()[:4], "little")
+
+
+def _z(level: float) -> float:
+    from statistics import NormalDist
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level} must be in (0, 1)")
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def _t(level: float, df: int) -> float:
+    """The two-sided Student-t quantile of ``level`` with ``df`` degrees of freedom: bisection on the CDF, whose
+    density integral (Simpson's rule on a fine grid; the density is smooth) needs no special functions."""
+    if df < 1:
+        raise ValueError(f"df={df} must be at least 1")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def mass(x: float) -> float:  # P(0 < T < x)
+        u = np.linspace(0.0, x, 4001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(u * u / df))
+        return float((u[1] - u[0]) / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    lo, hi = 0.0, 1.0
+    while mass(hi) < level / 2:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) < level / 2 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seed_spread(intervals_with_seeds: dict) -> tuple[float, float] | None:
+    """``(min, max)`` of the per-seed values of a combined interval (None when it has no ``seeds``)."""
+    values = intervals_with_seeds.get("seeds") if isinstance(intervals_with_seeds, dict) else None
+    if not values:
+        return None
+    finite = [v for v in values if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else None
+
+
+def load_seed_results(run_dir: str | os.PathLike, n_seeds: int) -> list[dict[str, dict]]:
+    """Every seed's ``results/<step>.json`` (seed 0 first), each as ``{step: results}``; ValueError naming the
+    folder when a seed after the first has no results (its replicas did not run)."""
+    import json
+
+    trees = []
+    for s in seed_list(n_seeds):
+        folder = seed_dir(run_dir, s) / "results"
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if s > 0 and not files:
+            raise ValueError(f"training seed {s} has no results in {str(folder)!r}: the book replicates its "
+                             f"model chapters over {n_seeds} seeds (profile book.seeds); run `duo book` to "
+                             f"execute the replicas")
+        tree = {}
+        for p in files:
+            try:
+                tree[p.stem] = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read {str(p)!r} ({exc}); rerun that step of seed {s}") from None
+        trees.append(tree)
+    return trees
