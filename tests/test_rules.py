@@ -283,3 +283,15 @@ def test_rules_text_lists_every_rule_margin_and_the_registration():
     assert "placebo" in sc.RULES_TEXT["C4"] and "split-half" in sc.RULES_TEXT["C9"]
     assert "label-free" in sc.RULES_TEXT["C2"] and "Holm" in sc.FAMILY_TEXT
     assert thresholds.RULES_REGISTERED in sc.FAMILY_TEXT and "2026" in thresholds.RULES_REGISTERED
+
+
+def test_a_nan_interval_is_unknown_and_stays_out_of_the_family():
+    nan = float("nan")
+    out, judge = judge_all(lambda j: [j.above((nan, nan, nan), 0.0), j.above((1.0, 0.5, 1.5), 0.0)])
+    assert out == [None, True] and len(judge.family) == 1
+    r = routes05((0.6, 0.02), (0.4, 0.02))
+    r["05_oracle_routes"]["holdouts"]["english"]["big_centre_ci"]["8"] = {"value": nan, "low": nan, "high": nan}
+    assert judged(r, "C6")[0] == INCONCLUSIVE
+    o = oracle()
+    o["holdouts"]["english"]["ci"]["best_k"] = {"value": nan, "low": nan, "high": nan}
+    assert judged({"03_oracle": o}, "C3")[0] == INCONCLUSIVE

@@ -67,6 +67,10 @@ def c3(r, j):
     out, notes, key = [], [], None
     for h, d in o["holdouts"].items():
         v, lo, hi = read_ci(d["ci"], "best_k")[:3]
+        if not all(x == x for x in (v, lo, hi)):  # NaN: not measured on some seed
+            out.append(INCONCLUSIVE)
+            notes.append(f"{h}: lowest oracle perplexity not measured")
+            continue
         zones = {HOLDS if 0 < k < L and abs(k - L / 2) <= L * C3_BAND + 1e-9 else PARTLY if 0 < k < L else FAILS
                  for k in range(int(lo), int(hi) + 1)}
         zone = zones.pop() if len(zones) == 1 else INCONCLUSIVE

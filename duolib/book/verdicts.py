@@ -144,6 +144,8 @@ class Judge:
 
     def _decide(self, t, bound: float, raw: bool | None) -> bool | None:
         value, lo, hi = float(t[0]), float(t[1]), float(t[2])
+        if value != value or lo != lo or hi != hi:  # NaN: not measured (e.g. a seed without it), no test
+            return None
         if lo == hi:  # a number without an interval: exact
             return raw
         key = (self.claim, float(bound), value, lo, hi)
