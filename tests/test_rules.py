@@ -295,3 +295,10 @@ def test_a_nan_interval_is_unknown_and_stays_out_of_the_family():
     o = oracle()
     o["holdouts"]["english"]["ci"]["best_k"] = {"value": nan, "low": nan, "high": nan}
     assert judged({"03_oracle": o}, "C3")[0] == INCONCLUSIVE
+
+
+def test_c9_synthetic_precondition_is_read_at_the_plain_level():
+    """The big path's lead on compute tokens is a precondition: a wide interval above the margin makes the
+    check testable however large the family is (Holm applies to the claim's own tests)."""
+    r = {**difficulty(learned=(0.47, 0.37)), "03_oracle": oracle(g1=(0.06, 0.05))}
+    assert "synthetic check not testable" not in judged(r, "C9")[1]

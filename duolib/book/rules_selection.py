@@ -11,8 +11,8 @@ correction) and returns (verdict, measured text, key interval or None)."""
 from __future__ import annotations
 
 from .thresholds import C1_FAR, C3_BAND, C9_RELIABLE, C9_RHO, NEGLIGIBLE
-from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, PARTLY, UNTESTABLE, Ci, all_true, any_true, capped, ci_text, combine, decide,
-                       read_ci)
+from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, PARTLY, UNTESTABLE, Ci, above, all_true, any_true, capped, ci_text,
+                       combine, decide, read_ci)
 
 NOT_MEASURED = "controls not measured (the verdict cannot hold without them)"
 
@@ -169,7 +169,7 @@ def c9(r, j):
     if gain is None:
         notes.append("no synthetic ground-truth check")
         mechanism = "missing"
-    elif learned is None or j.above(learned, NEGLIGIBLE) is not True:
+    elif learned is None or above(learned, NEGLIGIBLE) is not True:  # a precondition: plain 95% level
         shown = "not measured" if learned is None else ci_text(learned, "+.3f")
         notes.append(f"synthetic check not testable: the big path does not predict compute tokens better than "
                      f"the small path (all-small - all-big loss {shown})")
