@@ -300,5 +300,6 @@ def test_a_nan_interval_is_unknown_and_stays_out_of_the_family():
 def test_c9_synthetic_precondition_is_read_at_the_plain_level():
     """The big path's lead on compute tokens is a precondition: a wide interval above the margin makes the
     check testable however large the family is (Holm applies to the claim's own tests)."""
-    r = {**difficulty(learned=(0.47, 0.37)), "03_oracle": oracle(g1=(0.06, 0.05))}
+    weak = {**routes05((0.6, 0.065), (0.4, 0.065)), "03_oracle": oracle(g1=(0.06, 0.05))}  # tests at p ~ 0.02
+    r = {**difficulty(learned=(0.2, 0.18)), **weak}  # p ~ 0.02 too: Holm would not decide it
     assert "synthetic check not testable" not in judged(r, "C9")[1]
