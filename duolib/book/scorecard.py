@@ -107,7 +107,8 @@ RULES_TEXT = {
           f"positions) for falling and rising; a schedule loses if both excesses are above {NEGLIGIBLE:.0%}; holds if "
           f"both lose, partly if one, does not hold if neither; {_CONTROLS}.",
     "C6": f"centre (mean relative depth of the oracle's big layers) at k = L/3 above {C6_EVEN + SHARE_MARGIN:g} (late) "
-          f"and at k = 2L/3 below {C6_EVEN - SHARE_MARGIN:g} (early): a margin of {SHARE_MARGIN} around {C6_EVEN}, more "
+          f"and at k = 2L/3 below {C6_EVEN - SHARE_MARGIN:g} (early): a margin of {SHARE_MARGIN} around {C6_EVEN}, "
+          f"more "
           f"than moving one of L/3 big layers by one layer; holds if both, partly if one, does not hold if neither.",
     "C7": f"judged on the model trained with skip (notebook 02b); precondition: its results exist and p_skip > 0, "
           f"else not testable; polarised: some layer's skip rate above {C7_ALWAYS} and some below {C7_NEVER}; early "

@@ -3,8 +3,8 @@ before the default run whose book shows the verdicts (:data:`RULES_REGISTERED`).
 
 One yardstick runs through them: an effect smaller than :data:`NEGLIGIBLE` (0.01 nats of mean loss,
 about 1% of perplexity; 1% for relative perplexity gaps) is negligible.  It is ours, chosen as the
-smallest difference a reader of the paper's figures could see.  Margins are that yardstick (or, for depths and shares on a 0-1 scale, :data:`SHARE_MARGIN`);
-a precondition asks for at least ten negligible effects (:data:`CAPACITY_MIN`) of the capacity the
+smallest difference a reader of the paper's figures could see.  Margins are that yardstick (or, for
+depths and shares on a 0-1 scale, :data:`SHARE_MARGIN`); a precondition asks for at least ten negligible effects (:data:`CAPACITY_MIN`) of the capacity the
 claim is about, so that an effect of a tenth of it is still resolvable.  The thresholds of the paper's
 own words ("far better", "almost always") are unchanged from the first scorecard.
 """
@@ -12,6 +12,8 @@ own words ("far better", "almost always") are unchanged from the first scorecard
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from ..router.evaluate import FLAT_TAIL, FLAT_TOL
 
 #: Date of registration; the lead adds the commit hash when the rules are registered (see the book's note).
 RULES_REGISTERED = "2026-12-05 (issue 22 rules); commit: filled in by the lead at registration"
@@ -30,7 +32,7 @@ C8_EVEN, C8_RATIO = 0.5, 1.0
 C9_RHO = 0.7  # |Spearman(loss, difficulty)| below this: difficulty is not loss
 C9_RELIABLE = 0.5  # split-half rank correlation of difficulty: Spearman-Brown whole-set reliability 0.67
 C10_UNIGRAM_BAR = 0.5  # every model's perplexity at most half the unigram baseline's
-PLATEAU_TOL = 0.02  # relative loss change over the last 20% of steps (duolib.router.evaluate.FLAT_TOL)
+PLATEAU_TOL = FLAT_TOL  # relative loss change over the last FLAT_TAIL of the steps: the book's plateau rule
 
 
 class Precondition(NamedTuple):
@@ -65,10 +67,10 @@ PRECONDITIONS = (
                  f"testable once Duo's loss falls by at least {CAPACITY_MIN:.2f} nats from p(big) = 0 to 1: "
                  "models where the big FFN adds capacity (C10's models at the Stage-1 depth, or longer training)",
                  why="'Duo approaches dense as p(big) grows' needs a curve that moves with p(big)"),
-    Precondition("stage1_plateau", "relative change of the Stage-1 training loss over the last 20% of steps at a "
-                 "constant or final learning rate", PLATEAU_TOL, ("C3", "C6", "C8"),
-                 f"testable once the Stage-1 loss changes by at most {PLATEAU_TOL:.0%} over its last 20% of steps "
-                 "at a constant learning rate: a longer Stage-1",
+    Precondition("stage1_plateau", f"relative change of the Stage-1 training loss over the last {FLAT_TAIL:.0%} of "
+                 "steps at a constant or final learning rate", PLATEAU_TOL, ("C3", "C6", "C8"),
+                 f"testable once the Stage-1 loss changes by at most {PLATEAU_TOL:.0%} over its last {FLAT_TAIL:.0%} "
+                 "of steps at a constant learning rate: a longer Stage-1",
                  at_most=True,
                  why="where the oracle and routers put compute in depth moves while the layers still learn; a "
                      "schedule that runs out is not a plateau"),
