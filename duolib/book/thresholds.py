@@ -67,8 +67,8 @@ PRECONDITIONS = (
                  f"testable once Duo's loss falls by at least {CAPACITY_MIN:.2f} nats from p(big) = 0 to 1: "
                  "models where the big FFN adds capacity (C10's models at the Stage-1 depth, or longer training)",
                  why="'Duo approaches dense as p(big) grows' needs a curve that moves with p(big)"),
-    Precondition("stage1_plateau", f"relative change of the Stage-1 training loss over the last {FLAT_TAIL:.0%} of "
-                 "steps at a constant or final learning rate", PLATEAU_TOL, ("C3", "C6", "C8"),
+    Precondition("stage1_plateau", f"largest relative drop of the Stage-1 holdout loss over the last {FLAT_TAIL:.0%} "
+                 "of steps at a constant or final learning rate", PLATEAU_TOL, ("C3", "C6", "C8"),
                  f"testable once the Stage-1 loss changes by at most {PLATEAU_TOL:.0%} over its last {FLAT_TAIL:.0%} "
                  "of steps at a constant learning rate: a longer Stage-1",
                  at_most=True,
