@@ -235,24 +235,34 @@ RANDOM_INIT = arg("--random-init", action="store_true",
         help="folder that receives _build/html (default: book/)"),
     arg("--compare", type=Path, default=None, metavar="OTHER",
         help="compare the values glued by this book's executed notebooks (book/) with those of another "
-             "book or run folder OTHER (e.g. a fresh clone's book/); prints every difference (timings "
-             "ignored) and exits 1 if any; nothing is executed or built"),
+             "book or run folder OTHER (e.g. a fresh clone's book/); prints changed verdicts on their own, "
+             "then values that differ beyond --tolerance, then those within it (timings ignored); exits 1 "
+             "if a verdict changed or a value differs beyond the tolerance; nothing is executed or built"),
+    arg("--tolerance", type=float, default=None, metavar="REL",
+        help="relative tolerance for glued numbers with --compare (default: 0.02; 0: every difference "
+             "counts); a number also agrees within one unit of its last printed digit"),
     NO_PROGRESS,
 )
 def cmd_book(args: argparse.Namespace) -> int:
     import time
 
-    from duolib.book.compare import compare_glued, glued_values
+    from duolib.book.compare import REL_TOL, compare_books, glued_values
     from duolib.book.pipeline import run_pipeline
 
     root = repo_root()
     if args.compare is not None:
+        tol = REL_TOL if args.tolerance is None else args.tolerance
         this, other = glued_values(root / "book"), glued_values(args.compare)
-        diffs = compare_glued(this, other)
-        for d in diffs:
-            print(f"duo book: {d['key']}: {d['this']!r} here, {d['other']!r} in {args.compare}")
-        print(f"duo book: {len(diffs)} of {len(set(this) | set(other))} glued values differ")
-        return 1 if diffs else 0
+        groups = compare_books(this, other, tol)
+        for name, title in (("verdicts", "verdict changed"), ("beyond", f"differs beyond {tol:g}"),
+                            ("within", f"within {tol:g}")):
+            for d in groups[name]:
+                print(f"duo book: {title}: {d['key']}: {d['this']!r} here, {d['other']!r} in {args.compare}")
+        n_diff = sum(len(rows) for rows in groups.values())
+        print(f"duo book: {n_diff} of {len(set(this) | set(other))} glued values differ: {len(groups['verdicts'])} "
+              f"verdicts changed, {len(groups['beyond'])} beyond the relative tolerance {tol:g}, "
+              f"{len(groups['within'])} within it")
+        return 1 if groups["verdicts"] or groups["beyond"] else 0
     start = time.perf_counter()
     if not args.skip_notebooks:
         results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,

@@ -6,12 +6,19 @@ statistic is written as a function of per-window resampling counts ``w [B, W]`` 
 estimate on the data), so several quantities computed from the same draws stay paired: the interval
 of a difference between two methods scored on the same windows is the interval of the difference,
 not of two independent numbers.
+
+Two refinements for the book's sources of variation (:func:`resample_weights` with ``clusters``,
+:func:`seed_bootstrap`): windows cut from one work or file are resampled together (a cluster bootstrap:
+they share an author, a topic, a coding style), and numbers measured on several training seeds resample
+the seeds first, then the windows within each drawn seed.  :func:`holm` turns a family of one-sided
+bootstrap tests into decisions at a family-wise level.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
@@ -29,23 +36,48 @@ class Interval:
     low: float
     high: float
     level: float = LEVEL
+    #: Per-seed point values where the number was measured on several training seeds (else None).
+    seeds: tuple[float, ...] | None = None
 
     def as_dict(self) -> dict:
-        return {"value": float(self.value), "low": float(self.low), "high": float(self.high)}
+        d = {"value": float(self.value), "low": float(self.low), "high": float(self.high)}
+        if self.seeds is not None:
+            d["seeds"] = [float(x) for x in self.seeds]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Interval":
-        return cls(float(d["value"]), float(d["low"]), float(d["high"]))
+        seeds = d.get("seeds")
+        return cls(float(d["value"]), float(d["low"]), float(d["high"]),
+                   seeds=None if seeds is None else tuple(float(x) for x in seeds))
 
     def text(self, fmt: str = "{:.2f}") -> str:
         """``value [low, high]`` formatted with ``fmt``."""
         return f"{fmt.format(self.value)} [{fmt.format(self.low)}, {fmt.format(self.high)}]"
 
 
-def resample_weights(n_units: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """``[n_boot, n_units]`` resampling counts: each row draws ``n_units`` units with replacement (seeded)."""
+def cluster_index(clusters, n_units: int) -> tuple[np.ndarray, int]:
+    """``(index [n_units], n_clusters)``: each unit's cluster as 0..G-1 (in order of first appearance)
+    from any hashable labels (e.g. the work or file a window was cut from)."""
+    labels = list(clusters)
+    if len(labels) != n_units:
+        raise ValueError(f"{len(labels)} cluster labels for {n_units} units: give one label per window")
+    first: dict = {}
+    index = np.array([first.setdefault(x, len(first)) for x in labels], dtype=np.int64)
+    return index, len(first)
+
+
+def resample_weights(n_units: int, n_boot: int = N_BOOT, seed: int = 0, clusters=None) -> np.ndarray:
+    """``[n_boot, n_units]`` resampling counts: each row draws ``n_units`` units with replacement (seeded).
+
+    With ``clusters`` (one label per unit) the draw is over clusters: each row draws as many clusters
+    as there are, with replacement, and every unit counts as often as its cluster was drawn, so the
+    units of one cluster always move together."""
     if n_units < 1 or n_boot < 1:
         raise ValueError(f"need at least one unit and one draw; got n_units={n_units}, n_boot={n_boot}")
+    if clusters is not None:
+        index, n_clusters = cluster_index(clusters, n_units)
+        return resample_weights(n_clusters, n_boot, seed)[:, index]
     rng = np.random.default_rng([seed, n_units])
     idx = rng.integers(0, n_units, size=(n_boot, n_units))
     w = np.zeros((n_boot, n_units))
@@ -67,18 +99,20 @@ def percentile_interval(value, draws, level: float = LEVEL):
 
 
 def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n_units: int, *, n_boot: int = N_BOOT,
-              level: float = LEVEL, seed: int = 0):
+              level: float = LEVEL, seed: int = 0, clusters=None):
     """Percentile-bootstrap interval of ``statistic`` over ``n_units`` resampled windows.
 
     ``statistic(w)`` takes resampling counts ``w [B, n_units]`` and returns ``[B]`` (or ``[B, ...]``);
     the estimate is ``statistic(ones)``.  The draws' spread around the estimate is widened by
     ``sqrt(n / (n - 1))``, the factor by which resampling n units understates the variance of a mean
-    (without it, 32 windows give ~93% intervals instead of 95%).  Returns what
-    :func:`percentile_interval` returns."""
+    (without it, 32 windows give ~93% intervals instead of 95%).  With ``clusters`` (one label per
+    window: its work or file) whole clusters are resampled and n is the number of clusters.  Returns
+    what :func:`percentile_interval` returns."""
     value = np.asarray(statistic(np.ones((1, n_units))))[0]
-    draws = np.asarray(statistic(resample_weights(n_units, n_boot, seed)), dtype=np.float64)
-    if n_units > 1:
-        draws = value + (draws - value) * math.sqrt(n_units / (n_units - 1))
+    draws = np.asarray(statistic(resample_weights(n_units, n_boot, seed, clusters)), dtype=np.float64)
+    n = n_units if clusters is None else cluster_index(clusters, n_units)[1]
+    if n > 1:
+        draws = value + (draws - value) * math.sqrt(n / (n - 1))
     return percentile_interval(value, draws, level)
 
 
@@ -95,10 +129,13 @@ def window_totals(values, window, n_windows: int | None = None) -> tuple[np.ndar
     return values @ onehot, onehot.sum(0)
 
 
-def mean_interval(values, window, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> Interval:
-    """Interval of the token mean of ``values [N]`` resampling the windows of ``window [N]``."""
+def mean_interval(values, window, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                  clusters=None) -> Interval:
+    """Interval of the token mean of ``values [N]`` resampling the windows of ``window [N]`` (whole
+    clusters of windows with ``clusters``, one label per window)."""
     sums, counts = window_totals(values, window)
-    return bootstrap(lambda w: (w @ sums) / (w @ counts), len(counts), n_boot=n_boot, level=level, seed=seed)
+    return bootstrap(lambda w: (w @ sums) / (w @ counts), len(counts), n_boot=n_boot, level=level, seed=seed,
+                     clusters=clusters)
 
 
 # ----------------------------------------------------------------------------- bits per character
@@ -123,3 +160,154 @@ def bits_per_char(loss_nats: float, chars_per_tok: float) -> float:
 def ppl_to_bpc(perplexity: float, chars_per_tok: float) -> float:
     """Bits per character of a perplexity (per token) on a slice with ``chars_per_tok``."""
     return bits_per_char(math.log(perplexity), chars_per_tok)
+
+
+# ----------------------------------------------------------------------------- training seeds
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (numerical: the density integrated
+    by Simpson's rule, then bisection; accurate to ~1e-6, all the intervals need)."""
+    if not 0.0 < p < 1.0 or df < 1:
+        raise ValueError(f"need 0 < p < 1 and df >= 1; got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 4001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        h = x / 4000
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def normal_quantile(p: float) -> float:
+    """The ``p`` quantile of the standard normal (``statistics.NormalDist``)."""
+    return NormalDist().inv_cdf(p)
+
+
+def seed_factor(n_seeds: int, level: float = LEVEL) -> float:
+    """How much a bootstrap over ``n_seeds`` seeds must widen its spread to reach ``level``:
+    ``t_{S-1} / z * sqrt(S / (S - 1))``.  Resampling S seeds understates their variance by (S-1)/S, and
+    with few seeds that variance is itself uncertain (Student's t, not the normal): with 3 seeds the
+    plain bootstrap can never leave the range of the seeds, which holds the true mean only 75% of the time."""
+    if n_seeds < 2:
+        raise ValueError(f"need at least 2 seeds; got {n_seeds}")
+    q = (1 + level) / 2
+    return t_quantile(q, n_seeds - 1) / normal_quantile(q) * math.sqrt(n_seeds / (n_seeds - 1))
+
+
+def seed_window_weights(n_windows, n_boot: int = N_BOOT, seed: int = 0,
+                        clusters=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Two-stage resampling counts over training seeds, then windows: ``(c [B, S], [w_s [B, W_s]])``.
+
+    Each draw takes S seeds with replacement (``c[b, s]``: how often seed s was drawn); each time a seed
+    is drawn its windows are resampled afresh (whole clusters where ``clusters[s]`` gives one label per
+    window of seed s), and ``w_s`` adds up those resamples (0 where the seed was not drawn)."""
+    n_windows = [int(n) for n in n_windows]
+    S = len(n_windows)
+    if S < 1 or min(n_windows) < 1:
+        raise ValueError(f"need at least one seed with at least one window each; got windows per seed {n_windows}")
+    if clusters is not None and len(clusters) != S:
+        raise ValueError(f"{len(clusters)} cluster lists for {S} seeds: give one (or None) per seed")
+    rng = np.random.default_rng([seed, S, *n_windows])
+    counts = np.zeros((n_boot, S))
+    np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, S, size=(n_boot, S))), 1.0)
+    weights = []
+    for s, n in enumerate(n_windows):
+        w = np.zeros((n_boot, n))
+        for j in range(int(counts[:, s].max())):
+            sub = resample_weights(n, n_boot, int(rng.integers(2**31)), None if clusters is None else clusters[s])
+            w += (counts[:, s:s + 1] > j) * sub
+        weights.append(w)
+    return counts, weights
+
+
+def seed_bootstrap(statistic: Callable[[np.ndarray, list[np.ndarray]], np.ndarray], n_windows, *,
+                   n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0, clusters=None):
+    """Interval of ``statistic`` over training seeds and their windows: resample seeds, then windows
+    within each drawn seed (:func:`seed_window_weights`), so that seed-to-seed variation is part of the
+    interval.  ``statistic(c, ws)`` takes the seed counts ``c [B, S]`` and the windows' counts ``ws[s]
+    [B, W_s]`` and returns ``[B]`` (or ``[B, ...]``); quantities of one statistic share their draws
+    (paired).  The spread around the estimate (every count 1) is widened by :func:`seed_factor` (one
+    seed: the window correction of :func:`bootstrap`).  Returns what :func:`percentile_interval` returns."""
+    S = len(n_windows)
+    value = np.asarray(statistic(np.ones((1, S)), [np.ones((1, int(n))) for n in n_windows]))[0]
+    c, ws = seed_window_weights(n_windows, n_boot, seed, clusters)
+    draws = np.asarray(statistic(c, ws), dtype=np.float64)
+    if S > 1:
+        factor = seed_factor(S, level)
+    else:
+        n = int(n_windows[0]) if clusters is None else cluster_index(clusters[0], int(n_windows[0]))[1]
+        factor = math.sqrt(n / (n - 1)) if n > 1 else 1.0
+    return percentile_interval(value, value + (draws - value) * factor, level)
+
+
+def seed_mean_interval(values, windows, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                       clusters=None) -> Interval:
+    """Interval of the mean over seeds of each seed's token mean: ``values[s] [N_s]`` with the window of
+    every token ``windows[s] [N_s]`` (optional ``clusters[s]``: one label per window).  The result
+    carries each seed's own mean (:attr:`Interval.seeds`)."""
+    if len(values) != len(windows) or not len(values):
+        raise ValueError(f"need values and windows for the same seeds (at least one); got {len(values)} and "
+                         f"{len(windows)}")
+    totals = [window_totals(v, w) for v, w in zip(values, windows)]
+
+    def stat(c, ws):
+        means = np.stack([(w @ sums) / np.maximum(w @ counts, 1e-300) for w, (sums, counts) in zip(ws, totals)], 1)
+        return (c * means).sum(1) / c.sum(1)
+
+    ci = seed_bootstrap(stat, [len(counts) for _, counts in totals], n_boot=n_boot, level=level, seed=seed,
+                        clusters=clusters)
+    return Interval(ci.value, ci.low, ci.high, level, tuple(float(s.sum() / c.sum()) for s, c in totals))
+
+
+# ----------------------------------------------------------------------------- tests and Holm
+
+def p_above(draws, bound: float) -> float:
+    """One-sided bootstrap p-value of "the quantity lies above ``bound``": the share of draws at or
+    below it, with the add-one rule ``(k + 1) / (B + 1)`` so that no finite set of draws gives 0."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[~np.isnan(draws)]
+    return float((np.sum(draws <= bound) + 1) / (len(draws) + 1))
+
+
+def p_from_interval(value: float, low: float, high: float, bound: float, level: float = LEVEL) -> float:
+    """One-sided p-value of "the quantity lies on ``value``'s side of ``bound``" read from a stored
+    ``level`` interval: the half of the interval on the bound's side gives the standard error
+    (``(value - low) / z`` for a bound below the value), the normal approximation of the bootstrap
+    distribution gives the rest.  A zero-width interval (a number stored without one) is taken as exact:
+    0 off the bound, 1 on it."""
+    z = normal_quantile((1 + level) / 2)
+    if value == bound:
+        return 1.0 if low == high else 0.5
+    half = (value - low) if bound < value else (high - value)
+    if half <= 0:
+        return 0.0
+    return float(1.0 - NormalDist().cdf(abs(value - bound) / (half / z)))
+
+
+def holm(p_values, alpha: float = 1 - LEVEL) -> tuple[list[bool], list[float]]:
+    """Holm's step-down correction of a family of tests: ``(rejected, adjusted p)`` in the order given.
+
+    The smallest p is compared with alpha / m, the next with alpha / (m - 1), ...; testing stops at the
+    first that fails.  The family-wise error (any true null rejected) stays at most alpha, with no
+    assumption on how the tests depend on each other, and never rejects less than Bonferroni."""
+    p = np.asarray(list(p_values), dtype=np.float64)
+    if np.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1]; got {p.tolist()}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return [bool(a <= alpha) for a in adjusted], adjusted.tolist()

@@ -174,3 +174,19 @@ def test_tail_improvement_reads_the_plateau_of_a_constructed_run():
         tail_improvement(run(4.0, 3.96, steps=(0, 40, 80)), 0.2)  # no evaluation at the last step
     with pytest.raises(ValueError, match="routes 'random'"):
         tail_improvement(run(4.0, 3.96), 0.2, routes="random")
+
+
+def test_cluster_intervals_resample_whole_works(matrix):
+    """One label per window is the window bootstrap itself; windows grouped by work move together, and a
+    work effect then widens the interval."""
+    W = int(matrix.seq.max()) + 1
+    plain = evidence.schedule_intervals(matrix, n_boot=300)
+    assert evidence.schedule_intervals(matrix, n_boot=300, clusters=list(range(W))) == plain
+    rng = np.random.default_rng(0)
+    works = np.repeat(np.arange(4), 10)
+    values = np.repeat(rng.normal(0, 1.0, 4), 10)[:, None] + rng.normal(0, 0.1, (40, 8))  # [window, token]
+    window = np.repeat(np.arange(40), 8)
+    by_window = evidence.token_mean_intervals(values.ravel(), window, ["x"], n_boot=500)["x"]
+    by_work = evidence.token_mean_intervals(values.ravel(), window, ["x"], n_boot=500, clusters=works)["x"]
+    assert by_work["value"] == pytest.approx(by_window["value"])
+    assert by_work["high"] - by_work["low"] > 2 * (by_window["high"] - by_window["low"])

@@ -1,5 +1,7 @@
 """Scorecard verdicts against hand-made result files: every rule can give each of its outcomes,
-including "inconclusive" (an interval straddles a boundary) and "not testable" (a precondition fails)."""
+including "inconclusive" (an interval straddles a boundary) and "not testable" (a precondition fails).
+The result files carry the controls and measured preconditions that hold (:data:`PRE`); their own
+outcomes are tested in tests/test_rules.py."""
 
 import pytest
 
@@ -13,20 +15,44 @@ def ci(value, half=0.0):
     return {"value": value, "low": value - half, "high": value + half}
 
 
+#: Measured preconditions that hold (capacity well above 0.10 nats, a flat Stage-1 tail).
+PRE = {"small_big_gap": ci(0.5, 0.05), "half_skip_cost": ci(0.5, 0.05), "duo_curve_spread": ci(0.5, 0.05),
+       "stage1_plateau": ci(0.005, 0.002)}
+
+
+def with_pre(results, **pre):
+    """``results`` plus a step holding the measured preconditions (``PRE``, overridden by ``pre``; None drops one)."""
+    measured = {k: v for k, v in {**PRE, **pre}.items() if v is not None}
+    return {**results, "02_training": {"preconditions": measured}}
+
+
 def verdict(results, claim):
-    return scorecard(results).set_index("claim").loc[claim, "verdict"]
+    return scorecard(with_pre(results)).set_index("claim").loc[claim, "verdict"]
 
 
-def oracle(gap=(0.2, 0.01), best_k=(6, 6, 6), g1=(0.05, 0.01), g2=(0.1, 0.01), L=12):
+def card_of(results, **pre):
+    return scorecard(with_pre(results, **pre)).set_index("claim")
+
+
+def oracle(gap=(0.2, 0.01), best_k=(6, 6, 6), g1=(0.05, 0.01), g2=(0.1, 0.01), L=12, beyond=(0.05, 0.005),
+           matched=(-0.02, 0.005), controls=True, label_free=9.0):
+    """03's results on one holdout; ``beyond``: the oracle's gain beyond the placebo (nats) at every k,
+    ``matched``: oracle(k) - oracle(L-k) at every k < L/2; ``controls=False``: results without them."""
     ks = {str(k): 10.0 for k in range(L + 1)}
     d = {"all_big": 10.0, "all_small": 14.0, "oracle": ks, "fixed": ks, "best100": ks, "best100_per_token": ks,
          "ci": {"c1_gap": ci(*gap), "c1_gap_per_token": ci(0.01, 0.005), "best_k": dict(zip(("value", "low", "high"), best_k)),
                 "c4_gap_k1": ci(*g1), "c4_gap_k2": ci(*g2)}}
+    if controls:
+        for k in range(1, L):
+            d["ci"] |= {f"oracle_gain_k{k}": ci(0.2, 0.01), f"placebo_gain_k{k}": ci(0.2 - beyond[0], 0.01),
+                        f"beyond_placebo_k{k}": ci(*beyond)}
+        d["ci"] |= {f"matched_k{k}": ci(*matched) for k in range(1, (L + 1) // 2)}
+        d["label_free"] = {str(k): label_free for k in range(L + 1)}
     return {"num_layers": L, "holdouts": {"english": d}}
 
 
 @pytest.mark.parametrize("gap, expected", [((0.2, 0.05), HOLDS), ((0.05, 0.02), PARTLY), ((-0.01, 0.005), FAILS),
-                                           ((0.1, 0.02), INCONCLUSIVE), ((0.0, 0.01), INCONCLUSIVE)])
+                                           ((0.1, 0.02), INCONCLUSIVE), ((0.01, 0.01), INCONCLUSIVE)])
 def test_c1(gap, expected):
     assert verdict({"03_oracle": oracle(gap=gap)}, "C1") == expected
 
@@ -44,11 +70,13 @@ def test_c4(g1, g2, expected):
     assert verdict({"03_oracle": oracle(g1=g1, g2=g2)}, "C4") == expected
 
 
-def schedules(fall, rise):
-    return {"04_schedules": {"holdouts": {"python": {"constant": 9.0, "falling": 10.0, "rising": 9.5, "shuffled": 9.8,
-                                                     "ci": {"falling_over_constant": ci(*fall),
-                                                            "rising_over_constant": ci(*rise),
-                                                            "shuffled_over_constant": ci(0.02, 0.01)}}}}}
+def schedules(fall, rise, fall_shuffled=(0.04, 0.005), rise_shuffled=(0.03, 0.005), controls=True):
+    d = {"constant": 9.0, "falling": 10.0, "rising": 9.5, "shuffled": 9.8,
+         "ci": {"falling_over_constant": ci(*fall), "rising_over_constant": ci(*rise),
+                "shuffled_over_constant": ci(0.02, 0.01)}}
+    if controls:
+        d["ci"] |= {"falling_over_shuffled": ci(*fall_shuffled), "rising_over_shuffled": ci(*rise_shuffled)}
+    return {"04_schedules": {"holdouts": {"python": d}}}
 
 
 @pytest.mark.parametrize("fall, rise, expected", [((0.05, 0.01), (0.03, 0.01), HOLDS), ((0.05, 0.01), (-0.03, 0.01), PARTLY),
@@ -100,7 +128,7 @@ def test_c7(skips, p_skip, expected):
 @pytest.mark.parametrize("skip_trained, no_skip, expected", [(FLAT, POLAR, FAILS), (POLAR, FLAT, HOLDS),
                                                               (None, POLAR, UNTESTABLE), (None, FLAT, UNTESTABLE)])
 def test_c7_is_judged_on_the_skip_trained_model_only(skip_trained, no_skip, expected):
-    card = scorecard(routes05(skips=skip_trained, no_skip=no_skip)).set_index("claim")
+    card = card_of(routes05(skips=skip_trained, no_skip=no_skip))
     assert card.loc["C7", "verdict"] == expected
     measured = card.loc["C7", "measured"]
     if skip_trained is None:
@@ -149,7 +177,7 @@ def routers(position=(0.8, 0.05), learned=(-0.1, 0.02), late=(0.6, 0.05), ratio=
     ((0.66, 0.05), (-0.1, 0.02), INCONCLUSIVE), ((0.8, 0.05), (0.05, 0.02), UNTESTABLE),
     ((0.8, 0.05), (-0.01, 0.02), INCONCLUSIVE)])
 def test_c2_router_must_beat_random_routing(position, learned, expected):
-    card = scorecard(routers(position, learned)).set_index("claim")
+    card = card_of(routers(position, learned))
     assert card.loc["C2", "verdict"] == expected
     if expected == UNTESTABLE:
         assert "router did not learn" in card.loc["C2", "measured"]
@@ -163,7 +191,7 @@ def test_c8(kw, expected):
 
 
 def test_c8_skip_part_without_a_skip_model_is_not_a_failure():
-    card = scorecard(routers(skip=(0.1, 0.05), p_skip=0.0)).set_index("claim")
+    card = card_of(routers(skip=(0.1, 0.05), p_skip=0.0))
     assert card.loc["C8", "verdict"] == HOLDS and "not testable" in card.loc["C8", "measured"]
 
 
@@ -174,7 +202,7 @@ def test_c8_skip_part_reads_the_skip_trained_models_routers():
 
 
 def test_c8_skip_router_no_better_than_random_leaves_the_skip_part_untested():
-    card = scorecard(routers(skip=(0.1, 0.05), skip_learned=(0.05, 0.02))).set_index("claim")
+    card = card_of(routers(skip=(0.1, 0.05), skip_learned=(0.05, 0.02)))
     assert card.loc["C8", "verdict"] == HOLDS and "skip router is no better than random" in card.loc["C8", "measured"]
     assert verdict(routers(skip=(0.1, 0.05), skip_learned=(-0.01, 0.02)), "C8") == INCONCLUSIVE
 
@@ -182,7 +210,7 @@ def test_c8_skip_router_no_better_than_random_leaves_the_skip_part_untested():
 @pytest.mark.parametrize("learned, expected", [((0.05, 0.02), UNTESTABLE), ((-0.01, 0.02), INCONCLUSIVE)])
 def test_c8_needs_routers_that_beat_random_routing(learned, expected):
     # every part would hold, but the router is no better (or not clearly better) than random routing
-    card = scorecard(routers(learned=learned)).set_index("claim")
+    card = card_of(routers(learned=learned))
     assert card.loc["C8", "verdict"] == expected
     if expected == UNTESTABLE:
         assert "did not learn" in card.loc["C8", "measured"]
@@ -193,14 +221,16 @@ def test_c8_judges_only_the_budgets_whose_router_learned():
     c2 = r["07_routers"]["holdouts"]["english"]["c2"]
     c2["4"] = {**c2["6"], "router_minus_random": ci(0.1, 0.02)}  # k=4 did not learn ...
     r["07_routers"]["late_big_fraction_ci"]["4"] = ci(0.2, 0.05)  # ... and would fail the late-layer part
-    card = scorecard(r).set_index("claim")
+    card = card_of(r)
     assert card.loc["C8", "verdict"] == HOLDS and "left out" in card.loc["C8", "measured"]
     c2["4"]["router_minus_random"] = ci(-0.1, 0.02)  # once it learned, its early layers count
     assert verdict(r, "C8") == PARTLY
 
 
-def difficulty(rho=(0.3, 0.05), ce=(0.5, 0.1), cn=(0.4, 0.1), synthetic=True, learned=(0.8, 0.1)):
+def difficulty(rho=(0.3, 0.05), ce=(0.5, 0.1), cn=(0.4, 0.1), synthetic=True, learned=(0.8, 0.1), half=(0.8, 0.05)):
     d = {"06_difficulty": {"holdouts": {"english": {"spearman_ci": ci(*rho)}}}}
+    if half is not None:
+        d["06_difficulty"]["holdouts"]["english"]["split_half_ci"] = ci(*half)
     if synthetic:
         d["06_difficulty"]["synthetic"] = {"gain_ci": {"compute_minus_easy": ci(*ce), "compute_minus_noise": ci(*cn)}}
         if learned is not None:
@@ -212,7 +242,7 @@ def difficulty(rho=(0.3, 0.05), ce=(0.5, 0.1), cn=(0.4, 0.1), synthetic=True, le
                                           ({"cn": (-0.2, 0.1)}, FAILS), ({"rho": (0.7, 0.05)}, INCONCLUSIVE),
                                           ({"ce": (0.05, 0.1)}, INCONCLUSIVE), ({"rho": (-0.9, 0.05)}, FAILS)])
 def test_c9_needs_the_synthetic_mechanism(kw, expected):
-    card = scorecard(difficulty(**kw)).set_index("claim")
+    card = card_of(difficulty(**kw))
     assert card.loc["C9", "verdict"] == expected
     if kw.get("cn") == (-0.2, 0.1):
         assert "mechanism check failed" in card.loc["C9", "measured"]
@@ -222,7 +252,7 @@ def test_c9_needs_the_synthetic_mechanism(kw, expected):
 def test_c9_synthetic_check_needs_a_model_whose_big_path_learned_the_compute_tokens(learned):
     """Big path not better than small on compute tokens (or not measured): the ground-truth check is not testable,
     even where its gain differences would fail; the not-loss part alone gives partly."""
-    card = scorecard(difficulty(cn=(-0.2, 0.1), learned=learned)).set_index("claim")
+    card = card_of(difficulty(cn=(-0.2, 0.1), learned=learned))
     assert card.loc["C9", "verdict"] == PARTLY
     assert "synthetic check not testable" in card.loc["C9", "measured"]
     assert "mechanism check failed" not in card.loc["C9", "measured"]
@@ -251,7 +281,7 @@ def test_c10_uses_the_paired_interval_of_the_shrinking_gap(approach, expected):
     assert verdict(results, "C10") == INCONCLUSIVE
     results["08_dense"]["approach_ci"] = ci(*approach)
     assert verdict(results, "C10") == expected
-    assert "gap shrinks by" in scorecard(results).set_index("claim").loc["C10", "measured"]
+    assert "gap shrinks by" in card_of(results).loc["C10", "measured"]
 
 
 @pytest.mark.parametrize("weak", ["freeze_small", "joint_small"])
@@ -259,7 +289,7 @@ def test_c10_is_not_testable_when_one_model_misses_the_unigram_bar(weak):
     results = dense(unigram=100.0)  # bar 50: every model of dense() is below it
     assert verdict(results, "C10") == HOLDS
     results["08_dense"][weak] = 50.5
-    card = scorecard(results).set_index("claim")
+    card = card_of(results)
     assert card.loc["C10", "verdict"] == UNTESTABLE
     assert "not clearly above unigram: " + ("freeze" if weak == "freeze_small" else "joint") in card.loc["C10", "measured"]
 
@@ -281,6 +311,6 @@ def test_combining_holdouts():
 def test_a_number_without_an_interval_says_so():
     results = dense()
     del results["08_dense"]["gap_ci"]
-    card = scorecard(results).set_index("claim")
+    card = card_of(results)
     assert card.loc["C10", "verdict"] == HOLDS and "(no interval)" in card.loc["C10", "measured"]
-    assert "[" in scorecard(dense()).set_index("claim").loc["C10", "measured"]
+    assert "[" in card_of(dense()).loc["C10", "measured"]

@@ -68,3 +68,147 @@ def test_bits_per_character():
     assert stats.ppl_to_bpc(16.0, 2.0) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         stats.chars_per_token(np.zeros((2, 1), dtype=int), CharTokenizer())
+
+
+# ----------------------------------------------------------------------------- clusters, seeds, Holm
+
+def test_cluster_resampling_moves_the_windows_of_one_work_together():
+    clusters = ["a", "a", "b", "c", "c", "c"]
+    w = stats.resample_weights(6, 200, 0, clusters=clusters)
+    assert w.shape == (200, 6)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 4]).all() and (w[:, 4] == w[:, 5]).all()
+    assert (w[:, [0, 2, 3]].sum(1) == 3).all()  # three clusters drawn per row
+    assert (w[:, 0] != w[:, 2]).any()
+    with pytest.raises(ValueError, match="one label per window"):
+        stats.resample_weights(6, 10, 0, clusters=["a"] * 5)
+
+
+def test_cluster_bootstrap_covers_where_the_window_bootstrap_undercovers():
+    """Eight windows per work share a work effect: the window bootstrap pretends to 8x the evidence."""
+    rng = np.random.default_rng(5)
+    works, per_work, per = 12, 8, 8
+    n_windows = works * per_work
+    window = np.repeat(np.arange(n_windows), per)
+    work_of_window = np.repeat(np.arange(works), per_work)
+    hits_cluster = hits_window = 0
+    reps = 200
+    for rep in range(reps):
+        values = (np.repeat(rng.normal(0, 1.0, works), per_work * per) + np.repeat(rng.normal(0, 0.2, n_windows), per)
+                  + rng.normal(0, 0.2, n_windows * per))
+        c = stats.mean_interval(values, window, n_boot=300, seed=rep, clusters=work_of_window)
+        w = stats.mean_interval(values, window, n_boot=300, seed=rep)
+        hits_cluster += c.low <= 0 <= c.high
+        hits_window += w.low <= 0 <= w.high
+    assert 0.88 <= hits_cluster / reps <= 0.99, hits_cluster / reps
+    assert hits_window / reps < 0.6, hits_window / reps
+
+
+def test_t_quantiles_and_the_seed_factor():
+    assert stats.t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-3)
+    assert stats.t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-3)
+    assert stats.t_quantile(0.025, 10) == pytest.approx(-2.2281, abs=1e-3)
+    assert stats.t_quantile(0.975, 1000) == pytest.approx(1.96, abs=3e-3)
+    assert stats.seed_factor(3) == pytest.approx(4.3027 / 1.95996 * math.sqrt(1.5), rel=1e-3)
+    with pytest.raises(ValueError):
+        stats.seed_factor(1)
+
+
+def test_seed_window_weights_resample_seeds_then_windows():
+    c, ws = stats.seed_window_weights([5, 7, 3], n_boot=300, seed=0)
+    assert c.shape == (300, 3) and (c.sum(1) == 3).all()
+    assert [w.shape for w in ws] == [(300, 5), (300, 7), (300, 3)]
+    for s, n in enumerate([5, 7, 3]):
+        assert (ws[s].sum(1) == n * c[:, s]).all()  # every draw of a seed resamples all its windows
+    assert (c == 0).any()  # some draws leave a seed out
+    c2, ws2 = stats.seed_window_weights([5, 7, 3], n_boot=300, seed=0)
+    assert (c2 == c).all() and all((a == b).all() for a, b in zip(ws, ws2))
+    c3, ws3 = stats.seed_window_weights([4, 4], n_boot=50, seed=1, clusters=[["a", "a", "b", "b"], None])
+    assert (ws3[0][:, 0] == ws3[0][:, 1]).all()
+
+
+def simulate_seeds(rng, n_seeds, seed_sd, n_windows=16, per=8):
+    values, windows = [], []
+    for _ in range(n_seeds):
+        mu = rng.normal(0, seed_sd)
+        values.append(mu + np.repeat(rng.normal(0, 0.3, n_windows), per) + rng.normal(0, 0.3, n_windows * per))
+        windows.append(np.repeat(np.arange(n_windows), per))
+    return values, windows
+
+
+@pytest.mark.parametrize("n_seeds", [3, 5])
+def test_seed_then_window_bootstrap_covers_the_true_mean_and_the_window_bootstrap_does_not(n_seeds):
+    """Three (five) training seeds whose true means scatter with sd 1 around 0, windows with sd 0.3: the
+    seed-then-window interval covers 0 about 95% of the time; the window bootstrap of the pooled windows
+    (seeds ignored) is far too narrow."""
+    rng = np.random.default_rng(n_seeds)
+    reps, hits, hits_window = 200, 0, 0
+    for rep in range(reps):
+        values, windows = simulate_seeds(rng, n_seeds, 1.0)
+        ci = stats.seed_mean_interval(values, windows, n_boot=300, seed=rep)
+        hits += ci.low <= 0 <= ci.high
+        pooled = stats.mean_interval(np.concatenate(values),
+                                     np.concatenate([w + 16 * s for s, w in enumerate(windows)]), n_boot=300, seed=rep)
+        hits_window += pooled.low <= 0 <= pooled.high
+    assert 0.88 <= hits / reps <= 0.99, hits / reps
+    assert hits_window / reps < 0.5, hits_window / reps
+
+
+def test_seed_mean_interval_carries_the_seeds_and_pairs_quantities():
+    rng = np.random.default_rng(0)
+    values, windows = simulate_seeds(rng, 3, 0.5)
+    ci = stats.seed_mean_interval(values, windows, n_boot=200)
+    assert len(ci.seeds) == 3 and ci.value == pytest.approx(np.mean(ci.seeds))
+    assert ci.low < ci.value < ci.high
+    d = ci.as_dict()
+    assert d["seeds"] == list(ci.seeds) and stats.Interval.from_dict(d).seeds == ci.seeds
+    # a quantity and a shifted copy: their paired difference has no spread at all
+    totals = [stats.window_totals(np.stack([v, v + 0.1]), w) for v, w in zip(values, windows)]
+
+    def stat(c, ws):
+        m = np.stack([(w @ s.T) / np.maximum(w @ n, 1)[:, None] for w, (s, n) in zip(ws, totals)], 1)  # [B, S, 2]
+        mean = (c[:, :, None] * m).sum(1) / c.sum(1, keepdims=True)
+        return np.stack([mean[:, 0], mean[:, 1] - mean[:, 0]], 1)
+
+    a, diff = stats.seed_bootstrap(stat, [16, 16, 16], n_boot=200)
+    assert diff.low == pytest.approx(0.1) and diff.high == pytest.approx(0.1) and a.high - a.low > 0.1
+    # one seed: the window bootstrap (other draws, the same width up to their noise)
+    one = stats.seed_mean_interval(values[:1], windows[:1], n_boot=1000)
+    plain = stats.mean_interval(values[0], windows[0], n_boot=1000)
+    assert one.value == pytest.approx(plain.value) and one.seeds == (pytest.approx(plain.value),)
+    assert (one.high - one.low) == pytest.approx(plain.high - plain.low, rel=0.15)
+
+
+def test_holm_on_constructed_p_values():
+    rejected, adjusted = stats.holm([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+    # sorted 0.005, 0.01, 0.03, 0.04 against 0.05/4, 0.05/3, 0.05/2, 0.05/1
+    assert rejected == [True, False, False, True]
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # step-down stops at the first failure even if a later p would pass its own bound
+    assert stats.holm([0.001, 0.03, 0.049], alpha=0.05)[0] == [True, False, False]
+    assert stats.holm([0.001, 0.02, 0.04], alpha=0.05)[0] == [True, True, True]
+    assert stats.holm([0.5], alpha=0.05)[0] == [False] and stats.holm([], alpha=0.05) == ([], [])
+    with pytest.raises(ValueError):
+        stats.holm([1.5])
+
+
+def test_holm_keeps_the_family_wise_error_where_uncorrected_tests_do_not():
+    rng = np.random.default_rng(0)
+    any_holm = any_raw = 0
+    for _ in range(400):
+        p = rng.uniform(size=20)  # twenty true nulls
+        any_holm += any(stats.holm(p)[0])
+        any_raw += (p < 0.05).any()
+    assert any_holm / 400 <= 0.08 and any_raw / 400 > 0.5
+
+
+def test_p_values_from_draws_and_from_stored_intervals():
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.3, 0.1, 4000)
+    assert stats.p_above(draws, 0.0) < 0.01 and stats.p_above(draws, 0.3) == pytest.approx(0.5, abs=0.03)
+    assert stats.p_above(np.full(99, 1.0), 0.0) == pytest.approx(0.01)  # add-one: never 0
+    ci = stats.percentile_interval(0.3, draws)
+    # the interval's normal reading agrees with the draws' p at a bound two standard errors away
+    assert stats.p_from_interval(ci.value, ci.low, ci.high, 0.1) == pytest.approx(stats.p_above(draws, 0.1), abs=0.01)
+    assert stats.p_from_interval(0.5, 0.3, 0.9, 0.3) == pytest.approx(0.025, abs=1e-3)  # at the interval's edge
+    assert stats.p_from_interval(0.5, 0.3, 0.9, 0.9) == pytest.approx(0.025, abs=1e-3)  # the wide side counts
+    assert stats.p_from_interval(2.0, 2.0, 2.0, 1.0) == 0.0 and stats.p_from_interval(1.0, 1.0, 1.0, 1.0) == 1.0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from .verdicts import VERDICTS
 
 #: Glued values that describe this machine, not the result (timings, the machine name):
 #: ``notebook::key`` fnmatch patterns.
@@ -50,3 +53,51 @@ def compare_glued(a: dict[str, str], b: dict[str, str], ignore: tuple[str, ...] 
         if a.get(key) != b.get(key):
             rows.append({"key": key, "this": a.get(key), "other": b.get(key)})
     return rows
+
+
+#: ``duo book --compare``'s default relative tolerance for glued numbers: two books from different CPUs
+#: (or seeds) agree on a number when it differs by at most 2% or by one unit of its last printed digit.
+REL_TOL = 0.02
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def glued_verdict(text: str | None) -> str | None:
+    """The verdict word a glued value holds (``'holds'``, ``"not testable"``, ...), else None."""
+    if text is None:
+        return None
+    word = text.strip().strip("'\"")
+    return word if word in VERDICTS else None
+
+
+def numbers_close(a: str, b: str, rel_tol: float = REL_TOL) -> bool:
+    """Whether two glued texts say the same up to their numbers, each pair within ``rel_tol`` of the
+    larger or one unit of the last digit printed (the rounding of a value on the edge)."""
+    if _NUMBER.sub("#", a) != _NUMBER.sub("#", b):
+        return False
+    for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(b)):
+        digits = max(len(s.partition(".")[2].split("e")[0].split("E")[0]) for s in (x, y))
+        fx, fy = float(x), float(y)
+        if abs(fx - fy) > max(rel_tol * max(abs(fx), abs(fy)), 10.0 ** -digits * (1 + 1e-9)):
+            return False
+    return True
+
+
+def compare_books(a: dict[str, str], b: dict[str, str], rel_tol: float = REL_TOL,
+                  ignore: tuple[str, ...] = TIMING_GLUES) -> dict[str, list[dict]]:
+    """Two runs' :func:`glued_values` compared in three groups of rows (key, this, other):
+    ``verdicts`` (a glued verdict word that changed, listed on its own), ``beyond`` (any other value
+    that differs by more than ``rel_tol`` or in its words, or exists in one run only) and ``within``
+    (values that differ only in numbers within the tolerance)."""
+    if not rel_tol >= 0:
+        raise ValueError(f"rel_tol={rel_tol} must be non-negative (a relative tolerance, e.g. 0.02)")
+    out: dict[str, list[dict]] = {"verdicts": [], "beyond": [], "within": []}
+    for row in compare_glued(a, b, ignore):
+        this, other = row["this"], row["other"]
+        if glued_verdict(this) or glued_verdict(other):
+            out["verdicts"].append(row)
+        elif this is not None and other is not None and numbers_close(this, other, rel_tol):
+            out["within"].append(row)
+        else:
+            out["beyond"].append(row)
+    return out

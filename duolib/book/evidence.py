@@ -3,7 +3,9 @@
 Every function resamples the evaluation *windows* (:mod:`duolib.stats`) and recomputes the whole
 reduction on each draw: the fixed pattern and the best of N random patterns are re-selected on the
 resampled windows, as the procedure would on new data.  Quantities of one call share their draws, so
-differences between methods are paired.  Results are JSON-ready ``{"value", "low", "high"}`` dicts
+differences between methods are paired.  Every function takes ``clusters`` (one label per window, e.g.
+:func:`duolib.data.clusters.holdout_window_works`): windows of one work or file are then resampled
+together.  Results are JSON-ready ``{"value", "low", "high"}`` dicts
 (:meth:`duolib.stats.Interval.as_dict`), the format :mod:`duolib.book.scorecard` reads.
 """
 
@@ -22,8 +24,8 @@ from ..routing import BIG, SMALL, RandomRoutes, training_routes
 from ..stats import N_BOOT, bootstrap, window_totals
 
 
-def _named(names: list[str], stat, n_units: int, n_boot: int, seed: int) -> dict[str, dict]:
-    cis = bootstrap(stat, n_units, n_boot=n_boot, seed=seed)
+def _named(names: list[str], stat, n_units: int, n_boot: int, seed: int, clusters=None) -> dict[str, dict]:
+    cis = bootstrap(stat, n_units, n_boot=n_boot, seed=seed, clusters=clusters)
     cis = cis if isinstance(cis, list) else [cis]
     return {name: ci.as_dict() for name, ci in zip(names, cis)}
 
@@ -39,7 +41,8 @@ def _windows(matrix: LossMatrix) -> tuple[np.ndarray, int]:
     return seq, int(seq.max()) + 1
 
 
-def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_boot: int = N_BOOT) -> dict:
+def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_boot: int = N_BOOT,
+                     clusters=None) -> dict:
     """Intervals of notebook 03's numbers on one holdout's shared {small, big} matrix.
 
     Returns ``{"perplexity": {method: {k: ci}}, "all_big", "all_small", "c1_gap", "c1_gap_per_token",
@@ -82,7 +85,7 @@ def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_b
 
     names = [f"{m}@{k}" for k in ks for m in METHODS] + ["all_big", "all_small", "c1_gap", "c1_gap_per_token",
                                                          "c4_gap_k1", "c4_gap_k2", "best_k"]
-    flat = _named(names, stat, W, n_boot, seed)
+    flat = _named(names, stat, W, n_boot, seed, clusters)
     out = {"perplexity": {m: {str(k): flat[f"{m}@{k}"] for k in ks} for m in METHODS}, "mid_k": mid}
     out.update({n: flat[n] for n in names[len(ks) * len(METHODS):]})
     best = out["best_k"]
@@ -93,7 +96,7 @@ def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_b
 METHODS = ("oracle", "fixed", "best100", "best100_per_token")
 
 
-def schedule_intervals(matrix: LossMatrix, seed: int = 0, n_boot: int = N_BOOT) -> dict:
+def schedule_intervals(matrix: LossMatrix, seed: int = 0, n_boot: int = N_BOOT, clusters=None) -> dict:
     """Intervals of the schedule study (notebook 04): perplexity of each schedule and of the shuffled
     control, and the relative excess of each over the constant schedule (``x / constant - 1``: positive
     = the constant budget is better) and of falling / rising over the control."""
@@ -116,16 +119,17 @@ def schedule_intervals(matrix: LossMatrix, seed: int = 0, n_boot: int = N_BOOT) 
 
     names = kinds + ["falling_over_constant", "rising_over_constant", "shuffled_over_constant",
                      "falling_over_shuffled", "rising_over_shuffled"]
-    return _named(names, stat, W, n_boot, seed)
+    return _named(names, stat, W, n_boot, seed, clusters)
 
 
-def token_mean_intervals(values: np.ndarray, window, names: list[str], n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def token_mean_intervals(values: np.ndarray, window, names: list[str], n_boot: int = N_BOOT, seed: int = 0,
+                         clusters=None) -> dict:
     """Intervals of the token means of ``values [Q, N]`` (one row per name) resampling windows."""
     sums, counts = window_totals(np.atleast_2d(values), window)
-    return _named(names, lambda w: (w @ sums.T) / (w @ counts)[:, None], len(counts), n_boot, seed)
+    return _named(names, lambda w: (w @ sums.T) / (w @ counts)[:, None], len(counts), n_boot, seed, clusters)
 
 
-def centre_intervals(matrix: LossMatrix, ks, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict]:
+def centre_intervals(matrix: LossMatrix, ks, n_boot: int = N_BOOT, seed: int = 0, clusters=None) -> dict[str, dict]:
     """Intervals of :func:`duolib.book.analysis.big_centre` (mean relative depth of the oracle's big layers)
     at each ``k``, keyed by ``str(k)``."""
     seq, _ = _windows(matrix)
@@ -135,19 +139,20 @@ def centre_intervals(matrix: LossMatrix, ks, n_boot: int = N_BOOT, seed: int = 0
     for k in ks:
         big = (matrix.patterns[matrix.oracle(k).winners] == BIG).double().numpy()  # [N, L]
         rows.append(big @ depth / k)
-    return token_mean_intervals(np.stack(rows), seq, [str(k) for k in ks], n_boot, seed)
+    return token_mean_intervals(np.stack(rows), seq, [str(k) for k in ks], n_boot, seed, clusters)
 
 
-def layer_share_intervals(matrix: LossMatrix, k: int, code: int = BIG, n_boot: int = N_BOOT, seed: int = 0) -> list:
+def layer_share_intervals(matrix: LossMatrix, k: int, code: int = BIG, n_boot: int = N_BOOT, seed: int = 0,
+                          clusters=None) -> list:
     """Per layer, the interval of the share of tokens whose oracle pattern at ``k`` takes route ``code``."""
     seq, _ = _windows(matrix)
     uses = (matrix.patterns[matrix.oracle(k).winners] == code).double().numpy().T  # [L, N]
-    cis = token_mean_intervals(uses, seq, [str(i) for i in range(matrix.num_layers)], n_boot, seed)
+    cis = token_mean_intervals(uses, seq, [str(i) for i in range(matrix.num_layers)], n_boot, seed, clusters)
     return [cis[str(i)] for i in range(matrix.num_layers)]
 
 
 def label_gain_intervals(difficulty, label, window, labels=("easy", "compute", "noise"),
-                         n_boot: int = N_BOOT, seed: int = 0) -> dict:
+                         n_boot: int = N_BOOT, seed: int = 0, clusters=None) -> dict:
     """C9's mechanism check on the synthetic corpus: mean difficulty (gain from compute) per label and
     the paired differences ``compute - easy`` and ``compute - noise``, resampling windows."""
     difficulty, label = np.asarray(difficulty, dtype=np.float64), np.asarray(label)
@@ -161,10 +166,10 @@ def label_gain_intervals(difficulty, label, window, labels=("easy", "compute", "
         return np.concatenate([means, means[:, [c]] - np.delete(means, c, axis=1)], axis=1)
 
     others = [name for name in labels if name != "compute"]
-    return _named(list(labels) + [f"compute_minus_{o}" for o in others], stat, len(counts), n_boot, seed)
+    return _named(list(labels) + [f"compute_minus_{o}" for o in others], stat, len(counts), n_boot, seed, clusters)
 
 
-def paired_loss_intervals(losses: dict[str, torch.Tensor], n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def paired_loss_intervals(losses: dict[str, torch.Tensor], n_boot: int = N_BOOT, seed: int = 0, clusters=None) -> dict:
     """Per-token losses ``{name: [N, T']}`` of methods scored on the same windows: the interval of each
     method's perplexity and of every pairwise ``a_minus_b`` mean-loss difference (nats)."""
     names = list(losses)
@@ -176,11 +181,11 @@ def paired_loss_intervals(losses: dict[str, torch.Tensor], n_boot: int = N_BOOT,
         diffs = [mean[:, names.index(a)] - mean[:, names.index(b)] for a, b in pairs]
         return np.concatenate([np.exp(mean), np.stack(diffs, axis=1) if diffs else mean[:, :0]], axis=1)
 
-    return _named(names + [f"{a}_minus_{b}" for a, b in pairs], stat, per_window.shape[0], n_boot, seed)
+    return _named(names + [f"{a}_minus_{b}" for a, b in pairs], stat, per_window.shape[0], n_boot, seed, clusters)
 
 
 def dense_gap_intervals(duo: dict[str, torch.Tensor], dense: dict[str, torch.Tensor], n_boot: int = N_BOOT,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, clusters=None) -> dict:
     """C10 on per-token losses ``[N, T']`` of the Duo model (random routes at each p(big)) and of the
     FLOP-matched dense model of each p, all on the same N windows, keyed by the p as a string.
 
@@ -203,12 +208,12 @@ def dense_gap_intervals(duo: dict[str, torch.Tensor], dense: dict[str, torch.Ten
         gap = np.exp(mean[:, :P] - mean[:, P:]) - 1
         return np.concatenate([gap, gap[:, :1] - gap[:, -1:]], axis=1)
 
-    flat = _named(ps + ["approach"], stat, per_window.shape[0], n_boot, seed)
+    flat = _named(ps + ["approach"], stat, per_window.shape[0], n_boot, seed, clusters)
     return {"gap": {p: flat[p] for p in ps}, "approach": flat["approach"]}
 
 
 def router_intervals(matrix: LossMatrix, router_losses: torch.Tensor, random_losses: torch.Tensor, k: int,
-                     n_boot: int = N_BOOT, seed: int = 0) -> dict:
+                     n_boot: int = N_BOOT, seed: int = 0, clusters=None) -> dict:
     """C2 on one holdout and budget: the router's and random routing's (at the router's realised budget)
     per-token losses ``[N, T-1]`` on the windows of ``matrix`` (the same ids), against the oracle and the
     fixed pattern at ``k`` re-selected per draw.  Returns intervals of ``router``, ``random``, ``oracle``,
@@ -233,11 +238,12 @@ def router_intervals(matrix: LossMatrix, router_losses: torch.Tensor, random_los
         return np.stack([np.exp(router), np.exp(rand), np.exp(oracle), np.exp(fixed), router - rand,
                          (router - oracle) / np.maximum(fixed - oracle, 1e-12)], axis=1)
 
-    return _named(["router", "random", "oracle", "fixed", "router_minus_random", "position"], stat, W, n_boot, seed)
+    return _named(["router", "random", "oracle", "fixed", "router_minus_random", "position"], stat, W, n_boot, seed,
+                  clusters)
 
 
 def route_share_intervals(routes: torch.Tensor, code: int = BIG, early_fraction: float = 0.1, n_boot: int = N_BOOT,
-                          seed: int = 0) -> dict:
+                          seed: int = 0, clusters=None) -> dict:
     """C8's route statistics of hard routes ``[N, T, L]`` with windows resampled: ``late`` (share of the
     ``code`` decisions in the later half of the layers, the middle layer of an odd L counting half) and
     ``early_ratio`` (rate of ``code`` at the first ``early_fraction`` of positions over the rest's)."""
@@ -257,10 +263,10 @@ def route_share_intervals(routes: torch.Tensor, code: int = BIG, early_fraction:
         ratio = (tot[:, 2] / (w.sum(1) * sizes[0])) / np.where(rest > 0, rest, np.nan)
         return np.stack([late, ratio], axis=1)
 
-    return _named(["late", "early_ratio"], stat, N, n_boot, seed)
+    return _named(["late", "early_ratio"], stat, N, n_boot, seed, clusters)
 
 
-def spearman_interval(x, y, window, n_boot: int = 500, seed: int = 0) -> dict:
+def spearman_interval(x, y, window, n_boot: int = 500, seed: int = 0, clusters=None) -> dict:
     """Interval of the Spearman rank correlation of token values ``x``, ``y`` resampling windows (each
     draw takes every token of the drawn windows, ties ranked by average)."""
     x, y, window = np.asarray(x, float), np.asarray(y, float), np.asarray(window)
@@ -278,7 +284,7 @@ def spearman_interval(x, y, window, n_boot: int = 500, seed: int = 0) -> dict:
             out.append(rho(idx))
         return np.asarray(out)
 
-    return bootstrap(stat, len(groups), n_boot=n_boot, seed=seed).as_dict()
+    return bootstrap(stat, len(groups), n_boot=n_boot, seed=seed, clusters=clusters).as_dict()
 
 
 # ----------------------------------------------------------------------------- notebook helpers

@@ -11,9 +11,10 @@ import os
 import subprocess
 from pathlib import Path
 
-#: Files that hold the rules (repository-relative): the rules and thresholds, the verdict logic, the rule texts,
-#: the interval arithmetic and the combination over seeds.
-RULE_FILES = ("duolib/book/rules.py", "duolib/book/verdicts.py", "duolib/book/scorecard.py", "duolib/stats.py",
+#: Files that hold the rules (repository-relative): the rules, thresholds, margins and preconditions, the verdict
+#: logic and Holm's correction, the rule texts, the interval arithmetic and the combination over seeds.
+RULE_FILES = ("duolib/book/rules.py", "duolib/book/rules_selection.py", "duolib/book/rules_routes.py",
+              "duolib/book/thresholds.py", "duolib/book/verdicts.py", "duolib/book/scorecard.py", "duolib/stats.py",
               "duolib/book/seeds.py")
 
 
