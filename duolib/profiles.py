@@ -72,14 +72,16 @@ PROFILES: dict[str, dict[str, dict]] = {
 # same bits at any count).
 _ORACLE_SECTIONS = {
     "tiny": dict(n_sequences=2, seq_len=16, choices="small,big", semantics="shared", difficulty_k=2,
-                 n_random=100, beam_widths=(1, 2, 4)),
+                 n_random=100, beam_widths=(1, 2, 4), placebo_windows=2),
     # default: 32 random windows x 128 tokens per holdout (~4,000 scored tokens under all 2^12
     # patterns); the fixed-context reading and the beam table, one forward pass per token and
-    # pattern, score the first 4 of those windows.
+    # pattern, score the first 4 of those windows; the placebo oracle (duolib.oracle.controls: 924 = C(12, 6)
+    # all-big forwards, one per candidate, no prefix to share) the first 8.
     "default": dict(n_sequences=32, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=4),
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=4,
+                    placebo_windows=8),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
-                  n_random=100, beam_widths=(4, 8, 16, 32)),
+                  n_random=100, beam_widths=(4, 8, 16, 32), placebo_windows=64),
 }
 for _name, _section in _ORACLE_SECTIONS.items():
     PROFILES[_name].setdefault("oracle", _section)

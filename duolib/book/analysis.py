@@ -57,7 +57,8 @@ def oracle_settings(profile: str, **overrides) -> dict:
     (ValueError naming the bad value and the allowed range).
 
     Keys: n_sequences, seq_len, n_random, beam_widths, beam_k (default L // 2), fixed_context_sequences
-    (default: the profile's, else half of n_sequences, at least 1), num_layers."""
+    (default: the profile's, else half of n_sequences, at least 1), placebo_windows (the first windows of the
+    slice that the placebo oracle scores; default: the profile's, else all), num_layers."""
     prof = get_profile(profile)
     num_layers, max_positions = prof["model"]["num_hidden_layers"], prof["model"]["max_position_embeddings"]
     s = prof["oracle"]
@@ -74,6 +75,10 @@ def oracle_settings(profile: str, **overrides) -> dict:
     if fc is None:  # the profile's (at most n_sequences), else half the slice
         fc = min(s.get("fixed_context_sequences", max(1, s["n_sequences"] // 2)), s["n_sequences"])
     s["fixed_context_sequences"] = check_int("fixed_context_sequences", fc, 1, s["n_sequences"])
+    pw = overrides.get("placebo_windows")
+    if pw is None:  # the profile's (at most n_sequences), else every window
+        pw = min(s.get("placebo_windows", s["n_sequences"]), s["n_sequences"])
+    s["placebo_windows"] = check_int("placebo_windows", pw, 1, s["n_sequences"])
     s["num_layers"] = num_layers
     return s
 
