@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .bookhtml import BookBuildError, build_book
+from .cliargs import seed_value, threads_value
 
 PRESETS = ("tiny", "default", "paper")
 
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):  # --no-progress: transformers' and the hub's bars too ("Loading weights")
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         rc = args._func(args)
     except (CLIError, BookBuildError, ValueError) as exc:  # duolib raises ValueError for bad input, naming what is allowed
@@ -205,11 +209,13 @@ def format_breakdown(name: str, breakdown: dict[str, int], config: Any = None) -
 PROFILE = arg("--profile", choices=PRESETS, default="default",
               help="experiment profile: model preset and every size / budget knob (default: %(default)s)")
 NO_PROGRESS = arg("--no-progress", dest="quiet", action="store_true", help="no progress bar")
-SEED = arg("--seed", type=int, default=None, help="random seed (default: the profile's, else 0)")
+SEED = arg("--seed", type=seed_value, default=None, help="random seed (default: the profile's, else 0)")
 MODEL = arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)")
 BOOK_RUN_DIR = arg("--out", dest="run_dir", type=Path, default=None,
                    help="the book's run folder, where the notebooks read and write their artefacts "
                         "(default: runs/<profile> under the repository root)")
+MODEL_PROFILE = arg("--profile", choices=PRESETS, default=None,
+                    help="experiment profile (default: the one a `duo train` --model was trained with, else default)")
 RANDOM_INIT = arg("--random-init", action="store_true",
                   help="a randomly initialised model of --profile (smoke test)")
 
@@ -235,6 +241,7 @@ RANDOM_INIT = arg("--random-init", action="store_true",
     arg("--tolerance", type=float, default=None, metavar="REL",
         help="relative tolerance for glued numbers with --compare (default: 0.02; 0: every difference "
              "counts); a number also agrees within one unit of its last printed digit"),
+    NO_PROGRESS,
 )
 def cmd_book(args: argparse.Namespace) -> int:
     import time
@@ -259,7 +266,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if not args.skip_notebooks:
         results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,
-                               jobs=args.jobs)
+                               jobs=args.jobs, progress=not args.quiet)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
     if not args.skip_build:
@@ -300,6 +307,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     "prepare a profile's corpus (tokenizer, token caches) in the run folder the book's notebooks read",
     PROFILE,
     BOOK_RUN_DIR,
+    NO_PROGRESS,
 )
 def cmd_data(args: argparse.Namespace) -> int:
     from duolib.book.pipeline import book_data, resolve_run_dir
@@ -308,7 +316,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir.resolve() if args.run_dir else resolve_run_dir(None, args.profile)
     with claim(run_dir, "duo book"):  # the book's run folder: `duo book` and the notebooks continue in it
-        data = book_data(args.profile, run_dir)
+        data = book_data(args.profile, run_dir, progress=not args.quiet)
     print(describe(data).to_string(index=False))
     print(f"duo data: {args.profile} corpus ready in {run_dir / 'cache'}")
     return 0
@@ -318,7 +326,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     "train",
     "Stage 1: train a Duo model with random routing (or a dense baseline); resumable, torchrun-ready",
     PROFILE,
-    arg("--out", dest="run_dir", type=Path, default=None, help="run folder (default: runs/<profile>)"),
+    arg("--out", dest="run_dir", type=Path, default=None,
+        help="run folder (default: runs/<profile>/stage1, the book's Stage-1 run, caches in runs/<profile>/cache)"),
     arg("--corpus", default=None, help="corpus spec (default: the profile's; see duolib.data.corpus)"),
     arg("--steps", type=int, default=None, help="optimizer steps"),
     arg("--batch-size", type=int, default=None, help="global batch size (sequences)"),
@@ -334,7 +343,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     arg("--eval-every", type=int, default=None, help="steps between holdout evaluations"),
     arg("--checkpoint-every", type=int, default=None, help="steps between checkpoints"),
     arg("--log-every", type=int, default=None, help="steps between metrics lines"),
-    arg("--threads", type=lambda v: v if v == "auto" else int(v), default=None,
+    arg("--threads", type=threads_value, default=None,
         help="torch CPU threads, or 'auto' (1 or all cores, timed at start)"),
     arg("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (JSON value)"),
     arg("--no-resume", action="store_true", help="start afresh (clears the run folder: only a duolib run folder)"),
@@ -348,7 +357,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @subcommand(
     "oracle",
     "Stage 2: exhaustive routing oracles (loss matrix, reductions, token difficulty) into a run folder",
-    MODEL, RANDOM_INIT, PROFILE,
+    MODEL, RANDOM_INIT, MODEL_PROFILE,
     arg("--out", type=Path, required=True, help="run folder receiving <holdout>/<semantics>/ tables"),
     arg("--corpus", default=None,
         help="holdout corpus (duolib.data.corpus spec) or 'random' (default with --random-init)"),
@@ -358,19 +367,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     arg("--semantics", choices=("shared", "fixed-context", "both"), default=None,
         help="how a route changes later tokens' context (default: the profile's)"),
     arg("--budget", dest="k", type=int, default=None, help="budget (big layers per token) of the difficulty table"),
-    arg("--seed", type=int, default=0, help="random seed (default: %(default)s)"),
+    arg("--seed", type=seed_value, default=0, help="random seed (default: %(default)s)"),
     arg("--save-matrix", action="store_true", help="also write losses.npy"),
     NO_PROGRESS,
 )
 def cmd_oracle(args: argparse.Namespace) -> int:
+    from duolib.data.run_data import profile_for_model
+
+    args.profile = profile_for_model(args.model, args.profile, PRESETS, "duo oracle")
     return entry_point("oracle")(args)
 
 
 @subcommand(
     "route",
     "Stage 3: train a router (soft mixture, annealed temperature, budget penalty), evaluate and save it",
-    MODEL, RANDOM_INIT, PROFILE,
+    MODEL, RANDOM_INIT, MODEL_PROFILE,
     arg("--out", type=Path, required=True, help="folder receiving router/, history.csv and eval.csv"),
+    arg("--overwrite", action="store_true", help="replace the router already saved in --out"),
     arg("--corpus", default=None, help="corpus spec (duolib.data.corpus) or 'random' (default with --random-init)"),
     arg("--budget", type=float, default=None, help="average big layers per token (default: profile's first)"),
     arg("--setting", default=None, help="skip setting instead: small70_big30, big50_skip50, big50_small30_skip20"),
@@ -381,11 +394,26 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     arg("--lr", type=float, default=None, help="router learning rate (default: the profile's)"),
     arg("--alpha", type=float, default=None, help="budget-penalty weight"),
     arg("--eval-sequences", type=int, default=None, help="holdout sequences for the evaluation"),
-    arg("--seed", type=int, default=0, help="random seed (default: %(default)s)"),
+    arg("--seed", type=seed_value, default=0, help="random seed (default: %(default)s)"),
     NO_PROGRESS,
 )
 def cmd_route(args: argparse.Namespace) -> int:
+    from duolib.data.run_data import profile_for_model
+
+    args.profile = profile_for_model(args.model, args.profile, PRESETS, "duo route")
     return entry_point("route")(args)
+
+
+@subcommand(
+    "migrate",
+    "mark a run folder written by an earlier duolib release as a duolib folder (.duolib), after a strict check",
+    arg("folder", type=Path, help="the run folder (duo train / oracle / route) of an earlier release"),
+)
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from duolib.runfolder import migrate
+
+    print(f"duo migrate: {args.folder} is a `{migrate(args.folder)}` folder (.duolib marker written)")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

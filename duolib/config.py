@@ -18,7 +18,9 @@ class DuoConfig(PreTrainedConfig):
     paper), ``max_position_embeddings``, ``rope_theta``, ``rms_norm_eps``, ``tie_word_embeddings``,
     ``rope_parameters`` (transformers' rotary settings as in ``LlamaConfig``: ``rope_type`` "default",
     "linear", "dynamic", "yarn", "longrope" or "llama3" with its factors; ``rope_theta`` is kept equal
-    to ``rope_parameters["rope_theta"]``).
+    to ``rope_parameters["rope_theta"]``), ``stage1_route_probs`` (``(p_skip, p_small, p_big)``: in training
+    mode a forward without ``routes`` draws Stage-1 random routes, so ``transformers.Trainer`` or any plain
+    training loop trains both FFN sizes; None, the default: all big, as in eval mode).
 
     Example::
 
@@ -56,6 +58,7 @@ class DuoConfig(PreTrainedConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    stage1_route_probs: list[float] | tuple[float, float, float] | None = None
 
     def __post_init__(self, **kwargs):
         if self.small_ffn_size is None:
@@ -63,6 +66,7 @@ class DuoConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         self._check_sizes()
+        self._check_stage1_routing()
         super().__post_init__(**kwargs)  # fills rope_parameters (rope_type, rope_theta) from rope_theta if absent
         self._check_rope()
 
@@ -75,6 +79,20 @@ class DuoConfig(PreTrainedConfig):
             raise ValueError(f"rope_parameters has partial_rotary_factor={rope['partial_rotary_factor']}; "
                              f"Duo rotates whole heads (use 1.0)")
         self.rope_theta = float(rope["rope_theta"])
+
+    def _check_stage1_routing(self) -> None:
+        probs = self.stage1_route_probs
+        if probs is None:
+            return
+        try:
+            probs = [float(p) for p in probs]
+        except (TypeError, ValueError):
+            probs = None
+        if (probs is None or len(probs) != 3 or any(not 0.0 <= p <= 1.0 for p in probs)
+                or abs(sum(probs) - 1.0) > 1e-6):
+            raise ValueError(f"stage1_route_probs={self.stage1_route_probs!r} must be three probabilities "
+                             f"(p_skip, p_small, p_big) summing to 1, e.g. (0.0, 0.5, 0.5) as in the paper's Stage 1")
+        self.stage1_route_probs = probs  # a list: what config.json holds
 
     def _check_sizes(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

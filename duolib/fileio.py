@@ -53,3 +53,16 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def umask_modes(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes a plain ``open`` / ``mkdir`` would under
+    the process umask.  ``tempfile.mkdtemp`` makes 0700 folders and safetensors writes 0600 files; renamed
+    into place they would leave saved models readable only by their owner (not by a container, a web server
+    or a colleague) whatever the umask says."""
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    path = Path(path)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)

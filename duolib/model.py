@@ -35,7 +35,8 @@ from transformers.utils.output_capturing import capture_outputs
 from .config import DuoConfig
 from .flops import pattern_flops
 from .layers import Attention, DuoLayer, RMSNorm, RotaryEmbedding
-from .routing import BIG, CheckpointReplay, FixedRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
+from .runfolder import verify_model_folder
+from .routing import BIG, CheckpointReplay, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +68,10 @@ class DuoPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DuoLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # the default (all-big) forward compiles without graph breaks, static cache included (tests/test_hf_compile.py):
+    # transformers' generation then compiles static-cache decoding as it does Llama's.  Routed forwards gather
+    # their tokens' rows (data-dependent shapes) and break the graph there, which CompileConfig's default allows.
+    _can_compile_fullgraph = True
     supports_gradient_checkpointing = True
     _can_record_outputs = {"hidden_states": DuoLayer, "attentions": Attention}
 
@@ -84,7 +89,9 @@ class DuoPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' ``from_pretrained``; given a Llama checkpoint, its MLPs load as the big FFNs
-        (config from :meth:`DuoConfig.from_llama`) and the small FFNs are freshly initialised."""
+        (config from :meth:`DuoConfig.from_llama`) and the small FFNs are freshly initialised.  A local
+        folder duolib wrote (a run's ``final/``) is checked against its manifest first."""
+        verify_model_folder(pretrained_model_name_or_path)
         if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
             found, _ = DuoConfig.get_config_dict(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
             if found.get("model_type") == "llama":
@@ -128,6 +135,16 @@ class DuoModel(DuoPreTrainedModel):
     def default_policy(self) -> RoutingPolicy:
         return self.all_big
 
+    def stage1_policy(self) -> RoutingPolicy:
+        """The routes of a training-mode forward without ``routes``: random with ``config.stage1_route_probs``
+        (drawn from a generator seeded by torch's global RNG, so ``torch.manual_seed`` / ``Trainer``'s seed
+        make them reproducible), else all big."""
+        probs = getattr(self.config, "stage1_route_probs", None)
+        if not probs:
+            return self.all_big
+        p_skip, _, p_big = probs
+        return RandomRoutes(p_big=p_big, p_skip=p_skip, seed=int(torch.randint(2**62, (1,)).item()))
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
@@ -155,7 +172,8 @@ class DuoModel(DuoPreTrainedModel):
         # positions passed in may mark packed sequences (a restart at 0 opens a new one)
         mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask, cache=cache,
                                   position_ids=position_ids if given_positions else None)
-        policy = make_policy(routes, B, T, self.config.num_hidden_layers, self.default_policy())
+        default = self.stage1_policy() if routes is None and self.training else self.default_policy()
+        policy = make_policy(routes, B, T, self.config.num_hidden_layers, default)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             policy = CheckpointReplay(policy)
         rotations = self.rotary_emb(position_ids)  # [B or 1, T, 1, hd/2]

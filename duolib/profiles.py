@@ -117,12 +117,13 @@ for _name, _section in _ROUTER_SECTIONS.items():
 # second than the 12-layer model (probes: compute-token loss 1.3 nats after 400 steps vs 4.9 after 200
 # 12-layer steps); 600 steps at ~0.35 s each are about 3.5 minutes on one thread.
 # seeds: training seeds of every chapter that reads a trained model (duolib.book.seeds): the claims are judged on
-# intervals that combine seeds and windows, so that a verdict does not rest on one model's rounding.
+# intervals that combine seeds and windows, so that a verdict does not rest on one model's rounding.  tiny: one
+# seed (Binder and the tests' books stay fast; tests/test_pipeline.py runs replicas under two).
 # compare_model: DuoConfig overrides of the dense comparison's models (08_dense), compare_steps their
 # training steps (every model the same); retrofit_steps: 09_retrofit's step unit.
 _BOOK_SECTIONS = {
     "tiny": dict(compare_steps=20, compare_model={}, retrofit_steps=20, synthetic_steps=30, synthetic_layers=None,
-                 synthetic_lr=None, heatmap_bins=8, bench_repeats=2, skip_p=0.2, seeds=2),
+                 synthetic_lr=None, heatmap_bins=8, bench_repeats=2, skip_p=0.2, seeds=1),
     # default: the comparison's seven trainings (Duo, five dense, the two-stage ablation) at the Stage-1
     # width but 4 layers instead of 12: about 0.35 s a step on one thread against 0.8 (the LM head over the
     # 4,096-token vocabulary is a fixed share of each step), so 300 steps each fit ~12 CPU minutes; the

@@ -220,7 +220,8 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     on CPU tensors only: on an accelerator it would wait for the device at every forward pass."""
     if input_ids.numel() == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per sequence")
-    if input_ids.device.type == "cpu":
+    # a compiled graph cannot branch on token values (torch.compile(fullgraph=True) would fail); eager calls check
+    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"input_ids holds token id {hi if hi >= vocab_size else lo}, outside the model's "

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +30,7 @@ from .fileio import atomic_write, atomic_write_text
 LOCK_FILE = ".lock"
 MARKER = ".duolib"
 MANIFEST = "manifest.json"
+BOOKKEEPING = (LOCK_FILE, MARKER)
 #: Files hashed in full up to this size; larger ones by size plus 64 evenly spread 1 MiB blocks
 #: (hashing a 300B-token cache on every load would take longer than the work it feeds).
 FULL_HASH_BYTES = 1 << 30
@@ -55,22 +57,54 @@ def _json(path: Path):
 
 def folder_kind(path: str | os.PathLike) -> str | None:
     """The duolib writer a folder belongs to ("duo train", "duo oracle", "duo route", "duo book"), from its
-    ``.duolib`` marker or, for folders written before the marker, from what they hold; None otherwise."""
+    ``.duolib`` marker alone; None otherwise.  What a folder's JSON files hold is never taken as proof:
+    a user's own ``summary.json`` may well have a "results" key.  A folder of the previous release gets
+    its marker from :func:`migrate` (``duo migrate DIR``)."""
+    path = Path(path)
+    if not path.is_dir() or (path / MARKER).is_symlink():
+        return None
+    marker = _json(path / MARKER)
+    if isinstance(marker, dict) and marker.get("written_by") == "duolib" and isinstance(marker.get("kind"), str):
+        return marker["kind"]
+    return None
+
+
+def legacy_kind(path: str | os.PathLike) -> str | None:
+    """The writer of a folder written by the previous release (no marker), from a strict signature; None
+    when it does not match.  A ``duo train`` folder's config.json must hold exactly its identity, the
+    sha256 of that identity and its config; a ``duo oracle`` folder's summary.json exactly the keys that
+    release wrote, marked complete; a ``duo route`` folder a router/router.json beside its weights."""
+    from .utils import json_hash
+
     path = Path(path)
     if not path.is_dir():
         return None
-    marker = _json(path / MARKER)
-    if isinstance(marker, dict) and marker.get("kind"):
-        return marker["kind"]
     config, summary = _json(path / "config.json"), _json(path / "summary.json")
-    trained = isinstance(summary, dict) and "identity_hash" in summary
-    if trained or (isinstance(config, dict) and "identity" in config):
+    if (isinstance(config, dict) and set(config) - {"extended"} == {"identity", "identity_hash", "config"}
+            and config["identity_hash"] == json_hash(config["identity"])):
         return "duo train"
-    if isinstance(summary, dict) and "results" in summary:
+    oracle_keys = {"model", "corpus", "n_sequences", "seq_len", "choices", "seed", "results", "complete"}
+    if isinstance(summary, dict) and set(summary) == oracle_keys and summary["complete"] is True:
         return "duo oracle"
-    if (path / "router" / "router.json").is_file():
+    if (path / "router" / "router.json").is_file() and (path / "router" / "router.safetensors").is_file():
         return "duo route"
-    return "duo book" if (path / ".pipeline").is_dir() else None
+    return None
+
+
+def migrate(path: str | os.PathLike) -> str:
+    """Give a folder written by the previous release its ``.duolib`` marker (``duo migrate DIR``), after
+    checking its signature (:func:`legacy_kind`); returns its kind.  RunFolderError for any other folder."""
+    path = Path(path)
+    kind = folder_kind(path)
+    if kind is not None:
+        return kind
+    kind = legacy_kind(path)
+    if kind is None:
+        raise RunFolderError(f"{path} does not look like a run folder of an earlier duolib release (no "
+                             f"config.json with a matching identity_hash, no complete oracle summary.json, no "
+                             f"router/); nothing was changed")
+    atomic_write_text(path / MARKER, json.dumps(dict(written_by="duolib", kind=kind)) + "\n")
+    return kind
 
 
 def is_duolib_folder(path: str | os.PathLike) -> bool:
@@ -91,8 +125,11 @@ def check_usable(path: str | os.PathLike) -> Path:
         names = _foreign_entries(path)
         if names:
             shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            hint = (f"; it looks like a run folder of an earlier duolib release: mark it with `duo migrate {path}` "
+                    f"first" if legacy_kind(path) else "")
             raise RunFolderError(f"{path} holds files that duolib did not write ({shown}); it is not a duolib "
-                                 f"run folder, so nothing there is deleted or overwritten: use a new or empty folder")
+                                 f"run folder, so nothing there is deleted or overwritten: use a new or empty "
+                                 f"folder{hint}")
     return path
 
 
@@ -101,7 +138,8 @@ def clear(path: str | os.PathLike) -> None:
     path = check_usable(path)
     if not path.is_dir():
         return
-    for p in path.iterdir():
+    # the log goes last: a kill midway never leaves checkpoints to resume from without their log
+    for p in sorted(path.iterdir(), key=lambda p: p.name == "metrics.jsonl"):
         if p.name not in (LOCK_FILE, MARKER):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
@@ -115,6 +153,18 @@ def _holder(lock: Path) -> str:
     return "another process"
 
 
+# What a user mixing the book's layout (runs/<profile>: data caches, stage1/ the Stage-1 run, results/) with
+# the command line most likely meant, by (the folder's writer, the command refused).
+_LAYOUT_HINTS = {
+    ("duo book", "duo train"): "; the book's Stage-1 run is {path}/stage1 (`duo train --profile P` with no --out "
+                               "writes runs/P/stage1)",
+    ("duo book", "duo oracle"): "; e.g. --out {path}/oracle-cli (the book's Stage-1 model: --model {path}/stage1)",
+    ("duo book", "duo route"): "; e.g. --out {path}/router-cli (the book's Stage-1 model: --model {path}/stage1)",
+    ("duo train", "duo book"): "; the book keeps its Stage-1 run in a subfolder, stage1/: give the book (duo data, "
+                               "duo book, run_dir) the folder above it, e.g. move {path} to runs/<profile>/stage1",
+}
+
+
 @contextlib.contextmanager
 def claim(path: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold the exclusive lock of folder ``path`` (created if needed) for the ``with`` block.
@@ -124,7 +174,8 @@ def claim(path: str | os.PathLike, what: str) -> Iterator[Path]:
     path = check_usable(path)
     kind = folder_kind(path)
     if kind is not None and kind != what:
-        raise RunFolderError(f"{path} is a `{kind}` folder; give `{what}` a folder of its own (new or empty)")
+        raise RunFolderError(f"{path} is a `{kind}` folder; give `{what}` a folder of its own (new or empty)"
+                             + _LAYOUT_HINTS.get((kind, what), "").format(path=path))
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -132,24 +183,101 @@ def claim(path: str | os.PathLike, what: str) -> Iterator[Path]:
     if not os.access(path, os.W_OK | os.X_OK):
         raise RunFolderError(f"run folder {path} is not writable; fix its permissions or choose another folder")
     lock = path / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock(lock, write=True)
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                raise RunFolderError(f"run folder {path} is in use by {_holder(lock)}; wait for it to finish, "
-                                     f"or use another folder") from None
+        _flock(fd, path, lock, shared=False)
         info = json.dumps(dict(pid=os.getpid(), what=what, since=time.strftime("%Y-%m-%d %H:%M:%S")))
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # our own regular, single-link file (open_lock checked): truncating it is safe
         os.pwrite(fd, info.encode(), 0)
         if not (path / MARKER).is_file():
             atomic_write_text(path / MARKER, json.dumps(dict(written_by="duolib", kind=what)) + "\n")
         yield path
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def open_lock(lock: Path, write: bool) -> int | None:
+    """A file descriptor of lock file ``lock``, opened without following a symlink (a received run folder
+    whose ``.lock`` points at another file must not get that file truncated) and refused unless it is a
+    regular file with one link.  ``write=False`` (a reader) opens it read-only and returns None when it
+    does not exist and cannot be created (a read-only run nobody is writing)."""
+    flags = (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY
+    try:
+        fd = os.open(lock, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileNotFoundError:
+        if write:
+            raise
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            return open_lock(lock, write)  # created meanwhile by a writer
+        except OSError:
+            return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunFolderError(f"{lock} is a symbolic link, not a lock file; remove it (rm {lock}) and retry: "
+                                 f"duolib never follows it, so the file it points to stays untouched") from None
+        raise RunFolderError(f"cannot open the lock file {lock}: {err.strerror}; fix its permissions or use "
+                             f"another folder") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise RunFolderError(f"{lock} is not a plain lock file (a hard link or a special file); remove it "
+                             f"(rm {lock}) and retry")
+    return fd
+
+
+def _flock(fd: int, path: Path, lock: Path, shared: bool) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise RunFolderError(f"run folder {path} is in use by {_holder(lock)}; wait for it to finish, "
+                             f"or use another folder") from None
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the shared lock of run folder ``path`` while the ``with`` block reads it: no writer (:func:`claim`)
+    starts meanwhile; a folder being written is refused naming the writer.  Readers share it."""
+    path = Path(path)
+    fd = open_lock(path / LOCK_FILE, write=False) if path.is_dir() else None
+    try:
+        if fd is not None:
+            _flock(fd, path, path / LOCK_FILE, shared=True)
+        yield path
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failed write inside the block (a full disk, a quota, an I/O error; torch and safetensors
+    report them as RuntimeError / SafetensorError without a path) into one RunFolderError that names
+    ``what`` and ``target``, the free space there, and what to do.  Nothing half-written is left: the
+    writers inside write to temporary names."""
+    try:
+        yield
+    except RunFolderError:
+        raise
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _io_failure(err):
+            raise
+        target = Path(target)
+        free = shutil.disk_usage(next(p for p in [target, *target.parents] if p.exists())).free / 1e6
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
+        raise RunFolderError(f"could not write {what} {target} ({cause}; {free:,.0f} MB free): free some disk "
+                             f"space (or fix the folder's permissions) and rerun; a training run resumes from its "
+                             f"last complete checkpoint") from None
+
+
+def _io_failure(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(k in text for k in ("safetensorerror", "iostream", "no space", "storagefull", "ioerror", "write"))
 
 
 # ----------------------------------------------------------------------------- content checks
@@ -184,28 +312,73 @@ def mismatch(path: str | os.PathLike, expected: dict) -> str | None:
 
 
 def write_manifest(folder: str | os.PathLike) -> dict:
-    """Record :func:`digest` of every file under ``folder`` in ``folder/manifest.json`` (written last)."""
+    """Record :func:`digest` of every file under ``folder`` in ``folder/manifest.json`` (written last).
+    A run folder's own lock and marker stay unlisted: they change while the results do not."""
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): digest(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+             if p.is_file() and p.name != MANIFEST and p.relative_to(folder).parts[0] not in BOOKKEEPING}
     atomic_write_text(folder / MANIFEST, json.dumps(dict(files=files), indent=1, sort_keys=True))
     return files
 
 
-def verify_manifest(folder: str | os.PathLike, advice: str) -> None:
-    """RunFolderError naming the first file of ``folder`` that does not match its manifest.
-
-    A folder without a manifest (written before manifests existed) is accepted unchecked."""
+def confined(folder: str | os.PathLike, name: str, what: str = "manifest") -> Path:
+    """``folder / name`` for a relative file name recorded in a ``what`` of ``folder``; RunFolderError when
+    the name is absolute, climbs out with ``..``, or leads through a symlink (recorded names are written
+    by duolib, so anything else means the record was edited: nothing outside the folder is read)."""
     folder = Path(folder)
-    if not (folder / MANIFEST).exists():
+    parts = Path(name).parts if isinstance(name, str) and name else ("",)
+    if (not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name
+            or any(p in ("..", ".", "") for p in parts)):
+        raise RunFolderError(f"{folder}: the {what} names {name!r}, which is not a file inside the folder; "
+                             f"the {what} was edited: restore the folder from a copy or recreate it")
+    path = folder
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise RunFolderError(f"{path} is a symbolic link; duolib writes none, so it was replaced: restore "
+                                 f"the folder from a copy or recreate it")
+    return path
+
+
+def verify_manifest(folder: str | os.PathLike, advice: str, required: bool = True) -> None:
+    """RunFolderError naming the first file of ``folder`` that does not match its manifest: changed,
+    truncated, missing, a symlink, outside the folder, or present but not listed (an extra weights file
+    would be loaded).  A folder without a manifest is refused too (deleting the manifest must not switch
+    the check off), unless ``required=False``: a model folder duolib did not write (a plain Hugging Face
+    save) has none to check."""
+    folder = Path(folder)
+    if not required and not os.path.lexists(folder / MANIFEST):
         return
+    if not (folder / MANIFEST).is_file() or (folder / MANIFEST).is_symlink():
+        raise RunFolderError(f"{folder / MANIFEST} is missing, so the files of {folder} cannot be checked; {advice}")
     info = _json(folder / MANIFEST)
     if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
         raise RunFolderError(f"{folder / MANIFEST} is unreadable (corrupted); {advice}")
-    for name, expected in info["files"].items():
-        why = mismatch(folder / name, expected)
-        if why:
-            raise RunFolderError(f"{why}; {advice}")
+    try:
+        for name, expected in info["files"].items():
+            why = mismatch(confined(folder, name), expected if isinstance(expected, dict) else {})
+            if why:
+                raise RunFolderError(f"{why}; {advice}")
+    except RunFolderError as err:
+        raise RunFolderError(str(err) if advice in str(err) else f"{err}; {advice}") from None
+    listed = set(info["files"]) | {MANIFEST}
+    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed
+                   and p.relative_to(folder).parts[0] not in BOOKKEEPING)
+    if extra:
+        raise RunFolderError(f"{folder / extra[0]} is not listed in {folder / MANIFEST} (a file added after the "
+                             f"folder was written; it could replace what was checked); remove it. {advice}")
+
+
+def verify_model_folder(path) -> None:
+    """The check of ``from_pretrained`` on a local folder: a folder with a manifest (duolib wrote it) is
+    verified against it, and a run's ``final/`` must have one; other folders and hub names pass."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        return
+    path = Path(path)
+    in_run = path.name == "final" and folder_kind(path.parent) == "duo train"
+    verify_manifest(path, f"the model in {path} is damaged: restore it from a copy or retrain it "
+                          f"(duo train --overwrite)", required=in_run)
 
 
 def _sidecar(path: Path) -> Path:

@@ -142,6 +142,12 @@ def apply_threads(value) -> int:
     if value == "auto":
         value = calibrate_threads()["threads"]
     if value:
+        cores = os.cpu_count() or 1
+        if int(value) > cores:
+            import warnings
+
+            warnings.warn(f"threads={value} but this machine has {cores} CPU core(s): extra threads only "
+                          f"compete for them (slower); use threads={cores} or 'auto'", stacklevel=2)
         torch.set_num_threads(int(value))
     return torch.get_num_threads()
 

@@ -23,3 +23,15 @@ def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("duo_cache")
     prepare("synthetic", 512, path, synthetic=SYNTH["synthetic"], progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(cache_dir, tmp_path_factory):
+    """One finished 10-step tiny run (checkpoints at 5 and 10) shared by the files that damage copies of
+    it (tests/test_hostile.py, tests/test_trust.py); never changed itself."""
+    from duolib.train.loop import train
+    from tiny_runs import tiny
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(tiny(cache_dir, steps=10, eval_every=10, checkpoint_every=5), run)
+    return run

@@ -33,3 +33,44 @@ def test_oracle_floor_counts_the_work_the_engines_flop_accounting_counts(capsys)
                        "--engine-windows", "2"]) == 0
     out = capsys.readouterr().out
     assert "floor, everything fp32" in out and "engine, 1 thread(s)" in out
+
+
+def test_generation_speed_predicts_the_flops_of_each_call_and_runs_the_benchmark(capsys):
+    import torch
+
+    from duolib import DuoForCausalLM
+    from duolib.book.generation import fixed_patterns, generation_speed
+    from duolib.flops import head_flops, pattern_flops
+
+    cfg = DuoConfig.preset("tiny")
+    torch.manual_seed(0)
+    model = DuoForCausalLM(cfg).eval()
+    T, n, L = 6, 7, cfg.num_hidden_layers  # n = 1 (prefill) + two rounds of 2 drafts and 1 target token
+    prompts = torch.randint(0, cfg.vocab_size, (2, T), generator=torch.Generator().manual_seed(0))
+    rows = generation_speed(model, prompts, n, 2, patterns=fixed_patterns(L, [1]), drafts={"same": "B" * L},
+                            draft_lens=(2,), warmup=0)
+    gen = {r["variant"]: r for r in rows["generate"]}
+
+    def call_flops(pattern):  # every row of prompt + new tokens but the last, the head only where it runs
+        return sum(pattern_flops(cfg, pattern, c) for c in range(1, T + n)) - (T - 1) * head_flops(cfg)
+
+    assert gen["all-big"]["speedup"] == 1.0 and gen["all-big"]["predicted"] == 1.0
+    for name, pattern in fixed_patterns(L, [1]).items():
+        assert abs(gen[name]["predicted"] - call_flops("B" * L) / call_flops(pattern)) < 1e-9
+        assert gen[name]["big_layers"] == pattern.count("B")
+        ci = gen[name]["speedup_ci"]
+        assert ci["low"] <= gen[name]["speedup"] <= ci["high"]
+    (spec,) = rows["speculative"]
+    assert spec["acceptance"] == 1.0 and spec["tokens_per_verify"] == 3.0  # a draft routed as its target
+    assert load("bench_generate").main(["--profile", "tiny", "--models", "default", "--prompts", "2", "--prompt-len",
+                                        "6", "--new-tokens", "4", "--repeats", "2", "--draft-lens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "all-small" in out and "speed-up" in out and "accepted" in out
+
+
+def test_controls_benchmark_runs_on_tiny(capsys):
+    bench = load("bench_controls")
+    assert bench.main(["--profile", "tiny", "--windows", "2", "--seq-len", "8", "--candidates", "1",
+                       "--entropy-windows", "1", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "placebo shared" in out and "placebo fixed-context" in out and "entropy=True" in out

@@ -103,8 +103,8 @@ def test_every_option_has_help_and_shared_options_agree():
             if action.dest != "help":
                 assert action.help, f"duo {name} {action.option_strings or action.dest}: no help text"
         flags = {s: a for a in p._actions for s in a.option_strings}
-        if "--profile" in flags:
-            assert flags["--profile"].default == "default", name
+        if "--profile" in flags:  # oracle / route: None means the --model run's recorded profile, else default
+            assert flags["--profile"].default == (None if name in ("oracle", "route") else "default"), name
         assert "--quiet" not in flags and "--run-dir" not in flags, name
         if name in ("train", "oracle", "route"):
             assert "--no-progress" in flags and "--out" in flags, name

@@ -10,7 +10,7 @@ import torch
 from duolib import BIG, DuoConfig, DuoForCausalLM
 from duolib.book import analysis, evidence
 from duolib.oracle.engine import loss_matrix
-from duolib.oracle.reductions import SHUFFLED, budget_schedule, shuffled_schedule
+from duolib.oracle.schedules import SHUFFLED, budget_schedule, shuffled_schedule
 
 
 @pytest.fixture(scope="module")

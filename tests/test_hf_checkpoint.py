@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, pipeline
 from duolib import DuoConfig, DuoForCausalLM
 from duolib.train.run_folder import save_complete_checkpoint
 from duolib.data.tokenizer import train_tokenizer
+from tolerances import assert_paths_close
 
 TEXTS = ["the cat sat on the mat. " * 20, "def f(x):\n    return x + 1\n" * 20, "a quick brown fox jumps. " * 20]
 
@@ -63,17 +64,17 @@ model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eva
 base = AutoModel.from_pretrained(folder, trust_remote_code=True)
 io = torch.load({str(tmp_path / "io.pt")!r})
 with torch.no_grad():
-    diff = (model(io["x"], routes=[0, 1, 2, 2]).logits - io["expected"]).abs().max().item()
+    torch.save(model(io["x"], routes=[0, 1, 2, 2]).logits, {str(tmp_path / "got.pt")!r})
 assert type(model).__name__ == "DuoForCausalLM" and type(base).__name__ == "DuoModel", (type(model), type(base))
 assert not any(name == "duolib" or name.startswith("duolib.") for name in sys.modules), "duolib was imported"
-print("DIFF", diff)
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert float(run.stdout.split("DIFF")[-1]) == 0.0
+    # the saved copy runs the same arithmetic through another import path: equal up to rounding
+    assert_paths_close(torch.load(tmp_path / "got.pt"), expected)
 
 
 def test_duolib_import_registers_the_auto_classes(saved):

@@ -18,10 +18,10 @@ FLOORS = [
     {"utils", "fileio", "profiles", "routing", "stats", "runfolder"},
     {"config", "flops", "data"},
     {"model", "layers", "convert"},
-    {"oracle", "train", "retrofit", "retrofit_small"},
+    {"oracle", "train", "retrofit", "retrofit_small", "speculative"},
     {"router"},
     {"book", "bookhtml"},
-    {"cli"},
+    {"cli", "cliargs"},
     {"__main__"},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

@@ -16,8 +16,10 @@ from duolib.oracle.brute_force import brute_force_flops, brute_force_loss_matrix
 from duolib.oracle.engine import loss_matrix
 from duolib.oracle.patterns import enumerate_patterns, parse_choices, resolve_patterns
 from duolib.oracle.difficulty import token_difficulty
-from duolib.oracle.reductions import LossMatrix, budget_schedule
+from duolib.oracle.reductions import LossMatrix
+from duolib.oracle.schedules import budget_schedule
 from duolib.oracle.setup import oracle_setup
+from tolerances import assert_paths_close
 
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}
 
@@ -91,7 +93,7 @@ def test_exact_k_matrix_and_flop_ledger(model):
     assert m.num_patterns == 6 and (m.n_big == 2).all()
     full = loss_matrix(model, x)
     for p in range(m.num_patterns):
-        assert torch.equal(m.losses[p], full.loss_of(m.patterns[p]))
+        assert_paths_close(m.losses[p], full.loss_of(m.patterns[p]))  # two tries, two batchings
     counts = full.stats
     assert counts["internal_nodes"] == 1 + 2 + 4 + 8 and counts["leaves"] == 16
     assert counts["edges"] == {"skip": 0, "small": 15, "big": 15}

@@ -255,3 +255,32 @@ def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatc
     # a step marked first starts before the steps listed before it once both are ready
     assert log.index(("start", "07_routers")) < log.index(("start", "04_schedules"))
     assert [s.name for s in STEPS if s.first] == ["07_routers"]
+
+
+def test_model_chapters_run_once_per_training_seed(monkeypatch, tmp_path):
+    """With two training seeds every replicated step also runs for seed 1, in runs/seeds/seed1, with its own
+    seed; the replica's executed notebook stays out of the book; the timings list it."""
+    import copy
+
+    from duolib import profiles
+    from duolib.book.pipeline import step_times
+
+    tiny = copy.deepcopy(profiles.PROFILES["tiny"])
+    tiny["book"]["seeds"] = 2
+    monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "experiments"))
+    runs = tmp_path / "runs"
+    results = run_pipeline("tiny", root=ROOT, run_dir=runs, book_dir=tmp_path / "book",
+                           only=["01_data", "02_training"])
+    assert [r.name for r in results] == ["01_data", "01_data@seed1", "02_training", "02_training@seed1"]
+    assert sorted(p.name for p in (tmp_path / "book" / "experiments").glob("*.ipynb")) == \
+        ["01_data.ipynb", "02_training.ipynb"]
+    replica = runs / "seeds" / "seed1"
+    assert (replica / "experiments" / "02_training.ipynb").is_file()
+    assert json.loads((replica / "stage1" / "config.json").read_text())["config"]["seed"] == 1
+    assert json.loads((runs / "stage1" / "config.json").read_text())["config"]["seed"] == 0
+    ppl = [json.loads((d / "results" / "02_training.json").read_text())["holdouts"] for d in (runs, replica)]
+    assert ppl[0] != ppl[1]  # another seed, another model
+    assert [t["step"] for t in step_times(runs)] == [r.name for r in results]
+    again = run_pipeline("tiny", root=ROOT, run_dir=runs, book_dir=tmp_path / "book", only=["02_training"])
+    assert [(r.name, r.status) for r in again] == [("02_training", "cached"), ("02_training@seed1", "cached")]

@@ -22,6 +22,7 @@ from duolib.routing import BIG, FixedRoutes
 from duolib.train.config import TrainConfig
 from duolib.train.loop import train
 from duolib.train.run_folder import read_metrics
+from duolib.utils import json_hash
 from tiny_runs import SYNTH, tiny
 
 
@@ -112,7 +113,7 @@ def test_a_truncated_run_tokenizer_is_named(finished, tmp_path, capsys):
     tok.write_bytes(tok.read_bytes()[:500])
     assert main(["oracle", "--profile", "tiny", "--model", str(run), "--out", str(tmp_path / "o"),
                  "--no-progress"]) == 1
-    assert "tokenizer/tokenizer.json is unreadable" in one_line_error(capsys)
+    assert "tokenizer/tokenizer.json differs from the checked copy" in one_line_error(capsys)
 
 
 def test_paths_and_disks_give_one_line_errors(cache_dir, tmp_path, capsys, monkeypatch):
@@ -195,9 +196,14 @@ def test_more_steps_continue_a_finished_run_from_its_last_checkpoint(finished, c
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".lock"))
     before = read_metrics(run)
     assert main(train_args(cache_dir, run, "--steps", "14", "--eval-every", "10", "--checkpoint-every", "5")) == 0
-    assert f"{run} finished" in capsys.readouterr().out
+    assert f"{run} extended from 10 to 14 steps" in capsys.readouterr().out  # issue 23: it says so
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 14 and summary["extended"] == [{"from_steps": 10, "at_step": 10}]
+    record = json.loads((run / "config.json").read_text())  # and its identity records it
+    assert record["identity"]["extended"] == summary["extended"]
+    assert summary["identity_hash"] == record["identity_hash"] == json_hash(record["identity"])
+    fresh = {k: v for k, v in record["identity"].items() if k != "extended"}
+    assert summary["identity_hash"] != json_hash(fresh)  # not the identity of a fresh 14-step run
     after = read_metrics(run)
     assert after[after.step <= 10].reset_index(drop=True).equals(before)  # history kept
     assert list(after.query("kind == 'train'").step) == [1, 5, 10, 14] and latest_checkpoint(run).name.endswith("14")

@@ -258,7 +258,7 @@ def test_router_save_is_atomic(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device", filename)
 
     monkeypatch.setattr(safetensors.torch, "save_file", dies_midway)
-    with pytest.raises(OSError):
+    with pytest.raises(RunFolderError, match=r"could not write the router .*r \(No space left on device"):
         RouterPolicy.for_model(model, seed=1).save(tmp_path / "r", model)
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
     monkeypatch.undo()

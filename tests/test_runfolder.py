@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from duolib.fileio import remove_stale_temps
-from duolib.runfolder import (LOCK_FILE, RunFolderError, check_usable, claim, clear, is_duolib_folder, read_checked,
-                              verify_manifest, write_checked, write_manifest)
+from duolib.runfolder import (LOCK_FILE, MANIFEST, RunFolderError, check_usable, claim, clear, folder_kind,
+                              is_duolib_folder, migrate, read_checked, reading, verify_manifest, write_checked,
+                              write_manifest)
+from duolib.utils import json_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,12 +47,17 @@ def test_clear_empties_a_recognised_run_folder_but_keeps_its_lock(tmp_path):
         (run / "final" / "model.safetensors").write_bytes(b"w")
         clear(run)
         assert sorted(p.name for p in run.iterdir()) == [".duolib", LOCK_FILE]
-    legacy = tmp_path / "legacy"  # written before the marker: its config.json identifies it
+    legacy = tmp_path / "legacy"  # written before the marker: recognised only after `duo migrate`
     legacy.mkdir()
-    (legacy / "config.json").write_text(json.dumps({"identity": {}, "config": {}}))
-    assert is_duolib_folder(legacy) and not is_duolib_folder(foreign(tmp_path))
+    identity = {"train": {"steps": 3}}
+    (legacy / "config.json").write_text(json.dumps({"identity": identity, "identity_hash": json_hash(identity),
+                                                    "config": {}}))
+    assert not is_duolib_folder(legacy) and not is_duolib_folder(foreign(tmp_path))
+    with pytest.raises(RunFolderError, match="duo migrate"):
+        clear(legacy)
+    assert migrate(legacy) == "duo train" and is_duolib_folder(legacy)
     clear(legacy)
-    assert list(legacy.iterdir()) == []
+    assert [p.name for p in legacy.iterdir()] == [".duolib"]
 
 
 def test_second_writer_gets_an_error_naming_the_holders_pid(tmp_path):
@@ -128,3 +135,83 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     time.sleep(0.01)
     assert remove_stale_temps(tmp_path) == [stale]
     assert live.exists() and kept.exists() and not stale.exists()
+
+
+# ----------------------------------------------------------------------------- issue 23: marker only, safe lock
+
+
+@pytest.mark.parametrize("name, content", [("summary.json", {"results": {"a": 1}}),
+                                           ("config.json", {"identity": {}, "config": {}}),
+                                           ("config.json", {"identity": {}, "identity_hash": "0" * 64, "config": {}})])
+def test_a_folder_without_the_marker_is_never_cleared_whatever_its_json_holds(tmp_path, name, content):
+    folder = tmp_path / "mine"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "raw.csv").write_text("a,b\n")
+    (folder / name).write_text(json.dumps(content))
+    assert folder_kind(folder) is None
+    with pytest.raises(RunFolderError, match="did not write"):
+        clear(folder)
+    with pytest.raises(RunFolderError, match="not look like a run folder"):
+        migrate(folder)  # a user's JSON does not pass the strict signature either
+    assert (folder / "data" / "raw.csv").read_text() == "a,b\n" and not (folder / ".duolib").exists()
+
+
+def test_a_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    with claim(run, "duo train"):
+        pass
+    (run / LOCK_FILE).unlink()
+    (run / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        with claim(run, "duo train"):
+            pass
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        with reading(run):
+            pass
+    (run / LOCK_FILE).unlink()
+    os.link(victim, run / LOCK_FILE)  # a hard link would be truncated just the same
+    with pytest.raises(RunFolderError, match="not a plain lock file"):
+        with claim(run, "duo train"):
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_readers_share_the_lock_and_exclude_a_writer(tmp_path):
+    run = tmp_path / "run"
+    with claim(run, "duo train"):
+        with pytest.raises(RunFolderError, match=f"in use by pid {os.getpid()}"):
+            with reading(run):
+                pass
+    with reading(run), reading(run):  # two readers at once
+        with pytest.raises(RunFolderError, match="in use"):
+            with claim(run, "duo train"):
+                pass
+    with claim(run, "duo train"):  # free again
+        pass
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "/etc/hostname", "sub/../../outside.txt", "link.txt"])
+def test_manifest_names_are_confined_to_their_folder(tmp_path, name):
+    folder, outside = tmp_path / "final", tmp_path / "outside.txt"
+    folder.mkdir()
+    outside.write_text("secret")
+    (folder / "w.bin").write_bytes(b"weights")
+    (folder / "link.txt").symlink_to(outside)
+    (folder / MANIFEST).write_text(json.dumps({"files": {name: {"size": 1, "sha256": "0"}}}))
+    with pytest.raises(RunFolderError, match="not a file inside the folder|symbolic link") as err:
+        verify_manifest(folder, "restore it")
+    assert "bytes" not in str(err.value)  # the size of a file outside is never revealed
+
+
+def test_a_missing_manifest_or_an_unlisted_file_is_an_error(tmp_path):
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"w" * 10)
+    with pytest.raises(RunFolderError, match="manifest.json is missing"):
+        verify_manifest(folder, "retrain it")
+    write_manifest(folder)
+    verify_manifest(folder, "retrain it")
+    (folder / "extra.safetensors").write_bytes(b"x")
+    with pytest.raises(RunFolderError, match="extra.safetensors is not listed"):
+        verify_manifest(folder, "retrain it")

@@ -110,7 +110,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 def save_matrix(matrix: LossMatrix, path) -> None:
     fields = ("losses", "patterns", "seq", "position", "target", "seq_len", "semantics", "reference",
-              "choices", "stats", "exact", "error_bound")
+              "choices", "stats", "exact", "error_bound", "entropy")  # files saved before entropy load as None
     _atomic_save({f: getattr(matrix, f) for f in fields}, Path(path))
 
 
@@ -120,24 +120,25 @@ def load_matrix(path) -> LossMatrix:
 
 def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("small", "big"), k: int | None = None,
                        semantics: str = "shared", reference: str = "big", progress: bool = False,
-                       precision: str = "fp32") -> LossMatrix:
+                       precision: str = "fp32", entropy: bool = False) -> LossMatrix:
     """:func:`duolib.oracle.engine.loss_matrix` of every pattern over ``choices`` (exactly ``k`` big layers if
     given), loaded from ``run_dir/oracle/`` when the same model, ids and arguments were computed before.
 
     precision: the engine's (fp32 for the book: a bf16 matrix certifies its minima and its best rows, but
     not the best row of a subset of its sequences, which notebook 03 reads; and it measured only about
-    1.1x faster, ``benchmarks/bench_levers.py``)."""
+    1.1x faster, ``benchmarks/bench_levers.py``); entropy: the engine's (for the label-free oracle)."""
     input_ids = torch.as_tensor(input_ids).long()
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
                 reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape),
-                **({} if precision == "fp32" else {"precision": precision}))  # fp32 keys as before
+                **({} if precision == "fp32" else {"precision": precision}),  # fp32 keys as before
+                **({"entropy": True} if entropy else {}))
     key = parts_hash(_fingerprint(model), spec, input_ids.numpy().tobytes())
     path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
     cached = read_checked(path, load_matrix)
     if cached is not None:
         return cached
     matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
-                         progress=progress, precision=precision)
+                         progress=progress, precision=precision, entropy=entropy)
     save_matrix(matrix, path)
     return matrix
 

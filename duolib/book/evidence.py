@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..oracle.reductions import SCHEDULES, SHUFFLED, LossMatrix, budget_schedule, random_rows, shuffled_schedule
+from ..oracle.reductions import LossMatrix, random_rows
+from ..oracle.schedules import SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule
 from ..router.evaluate import route_and_score
 from ..routing import BIG, SMALL, RandomRoutes, training_routes
 from ..stats import N_BOOT, bootstrap, window_totals

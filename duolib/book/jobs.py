@@ -5,6 +5,7 @@ its own kernel process (:mod:`duolib.book.pipeline` builds the jobs from its ste
 from __future__ import annotations
 
 import json
+import re
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from .conclusions import drop_conclusion_outputs
 
 METADATA_KEY = "duolib"
 #: Cell tags that decide how a code cell shows in the book (myst-nb); a code cell of an executed notebook
@@ -65,7 +67,7 @@ def execute_notebook(source: Path, output: Path, params: dict, key: str, root: P
             str(source), str(tmp), parameters=params, kernel_name="python3", cwd=str(source.parent),
             progress_bar=False, report_mode=False,
         )
-        nb = hide_code_by_default(nbformat.read(tmp, as_version=4))
+        nb = tidy_for_book(hide_code_by_default(nbformat.read(tmp, as_version=4)))
         nb.metadata[METADATA_KEY] = {"key": key, "profile": params["profile"]}
         paths = nb.metadata.get("papermill", {})  # this machine's paths -> the final names, relative where possible
         paths.update(input_path=_shown(source, root), output_path=_shown(output, root))
@@ -75,6 +77,32 @@ def execute_notebook(source: Path, output: Path, params: dict, key: str, root: P
         tmp.unlink(missing_ok=True)
         if forced is not None:
             os.environ[PROFILE_ENV] = forced
+
+
+#: stderr lines of nested kernels (a chapter that runs its upstream chapters starts kernels of its own)
+KERNEL_NOISE = re.compile(r"^.*(Kernel is running over TCP without encryption|KeyboardInterrupt caught in kernel"
+                          r"|jupyter_client/connect\.py|warn\(\s*$|Message signing is disabled).*\n?", re.M)
+
+
+def tidy_for_book(nb):
+    """An executed notebook as the book shows it: papermill's injected parameters cell removed from the page
+    (``remove-cell``; the notebook keeps it, for Binder and ``duo book``'s cache), nested kernels' stderr
+    noise dropped, and the conclusions displayed for Jupyter readers dropped (the page renders that prose
+    itself).  Returns ``nb`` (changed in place)."""
+    for cell in nb.cells:
+        tags = list(cell.metadata.get("tags", []))
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+        if cell.cell_type == "code":
+            outputs = []
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    out["text"] = KERNEL_NOISE.sub("", out["text"])
+                    if not out["text"].strip():
+                        continue
+                outputs.append(out)
+            cell.outputs = outputs
+    return drop_conclusion_outputs(nb)
 
 
 def hide_code_by_default(nb):

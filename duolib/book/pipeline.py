@@ -33,6 +33,8 @@ from ..profiles import get_profile
 from .jobs import METADATA_KEY, PROFILE_ENV, Job, Step, StepResult, resolve_jobs, run_jobs
 from .results import check_results
 from .plots import use_style
+from .conclusions import install as show_conclusions
+from .param_types import check_kernel_parameters
 from ..train.config import TrainConfig
 from ..train.run_folder import load_run
 from ..data.corpus import prepare
@@ -57,7 +59,7 @@ STEPS: tuple[Step, ...] = (
     Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True, replicate=True),
     Step("08_dense", needs=("01_data",), replicate=True),  # trains its own, smaller models
     Step("09_retrofit"),
-    Step("10_performance", alone=True),
+    Step("10_performance", needs=("02_training",), alone=True),  # its generation section times the Stage-1 model
     Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
                              "08_dense")),
 )
@@ -122,13 +124,15 @@ def run_pipeline(
     force: bool = False,
     seed: int = 0,
     jobs: int | str = 1,
+    progress: bool = True,
 ) -> list[StepResult]:
     """Execute the notebooks of ``STEPS`` for ``profile``; return what ran and what was cached (``STEPS`` order).
 
     root: the repository (holds ``notebooks/``; default :func:`find_root`); run_dir: artefacts (default
     ``root/runs/<profile>``); book_dir: the book sources, executed notebooks go to ``book_dir/experiments``
     (default ``root/book``); jobs: notebooks run at the same time (the module docstring); ``"auto"``: the
-    usable cores not busy with other work at the start (:func:`resolve_jobs`).
+    usable cores not busy with other work at the start (:func:`resolve_jobs`); progress: the bar over the
+    notebooks (``duo book --no-progress`` turns it off).
     """
     get_profile(profile)  # validates the name
     jobs = resolve_jobs(jobs)
@@ -144,11 +148,11 @@ def run_pipeline(
         only = [n for n in step_names() if n in only or n in missing]
 
     with claim(run_dir, "duo book"):  # one writer of the run folder at a time
-        return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs)
+        return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs, progress)
 
 
 def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, force: bool, seed: int,
-               jobs: int) -> list[StepResult]:
+               jobs: int, progress: bool = True) -> list[StepResult]:
     from tqdm.auto import tqdm
 
     keys: dict[str, str] = {}
@@ -173,7 +177,8 @@ def _run_steps(profile: str, root: Path, run_dir: Path, out_dir: Path, only, for
         else:
             output.parent.mkdir(parents=True, exist_ok=True)
             todo.append(Job(step, source, output, params, keys[step.name], stamp))
-    with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook") as bar:
+    with tqdm(total=len(todo), desc=f"book ({profile}, {jobs} at a time)", unit="notebook",
+              disable=not progress) as bar:
         for result in run_jobs(todo, jobs, root):
             results[result.name] = result
             bar.update(1)
@@ -252,21 +257,26 @@ def notebook_setup(profile: str, run_dir: str | os.PathLike | None) -> tuple[str
 
     With ``DUO_PROFILE`` set in the environment, that profile and its folder ``runs/<profile>`` under the
     repository root replace the notebook's parameters (what Binder needs: see ``start``)."""
+    check_kernel_parameters(find_root())  # -p seed abc / -p nsequences 2 fail here, before any work
     forced = os.environ.get(PROFILE_ENV)
     if forced:
         try:
             get_profile(forced)
         except ValueError as exc:
             raise ValueError(f"environment variable {PROFILE_ENV}={forced!r}: {exc}") from None
-        target = resolve_run_dir(None, forced)
+        # the book's own folder for the notebook's profile follows the override; a folder given explicitly is kept
+        own = run_dir is None or resolve_run_dir(run_dir, profile) == resolve_run_dir(None, profile)
+        target = resolve_run_dir(None if own else run_dir, forced)
+        kept = "" if own else f"; run_dir={run_dir!r} was given explicitly, so it is kept"
         print(f"{PROFILE_ENV}={forced} is set: this notebook runs the {forced!r} profile in {target} "
-              f"(its parameters: profile={profile!r}, run_dir={run_dir!r}; unset {PROFILE_ENV} to use them)")
+              f"(its parameters: profile={profile!r}, run_dir={run_dir!r}{kept}; unset {PROFILE_ENV} to use them)")
         profile, path = forced, target
     else:
         get_profile(profile)
         path = resolve_run_dir(run_dir, profile)
     path.mkdir(parents=True, exist_ok=True)
     use_style()
+    show_conclusions(find_root())  # in Jupyter, the chapter's sentences with their numbers (not raw glue roles)
     return profile, path
 
 
@@ -348,13 +358,13 @@ SKIP_STAGE1_DIR = "stage1-skip"
 HALF_SKIP_ROUTES = "random:0.5:0.5"
 
 
-def book_data(profile: str, run_dir: str | os.PathLike):
+def book_data(profile: str, run_dir: str | os.PathLike, progress: bool = False):
     """The corpus of the book's Stage-1 run (``duolib.data.corpus.Prepared``; cached inside ``run_dir``): once
     that run exists, its recorded data and tokenizer (:func:`duolib.data.run_data.run_data`)."""
     if (Path(run_dir) / STAGE1_DIR / "tokenizer").is_dir():
-        return run_data(Path(run_dir) / STAGE1_DIR)
+        return run_data(Path(run_dir) / STAGE1_DIR, progress=progress)
     cfg = book_train_config(profile, run_dir)
-    return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=False, **cfg.data)
+    return prepare(cfg.corpus, cfg.duo_config().vocab_size, cfg.cache_dir, progress=progress, **cfg.data)
 
 
 def stage1_model(run_dir: str | os.PathLike):

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import remove_stale_temps
+from ..fileio import atomic_write_text, remove_stale_temps
+from ..runfolder import digest, mismatch
 from ..utils import json_hash
 from .document import Document
 from .split import DEFAULT_CODE_FRACTION, DEFAULT_HOLDOUT_FRACTION, mix_train, split_documents, work_id
@@ -177,7 +178,8 @@ def load_documents(spec: str, *, max_docs: int | None = None, synthetic=None) ->
     for sub in (["english", "python"] if kind == "mix" else [kind]):
         files = _files(sub, arg, max_docs)
         for doc_id, path in files:
-            text = _clean(path.read_text(encoding="utf-8", errors="replace"), sub)
+            text = _clean(read_utf8(path) if kind == "text" else path.read_text(encoding="utf-8", errors="replace"),
+                          sub)
             if kind == "text" and len(files) == 1 and Path(arg).expanduser().is_file():
                 docs += [Document(f"{doc_id}#{i:05d}", block, sub) for i, block in enumerate(text_blocks(text))]
             elif text.strip():
@@ -185,6 +187,23 @@ def load_documents(spec: str, *, max_docs: int | None = None, synthetic=None) ->
     if not docs:
         raise ValueError(f"corpus {spec!r} has no non-empty documents")
     return docs
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a user's corpus file, decoded as strict UTF-8: a byte that is not UTF-8 (a Latin-1
+    file) or a NUL byte (a binary file) is a ValueError naming the file and the byte offset, never a
+    silent replacement character."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text: byte offset {err.start} (0x{data[err.start]:02x}) cannot be "
+                         f"decoded; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out "
+                         f"of the corpus") from None
+    if "\x00" in text:
+        raise ValueError(f"{path} holds a NUL byte at byte offset {data.index(0)}: it is a binary file, not "
+                         f"text; leave it out of the corpus")
+    return text
 
 
 def text_blocks(text: str, block_chars: int = TEXT_BLOCK_CHARS) -> list[str]:
@@ -307,16 +326,31 @@ def prepare(corpus: str = "mix", vocab_size: int = 4096, cache_dir: str | os.Pat
     return Prepared(corpus, tok, tok_dir, streams["train"], holdouts)
 
 
+TOKENIZER_SUM = "tokenizer.json.sha256"
+
+
 def _cached_tokenizer(tok_dir: Path, docs, vocab_size: int, chars: int | None, progress: bool):
-    """The cached tokenizer of a corpus, trained when missing and retrained when its cache is unreadable."""
-    if (tok_dir / "tokenizer.json").is_file():
+    """The cached tokenizer of a corpus, trained when missing and retrained when its cache is damaged:
+    ``tokenizer.json`` must match the size and sha256 in ``tokenizer.json.sha256`` (a cache written before
+    the sidecar existed gets one on first use)."""
+    path, sidecar = tok_dir / "tokenizer.json", tok_dir / TOKENIZER_SUM
+    if path.is_file():
+        expected = None
         try:
-            return load_tokenizer(tok_dir)
+            expected = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+            why = mismatch(path, expected) if isinstance(expected, dict) else None
+            tok = None if why else load_tokenizer(tok_dir)
         except Exception as err:  # noqa: BLE001 - a damaged cache entry of ours is rebuilt
-            warnings.warn(f"tokenizer cache rebuilt: {tok_dir / 'tokenizer.json'} is unreadable ({err})", stacklevel=3)
-            shutil.rmtree(tok_dir)
+            why = f"{path} is unreadable ({type(err).__name__}: {err})"
+        if why is None:
+            if expected is None:
+                atomic_write_text(sidecar, json.dumps(digest(path)))
+            return tok
+        warnings.warn(f"tokenizer cache rebuilt: {why}", stacklevel=3)
+        shutil.rmtree(tok_dir)
     remove_stale_temps(tok_dir.parent)
     train_tokenizer((d.text for d in docs()[0]), vocab_size, max_chars=chars, out_dir=tok_dir, show_progress=progress)
+    atomic_write_text(sidecar, json.dumps(digest(path)))
     return load_tokenizer(tok_dir)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write, remove_stale_temps
+from ..fileio import atomic_write, remove_stale_temps, umask_modes
 from ..runfolder import digest, mismatch
 
 EOS_TOKEN = "<|endoftext|>"
@@ -114,6 +114,7 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=f".{os.getpid()}.tmp", dir=out.parent))
     try:
         tok.save_pretrained(str(tmp))
+        umask_modes(tmp)
         if out.exists():  # another process finished first: keep its copy
             shutil.rmtree(tmp)
         else:

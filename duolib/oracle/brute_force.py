@@ -18,13 +18,15 @@ from .reductions import LossMatrix
 
 @torch.no_grad()
 def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k: int | None = None,
-                            semantics: str = "shared", reference="big", progress: bool = False) -> LossMatrix:
+                            semantics: str = "shared", reference="big", progress: bool = False,
+                            entropy: bool = False) -> LossMatrix:
     """The same matrix as :func:`loss_matrix`, by full :class:`~duolib.DuoForCausalLM` forwards.
 
     shared: one forward per pattern with ``routes=pattern``.  fixed-context: per pattern one forward
     of ``T - 1`` copies of the batch, copy t routed by the reference everywhere except token t
     (which takes the pattern); token t's loss is read from copy t (causal attention: only later
-    tokens read token t, so this is exactly the fixed-context loss)."""
+    tokens read token t, so this is exactly the fixed-context loss).  entropy: also the softmax entropy
+    of each prediction, from the full logits (the reference of ``loss_matrix(..., entropy=True)``)."""
     check_semantics(semantics)
     input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
@@ -35,6 +37,7 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
     T1 = T - 1
     start = time.perf_counter()
     losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
+    ent = torch.empty(len(patterns), B * T1, dtype=torch.float32) if entropy else None
     if semantics == "fixed-context":
         ref = reference_routes(reference, L, B, T).to(device)
         copies = ids.repeat(T1, 1)  # [T1 * B, T]
@@ -44,6 +47,8 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
             if semantics == "shared":
                 out = model(ids, routes=pattern.long().to(device), labels=ids, return_token_losses=True, use_cache=False)
                 losses[p] = out.token_losses.reshape(-1).float().cpu()
+                if entropy:
+                    ent[p] = softmax_entropy(out.logits[:, :T1]).reshape(-1).cpu()
             else:
                 routes = ref[None].repeat(T1, 1, 1, 1)  # [T1 copies, B, T, L]
                 routes[eye, :, eye] = pattern.long().to(device)
@@ -51,8 +56,17 @@ def brute_force_loss_matrix(model, input_ids, patterns=None, *, choices=("small"
                             use_cache=False)
                 tl = out.token_losses.view(T1, B, T1)  # [copy, B, position]
                 losses[p] = tl[eye, :, eye].T.reshape(-1).float().cpu()  # copy t at position t
+                if entropy:
+                    h = softmax_entropy(out.logits[:, :T1]).view(T1, B, T1)
+                    ent[p] = h[eye, :, eye].T.reshape(-1).cpu()
     stats = {"seconds": time.perf_counter() - start, "forwards": len(patterns)}
-    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats)
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, entropy=ent)
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy ``-sum p log p`` (nats, fp32) of ``softmax(logits)`` over the last axis."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def attention_node_flops(config, batch: int, t1: int) -> float:

@@ -65,8 +65,8 @@ def check_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
     return input_ids.long()
 
 
-def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact=None, bound=None
-                ) -> LossMatrix:
+def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact=None, bound=None,
+                entropy=None) -> LossMatrix:
     """A :class:`LossMatrix` for sequences ``input_ids [B, T]`` (tokens sequence-major)."""
     B, T = input_ids.shape
     ref = None
@@ -76,7 +76,16 @@ def make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats,
         ref = ref.to(torch.int8).cpu()
     return LossMatrix(losses, patterns, seq=torch.arange(B).repeat_interleave(T - 1),
                       position=torch.arange(T - 1).repeat(B), target=input_ids[:, 1:].reshape(-1).cpu(), seq_len=T,
-                      semantics=semantics, reference=ref, choices=codes, stats=stats, exact=exact, error_bound=bound)
+                      semantics=semantics, reference=ref, choices=codes, stats=stats, exact=exact, error_bound=bound,
+                      entropy=entropy)
+
+
+def leaf_precision(precision: str, entropy: bool, device) -> str:
+    """The leaf's precision: :func:`~duolib.oracle.leaf.resolve_precision`, fp32 whenever entropies are wanted."""
+    if entropy and precision == "bf16":
+        raise ValueError("entropy=True needs precision='fp32' (the bf16 leaf rescores only the entries a minimum "
+                         "can use, and an entropy needs every logit); pass precision='fp32' or 'auto'")
+    return "fp32" if entropy else resolve_precision(precision, device)
 
 
 # ----------------------------------------------------------------------------- trie engine
@@ -114,18 +123,23 @@ class _Trie:
 
 
 class _TrieWalk:
-    def __init__(self, setup: OracleSetup, trie: _Trie, max_rows: int, bar):
+    def __init__(self, setup: OracleSetup, trie: _Trie, max_rows: int, bar, entropy: bool = False):
         self.setup, self.trie, self.bar = setup, trie, bar
         rows = setup.h0.shape[0] * setup.h0.shape[1]
         self.max_group = max(1, max_rows // max(1, rows))
         self.out = torch.empty(len(trie.patterns), rows, dtype=torch.float32)
+        self.entropy = torch.empty(len(trie.patterns), rows, dtype=torch.float32) if entropy else None
 
     def descend(self, depth: int, h: torch.Tensor, nodes: list[tuple[int, int]]) -> None:
         """Expand the nodes ``nodes`` (row ranges) of ``depth`` whose states are ``h [G, B, T1, d]``."""
         setup = self.setup
         if depth == setup.num_layers:
             rows = torch.tensor([lo for lo, _ in nodes])
-            self.out[rows] = setup.leaf(h, rows).cpu()  # [G, N]
+            if self.entropy is None:
+                self.out[rows] = setup.leaf(h, rows).cpu()  # [G, N]
+            else:
+                losses, entropy = setup.leaf_entropy(h)
+                self.out[rows], self.entropy[rows] = losses.cpu(), entropy.cpu()
             self.bar.update(len(nodes))
             return
         layer = setup.model.model.layers[depth]
@@ -152,7 +166,7 @@ class _TrieWalk:
 def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k: int | None = None,
                 semantics: str = "shared", reference="big", max_rows: int = 16384, leaf_rows: int = 1024,
                 progress: bool = False, distributed: bool = False, precision: str = "fp32",
-                best_of: tuple[int, int] | None = (100, 0)) -> LossMatrix:
+                best_of: tuple[int, int] | None = (100, 0), entropy: bool = False) -> LossMatrix:
     """The loss matrix ``[P, N]`` of ``patterns`` (default: every pattern over ``choices``, only
     those with exactly ``k`` big layers if k is given) on ``input_ids [B, T]``.
 
@@ -169,9 +183,11 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
     the matrix records which entries are exact and certifies its minima; ``"auto"``: bf16 on a CPU with
     AMX-BF16 units, else fp32.  The default stays fp32: a bf16 matrix's other entries are bf16 scores.
     best_of: ``(n, seed)`` of the best-of-N samples a bf16 run certifies too (None: none).  If a rescored
-    entry shows the bf16 bound unsafe for the model, the work is redone in fp32 (``stats["precision"]``)."""
+    entry shows the bf16 bound unsafe for the model, the work is redone in fp32 (``stats["precision"]``).
+    entropy: also each prediction's softmax entropy (:attr:`LossMatrix.entropy`, :meth:`LossMatrix.label_free`) in the
+    same head chunks; fp32 only ("auto" gives fp32); losses then agree with the default path's within rounding."""
     check_semantics(semantics)
-    precision = resolve_precision(precision, next(model.parameters()).device)
+    precision = leaf_precision(precision, entropy, next(model.parameters()).device)
     input_ids = check_ids(model, input_ids)
     L = model.config.num_hidden_layers
     patterns, codes = resolve_patterns(L, patterns, choices, k)
@@ -179,48 +195,50 @@ def loss_matrix(model, input_ids, patterns=None, *, choices=("small", "big"), k:
         reference_routes(reference, L, *input_ids.shape)  # validate before any work
     if distributed:
         return _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress,
-                            precision, best_of)
+                            precision, best_of, entropy)
     B, T = input_ids.shape
     start = time.perf_counter()
     uniq, inverse = np.unique(patterns.numpy(), axis=0, return_inverse=True)
     inverse = torch.from_numpy(inverse.reshape(-1))
-    trie, exact, bound = _Trie(uniq), None, None
+    trie, exact, bound, ent = _Trie(uniq), None, None, None
     stats = {**trie.counts(), "batch": B, "seq_len": T, "precision": "fp32"}
     losses = torch.empty(len(patterns), 0)
     if B > 0:
         sets = [] if best_of is None else [inverse[r].unique().numpy() for r in certify_sets(*best_of, patterns)]
         with eval_mode(model):
-            losses, leaf = _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress,
-                                 precision, sets)
+            losses, leaf, ent = _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress,
+                                      precision, sets, entropy)
             if leaf is not None and not leaf.safe:
                 warnings.warn(f"bf16 leaf error reached {leaf.worst_ratio:.2f} of its bound on this model; "
                               "the loss matrix is recomputed in fp32")
                 stats["bf16_fallback"] = leaf.stats()
-                losses, leaf = _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress)
+                losses, leaf, _ = _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress)
         losses = losses[inverse]
+        ent = None if ent is None else ent[inverse]
         if leaf is not None:
             exact, bound = leaf.exact[inverse], leaf.error_bound[inverse]
             stats.update(leaf.stats())
     stats["seconds"] = time.perf_counter() - start
-    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact, bound)
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact, bound, ent)
 
 
 def _walk(model, input_ids, semantics, reference, leaf_rows, trie, max_rows, progress, precision="fp32",
-          random_sets=()) -> tuple[torch.Tensor, BF16Leaf | None]:
-    """Losses ``[P_unique, N]`` of the trie's patterns, and the bf16 leaf's record (None in fp32)."""
+          random_sets=(), entropy=False) -> tuple[torch.Tensor, BF16Leaf | None, torch.Tensor | None]:
+    """Losses ``[P_unique, N]`` of the trie's patterns, the bf16 leaf's record (None in fp32) and, with
+    ``entropy``, the prediction entropies ``[P_unique, N]`` (else None)."""
     with tqdm(total=len(trie.patterns), desc=f"oracle ({semantics}, {precision})", unit="pattern",
               disable=not progress) as bar:
         setup = oracle_setup(model, input_ids, semantics, reference, leaf_rows)
         if precision == "bf16":
             setup.bf16_leaf = BF16Leaf(model.lm_head.weight.float(), setup.w_target, trie.patterns,
                                        setup.w_target.shape[0], leaf_rows, random_sets)
-        walk = _TrieWalk(setup, trie, max_rows, bar)
+        walk = _TrieWalk(setup, trie, max_rows, bar, entropy)
         walk.descend(0, setup.h0[None], [(0, len(trie.patterns))])
-    return walk.out, setup.bf16_leaf
+    return walk.out, setup.bf16_leaf, walk.entropy
 
 
 def _distributed(model, input_ids, patterns, codes, semantics, reference, max_rows, leaf_rows, progress, precision,
-                 best_of):
+                 best_of, entropy=False):
     """Rank r computes sequences ``r::world``; every rank gathers the full matrix (sequence order kept)."""
     import torch.distributed as dist
 
@@ -231,17 +249,21 @@ def _distributed(model, input_ids, patterns, codes, semantics, reference, max_ro
     mine = torch.arange(B)[rank::world]
     ref = reference[mine] if torch.is_tensor(reference) and reference.dim() == 3 else reference
     local = loss_matrix(model, input_ids[mine], patterns, semantics=semantics, reference=ref, max_rows=max_rows,
-                        leaf_rows=leaf_rows, progress=progress and rank == 0, precision=precision, best_of=best_of)
+                        leaf_rows=leaf_rows, progress=progress and rank == 0, precision=precision, best_of=best_of,
+                        entropy=entropy)
     gathered = [None] * world
-    dist.all_gather_object(gathered, (mine, local.losses, local.exact, local.error_bound))
+    dist.all_gather_object(gathered, (mine, local.losses, local.exact, local.error_bound, local.entropy))
     T1 = T - 1
     losses = torch.empty(len(patterns), B * T1, dtype=torch.float32)
     bf16 = any(part[2] is not None for part in gathered)  # each rank certified its own tokens
     exact, bound = (torch.ones(losses.shape, dtype=torch.bool), torch.zeros(len(patterns))) if bf16 else (None, None)
-    for seqs, part, part_exact, part_bound in gathered:
+    ent = torch.empty_like(losses) if entropy else None
+    for seqs, part, part_exact, part_bound, part_ent in gathered:
         cols = (seqs[:, None] * T1 + torch.arange(T1)).reshape(-1)
         losses[:, cols] = part
+        if ent is not None and part_ent is not None:
+            ent[:, cols] = part_ent
         if bf16 and part_exact is not None:
             exact[:, cols], bound = part_exact, torch.maximum(bound, part_bound)
     stats = {**local.stats, "world_size": world, "batch": B}
-    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact, bound)
+    return make_matrix(losses, patterns, input_ids, semantics, reference, codes, stats, exact, bound, ent)

@@ -93,6 +93,31 @@ def logsumexp_rows(flat: torch.Tensor, weight: torch.Tensor, chunk: int) -> torc
     return lse
 
 
+def logsumexp_entropy_rows(flat: torch.Tensor, weight: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logsumexp(z)`` and the softmax entropy ``H = logsumexp(z) - sum softmax(z) z`` per row ``[R]``
+    (fp32) of ``z = flat W^T``, in row chunks of ``chunk``: the label-free oracle's confidence of a route.
+
+    With ``e = exp(z - max z)`` and ``s = sum e``: ``H = log s - sum e (z - max z) / s`` (shifted logits,
+    so no term overflows).  A separate function from :func:`logsumexp_rows`, which the default engine keeps
+    using unchanged: this one reads every logit twice more (the shifted product and its sum)."""
+    flat, weight = flat.float(), weight.float()
+    lse = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    ent = torch.empty_like(lse)
+    n = min(chunk, flat.shape[0])
+    buf = torch.empty(n, weight.shape[0], dtype=torch.float32, device=flat.device)
+    e = torch.empty_like(buf)
+    for s in range(0, flat.shape[0], chunk):
+        r = min(chunk, flat.shape[0] - s)
+        z = torch.mm(flat[s:s + r], weight.T, out=buf[:r])  # [r, V]
+        top = z.amax(-1, keepdim=True)
+        z.sub_(top)
+        torch.exp(z, out=e[:r])
+        total = e[:r].sum(-1)
+        lse[s:s + r] = total.log() + top[:, 0]
+        ent[s:s + r] = total.log() - z.mul_(e[:r]).sum(-1) / total
+    return lse, ent
+
+
 class BF16Leaf:
     """bf16 leaf scoring with online fp32 rescoring (the module docstring) for one loss matrix.
 

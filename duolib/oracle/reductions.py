@@ -9,7 +9,8 @@ reduces them:
 - :meth:`LossMatrix.oracle` — per-token minimum over the patterns (with exactly ``k`` big layers);
 - :meth:`LossMatrix.fixed` — the single pattern with the best mean loss (at ``k``);
 - :meth:`LossMatrix.best_of_random` — best of N seeded random patterns, both readings;
-- :meth:`LossMatrix.schedule_oracle` — per-position budgets ``k(t)`` (:func:`budget_schedule`);
+- :meth:`LossMatrix.label_free` — [ours] per token, the pattern of lowest prediction entropy (no target seen);
+- :meth:`LossMatrix.schedule_oracle` — per-position budgets ``k(t)`` (:mod:`duolib.oracle.schedules`);
 - :meth:`LossMatrix.winner_usage` — where the winning patterns put big (or skip) layers;
 - :func:`~duolib.oracle.difficulty.token_difficulty` — the per-token difficulty table (all-small minus oracle).
 
@@ -27,13 +28,9 @@ import numpy as np
 import torch
 
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, pattern_to_str
+from .schedules import SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule
 
 SEMANTICS = ("shared", "fixed-context")
-#: The paper's three budget schedules on 12 layers: (budget at the first token, at the last token).
-SCHEDULES = {"falling": (6, 2), "rising": (2, 6), "constant": (4, 4)}
-#: Name of the shuffled control schedule (:func:`shuffled_schedule`).
-SHUFFLED = "shuffled"
-PAPER_LAYERS = 12
 
 
 # ----------------------------------------------------------------------------- budgets and samples
@@ -51,32 +48,6 @@ def random_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     best-of-N sample (the bf16 engine certifies the same sample)."""
     g = torch.Generator().manual_seed(int(seed))
     return rows[torch.randperm(len(rows), generator=g)[: int(n)]].sort().values
-
-
-def budget_schedule(kind: str, num_layers: int, seq_len: int) -> torch.Tensor:
-    """A per-position budget ``k(t)`` ``[seq_len]`` (long) for the paper's schedules.
-
-    ``falling`` (6 big layers at the first token down to 2 at the last), ``rising`` (2 up to 6) and
-    ``constant`` (4).  [ours] The paper gives them for 12 layers; for ``L`` layers the end points are
-    scaled by ``L / 12`` and rounded, and the budget moves linearly with the position ``t`` in
-    ``0..seq_len-1`` (rounded to the nearest integer), so the rising and falling schedules average
-    the constant budget."""
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
-    if seq_len < 1:
-        raise ValueError(f"seq_len={seq_len} must be positive")
-    start, end = (round(v * num_layers / PAPER_LAYERS) for v in SCHEDULES[kind])
-    frac = torch.arange(seq_len, dtype=torch.float64) / max(1, seq_len - 1)
-    return torch.round(start + (end - start) * frac).long()
-
-
-def shuffled_schedule(num_layers: int, seq_len: int, seed: int = 0) -> torch.Tensor:
-    """[ours] The control of the schedule study: the falling schedule's budgets (the same multiset as
-    the rising one's) at positions permuted at random (seeded).  It spends the same compute with the
-    same spread of budgets as falling and rising, but unrelated to the position: a schedule that beats
-    it gains from *where* it spends, not from how unevenly."""
-    g = torch.Generator().manual_seed(int(seed))
-    return budget_schedule("falling", num_layers, seq_len)[torch.randperm(seq_len, generator=g)]
 
 
 # ----------------------------------------------------------------------------- results
@@ -124,6 +95,7 @@ class LossMatrix:
     exact:    ``[P, N]`` bool or None: which entries are fp32-exact (None: all of them).  A bf16 engine
               run (:mod:`duolib.oracle.leaf`) stores its scores elsewhere; ``error_bound`` ``[P]`` bounds their
               error per pattern, and every per-token minimum is certified against it.
+    entropy:  ``[P, N]`` float32 or None: the softmax entropy of each prediction (``loss_matrix(entropy=True)``).
     """
 
     losses: torch.Tensor
@@ -138,6 +110,7 @@ class LossMatrix:
     stats: dict = field(default_factory=dict)  # engine counters and timings (JSON-ready)
     exact: torch.Tensor | None = None
     error_bound: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     def __post_init__(self):
         P, N = self.losses.shape
@@ -148,12 +121,15 @@ class LossMatrix:
         if any(given) and (not all(given) or (tuple(self.exact.shape), tuple(self.error_bound.shape)) != ((P, N), (P,))):
             raise ValueError("exact [P, N] and error_bound [P] come together and match the losses "
                              f"{tuple(self.losses.shape)}")
+        if self.entropy is not None and tuple(self.entropy.shape) != (P, N):
+            raise ValueError(f"entropy {tuple(self.entropy.shape)} must match the losses {tuple(self.losses.shape)}")
 
     def columns(self, cols: torch.Tensor) -> LossMatrix:
         """The matrix restricted to the tokens ``cols`` (everything else kept)."""
         return LossMatrix(self.losses[:, cols], self.patterns, self.seq[cols], self.position[cols], self.target[cols],
                           self.seq_len, self.semantics, self.reference, self.choices, dict(self.stats),
-                          None if self.exact is None else self.exact[:, cols], self.error_bound)
+                          None if self.exact is None else self.exact[:, cols], self.error_bound,
+                          None if self.entropy is None else self.entropy[:, cols])
 
     # ---- basics ----------------------------------------------------------------------------
     @property
@@ -237,6 +213,20 @@ class LossMatrix:
         """Per-token oracle: each token takes its best pattern (among those with ``k`` big layers)."""
         rows = self._rows(k)
         return self._min_over(rows, "oracle" if k is None else f"oracle@k={k}", k=k, n_patterns=len(rows))
+
+    def label_free(self, k: int | None = None) -> Reduction:
+        """[ours] Per token, the pattern (with ``k`` big layers) whose prediction has the lowest entropy: a choice
+        made without the target, the ceiling of a router that sees only the prefix.  Needs :attr:`entropy`."""
+        if self.entropy is None:
+            raise ValueError("label_free needs the prediction entropies: compute the matrix with loss_matrix(..., "
+                             "entropy=True)")
+        rows = self._rows(k)
+        winners = rows[self.entropy[rows].argmin(0)]  # [N]
+        cols = torch.arange(self.num_tokens)
+        if self.exact is not None and not bool(self.exact[winners, cols].all()):
+            raise ValueError("label_free: a chosen entry holds a bf16 score; recompute the matrix with precision='fp32'")
+        return Reduction("label_free" if k is None else f"label_free@k={k}", self.losses[winners, cols], winners,
+                         dict(k=k, n_patterns=len(rows)))
 
     def fixed(self, k: int | None = None) -> Reduction:
         """The single pattern (with ``k`` big layers) of lowest mean loss, applied to every token."""

@@ -15,9 +15,9 @@ from ..profiles import get_profile
 from ..data.corpus import prepare
 from ..data.synthetic import LABEL_NAMES
 from ..data.batches import holdout_sequences
-from ..data.run_data import data_for_model, model_folder
+from ..data.run_data import data_for_model, model_folder, reading_model
 from ..fileio import atomic_write_text
-from ..runfolder import check_usable, claim, clear
+from ..runfolder import check_usable, claim, clear, verify_manifest, write_manifest
 
 
 def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,
@@ -85,6 +85,7 @@ def read_summary(out) -> dict:
         summary = None
     if not isinstance(summary, dict) or not summary.get("complete"):
         raise ValueError(f"{path} is missing or unreadable: the `duo oracle` run into {out} did not finish; rerun it")
+    verify_manifest(out, f"the `duo oracle` results in {out} were changed after they were written: rerun it")
     return summary
 
 
@@ -123,20 +124,25 @@ def cli_main(args) -> int:
     seq_len = _positive("--seq-len", args.seq_len, section.get("seq_len", 16))
     out = check_usable(args.out)
     torch.manual_seed(args.seed)
-    if args.model:
-        from transformers import AutoModelForCausalLM
+    with reading_model(args.model):  # the model, tokenizer and config of one run: no writer in between
+        if args.model:
+            from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_folder(args.model)).eval()
-    else:
-        model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
-    cfg = model.config
-    sequences, tokenizer, corpus, label_names = _sequences(args, cfg.vocab_size, n, seq_len)
+            model = AutoModelForCausalLM.from_pretrained(model_folder(args.model)).eval()
+        else:
+            model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
+        cfg = model.config
+        sequences, tokenizer, corpus, label_names = _sequences(args, cfg.vocab_size, n, seq_len)
+    used = max(int(ids.shape[0]) for ids, _ in sequences.values())
+    if used < n:
+        print(f"duo oracle: --n-seqs {n} asked, but the holdout holds {used} windows of {seq_len} tokens: "
+              f"using {used} (recorded as n_sequences)")
     choices = args.choices or section.get("choices", "small,big")
     semantics = SEMANTICS if args.semantics == "both" else (args.semantics or section.get("semantics", "shared"),)
     k = args.k if args.k is not None else section.get("difficulty_k", cfg.num_hidden_layers // 2)
     k = check_budget(k, cfg.num_hidden_layers)
     overall = {"model": str(args.model) if args.model else f"random-init:{args.profile}", "corpus": corpus,
-               "n_sequences": n, "seq_len": seq_len, "choices": choices, "seed": args.seed, "results": {}}
+               "n_sequences": used, "seq_len": seq_len, "choices": choices, "seed": args.seed, "results": {}}
     with claim(out, "duo oracle"):
         clear(out)
         for name, (ids, labels) in sequences.items():
@@ -151,4 +157,5 @@ def cli_main(args) -> int:
                 print(f"duo oracle: {name}/{sem}: {m.num_patterns} patterns x {m.num_tokens} tokens in "
                       f"{m.stats['seconds']:.1f} s; oracle ppl {s['oracle']['perplexity']:.2f} -> {out / name / sem}")
         atomic_write_text(out / "summary.json", json.dumps({**overall, "complete": True}, indent=2, default=float))
+        write_manifest(out)  # sizes and sha256 of every table, checked by read_summary
     return 0

@@ -14,7 +14,7 @@ import torch
 
 from ..layers import attention_function
 from ..routing import ROUTE_NAMES, SKIP, as_pattern, check_codes
-from .leaf import BF16Leaf, logsumexp_rows
+from .leaf import BF16Leaf, logsumexp_entropy_rows, logsumexp_rows
 
 
 def reference_routes(reference, num_layers: int, batch: int, seq: int) -> torch.Tensor:
@@ -98,6 +98,15 @@ class OracleSetup:
         target_logit = (hn * self.w_target).sum(-1)  # [G, N]
         lse = logsumexp_rows(hn.reshape(-1, d), self.model.lm_head.weight.float(), self.leaf_rows)
         return lse.view(G, -1) - target_logit
+
+    def leaf_entropy(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target-token losses and prediction entropies ``[G, N]`` each of final states ``h [G, B, T1, d]``
+        (fp32, row chunks of ``leaf_rows``: :func:`~duolib.oracle.leaf.logsumexp_entropy_rows`)."""
+        G, d = h.shape[0], h.shape[-1]
+        hn = self.model.model.norm(h).reshape(G, -1, d).float()  # [G, N, d]
+        target_logit = (hn * self.w_target).sum(-1)  # [G, N]
+        lse, ent = logsumexp_entropy_rows(hn.reshape(-1, d), self.model.lm_head.weight, self.leaf_rows)
+        return lse.view(G, -1) - target_logit, ent.view(G, -1)
 
     def proxy_leaf(self, h: torch.Tensor) -> torch.Tensor:
         """Restricted-vocabulary losses ``[G, N]``: ``logsumexp`` over each token's reference top-M

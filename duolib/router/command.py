@@ -7,7 +7,7 @@ import torch
 from ..config import DuoConfig, check_context
 from ..data.batches import holdout_sequences, sample_batch
 from ..data.corpus import prepare
-from ..data.run_data import data_for_model, model_folder
+from ..data.run_data import data_for_model, model_folder, reading_model
 from ..fileio import atomic_write
 from ..model import DuoForCausalLM
 from ..profiles import get_profile
@@ -36,9 +36,12 @@ def cli_main(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} {v!r} must be a positive integer")
     check_finite(lr=knob("lr"), alpha=knob("alpha"))
     out = check_usable(args.out)
-    model = route_base_model(args)
-    check_context(model.config, seq_len, "--seq-len")
-    batches, holdout = route_data(args, int(model.config.vocab_size), batch_size, seq_len, n_eval)
+    if (out / "router").exists() and not getattr(args, "overwrite", False):  # checked before any training
+        raise ValueError(f"{out / 'router'} already holds a router; give --overwrite to replace it, or another --out")
+    with reading_model(None if args.random_init else args.model):  # the run's model and data, no writer between
+        model = route_base_model(args)
+        check_context(model.config, seq_len, "--seq-len")
+        batches, holdout = route_data(args, int(model.config.vocab_size), batch_size, seq_len, n_eval)
     options, budget, option_budget = route_budget(args, knobs)
     router = RouterPolicy.for_model(model, options, seed=args.seed)
     history = train_router(model, router, batches, steps, budget=budget, option_budget=option_budget,

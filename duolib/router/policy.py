@@ -46,7 +46,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..fileio import atomic_write, atomic_write_text
+from ..runfolder import verify_manifest, write_manifest, writing
+from ..train.run_folder import atomic_dir
 from ..routing import ROUTE_NAMES, RoutingPolicy
 from ..model import DuoForCausalLM, shifted_token_losses
 from ..retrofit import routing
@@ -218,15 +219,17 @@ class RouterPolicy(RoutingPolicy, nn.Module):
         if model is not None:
             self.base = RouterPolicy.for_model(model, self.options).base
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path / "router.safetensors", lambda tmp: save_file(state, str(tmp)))
         info = {
             "format": FORMAT, "version": FORMAT_VERSION, "options": list(self.option_names),
             "hidden_size": self.hidden_size, "num_layers": self.num_layers, "base": self.base,
             "targets": {ROUTE_NAMES[c]: f for c, f in (self.targets or {}).items()}, "meta": self.meta,
         }
-        atomic_write_text(path / "router.json", json.dumps(info, indent=2, sort_keys=True, default=str))
+        # one folder renamed into place: a kill never leaves new weights beside an old router.json
+        with writing(path, "the router"), atomic_dir(path) as tmp:
+            save_file(state, str(tmp / "router.safetensors"))
+            (tmp / "router.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+            write_manifest(tmp)
         return path
 
 
@@ -240,7 +243,12 @@ def load_router(path: str | Path, model) -> RouterPolicy:
     path = Path(path)
     if not (path / "router.json").is_file() or not (path / "router.safetensors").is_file():
         raise ValueError(f"{path} holds no saved router (router.json + router.safetensors)")
-    info = json.loads((path / "router.json").read_text())
+    verify_manifest(path, f"the router in {path} is damaged or incomplete: train it again (duo route) or restore "
+                          f"it from a copy")
+    try:
+        info = json.loads((path / "router.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / 'router.json'} is unreadable ({err}); train the router again (duo route)") from None
     if info.get("format") != FORMAT:
         raise ValueError(f"{path / 'router.json'} is not a duolib router (format {info.get('format')!r})")
     hidden, layers = model_sizes(model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runfolder import RunFolderError, confined, writing
 from ..utils import file_sha256
 from .run_folder import CKPT_DIR, atomic_dir, config_differences, save_model, unwrap_model, write_json
 
 
 STATE_FILE, RNG_FILE, LEGACY_STATE_FILE = "trainer_state.json", "rng.safetensors", "trainer_state.pt"
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 
 
 def _save_trainer_state(folder: Path, step: int, extra: dict) -> None:
@@ -78,12 +81,24 @@ def _load_legacy_state(path: Path) -> dict:
     return state
 
 
+def load_plain(path: Path):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only.  A file that needs
+    anything else (a pickle that could run code) is refused with a ValueError naming it; torch's own
+    message would suggest ``weights_only=False``, which would run that code."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever weights_only refuses is refused here, named
+        raise ValueError(f"{path} is not a plain tensor file (refused without running it: "
+                         f"{type(err).__name__}); it was replaced or damaged: delete that checkpoint folder to "
+                         f"resume from an older one, or restart the run (--overwrite)") from None
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident: dict, extra: dict,
                     keep: int = 2) -> Path:
     """Write ``checkpoint/step-NNNNNNNN`` atomically, point ``checkpoint/latest`` at it, prune old ones."""
     root = Path(run_dir) / CKPT_DIR
     name = f"step-{step:08d}"
-    with atomic_dir(root / name) as tmp:
+    with writing(root / name, "the checkpoint"), atomic_dir(root / name) as tmp:
         save_model(model, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -110,11 +125,13 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
             name = latest.read_text().strip()
         except (OSError, UnicodeDecodeError):
             name = None
-        if name and (root / name).is_dir():
+        if name and CHECKPOINT_NAME.fullmatch(name) and (root / name).is_dir() and not (root / name).is_symlink():
             return root / name
-        warnings.warn(f"{latest} is unreadable or names no checkpoint folder; using the newest step-* folder",
-                      stacklevel=2)
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+        # a name outside the run (``../other``, an absolute path, a link) is never followed
+        warnings.warn(f"{latest} is unreadable or names no checkpoint folder of this run ({name!r}); using the "
+                      f"newest step-* folder", stacklevel=2)
+    steps = sorted(p for p in root.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()
+                   and not p.is_symlink()) if root.is_dir() else []
     return steps[-1] if steps else None
 
 
@@ -128,15 +145,24 @@ def verify_checkpoint(path: Path) -> dict:
         files = manifest["files"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {path} is incomplete or corrupted (unreadable manifest.json: {err}); {advice}") from None
+    if not isinstance(files, dict):
+        raise ValueError(f"checkpoint {path} is corrupted (manifest.json lists no files); {advice}")
     for name, info in files.items():
-        p = path / name
-        if not p.is_file():
+        try:
+            p = confined(path, name)
+        except RunFolderError as err:
+            raise ValueError(f"checkpoint {path} is corrupted: {err}; {advice}") from None
+        if not isinstance(info, dict) or not p.is_file():
             raise ValueError(f"checkpoint {path} is incomplete: {name} is missing; {advice}")
         if p.stat().st_size != info["size"]:
             raise ValueError(f"checkpoint {path} is truncated: {name} has {p.stat().st_size} bytes, "
                              f"expected {info['size']}; {advice}")
         if file_sha256(p) != info["sha256"]:
             raise ValueError(f"checkpoint {path} is corrupted: {name} does not match its sha256; {advice}")
+    extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != "manifest.json")
+    if extra:  # an added weights file would be loaded over the checked ones
+        raise ValueError(f"checkpoint {path} holds {extra[0]}, which its manifest.json does not list (added after "
+                         f"the checkpoint was written); remove it, or {advice}")
     return manifest
 
 
@@ -146,13 +172,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict, other_
     ``other_steps``: the checkpoint may come from a shorter run (a finished run being extended)."""
     from safetensors.torch import load_file
 
-    verify_checkpoint(path)
+    files = verify_checkpoint(path)["files"]
     saved = json.loads((path / "train_config.json").read_text())
     diff = [d for d in config_differences(saved, ident) if not (other_steps and d.startswith("train.steps:"))]
     if diff:
         raise ValueError(f"checkpoint {path} was written by a run with a different config:\n  " + "\n  ".join(diff)
                          + "\nuse another run folder, or overwrite=True / --overwrite to start this one afresh")
-    weights = sorted(p for p in path.glob("*.safetensors") if p.name != RNG_FILE)
+    weights = sorted(path / n for n in files if n.endswith(".safetensors") and n != RNG_FILE)
     state = {}
     for w in weights:
         state.update(load_file(w))
@@ -162,6 +188,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ident: dict, other_
     missing = [k for k in missing if k not in tied and k != "lm_head.weight"]
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(load_plain(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_plain(path / "scheduler.pt"))
     return _load_trainer_state(path)

@@ -32,7 +32,16 @@ def config_from_args(args) -> TrainConfig:
         overrides["eval_routes"] = tuple(er.split(",") if isinstance(er, str) else er)
     if getattr(args, "quiet", False):  # --no-progress
         overrides["progress"] = False
+    if getattr(args, "run_dir", None) is None:  # the book's layout: its Stage-1 run and token caches
+        overrides.setdefault("cache_dir", str(default_run_dir(args.profile).parent / "cache"))
     return TrainConfig.from_profile(args.profile, **overrides)
+
+
+def default_run_dir(profile: str) -> Path:
+    """Where ``duo train`` writes without ``--out``: ``runs/<profile>/stage1``, the folder in which the book's
+    notebooks (and ``duo data``, Binder, papermill) keep the profile's Stage-1 model, so a model trained on the
+    command line is the one the chapters read (and is not retrained when its config is the book's)."""
+    return Path("runs") / profile / "stage1"
 
 
 def run_from_args(args) -> int:
@@ -45,10 +54,14 @@ def run_from_args(args) -> int:
         dist.init_process_group(backend)
     try:
         cfg = config_from_args(args)
-        run_dir = args.run_dir or Path("runs") / cfg.profile
+        run_dir = args.run_dir or default_run_dir(cfg.profile)
         result = train(cfg, run_dir, resume=not args.no_resume, overwrite=args.overwrite)
         if dist_rank_world()[0] == 0:
-            what = "already finished (not recomputed)" if result.skipped else "finished"
+            grown = result.summary.get("extended")
+            what = ("already finished (not recomputed)" if result.skipped else
+                    f"extended from {grown[-1]['from_steps']} to {result.summary['steps']} steps (continued from "
+                    f"its last checkpoint; recorded in its identity, so it is not the fresh run of this "
+                    f"length)" if grown else "finished")
             print(f"duo train: {run_dir} {what}; {result.summary['tokens']:,} tokens, "
                   f"{result.summary['train_seconds']:.0f} s of training")
             for r in result.summary["final_eval"]:

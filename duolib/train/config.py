@@ -181,6 +181,9 @@ class TrainConfig:
             raise ValueError(f"hold_steps={self.hold_steps} must be non-negative and leave room for the warm-up: "
                              f"warmup_steps + hold_steps <= steps ({self.warmup_steps} + {self.hold_steps} > "
                              f"{self.steps})")
+        if self.seed >= 2**64:  # torch's generators take 64-bit seeds
+            raise ValueError(f"seed={self.seed} is too large: give a seed below 2**64 = {2**64}")
+        check_device(self.device)
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
             raise ValueError(f"need lr > 0, 0 <= min_lr_ratio <= 1, grad_clip > 0; got {self.lr}, "
                              f"{self.min_lr_ratio}, {self.grad_clip}")
@@ -277,3 +280,21 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float, hold: int = 
     span = max(1, steps - 1 - hold - warmup)
     progress = min(1.0, (step - warmup) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_device(device) -> None:
+    """ValueError unless ``device`` ("auto", "cpu", "cuda", "cuda:1", ...) exists in this torch build:
+    checked before any run folder is created, so a wrong device leaves nothing behind."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device; give 'auto', 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this torch build ({torch.__version__}) sees no CUDA GPU; use "
+                         f"device=cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")

@@ -50,7 +50,7 @@ from torch import nn
 from ..data.batches import sample_batch
 from ..data.run_data import run_data
 from ..routing import BIG, SMALL, training_routes
-from ..runfolder import claim, clear, write_manifest
+from ..runfolder import claim, clear, reading, write_manifest, writing
 from ..utils import apply_threads, json_hash
 from .build import build_model, load_init, make_optimizer, make_scheduler, trainable_parameters
 from .config import TrainConfig, lr_factor
@@ -61,8 +61,8 @@ from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
                          atomic_dir, config_differences, data_fingerprint, final_model_dir, identity, load_run,
-                         only_longer, read_metric_records, read_metrics, read_run_json, remove_leftovers,
-                         save_complete_checkpoint, verify_final, write_json, write_json_lines)
+                         only_longer, kept_metrics, finished_summary, read_metrics, read_run_json, remove_leftovers,
+                         save_complete_checkpoint, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -148,6 +148,10 @@ def _train(cfg: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
     data = load_data(cfg, data, rank)
     eval_seqs = check_data(cfg, data, world)
     ident = identity(cfg, data_fingerprint(data))
+    if world == 1 and resume and not overwrite and run_dir.is_dir() and not os.access(run_dir, os.W_OK):
+        with reading(run_dir):  # a read-only finished run: nothing needs writing, so no writer's lock either
+            if (done := finished_summary(run_dir, ident)) is not None:
+                return TrainResult(run_dir, done, skipped=True)
     with claim(run_dir, "duo train") if rank == 0 else contextlib.nullcontext():
         return _fit(cfg, run_dir, data, eval_seqs, ident, resume, overwrite, rank, world)
 
@@ -181,15 +185,17 @@ class _Training:
 def _fit(cfg: TrainConfig, run_dir: Path, data, eval_seqs, ident: dict, resume: bool, overwrite: bool, rank: int,
          world: int) -> TrainResult:
     """The training of :func:`train`, with the run folder locked (rank 0) and the data checked."""
-    ident_hash = json_hash(ident)
-    finished, extended = _finished_run(run_dir, ident, ident_hash, resume, overwrite, rank)
+    finished, extended = _finished_run(run_dir, ident, json_hash(ident), resume, overwrite, rank)
     if finished is not None:
         return finished
     t = _setup(cfg, run_dir, data, eval_seqs, ident, rank, world)
     ckpt = latest_checkpoint(run_dir) if resume else None
     _resume(t, ckpt, extended)
+    # an extended run is not the fresh run of its length: its recorded identity says how it came about
+    recorded = {**ident, "extended": extended} if extended else ident
+    ident_hash = json_hash(recorded)
     if rank == 0:
-        _write_run_files(run_dir, cfg, ident, ident_hash, data, resumed_at=t.step if ckpt is not None else None,
+        _write_run_files(run_dir, cfg, recorded, ident_hash, data, resumed_at=t.step if ckpt is not None else None,
                          extended=extended)
     barrier()
 
@@ -312,8 +318,8 @@ def _save_final(t: _Training, summary: dict) -> None:
     bad = [n for n, p in t.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise NonFiniteError(t.cfg.steps, math.nan, math.nan, t.run_dir, f"non-finite weights in {bad[:3]}")
-    with atomic_dir(t.run_dir / FINAL_DIR) as tmp:
-        save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp)
+    with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
+        save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp, t.cfg.to_dict(), summary)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
     write_json(t.run_dir / SUMMARY_FILE, summary)
 
@@ -328,14 +334,13 @@ def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, ove
     if (overwrite or not resume) and rank == 0:
         clear(run_dir)
     barrier()
+    if (done := finished_summary(run_dir, ident)) is not None:
+        return TrainResult(run_dir, done, skipped=True), []
     summary = read_run_json(summary_path, "the run's summary", required=False)
-    if summary is not None and summary.get("identity_hash") == ident_hash:
-        verify_final(run_dir)
-        return TrainResult(run_dir, summary, skipped=True), []
     if not (run_dir / CONFIG_FILE).is_file():
         return None, []
     record = read_run_json(run_dir / CONFIG_FILE, "the run's config")
-    existing = record.get("identity", {})
+    existing = {k: v for k, v in record.get("identity", {}).items() if k != "extended"}
     diff = config_differences(existing, ident)
     if not diff:
         return None, record.get("extended", [])  # an extension (if any) interrupted: it resumes
@@ -358,9 +363,7 @@ def _write_run_files(run_dir: Path, cfg: TrainConfig, ident: dict, ident_hash: s
                                            **(dict(extended=extended) if extended else {})))
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     # a resumed run drops what the killed one logged after its checkpoint; a fresh one starts empty
-    start = resumed_at
-    keep = [r for r in read_metric_records(metrics_path) if r.get("step", 0) <= start] if start is not None else []
-    write_json_lines(metrics_path, keep)
+    write_json_lines(metrics_path, kept_metrics(metrics_path, resumed_at))
     tok = getattr(data, "tokenizer", None)
     if tok is not None and not (run_dir / TOKENIZER_DIR).is_dir():
         with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:

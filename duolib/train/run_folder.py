@@ -41,7 +41,6 @@ run's identity) and ``manifest.json`` (size and sha256 of every file, written la
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -49,18 +48,23 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from ..model import DuoForCausalLM
-from ..utils import json_hash, token_array
 from .config import TrainConfig
-from ..fileio import atomic_write_text
+from .model_card import model_card
+from ..fileio import atomic_write_text, umask_modes
 from ..runfolder import verify_manifest
+from ..data.run_data import data_fingerprint, verify_run  # noqa: F401 - data_fingerprint: a public name here
+from ..utils import json_hash
 
 CKPT_DIR = "checkpoint"
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
 FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
+#: DuoConfig fields added after the first runs, with their defaults (left out of a run's identity at the default).
+LATER_MODEL_FIELDS = {"stage1_route_probs": None}
+LOADER_KEYS = ("is_local", "local_files_only", "cache_dir", "force_download", "revision", "token", "subfolder",
+               "trust_remote_code", "_commit_hash")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -85,13 +89,18 @@ def save_model(model: nn.Module, folder: Path) -> None:
     """save_pretrained as one safetensors file, quietly."""
     with quiet_hf():
         unwrap_model(model).save_pretrained(folder, max_shard_size="1000GB")
+    for weights in Path(folder).glob("*.safetensors"):
+        umask_modes(weights)  # safetensors writes 0600
 
 
-def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike) -> None:
+def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike, train: dict | None = None,
+                             summary: dict | None = None) -> None:
     """A Hugging Face checkpoint that works from its path alone (``pipeline("text-generation", model=folder)``):
     weights and config (with ``auto_map`` and the model code for ``trust_remote_code=True``), the
     tokenizer's bos / eos / pad ids in the config and the generation config (so ``generate`` stops at
-    the tokenizer's eos), and the tokenizer files.  ``tokenizer=None`` saves the model alone."""
+    the tokenizer's eos), the tokenizer files, and a model card ``README.md`` (size, route semantics, how to
+    load; with ``train`` (TrainConfig.to_dict()) and ``summary`` also its data, schedule and final evaluation).
+    ``tokenizer=None`` saves the model alone."""
     model = unwrap_model(model)
     if tokenizer is not None:
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -101,6 +110,20 @@ def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathL
     save_model(model, Path(folder))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+        fix_tokenizer_config(Path(folder) / "tokenizer_config.json", model.config.max_position_embeddings)
+    if isinstance(model, DuoForCausalLM):
+        atomic_write_text(Path(folder) / "README.md", model_card(model, train, summary))
+
+
+def fix_tokenizer_config(path: Path, context: int) -> None:
+    """The saved tokenizer's ``model_max_length`` is the model's context (transformers' default is 1e30, so
+    ``truncation=True`` would never truncate), without the loading options transformers copies in
+    (``is_local``, ``local_files_only``, ...): they describe how a tokenizer was once read, not the tokenizer."""
+    config = json.loads(path.read_text())
+    for key in LOADER_KEYS:
+        config.pop(key, None)
+    config["model_max_length"] = int(context)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_json(path: Path, obj) -> None:
@@ -115,6 +138,7 @@ def atomic_dir(target: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
+        umask_modes(tmp)  # mkdtemp's 0700 (and safetensors' 0600) would make the folder private
         if target.exists():
             old = target.with_name(f".old-{target.name}-{os.getpid()}")
             os.replace(target, old)
@@ -141,23 +165,14 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 # ----------------------------------------------------------------------------- run files
 
 
-def data_fingerprint(data) -> str:
-    """Identity of the training data: the streams' cache metadata, else a hash of the token arrays."""
-    parts = {}
-    for name, s in [("train", data.train)] + sorted(getattr(data, "holdout", {}).items()):
-        meta = getattr(s, "meta", None)
-        if meta:
-            parts[name] = {k: v for k, v in meta.items() if k != "split"} | {"split": meta.get("split")}
-        else:
-            parts[name] = hashlib.sha256(np.ascontiguousarray(token_array(s)).tobytes()).hexdigest()
-    return json_hash(parts)
-
-
 def model_fields(config) -> dict:
     """A model config as a dict without the fields that do not define the model."""
     d = config.to_dict()
     for k in ("transformers_version", "architectures", "dtype", "torch_dtype"):
         d.pop(k, None)
+    for k, default in LATER_MODEL_FIELDS.items():  # absent from the runs made before them: same identity
+        if d.get(k, default) == default:
+            d.pop(k, None)
     return d
 
 
@@ -189,6 +204,30 @@ def read_metric_records(path: Path) -> list[dict]:
     return out
 
 
+def kept_metrics(path: Path, resumed_at: int | None) -> list[dict]:
+    """The metrics.jsonl records a run resumed at step ``resumed_at`` keeps (those up to that step; a fresh
+    run: none), with a warning when the log lost them (a kill while ``--overwrite`` cleared the folder)."""
+    if resumed_at is None:
+        return []
+    keep = [r for r in read_metric_records(path) if r.get("step", 0) <= resumed_at]
+    if resumed_at > 0 and not any(r.get("kind") == "train" for r in keep):
+        warnings.warn(f"{path} holds no training records up to step {resumed_at}, where this run resumes (the "
+                      f"log was lost, e.g. by a kill while the folder was cleared); its log starts at step "
+                      f"{resumed_at}: rerun with --overwrite for a complete one", stacklevel=3)
+    return keep
+
+
+def finished_summary(run_dir: Path, ident: dict) -> dict | None:
+    """The summary of ``run_dir`` when it is a finished run of identity ``ident`` (also one extended to it),
+    after checking the whole run (:func:`duolib.data.run_data.verify_run`); None when it is not."""
+    summary = read_run_json(Path(run_dir) / SUMMARY_FILE, "the run's summary", required=False)
+    grown = json_hash({**ident, "extended": summary["extended"]}) if (summary or {}).get("extended") else None
+    if summary is None or summary.get("identity_hash") not in (json_hash(ident), grown):
+        return None
+    verify_run(run_dir)  # final/, the tokenizer and config.json, not just the summary
+    return summary
+
+
 def read_run_json(path: Path, what: str, required: bool = True):
     """A JSON object file of the run folder; None if absent (``required=False``), else a ValueError naming it.
     An unreadable optional file (the summary, written last) is ignored with a warning: the run resumes."""
@@ -211,6 +250,9 @@ def read_run_json(path: Path, what: str, required: bool = True):
 def verify_final(run_dir: str | os.PathLike) -> Path:
     """The ``final/`` folder of a run, checked against its manifest (ValueError naming a bad file)."""
     final = final_model_dir(run_dir)
+    if final == Path(run_dir) and (final / SUMMARY_FILE).is_file():  # a finished run folder without its final/
+        raise ValueError(f"{Path(run_dir) / FINAL_DIR} is missing: the trained model of {run_dir} was deleted; "
+                         f"retrain it (duo train --overwrite) or restore the folder from a copy")
     verify_manifest(final, f"the trained model in {final} is damaged: retrain it (duo train --overwrite) or "
                            f"restore the folder from a copy")
     return final
@@ -221,9 +263,12 @@ class NonFiniteError(ValueError):
 
     def __init__(self, step: int, loss: float, grad_norm: float, run_dir: Path, what: str = ""):
         what = what or f"loss {loss}, gradient norm {grad_norm}"
-        super().__init__(f"training {run_dir} stopped at step {step}: {what} (not finite); the last good checkpoint "
-                         f"is kept in {Path(run_dir) / CKPT_DIR} and no final/ was written. Lower the learning rate "
-                         f"(lr) or raise warmup_steps, then rerun with --overwrite")
+        ckpts = Path(run_dir) / CKPT_DIR
+        kept = (f"the last good checkpoint is kept in {ckpts}" if any(ckpts.glob("step-*"))
+                else "no checkpoint had been written yet")
+        super().__init__(f"training {run_dir} stopped at step {step}: {what} (not finite); {kept} and no final/ "
+                         f"was written. Lower the learning rate (lr) or raise warmup_steps, then rerun with "
+                         f"--overwrite")
 
 
 def only_longer(existing: dict, ident: dict) -> bool:
