@@ -246,23 +246,14 @@ RANDOM_INIT = arg("--random-init", action="store_true",
 def cmd_book(args: argparse.Namespace) -> int:
     import time
 
-    from duolib.book.compare import REL_TOL, compare_books, glued_values
+    from duolib.book.compare import compare_report
     from duolib.book.pipeline import run_pipeline
 
     root = repo_root()
     if args.compare is not None:
-        tol = REL_TOL if args.tolerance is None else args.tolerance
-        this, other = glued_values(root / "book"), glued_values(args.compare)
-        groups = compare_books(this, other, tol)
-        for name, title in (("verdicts", "verdict changed"), ("beyond", f"differs beyond {tol:g}"),
-                            ("within", f"within {tol:g}")):
-            for d in groups[name]:
-                print(f"duo book: {title}: {d['key']}: {d['this']!r} here, {d['other']!r} in {args.compare}")
-        n_diff = sum(len(rows) for rows in groups.values())
-        print(f"duo book: {n_diff} of {len(set(this) | set(other))} glued values differ: {len(groups['verdicts'])} "
-              f"verdicts changed, {len(groups['beyond'])} beyond the relative tolerance {tol:g}, "
-              f"{len(groups['within'])} within it")
-        return 1 if groups["verdicts"] or groups["beyond"] else 0
+        lines, failed = compare_report(root / "book", args.compare, args.tolerance)
+        print("\n".join(f"duo book: {line}" for line in lines))
+        return 1 if failed else 0
     start = time.perf_counter()
     if not args.skip_notebooks:
         results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,

@@ -237,7 +237,10 @@ def seed_bootstrap(statistic: Callable[[np.ndarray, list[np.ndarray]], np.ndarra
     interval.  ``statistic(c, ws)`` takes the seed counts ``c [B, S]`` and the windows' counts ``ws[s]
     [B, W_s]`` and returns ``[B]`` (or ``[B, ...]``); quantities of one statistic share their draws
     (paired).  The spread around the estimate (every count 1) is widened by :func:`seed_factor` (one
-    seed: the window correction of :func:`bootstrap`).  Returns what :func:`percentile_interval` returns."""
+    seed: the window correction of :func:`bootstrap`).  Where the seeds differ by less than their windows
+    the interval is wider than it needs to be (window noise enters through both stages, then the factor):
+    with few seeds the between-seed variance cannot be told from zero, and erring wide keeps the level.
+    Returns what :func:`percentile_interval` returns."""
     S = len(n_windows)
     value = np.asarray(statistic(np.ones((1, S)), [np.ones((1, int(n))) for n in n_windows]))[0]
     c, ws = seed_window_weights(n_windows, n_boot, seed, clusters)

@@ -231,6 +231,10 @@ def test_selection_intervals_known_answer():
         assert ci[f"oracle_gain_k{k}"]["low"] == pytest.approx(dk, abs=1e-6)
     assert ci["matched_k1"]["value"] == pytest.approx(d[3] - d[1], abs=1e-6)
     assert set(out["placebo"]) == {"1", "2", "3"} and "matched_k2" not in ci
+    # one label per window: the window bootstrap itself; windows in two works: the same estimates
+    assert selection_intervals(m, placebo, n_boot=100, clusters=list(range(W))) == out
+    works = selection_intervals(m, placebo, n_boot=100, clusters=[0, 0, 0, 1, 1])
+    assert works["ci"]["beyond_placebo_k2"]["value"] == pytest.approx(ci["beyond_placebo_k2"]["value"])
 
 
 def test_selection_intervals_pairing_and_refusals(model):

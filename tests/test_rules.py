@@ -303,3 +303,10 @@ def test_c9_synthetic_precondition_is_read_at_the_plain_level():
     weak = {**routes05((0.6, 0.065), (0.4, 0.065)), "03_oracle": oracle(g1=(0.06, 0.05))}  # tests at p ~ 0.02
     r = {**difficulty(learned=(0.2, 0.18)), **weak}  # p ~ 0.02 too: Holm would not decide it
     assert "synthetic check not testable" not in judged(r, "C9")[1]
+
+
+def test_the_no_skip_models_contrast_is_not_in_c7s_family():
+    c7 = routes05(skips=POLAR)
+    family = sc.judged(with_pre(c7))[1].family
+    n_skip_tests = 2 * len(POLAR)  # each layer of the judged model against both poles, once
+    assert sum(k[0] == "C7" for k in family) <= n_skip_tests

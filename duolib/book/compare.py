@@ -101,3 +101,18 @@ def compare_books(a: dict[str, str], b: dict[str, str], rel_tol: float = REL_TOL
         else:
             out["beyond"].append(row)
     return out
+
+
+def compare_report(this_book, other_book, rel_tol: float | None = None) -> tuple[list[str], bool]:
+    """``duo book --compare``'s lines (changed verdicts first, then values beyond ``rel_tol``, then those
+    within it, then a count) and whether the books disagree (a changed verdict or a value beyond it)."""
+    tol = REL_TOL if rel_tol is None else rel_tol
+    this, other = glued_values(this_book), glued_values(other_book)
+    groups = compare_books(this, other, tol)
+    lines = [f"{title}: {d['key']}: {d['this']!r} here, {d['other']!r} in {other_book}"
+             for name, title in (("verdicts", "verdict changed"), ("beyond", f"differs beyond {tol:g}"),
+                                 ("within", f"within {tol:g}")) for d in groups[name]]
+    lines.append(f"{sum(len(rows) for rows in groups.values())} of {len(set(this) | set(other))} glued values "
+                 f"differ: {len(groups['verdicts'])} verdicts changed, {len(groups['beyond'])} beyond the relative "
+                 f"tolerance {tol:g}, {len(groups['within'])} within it")
+    return lines, bool(groups["verdicts"] or groups["beyond"])

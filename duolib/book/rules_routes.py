@@ -9,8 +9,8 @@ import math
 
 from .thresholds import (C2_HALF, C2_NEAR, C6_EVEN, C7_ALWAYS, C7_EXIT, C7_NEVER, C8_EVEN, C8_RATIO, C10_UNIGRAM_BAR,
                          NEGLIGIBLE, RATIO_NULL, SHARE_MARGIN)
-from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, PARTLY, UNTESTABLE, Ci, any_true, below, capped, ci_text, combine,
-                       decide, read_ci, two_part)
+from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, PARTLY, UNTESTABLE, Ci, Judge, any_true, below, capped, ci_text,
+                       combine, decide, read_ci, two_part)
 
 #: Keys of 05_oracle_routes' skip_study: the Stage-1 model without skip and the one trained with skip.
 NO_SKIP, SKIP_TRAINED = "no_skip", "skip_trained"
@@ -111,7 +111,7 @@ def c7(r, j):
     notes.insert(0, f"judged on the skip-trained model {study['model']} (p_skip = {p_skip:g})")
     if NO_SKIP in studies:
         notes.append(f"the no-skip model {studies[NO_SKIP]['model']} (not judged) would give "
-                     f"'{combine(c7_parts(studies[NO_SKIP], j)[0])}'")
+                     f"'{combine(c7_parts(studies[NO_SKIP], Judge())[0])}'")  # plain level: not a test of C7
     if p_skip <= 0:
         notes[0] += " - not testable: that model was not trained with skip"
         return UNTESTABLE, "; ".join(notes), None

@@ -109,13 +109,14 @@ def _differences(names: list[str], matrix: LossMatrix, ks: list[int]) -> dict[st
 
 
 def selection_intervals(matrix: LossMatrix, placebo: PlaceboLosses | None = None, ks=None, n_boot: int = N_BOOT,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, clusters=None) -> dict:
     """03's selection controls on one holdout (the module docstring): ``{"placebo": {str(k): perplexity},
     "label_free": {str(k): perplexity}, "ci": {key: interval dict}}``.
 
     matrix: the holdout's fp32 loss matrix (every k-big pattern; entropies for the label-free keys, which are
     left out without them); placebo: its placebo losses on the same windows (its keys left out when None);
-    ks: budgets (default every ``1..L-1`` present and covered by the placebo)."""
+    ks: budgets (default every ``1..L-1`` present and covered by the placebo); clusters: one label per window
+    (its work or file, :func:`duolib.data.clusters.holdout_window_works`) to resample whole works."""
     if matrix.exact is not None and not bool(matrix.exact.all()):
         raise ValueError("selection_intervals needs a loss matrix computed with precision='fp32'")
     ks = _budgets(matrix, placebo, ks)
@@ -134,19 +135,19 @@ def selection_intervals(matrix: LossMatrix, placebo: PlaceboLosses | None = None
             col[key] = col[f"oracle_gain_k{k}"] - col[f"placebo_gain_k{k}"]
         return np.stack([col[key] for key in keys], axis=1)
 
-    cis = bootstrap(stat, len(counts), n_boot=n_boot, seed=seed)
+    cis = bootstrap(stat, len(counts), n_boot=n_boot, seed=seed, clusters=clusters)
     cis = cis if isinstance(cis, list) else [cis]
     ppl = {kind: {str(k): math.exp(float(series[f"{kind}{k}"].double().mean())) for k in ks if f"{kind}{k}" in series}
            for kind in ("placebo", "label_free")}
     return {**ppl, "ci": {key: ci.as_dict() for key, ci in zip(keys, cis)}}
 
 
-def split_half_ci(matrix: LossMatrix, k: int, seed: int = 0, n_boot: int = 500) -> dict:
+def split_half_ci(matrix: LossMatrix, k: int, seed: int = 0, n_boot: int = 500, clusters=None) -> dict:
     """06's ``split_half_ci``: Spearman rank correlation (window-bootstrap interval) between the per-token
     difficulties from two disjoint halves of the k-big patterns (:func:`duolib.oracle.controls.split_half_difficulty`,
     split seeded by ``seed``)."""
     a, b = split_half_difficulty(matrix, k, seed)
-    return spearman_interval(a.numpy(), b.numpy(), matrix.seq.numpy(), n_boot=n_boot, seed=seed)
+    return spearman_interval(a.numpy(), b.numpy(), matrix.seq.numpy(), n_boot=n_boot, seed=seed, clusters=clusters)
 
 
 def seed_agreement_ci(x, y, window, n_boot: int = 500, seed: int = 0) -> dict:
