@@ -248,6 +248,9 @@ def test_selection_intervals_pairing_and_refusals(model):
         selection_intervals(m, p, ks=[2])
     with pytest.raises(ValueError, match="different tokens"):
         selection_intervals(m, placebo_losses(model, ids(batch=3), 4, drop=0.1))
+    first = (m.seq < 2).nonzero().flatten()  # a placebo on the first windows only: the matrix restricted to them
+    sub = selection_intervals(m.columns(first), placebo_losses(model, x[:2], 4, drop=0.1), n_boot=50)
+    assert sub["placebo"]["1"] == pytest.approx(math.exp(float(p.for_budget(1)[first].double().mean())))
     no_entropy = selection_intervals(loss_matrix(model, x), None, n_boot=50)
     assert no_entropy["label_free"] == {} and "placebo_gain_k1" not in no_entropy["ci"]
 
