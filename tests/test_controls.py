@@ -188,6 +188,14 @@ def test_split_half_noise_gives_zero_and_a_planted_signal_a_high_value():
     assert not torch.equal(a1, b1)
 
 
+def test_split_half_counts_the_shared_all_small_term():
+    """Documented behaviour: both halves subtract from the same all-small row, so when the all-small losses vary across
+    tokens and every k-big row is noise, the halves still agree (the all-small spread is real, not selection)."""
+    m = planted(0.0)
+    m.losses[0] = 3.0 + torch.rand(m.num_tokens, generator=torch.Generator().manual_seed(9))
+    assert split_half_ci(m, 4, n_boot=50)["value"] > 0.8
+
+
 def test_seed_agreement():
     rng = np.random.default_rng(0)
     x, window = rng.normal(size=400), np.repeat(np.arange(20), 20)
@@ -252,6 +260,9 @@ def test_selection_intervals_pairing_and_refusals(model):
         selection_intervals(m, p, ks=[2])
     with pytest.raises(ValueError, match="different tokens"):
         selection_intervals(m, placebo_losses(model, ids(batch=3), 4, drop=0.1))
+    first = (m.seq < 2).nonzero().flatten()  # a placebo on the first windows only: the matrix restricted to them
+    sub = selection_intervals(m.columns(first), placebo_losses(model, x[:2], 4, drop=0.1), n_boot=50)
+    assert sub["placebo"]["1"] == pytest.approx(math.exp(float(p.for_budget(1)[first].double().mean())))
     no_entropy = selection_intervals(loss_matrix(model, x), None, n_boot=50)
     assert no_entropy["label_free"] == {} and "placebo_gain_k1" not in no_entropy["ci"]
 

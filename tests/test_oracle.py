@@ -277,8 +277,9 @@ def _worker(rank, world, port, path):
         torch.manual_seed(0)
         m = DuoForCausalLM(DuoConfig.preset("tiny")).eval()
         out = loss_matrix(m, ids(batch=3), semantics="fixed-context", distributed=True)
+        ent = loss_matrix(m, ids(batch=3), semantics="fixed-context", distributed=True, entropy=True)
         if rank == 0:
-            torch.save(out.losses, path)
+            torch.save({"losses": out.losses, "entropy": ent.entropy, "no_entropy": out.entropy}, path)
     finally:
         dist.destroy_process_group()
 
@@ -289,7 +290,10 @@ def test_two_process_gloo_equals_single_process(model, tmp_path):
     path = tmp_path / "losses.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
     single = loss_matrix(model, ids(batch=3), semantics="fixed-context")
-    assert (torch.load(path) - single.losses).abs().max() <= 1e-6
+    with_entropy = loss_matrix(model, ids(batch=3), semantics="fixed-context", entropy=True)
+    got = torch.load(path)
+    assert (got["losses"] - single.losses).abs().max() <= 1e-6 and got["no_entropy"] is None
+    assert (got["entropy"] - with_entropy.entropy).abs().max() <= 1e-6
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -169,8 +169,8 @@ def placebo_losses(model, input_ids, n_candidates: int, *, drop: float = PLACEBO
         for c in tqdm(range(int(n_candidates)), desc=f"placebo ({semantics})", unit="candidate", disable=not progress):
             keep = torch.from_numpy(placebo_keep(L, inner, drop, seed, c)).to(device)
             losses[c] = _candidate_losses(setup, keep).cpu()
-    return PlaceboLosses(losses, ref, seq=torch.arange(B).repeat_interleave(T - 1), position=torch.arange(T - 1).repeat(B),
-                         target=input_ids[:, 1:].reshape(-1).cpu(), seq_len=T, num_layers=L, semantics=semantics,
+    return PlaceboLosses(losses, ref, seq=torch.arange(B).repeat_interleave(T - 1),
+                         position=torch.arange(T - 1).repeat(B), target=input_ids[:, 1:].reshape(-1).cpu(), seq_len=T, num_layers=L, semantics=semantics,
                          drop=float(drop), seed=int(seed),
                          stats={"seconds": time.perf_counter() - start, "forwards": int(n_candidates) + 1})
 
