@@ -32,7 +32,6 @@ from ..oracle.engine import loss_matrix
 from ..oracle.brute_force import trie_flops
 from ..data.run_data import run_data
 from ..data.batches import holdout_sequences
-from ..data.clusters import holdout_window_works
 from .evidence import layer_share_intervals
 from .pipeline import book_train_config
 from ..train.loop import train
@@ -166,12 +165,6 @@ def holdout_ids(data, n_sequences: int, seq_len: int) -> dict[str, torch.Tensor]
     """``n_sequences`` windows of ``seq_len`` tokens of every holdout of ``data``, drawn at random (fixed
     seed) over the whole holdout (:func:`duolib.data.batches.holdout_sequences`), the same in every notebook."""
     return {name: holdout_sequences(stream, n_sequences, seq_len) for name, stream in data.holdout.items()}
-
-
-def holdout_clusters(data, n_sequences: int, seq_len: int) -> dict[str, list[str]]:
-    """The work or file of each window of :func:`holdout_ids` (same arguments, same order): the cluster labels
-    with which the book's intervals resample whole works and files, not windows that share a text."""
-    return holdout_window_works(data, n_sequences, seq_len)
 
 
 def write_manifest(run_dir, settings: dict) -> None:
