@@ -74,3 +74,28 @@ def test_controls_benchmark_runs_on_tiny(capsys):
                        "--entropy-windows", "1", "--k", "2"]) == 0
     out = capsys.readouterr().out
     assert "placebo shared" in out and "placebo fixed-context" in out and "entropy=True" in out
+
+
+def test_holdout_prompts_alternate_between_the_holdouts_and_speedups_read_against_one():
+    import numpy as np
+    import pytest
+
+    from duolib.book.generation import holdout_prompts, median_interval, speedup_words
+
+    holdout = {"english": np.arange(0, 1000), "python": np.arange(5000, 6000)}  # values tell the streams apart
+    prompts = holdout_prompts(holdout, 5, 16)
+    assert prompts.shape == (5, 16)
+    assert [bool(p[0] >= 5000) for p in prompts] == [False, True, False, True, False]
+    assert all(torch_equal_range(p) for p in prompts)  # each prompt is one contiguous window of its stream
+    with pytest.raises(ValueError, match="fewer"):
+        holdout_prompts(holdout, 200, 16)
+    ci = median_interval([1.1, 1.2, 1.3, 1.15, 1.25])
+    assert ci["value"] == 1.2 and 1.1 <= ci["low"] <= 1.2 <= ci["high"] <= 1.3
+    assert speedup_words({"speedup": 1.2, "speedup_ci": ci}).startswith("1.20 times as fast as all-big, i.e. faster")
+    assert "wholly faster" in speedup_words({"speedup": 1.2, "speedup_ci": ci})
+    slow = {"speedup": 0.9, "speedup_ci": {"value": 0.9, "low": 0.8, "high": 1.05}}
+    assert "i.e. slower" in speedup_words(slow) and "not surely different" in speedup_words(slow)
+
+
+def torch_equal_range(p) -> bool:
+    return bool((p[1:] - p[:-1] == 1).all())
