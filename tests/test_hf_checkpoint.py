@@ -57,6 +57,7 @@ def test_trust_remote_code_loads_without_duolib(saved, tmp_path):
     torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
     script = f"""
 import sys, torch
+torch.set_num_threads(1)  # as the test process (conftest): the same computation, so the same bits on any CPU
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 folder = {str(folder)!r}
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
