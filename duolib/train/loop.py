@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..data.batches import sample_batch
-from ..data.run_data import run_data
+from ..data.run_data import run_data, summary_checksum
 from ..routing import BIG, SMALL, training_routes
 from ..runfolder import claim, clear, reading, write_manifest, writing
 from ..utils import apply_threads, json_hash
@@ -321,7 +321,7 @@ def _save_final(t: _Training, summary: dict) -> None:
     with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
         save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
-    write_json(t.run_dir / SUMMARY_FILE, summary)
+    write_json(t.run_dir / SUMMARY_FILE, {**summary, "checksum": summary_checksum(summary)})
 
 
 def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, overwrite: bool,
