@@ -6,8 +6,7 @@ or in a result identical to the undamaged run's: never a silently different numb
 Consumers: ``duo train`` on the finished run (found finished, or resumed), resume from the newest
 checkpoint (loading it into a fresh model and optimiser), :func:`run_data`, transformers'
 ``AutoModelForCausalLM.from_pretrained`` of ``final/``, ``duo oracle`` and ``duo route``.  The cheap
-consumers see every case; ``duo oracle`` / ``duo route`` (seconds each) see every file they read once,
-the four kinds of damage taking turns, since their loading path is the one :func:`run_data` shares."""
+consumer sees the damages of every file it opens (:data:`SCOPE`, :func:`cases`)."""
 
 import hashlib
 import json
@@ -22,7 +21,7 @@ from duolib.runfolder import LOCK_FILE
 from tiny_runs import tiny
 
 DAMAGES = ("flip", "truncate", "delete", "symlink")
-#: The files ``duo oracle`` / ``duo route`` read: everything but the log and the checkpoints.
+#: What a finished run's consumers read: everything but the log and the checkpoints.
 LOADED = ("config.json", "summary.json", ".duolib", "final/", "tokenizer/")
 
 
@@ -66,6 +65,9 @@ def c_train(run, cache_dir, capsys):
     return json.dumps(train(cfg(cache_dir), run).summary["final_eval"], sort_keys=True)
 
 
+IDENTITY = {}
+
+
 def c_resume(run, cache_dir, capsys):
     from duolib.train.build import build_model, make_optimizer, make_scheduler, trainable_parameters
     from duolib.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -73,10 +75,12 @@ def c_resume(run, cache_dir, capsys):
     from duolib.train.run_folder import data_fingerprint, identity
 
     c = cfg(cache_dir)
+    if str(cache_dir) not in IDENTITY:
+        IDENTITY[str(cache_dir)] = identity(c, data_fingerprint(load_data(c, None, 0)))
     model = build_model(c)
     optimizer = make_optimizer(trainable_parameters(model, c), c)
     state = load_checkpoint(latest_checkpoint(run), model, optimizer, make_scheduler(optimizer, c),
-                            identity(c, data_fingerprint(load_data(c, None, 0))))
+                            IDENTITY[str(cache_dir)])
     moments = [(f"{i}.{k}", v) for i, s in optimizer.state_dict()["state"].items() for k, v in sorted(s.items())]
     return f"{state['step']} {digest_tensors(model.state_dict().items())} {digest_tensors(moments)}"
 
@@ -116,11 +120,19 @@ CONSUMERS = {
 }
 
 
+#: The files each consumer opens (the others cannot change what it computes): a finished run is found
+#: finished without its checkpoints; resuming reads the newest checkpoint; transformers reads final/.
+SCOPE = {"train": LOADED + ("metrics.jsonl",), "resume": ("checkpoint/latest", "checkpoint/step-00000010/"),
+         "run_data": LOADED + ("metrics.jsonl",), "from_pretrained": ("final/",), "oracle": LOADED, "route": LOADED}
+
+
 def cases(files: list[str], consumer: str) -> list[tuple[str, str]]:
-    if consumer not in ("oracle", "route"):
-        return [(f, how) for f in files for how in DAMAGES]
-    loaded = [f for f in files if f.startswith(LOADED)]
-    return [(f, DAMAGES[i % len(DAMAGES)]) for i, f in enumerate(loaded)]
+    """Every damage of every file in the consumer's scope; ``duo oracle`` / ``duo route`` (a second each)
+    load through :func:`run_data`'s checks, so they see each file once, the four damages taking turns."""
+    files = [f for f in files if f.startswith(SCOPE[consumer])]
+    if consumer in ("oracle", "route"):
+        return [(f, DAMAGES[i % len(DAMAGES)]) for i, f in enumerate(files)]
+    return [(f, how) for f in files for how in DAMAGES]
 
 
 @pytest.mark.parametrize("consumer", list(CONSUMERS))
@@ -131,14 +143,18 @@ def test_every_damaged_file_is_named_or_changes_nothing(finished_run, cache_dir,
     files = files_of(finished_run)
     assert len(files) > 20 and "final/model.safetensors" in files and "tokenizer/tokenizer.json" in files
     silent, outcomes = [], {"named": 0, "identical": 0}
+    # one copy, damaged and restored case by case; `duo train` may write into the run, so it gets a fresh copy
+    shared = shutil.copytree(finished_run, tmp_path / "shared" / "run", ignore=shutil.ignore_patterns(LOCK_FILE))
     for i, (name, how) in enumerate(cases(files, consumer)):
         root = tmp_path / f"case{i}"
-        run = shutil.copytree(finished_run, root / "run", ignore=shutil.ignore_patterns(LOCK_FILE))
-        (root / "outside").mkdir()
+        (root / "outside").mkdir(parents=True)
+        if consumer == "train":
+            run = shutil.copytree(finished_run, root / "run", ignore=shutil.ignore_patterns(LOCK_FILE))
+        else:
+            run, original = shared, (shared / name).read_bytes()
         damage(run / name, how, root / "outside")
         try:
-            with torch.no_grad() if consumer != "train" else torch.enable_grad():
-                got = use(run, cache_dir, capsys)
+            got = use(run, cache_dir, capsys)
         except (ValueError, OSError) as err:  # RunFolderError is a ValueError
             message = str(err)
             named = Path(name).name in message or (name == ".duolib" and "marker" in message)
@@ -149,6 +165,9 @@ def test_every_damaged_file_is_named_or_changes_nothing(finished_run, cache_dir,
             outcomes["identical"] += got == reference
             if got != reference:
                 silent.append(f"{how} {name}: a different result, no error")
+        if run == shared:
+            (run / name).unlink(missing_ok=True)
+            (run / name).write_bytes(original)
         shutil.rmtree(root, ignore_errors=True)
     print(f"{consumer}: {sum(outcomes.values())} cases, {outcomes}")
     assert not silent, "\n".join(silent)

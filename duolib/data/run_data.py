@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..runfolder import RunFolderError, reading, verify_manifest
+from ..runfolder import RunFolderError, folder_kind, reading, verify_manifest
 from ..utils import json_hash, token_array
 from .corpus import Prepared, prepare
 
@@ -110,6 +110,8 @@ def find_run(path: str | os.PathLike) -> Path | None:
     """The ``duo train`` run folder of ``path`` (the run folder itself or its ``final/``), or None."""
     path = Path(path)
     for folder in (path, path.parent if path.name == FINAL_DIR else None):
+        if folder is not None and not (folder / CONFIG_FILE).is_file() and folder_kind(folder) == "duo train":
+            raise _damaged(folder / CONFIG_FILE, "is missing (the folder is a `duo train` run)")
         if folder is not None and (folder / CONFIG_FILE).is_file():
             try:
                 record = json.loads((folder / CONFIG_FILE).read_bytes().decode("utf-8"))
