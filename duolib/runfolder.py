@@ -252,7 +252,9 @@ def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
     except RunFolderError:
         raise
     except (OSError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not _io_failure(err):
+        text = f"{type(err).__name__} {err}".lower()
+        if isinstance(err, RuntimeError) and not any(k in text for k in ("safetensorerror", "iostream", "no space",
+                                                                          "storagefull", "ioerror", "write")):
             raise
         target = Path(target)
         free = shutil.disk_usage(next(p for p in [target, *target.parents] if p.exists())).free / 1e6
@@ -260,11 +262,6 @@ def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
         raise RunFolderError(f"could not write {what} {target} ({cause}; {free:,.0f} MB free): free some disk "
                              f"space (or fix the folder's permissions) and rerun; a training run resumes from its "
                              f"last complete checkpoint") from None
-
-
-def _io_failure(err: BaseException) -> bool:
-    text = f"{type(err).__name__} {err}".lower()
-    return any(k in text for k in ("safetensorerror", "iostream", "no space", "storagefull", "ioerror", "write"))
 
 
 # ----------------------------------------------------------------------------- content checks
@@ -303,7 +300,7 @@ def write_manifest(folder: str | os.PathLike) -> dict:
     A run folder's own lock and marker stay unlisted: they change while the results do not."""
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): digest(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and p.relative_to(folder).parts[0] not in BOOKKEEPING}
+             if p.is_file() and p != folder / MANIFEST and p.relative_to(folder).parts[0] not in BOOKKEEPING}
     atomic_write_text(folder / MANIFEST, json.dumps(dict(files=files, checksum=json_hash(files)), indent=1,
                                                     sort_keys=True))
     return files

@@ -72,7 +72,8 @@ def c_resume(run, cache_dir, capsys):
     from duolib.train.build import build_model, make_optimizer, make_scheduler, trainable_parameters
     from duolib.train.checkpoint import latest_checkpoint, load_checkpoint
     from duolib.train.inputs import load_data
-    from duolib.train.run_folder import data_fingerprint, identity
+    from duolib.data.run_data import data_fingerprint
+    from duolib.train.run_folder import identity
 
     c = cfg(cache_dir)
     if str(cache_dir) not in IDENTITY:

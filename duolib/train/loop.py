@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..data.batches import sample_batch
-from ..data.run_data import run_data, summary_checksum
+from ..data.run_data import data_fingerprint, run_data, summary_checksum
 from ..routing import BIG, SMALL, training_routes
 from ..runfolder import claim, clear, reading, write_manifest, writing
 from ..utils import apply_threads, json_hash
@@ -60,7 +60,7 @@ from .distributed import (barrier, broadcast_from_rank0, dist_rank_world, mean_o
 from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
-                         atomic_dir, config_differences, data_fingerprint, final_model_dir, identity, load_run,
+                         atomic_dir, config_differences, final_model_dir, identity, load_run,
                          only_longer, kept_metrics, finished_summary, read_metrics, read_run_json, remove_leftovers,
                          save_complete_checkpoint, write_json, write_json_lines)
 

@@ -54,7 +54,7 @@ from ..model import DuoForCausalLM
 from .config import TrainConfig
 from ..fileio import atomic_write_text
 from ..runfolder import verify_manifest
-from ..data.run_data import data_fingerprint, verify_run  # noqa: F401 - data_fingerprint: a public name here
+from ..data.run_data import verify_run
 from ..utils import json_hash
 
 CKPT_DIR = "checkpoint"
