@@ -1,15 +1,13 @@
-"""Run folders and verified files: recognise a duolib folder, clear one safely, lock one for a
-single writer, and check file contents against recorded sizes and sha256 digests.
+"""Run folders and verified files: recognise a duolib folder (its ``.duolib`` marker alone), clear one
+safely, lock it (one writer, :func:`claim`; readers share, :func:`reading`) and check file contents.
 
-* :func:`claim` takes an exclusive ``fcntl.flock`` on ``FOLDER/.lock`` for the life of a writer
-  (``duo train``, ``duo oracle``, ``duo route``, the book pipeline); a second writer gets
-  :class:`RunFolderError` naming the holder's pid.  The lock file stays (removing it would let a
-  third process lock a new file while the second still holds the old one).
-* :func:`clear` deletes the contents of a folder only when it is recognisably a duolib folder
-  (:func:`is_duolib_folder`); it never deletes files duolib did not write.
+* :func:`claim` takes an exclusive ``fcntl.flock`` on ``FOLDER/.lock`` (opened without following links)
+  for the life of a writer; a second writer or a reader gets :class:`RunFolderError` naming the holder's
+  pid.  The lock file stays (removing it would let a third process lock a new file meanwhile).
+* :func:`clear` deletes the contents of a marked duolib folder only; :func:`migrate` marks an old one.
 * :func:`write_manifest` / :func:`verify_manifest`: size and sha256 of every file of a folder
-  (``final/``, checkpoints); :func:`write_checked` / :func:`read_checked`: one cache file with a
-  ``.sha256`` sidecar, rebuilt by its caller when the check fails.
+  (``final/``, routers, oracle results); :func:`write_checked` / :func:`read_checked`: one cache file
+  with a ``.sha256`` sidecar, rebuilt by its caller when the check fails.
 """
 
 from __future__ import annotations
@@ -48,6 +46,11 @@ class RunFolderError(ValueError):
 
 # ----------------------------------------------------------------------------- recognition
 
+def json_hash(obj) -> str:
+    """sha256 of ``obj`` as canonical JSON (:func:`duolib.utils.json_hash`, without importing torch)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -74,8 +77,6 @@ def legacy_kind(path: str | os.PathLike) -> str | None:
     when it does not match.  A ``duo train`` folder's config.json must hold exactly its identity, the
     sha256 of that identity and its config; a ``duo oracle`` folder's summary.json exactly the keys that
     release wrote, marked complete; a ``duo route`` folder a router/router.json beside its weights."""
-    from .utils import json_hash
-
     path = Path(path)
     if not path.is_dir():
         return None
@@ -108,8 +109,7 @@ def migrate(path: str | os.PathLike) -> str:
 
 
 def is_duolib_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder duolib wrote (:func:`folder_kind` knows it)."""
-    return folder_kind(path) is not None
+    return folder_kind(path) is not None  # a folder duolib wrote
 
 
 def _foreign_entries(path: Path) -> list[str]:
@@ -128,8 +128,8 @@ def check_usable(path: str | os.PathLike) -> Path:
             hint = (f"; it looks like a run folder of an earlier duolib release: mark it with `duo migrate {path}` "
                     f"first" if legacy_kind(path) else "")
             raise RunFolderError(f"{path} holds files that duolib did not write ({shown}); it is not a duolib "
-                                 f"run folder, so nothing there is deleted or overwritten: use a new or empty "
-                                 f"folder{hint}")
+                                 f"run folder (no valid {MARKER} marker), so nothing there is deleted or "
+                                 f"overwritten: use a new or empty folder{hint}")
     return path
 
 
@@ -265,7 +265,9 @@ def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
     except RunFolderError:
         raise
     except (OSError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not _io_failure(err):
+        text = f"{type(err).__name__} {err}".lower()
+        if isinstance(err, RuntimeError) and not any(k in text for k in ("safetensorerror", "iostream", "no space",
+                                                                          "storagefull", "ioerror", "write")):
             raise
         target = Path(target)
         free = shutil.disk_usage(next(p for p in [target, *target.parents] if p.exists())).free / 1e6
@@ -273,11 +275,6 @@ def writing(target: str | os.PathLike, what: str) -> Iterator[None]:
         raise RunFolderError(f"could not write {what} {target} ({cause}; {free:,.0f} MB free): free some disk "
                              f"space (or fix the folder's permissions) and rerun; a training run resumes from its "
                              f"last complete checkpoint") from None
-
-
-def _io_failure(err: BaseException) -> bool:
-    text = f"{type(err).__name__} {err}".lower()
-    return any(k in text for k in ("safetensorerror", "iostream", "no space", "storagefull", "ioerror", "write"))
 
 
 # ----------------------------------------------------------------------------- content checks
@@ -316,8 +313,9 @@ def write_manifest(folder: str | os.PathLike) -> dict:
     A run folder's own lock and marker stay unlisted: they change while the results do not."""
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): digest(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and p.relative_to(folder).parts[0] not in BOOKKEEPING}
-    atomic_write_text(folder / MANIFEST, json.dumps(dict(files=files), indent=1, sort_keys=True))
+             if p.is_file() and p != folder / MANIFEST and p.relative_to(folder).parts[0] not in BOOKKEEPING}
+    atomic_write_text(folder / MANIFEST, json.dumps(dict(files=files, checksum=json_hash(files)), indent=1,
+                                                    sort_keys=True))
     return files
 
 
@@ -352,8 +350,9 @@ def verify_manifest(folder: str | os.PathLike, advice: str, required: bool = Tru
     if not (folder / MANIFEST).is_file() or (folder / MANIFEST).is_symlink():
         raise RunFolderError(f"{folder / MANIFEST} is missing, so the files of {folder} cannot be checked; {advice}")
     info = _json(folder / MANIFEST)
-    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
-        raise RunFolderError(f"{folder / MANIFEST} is unreadable (corrupted); {advice}")
+    if (not isinstance(info, dict) or not isinstance(info.get("files"), dict)
+            or info.get("checksum", json_hash(info["files"])) != json_hash(info["files"])):  # none: older manifests
+        raise RunFolderError(f"{folder / MANIFEST} is unreadable or does not match its checksum (corrupted); {advice}")
     try:
         for name, expected in info["files"].items():
             why = mismatch(confined(folder, name), expected if isinstance(expected, dict) else {})

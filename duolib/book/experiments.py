@@ -133,11 +133,12 @@ def _cached(folder: Path, spec: dict, model):
         return None
     try:
         verify_manifest(folder, "retraining it")
-    except RunFolderError as err:
+        router = load_router(folder / "router", model)  # a cache of the layout before router/: rebuilt
+    except (RunFolderError, ValueError) as err:
         warnings.warn(f"router cache rebuilt: {err}", stacklevel=3)
         return None
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
-    return load_router(folder, model), history
+    return router, history
 
 
 def _store(folder: Path, spec: dict, model, router, history) -> None:
@@ -145,7 +146,7 @@ def _store(folder: Path, spec: dict, model, router, history) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").unlink(missing_ok=True)  # written last: a killed run leaves no valid cache
-    router.save(folder, model)
+    router.save(folder / "router", model)  # its own folder: router.save replaces it whole
     pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
     write_manifest(folder)
     atomic_write_text(folder / "spec.json",

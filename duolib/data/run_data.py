@@ -18,11 +18,12 @@ from typing import Iterator
 
 import numpy as np
 
-from ..runfolder import RunFolderError, reading, verify_manifest
+from ..runfolder import RunFolderError, folder_kind, reading, verify_manifest
 from ..utils import json_hash, token_array
 from .corpus import Prepared, prepare
 
 CONFIG_FILE, TOKENIZER_DIR, FINAL_DIR, SUMMARY_FILE = "config.json", "tokenizer", "final", "summary.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def data_fingerprint(data) -> str:
@@ -67,6 +68,8 @@ def verify_run(run: str | os.PathLike, finished: bool = True) -> dict:
         summary_hash = summary["identity_hash"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise _damaged(summary_path, "is unreadable") from None
+    if summary.get("checksum") != summary_checksum(summary):
+        raise _damaged(summary_path, "does not match its checksum (edited or damaged)")
     if summary_hash != ident_hash:
         raise _damaged(summary_path, f"names identity {str(summary_hash)[:12]}, but {run / CONFIG_FILE} "
                                      f"records {ident_hash[:12]}")
@@ -76,21 +79,22 @@ def verify_run(run: str | os.PathLike, finished: bool = True) -> dict:
     verify_manifest(final, f"the trained model in {final} is damaged: retrain it (duo train --overwrite) or "
                            f"restore the folder from a copy")
     tok = run / TOKENIZER_DIR
-    if tok.is_dir() or tok.is_symlink():
-        if tok.is_symlink():
-            raise _damaged(tok, "is a symbolic link (duolib writes none)")
-        for p in sorted(tok.iterdir()):
+    if tok.is_symlink() or (tok.exists() and not tok.is_dir()):
+        raise _damaged(tok, "is not a folder (duolib writes no link)")
+    if tok.is_dir() or (final / "tokenizer.json").is_file():
+        present = {p.name for p in tok.iterdir()} if tok.is_dir() else set()
+        for name in sorted(present | {n for n in TOKENIZER_FILES if (final / n).is_file()}):
+            p, ref = tok / name, final / name
             if p.is_symlink() or not p.is_file():
-                raise _damaged(p, "is not a plain file")
-        # tokenizer.json holds the vocabulary and merges, i.e. what the token ids mean; final/'s other tokenizer
-        # files are written for transformers' loaders (its context length, no loader options) and may differ
-        ref = final / "tokenizer.json"
-        if ref.is_file() and (tok / "tokenizer.json").is_file() and \
-                (tok / "tokenizer.json").read_bytes() != ref.read_bytes():
-            raise _damaged(tok / "tokenizer.json", f"differs from the checked copy {ref}")
-        if (final / "tokenizer.json").is_file() and not (tok / "tokenizer.json").is_file():
-            raise _damaged(tok / "tokenizer.json", "is missing")
+                raise _damaged(p, "is missing or not a plain file")
+            if ref.is_file() and p.read_bytes() != ref.read_bytes():
+                raise _damaged(p, f"differs from the checked copy {ref}")
     return record
+
+
+def summary_checksum(summary: dict) -> str:
+    """The checksum a run's summary.json carries: the sha256 of everything else it holds."""
+    return json_hash({k: v for k, v in summary.items() if k != "checksum"})
 
 
 @contextlib.contextmanager
@@ -106,6 +110,8 @@ def find_run(path: str | os.PathLike) -> Path | None:
     """The ``duo train`` run folder of ``path`` (the run folder itself or its ``final/``), or None."""
     path = Path(path)
     for folder in (path, path.parent if path.name == FINAL_DIR else None):
+        if folder is not None and not (folder / CONFIG_FILE).is_file() and folder_kind(folder) == "duo train":
+            raise _damaged(folder / CONFIG_FILE, "is missing (the folder is a `duo train` run)")
         if folder is not None and (folder / CONFIG_FILE).is_file():
             try:
                 record = json.loads((folder / CONFIG_FILE).read_bytes().decode("utf-8"))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..runfolder import RunFolderError, confined, writing
-from ..utils import file_sha256
+from ..utils import file_sha256, json_hash
 from .run_folder import CKPT_DIR, atomic_dir, config_differences, save_model, unwrap_model, write_json
 
 
@@ -105,7 +105,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, ident
         _save_trainer_state(tmp, step, extra)
         write_json(tmp / "train_config.json", ident)
         manifest = {p.name: dict(size=p.stat().st_size, sha256=file_sha256(p)) for p in sorted(tmp.iterdir())}
-        write_json(tmp / "manifest.json", dict(step=step, files=manifest))
+        write_json(tmp / "manifest.json", dict(step=step, files=manifest, checksum=json_hash(manifest)))
     tmp_latest = root / f".latest.{os.getpid()}.tmp"
     tmp_latest.write_text(name)
     os.replace(tmp_latest, root / "latest")
@@ -145,8 +145,8 @@ def verify_checkpoint(path: Path) -> dict:
         files = manifest["files"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {path} is incomplete or corrupted (unreadable manifest.json: {err}); {advice}") from None
-    if not isinstance(files, dict):
-        raise ValueError(f"checkpoint {path} is corrupted (manifest.json lists no files); {advice}")
+    if not isinstance(files, dict) or manifest.get("checksum", json_hash(files)) != json_hash(files):
+        raise ValueError(f"checkpoint {path} is corrupted (manifest.json does not match its checksum); {advice}")
     for name, info in files.items():
         try:
             p = confined(path, name)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..data.batches import sample_batch
-from ..data.run_data import run_data
+from ..data.run_data import data_fingerprint, run_data, summary_checksum
 from ..routing import BIG, SMALL, training_routes
 from ..runfolder import claim, clear, reading, write_manifest, writing
 from ..utils import apply_threads, json_hash
@@ -60,9 +60,9 @@ from .distributed import (barrier, broadcast_from_rank0, dist_rank_world, mean_o
 from .evaluate import evaluate_route_modes, is_duo, unigram_perplexity
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
-                         atomic_dir, config_differences, data_fingerprint, final_model_dir, identity, load_run,
+                         atomic_dir, config_differences, final_model_dir, identity, load_run,
                          only_longer, kept_metrics, finished_summary, read_metrics, read_run_json, remove_leftovers,
-                         save_complete_checkpoint, write_json, write_json_lines)
+                         fix_tokenizer_config, save_complete_checkpoint, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -321,7 +321,7 @@ def _save_final(t: _Training, summary: dict) -> None:
     with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
         save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp, t.cfg.to_dict(), summary)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
-    write_json(t.run_dir / SUMMARY_FILE, summary)
+    write_json(t.run_dir / SUMMARY_FILE, {**summary, "checksum": summary_checksum(summary)})
 
 
 def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, overwrite: bool,
@@ -368,6 +368,8 @@ def _write_run_files(run_dir: Path, cfg: TrainConfig, ident: dict, ident_hash: s
     if tok is not None and not (run_dir / TOKENIZER_DIR).is_dir():
         with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:
             tok.save_pretrained(str(tmp))
+            # as final/ will save it, so that the two copies agree byte for byte (run_data.verify_run)
+            fix_tokenizer_config(Path(tmp) / "tokenizer_config.json", cfg.duo_config().max_position_embeddings)
 
 
 def _accumulate_gradients(ddp, x: torch.Tensor, routes, cfg: TrainConfig, micro: int, world: int) -> float:

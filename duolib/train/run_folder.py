@@ -55,7 +55,7 @@ from .config import TrainConfig
 from .model_card import model_card
 from ..fileio import atomic_write_text, umask_modes
 from ..runfolder import verify_manifest
-from ..data.run_data import data_fingerprint, verify_run  # noqa: F401 - data_fingerprint: a public name here
+from ..data.run_data import verify_run
 from ..utils import json_hash
 
 CKPT_DIR = "checkpoint"
