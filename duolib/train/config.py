@@ -177,7 +177,7 @@ class TrainConfig:
                              f"{self.beta2}, {self.eps}, {self.weight_decay}")
         if self.warmup_steps < 0 or self.seed < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} and seed={self.seed} must be non-negative")
-        if self.hold_steps < 0 or self.warmup_steps + self.hold_steps > self.steps:
+        if self.hold_steps < 0 or (self.hold_steps and self.warmup_steps + self.hold_steps > self.steps):
             raise ValueError(f"hold_steps={self.hold_steps} must be non-negative and leave room for the warm-up: "
                              f"warmup_steps + hold_steps <= steps ({self.warmup_steps} + {self.hold_steps} > "
                              f"{self.steps})")
