@@ -76,7 +76,7 @@ def legacy_kind(path: str | os.PathLike) -> str | None:
     """The writer of a folder written by the previous release (no marker), from a strict signature; None
     when it does not match.  A ``duo train`` folder's config.json must hold exactly its identity, the
     sha256 of that identity and its config; a ``duo oracle`` folder's summary.json exactly the keys that
-    release wrote, marked complete; a ``duo route`` folder a router/router.json beside its weights."""
+    release wrote, marked complete; a ``duo route`` folder a router/ (json + weights); the book a .pipeline/."""
     path = Path(path)
     if not path.is_dir():
         return None
@@ -89,7 +89,7 @@ def legacy_kind(path: str | os.PathLike) -> str | None:
         return "duo oracle"
     if (path / "router" / "router.json").is_file() and (path / "router" / "router.safetensors").is_file():
         return "duo route"
-    return None
+    return "duo book" if (path / ".pipeline").is_dir() else None  # the book pipeline's own state folder
 
 
 def migrate(path: str | os.PathLike) -> str:

@@ -321,7 +321,8 @@ def _save_final(t: _Training, summary: dict) -> None:
     with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
         save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp, t.cfg.to_dict(), summary)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
-    write_json(t.run_dir / SUMMARY_FILE, {**summary, "checksum": summary_checksum(summary)})
+    summary["checksum"] = summary_checksum(summary)  # in place: the returned result holds it too
+    write_json(t.run_dir / SUMMARY_FILE, summary)
 
 
 def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, overwrite: bool,
