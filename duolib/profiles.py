@@ -23,7 +23,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         ),
         # [ours] a few seconds; threads=1 (cosmetic): on a shared small CPU one OpenMP thread avoids
         # contention between processes.
-        "train": dict(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=4, eval_every=20,
+        "train": dict(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=4, hold_fraction=0.2, eval_every=20,
                       eval_sequences=8, log_every=5, threads=1,
                       # a corpus slice (16 files a source, tokenizer trained on 200k characters): seconds
                       data=dict(max_docs=16, tokenizer_chars=200_000)),
@@ -41,9 +41,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         # [ours] 2,000 x 16 x 128 = 4.1M tokens (about 1.3 epochs of the training split): long enough for the
         # plateau rule of duolib.book.scorecard (the last 20% of steps improve the all-big holdout loss by
         # < 2%; 02_training checks it on 20 evaluations), short enough for the CPU book.
-        # hold_steps: the last 20% of the steps at the final learning rate, where the plateau rule reads the loss
+        # hold_fraction: the last 20% of the steps at the final learning rate, where the plateau rule reads the loss
         # (a cosine still falling there lowers the loss by itself, and a plateau could not be told from it).
-        "train": dict(steps=2000, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=50, hold_steps=400,
+        "train": dict(steps=2000, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=50, hold_fraction=0.2,
                       eval_every=100, eval_sequences=64, log_every=10, threads=1),
     },
     "paper": {
@@ -58,7 +58,7 @@ PROFILES: dict[str, dict[str, dict]] = {
             max_position_embeddings=2048,
         ),
         # [ours] 143k x 1024 x 2048 = 300B tokens (the paper's budget); 16 micro-batches per rank step.
-        "train": dict(steps=143_000, batch_size=1024, seq_len=2048, lr=3e-4, warmup_steps=2000, hold_steps=28_600,
+        "train": dict(steps=143_000, batch_size=1024, seq_len=2048, lr=3e-4, warmup_steps=2000, hold_fraction=0.2,
                       eval_every=1000,
                       eval_sequences=1024, eval_batch_size=32, grad_accum=16, checkpoint_every=1000,
                       amp=True),

@@ -49,17 +49,18 @@ def env() -> dict:
 
 # ----------------------------------------------------------------------------- pure functions
 
-def test_lr_schedule_holds_the_final_rate_for_the_last_hold_steps():
-    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1, hold_steps=20)
+def test_lr_schedule_holds_the_final_rate_for_the_last_hold_fraction():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1, hold_fraction=0.2)
     lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
     assert lrs[79] == pytest.approx(1e-4) and all(x == pytest.approx(1e-4) for x in lrs[79:])
     assert all(a > b for a, b in zip(lrs[10:79], lrs[11:79]))  # the cosine reaches the floor at step 79
-    assert "hold_steps" not in TrainConfig(steps=100).semantic()  # at its default: old runs keep their identity
-    assert TrainConfig(steps=100, hold_steps=20).semantic()["hold_steps"] == 20
-    with pytest.raises(ValueError, match="hold_steps"):
-        TrainConfig(steps=100, warmup_steps=10, hold_steps=95).validate()
-    with pytest.raises(ValueError, match="hold_steps"):
-        TrainConfig(steps=100, hold_steps=-1).validate()
+    assert "hold_fraction" not in TrainConfig(steps=100).semantic()  # at its default: old runs keep their identity
+    assert TrainConfig(steps=100, hold_fraction=0.2).semantic()["hold_fraction"] == 0.2
+    short = TrainConfig(steps=20, warmup_steps=10, hold_fraction=0.9)  # never into the warm-up
+    assert [lr_at(s, short) for s in range(10, 20)] == pytest.approx([short.lr * 0.1] * 10)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="hold_fraction"):
+            TrainConfig(steps=100, hold_fraction=bad).validate()
 
 
 def test_lr_schedule_warmup_then_cosine_to_min():

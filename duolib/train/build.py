@@ -12,7 +12,7 @@ from torch import nn
 
 from ..convert import llama_config
 from ..model import DuoForCausalLM
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, hold_steps, lr_factor
 from .run_folder import config_differences, load_run, model_fields
 
 
@@ -47,7 +47,7 @@ def make_optimizer(named: Sequence[tuple[str, nn.Parameter]], cfg: TrainConfig) 
 
 def make_scheduler(optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.hold_steps))
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, hold_steps(cfg)))
 
 
 def load_init(model, final: Path) -> None:

@@ -24,7 +24,7 @@ P_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 COSMETIC_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "progress", "threads", "device",
                    "cache_dir", "deterministic")
 #: Semantic fields added after the first runs, with their defaults (left out of the identity at the default).
-LATER_FIELDS = {"amp": False, "hold_steps": 0}
+LATER_FIELDS = {"amp": False, "hold_fraction": 0.0}
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -67,9 +67,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
-    # the last hold_steps steps run at the final learning rate, so a plateau is judged where the schedule no
+    # the last hold_fraction of the steps run at the final learning rate, so a plateau is judged where the schedule no
     # longer lowers the loss by itself
-    hold_steps: int = 0
+    hold_fraction: float = 0.0
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -177,10 +177,9 @@ class TrainConfig:
                              f"{self.beta2}, {self.eps}, {self.weight_decay}")
         if self.warmup_steps < 0 or self.seed < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} and seed={self.seed} must be non-negative")
-        if self.hold_steps < 0 or (self.hold_steps and self.warmup_steps + self.hold_steps > self.steps):
-            raise ValueError(f"hold_steps={self.hold_steps} must be non-negative and leave room for the warm-up: "
-                             f"warmup_steps + hold_steps <= steps ({self.warmup_steps} + {self.hold_steps} > "
-                             f"{self.steps})")
+        if not 0 <= self.hold_fraction < 1:
+            raise ValueError(f"hold_fraction={self.hold_fraction} must lie in [0, 1): the share of the steps held at "
+                             f"the final learning rate")
         if self.seed >= 2**64:  # torch's generators take 64-bit seeds
             raise ValueError(f"seed={self.seed} is too large: give a seed below 2**64 = {2**64}")
         check_device(self.device)
@@ -232,10 +231,10 @@ class TrainConfig:
 #: The keywords of ``duolib.data.prepare`` a run's ``data`` section may set.
 DATA_KEYS = ("max_docs", "synthetic", "holdout_fraction", "tokenizer_chars")
 _INT, _NUM = (int,), (int, float)
-_KINDS = {**{n: _INT for n in ("steps", "batch_size", "seq_len", "grad_accum", "warmup_steps", "hold_steps", "seed", "eval_every",
+_KINDS = {**{n: _INT for n in ("steps", "batch_size", "seq_len", "grad_accum", "warmup_steps", "seed", "eval_every",
                                "eval_sequences", "eval_batch_size", "keep_checkpoints", "log_every", "dense_width",
                                "checkpoint_every")},
-          **{n: _NUM for n in ("p_big", "p_skip", "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "eps",
+          **{n: _NUM for n in ("p_big", "p_skip", "lr", "min_lr_ratio", "hold_fraction", "weight_decay", "beta1", "beta2", "eps",
                                "grad_clip", "dense_p_big")},
           **{n: (bool,) for n in ("amp", "progress", "deterministic")},
           **{n: (str,) for n in ("profile", "corpus", "arch", "stage", "small_stage_routes", "device", "train_routes")},
@@ -269,15 +268,24 @@ def parse_route_mode(mode: str, cfg: TrainConfig | None = None) -> tuple[float, 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warmup over ``warmup_steps`` to
-    ``lr``, then cosine decay reaching ``min_lr_ratio * lr`` at step ``steps - 1 - hold_steps``, held there
-    for the last ``hold_steps`` steps."""
-    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.hold_steps)
+    ``lr``, then cosine decay reaching ``min_lr_ratio * lr`` at step ``steps - 1 - hold_steps(cfg)``, held
+    there for the last :func:`hold_steps` steps."""
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, hold_steps(cfg))
+
+
+def hold_steps(cfg: TrainConfig) -> int:
+    """The number of final steps run at the final learning rate: ``hold_fraction`` of the steps, never into
+    the warm-up."""
+    return max(0, min(round(cfg.hold_fraction * cfg.steps), cfg.steps - cfg.warmup_steps))
 
 
 def lr_factor(step: int, steps: int, warmup: int, min_ratio: float, hold: int = 0) -> float:
     if step < warmup:
         return (step + 1) / warmup
-    span = max(1, steps - 1 - hold - warmup)
+    end = steps - 1 - hold  # the step at which the cosine reaches the floor
+    if hold and step >= end:
+        return min_ratio
+    span = max(1, end - warmup)
     progress = min(1.0, (step - warmup) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

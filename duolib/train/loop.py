@@ -53,7 +53,7 @@ from ..routing import BIG, SMALL, training_routes
 from ..runfolder import claim, clear, reading, write_manifest, writing
 from ..utils import apply_threads, json_hash
 from .build import build_model, load_init, make_optimizer, make_scheduler, trainable_parameters
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, hold_steps, lr_factor
 from .inputs import check_data, load_data
 from .distributed import (barrier, broadcast_from_rank0, dist_rank_world, mean_over_ranks, train_device,
                           wrap_distributed)
@@ -245,7 +245,7 @@ def _resume(t: _Training, ckpt: Path | None, extended: list[dict]) -> None:
                              f"--overwrite, or use another run folder")
         extended[-1].setdefault("at_step", t.step)
         for group, base in zip(t.optimizer.param_groups, t.scheduler.base_lrs):  # the longer schedule from here on
-            group["lr"] = base * lr_factor(t.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.hold_steps)
+            group["lr"] = base * lr_factor(t.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, hold_steps(cfg))
     t.wall_t0 = time.perf_counter() - wall
 
 
