@@ -352,7 +352,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     arg("folder", type=Path, help="the run folder (duo train / oracle / route) of an earlier release"),
 )
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from duolib.runfolder import migrate
+    from duolib.migrate import migrate
 
     print(f"duo migrate: {args.folder} is a `{migrate(args.folder)}` folder (.duolib marker written)")
     return 0

@@ -51,7 +51,8 @@ def json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _json(path: Path):
+def read_json(path: Path):
+    """The JSON value in ``path``, or None when it is missing or not JSON (recognition never raises)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -62,11 +63,11 @@ def folder_kind(path: str | os.PathLike) -> str | None:
     """The duolib writer a folder belongs to ("duo train", "duo oracle", "duo route", "duo book"), from its
     ``.duolib`` marker alone; None otherwise.  What a folder's JSON files hold is never taken as proof:
     a user's own ``summary.json`` may well have a "results" key.  A folder of the previous release gets
-    its marker from :func:`migrate` (``duo migrate DIR``)."""
+    its marker from :func:`duolib.migrate.migrate` (``duo migrate DIR``)."""
     path = Path(path)
     if not path.is_dir() or (path / MARKER).is_symlink():
         return None
-    marker = _json(path / MARKER)
+    marker = read_json(path / MARKER)
     if isinstance(marker, dict) and marker.get("written_by") == "duolib" and isinstance(marker.get("kind"), str):
         return marker["kind"]
     return None
@@ -80,7 +81,7 @@ def legacy_kind(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if not path.is_dir():
         return None
-    config, summary = _json(path / "config.json"), _json(path / "summary.json")
+    config, summary = read_json(path / "config.json"), read_json(path / "summary.json")
     if (isinstance(config, dict) and set(config) - {"extended"} == {"identity", "identity_hash", "config"}
             and config["identity_hash"] == json_hash(config["identity"])):
         return "duo train"
@@ -90,22 +91,6 @@ def legacy_kind(path: str | os.PathLike) -> str | None:
     if (path / "router" / "router.json").is_file() and (path / "router" / "router.safetensors").is_file():
         return "duo route"
     return "duo book" if (path / ".pipeline").is_dir() else None  # the book pipeline's own state folder
-
-
-def migrate(path: str | os.PathLike) -> str:
-    """Give a folder written by the previous release its ``.duolib`` marker (``duo migrate DIR``), after
-    checking its signature (:func:`legacy_kind`); returns its kind.  RunFolderError for any other folder."""
-    path = Path(path)
-    kind = folder_kind(path)
-    if kind is not None:
-        return kind
-    kind = legacy_kind(path)
-    if kind is None:
-        raise RunFolderError(f"{path} does not look like a run folder of an earlier duolib release (no "
-                             f"config.json with a matching identity_hash, no complete oracle summary.json, no "
-                             f"router/); nothing was changed")
-    atomic_write_text(path / MARKER, json.dumps(dict(written_by="duolib", kind=kind)) + "\n")
-    return kind
 
 
 def is_duolib_folder(path: str | os.PathLike) -> bool:
@@ -147,7 +132,7 @@ def clear(path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- the lock
 
 def _holder(lock: Path) -> str:
-    info = _json(lock) or {}
+    info = read_json(lock) or {}
     if info.get("pid"):
         return f"pid {info['pid']} ({info.get('what', 'a duolib writer')}, since {info.get('since', '?')})"
     return "another process"
@@ -349,7 +334,7 @@ def verify_manifest(folder: str | os.PathLike, advice: str, required: bool = Tru
         return
     if not (folder / MANIFEST).is_file() or (folder / MANIFEST).is_symlink():
         raise RunFolderError(f"{folder / MANIFEST} is missing, so the files of {folder} cannot be checked; {advice}")
-    info = _json(folder / MANIFEST)
+    info = read_json(folder / MANIFEST)
     if (not isinstance(info, dict) or not isinstance(info.get("files"), dict)
             or info.get("checksum", json_hash(info["files"])) != json_hash(info["files"])):  # none: older manifests
         raise RunFolderError(f"{folder / MANIFEST} is unreadable or does not match its checksum (corrupted); {advice}")
@@ -401,7 +386,7 @@ def read_checked(path: str | os.PathLike, read: Callable[[Path], object]):
     path = Path(path)
     if not path.exists() or not _sidecar(path).exists():  # absent, or written before sidecars: recomputed
         return None
-    expected = _json(_sidecar(path))
+    expected = read_json(_sidecar(path))
     why = mismatch(path, expected) if isinstance(expected, dict) else f"{path} has no valid {_sidecar(path).name}"
     if why is None:
         try:

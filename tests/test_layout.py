@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "duolib"
 
 # Lowest floor first; a module may import only from its own floor or below (and never in a cycle).
 FLOORS = [
-    {"utils", "fileio", "profiles", "presets", "routing", "stats", "runfolder"},
+    {"utils", "fileio", "profiles", "presets", "routing", "stats", "runfolder", "migrate"},
     {"config", "flops", "data"},
     {"model", "layers", "convert"},
     {"oracle", "train", "retrofit", "retrofit_small", "speculative"},

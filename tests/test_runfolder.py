@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from duolib.fileio import remove_stale_temps
+from duolib.migrate import migrate
 from duolib.runfolder import (LOCK_FILE, MANIFEST, RunFolderError, check_usable, claim, clear, folder_kind,
-                              is_duolib_folder, migrate, read_checked, reading, verify_manifest, write_checked,
+                              is_duolib_folder, read_checked, reading, verify_manifest, write_checked,
                               write_manifest)
 from duolib.utils import json_hash
 

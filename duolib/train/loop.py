@@ -62,7 +62,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .run_folder import (CONFIG_FILE, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR, MetricsLog, NonFiniteError,
                          atomic_dir, config_differences, final_model_dir, identity, load_run,
                          only_longer, kept_metrics, finished_summary, read_metrics, read_run_json, remove_leftovers,
-                         fix_tokenizer_config, save_complete_checkpoint, write_json, write_json_lines)
+                         save_complete_checkpoint, save_run_tokenizer, write_json, write_json_lines)
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -367,10 +367,7 @@ def _write_run_files(run_dir: Path, cfg: TrainConfig, ident: dict, ident_hash: s
     write_json_lines(metrics_path, kept_metrics(metrics_path, resumed_at))
     tok = getattr(data, "tokenizer", None)
     if tok is not None and not (run_dir / TOKENIZER_DIR).is_dir():
-        with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:
-            tok.save_pretrained(str(tmp))
-            # as final/ will save it, so that the two copies agree byte for byte (run_data.verify_run)
-            fix_tokenizer_config(Path(tmp) / "tokenizer_config.json", cfg.duo_config().max_position_embeddings)
+        save_run_tokenizer(tok, run_dir / TOKENIZER_DIR, cfg.duo_config().max_position_embeddings)
 
 
 def _accumulate_gradients(ddp, x: torch.Tensor, routes, cfg: TrainConfig, micro: int, world: int) -> float:

@@ -115,6 +115,14 @@ def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathL
         atomic_write_text(Path(folder) / "README.md", model_card(model, train, summary))
 
 
+def save_run_tokenizer(tokenizer, folder: Path, context: int) -> None:
+    """The run's own ``tokenizer/`` folder, saved as ``final/`` saves its copy (:func:`fix_tokenizer_config`), so
+    that the two agree byte for byte (``duolib.data.run_data.verify_run`` compares them)."""
+    with atomic_dir(folder) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        fix_tokenizer_config(Path(tmp) / "tokenizer_config.json", context)
+
+
 def fix_tokenizer_config(path: Path, context: int) -> None:
     """The saved tokenizer's ``model_max_length`` is the model's context (transformers' default is 1e30, so
     ``truncation=True`` would never truncate), without the loading options transformers copies in
