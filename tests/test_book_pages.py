@@ -55,7 +55,8 @@ def test_untagged_code_gets_hide_input_and_set_tags_stay():
 
 def test_the_pipeline_keeps_the_source_tags_in_the_executed_notebook(tmp_path):
     """A stand-in 01_data notebook run through run_pipeline: its tags reach book/experiments, the
-    injected parameters stay visible and an untagged cell is hidden by default."""
+    injected parameters cell is removed from the page (the notebook's metadata records the run) and an
+    untagged cell is hidden by default."""
     (tmp_path / "notebooks").mkdir()
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('profile = "tiny"\nrun_dir = "."\nseed = 0',
@@ -70,7 +71,8 @@ def test_the_pipeline_keeps_the_source_tags_in_the_executed_notebook(tmp_path):
     assert [r.status for r in results] == ["ran"]
     out = nbformat.read(tmp_path / "book" / "experiments" / "01_data.ipynb", as_version=4)
     tags = [c.metadata.get("tags") for c in out.cells]
-    assert tags == [["parameters", "remove-cell"], ["injected-parameters"], ["remove-input"], ["hide-input"]]
+    assert tags == [["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], ["remove-input"],
+                    ["hide-input"]]
     assert "tiny" in out.cells[2].outputs[0]["text"]
 
 

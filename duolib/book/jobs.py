@@ -18,7 +18,8 @@ from .conclusions import drop_conclusion_outputs
 METADATA_KEY = "duolib"
 #: Cell tags that decide how a code cell shows in the book (myst-nb); a code cell of an executed notebook
 #: that has none of them gets ``hide-input``: the reader sees prose, figures and tables first, and the
-#: code behind a toggle.  Papermill's ``injected-parameters`` cell stays visible: it records the run.
+#: code behind a toggle.  Papermill's ``injected-parameters`` cell is removed from the page by :func:`tidy_for_book`
+#: (the executed notebook keeps it: it records the run).
 PRESENTATION_TAGS = ("hide-input", "remove-input", "hide-cell", "remove-cell", "hide-output", "remove-output",
                      "injected-parameters")
 # Binder (the `start` script) sets this so that "Run all" in any committed chapter, whose injected
