@@ -395,7 +395,8 @@ def test_duo_route_command(tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "router" / "router.json").is_file() and (tmp_path / "eval.csv").is_file()
     assert "router saved to" in capsys.readouterr().out
-    rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--no-progress", "--budget", "9"])
+    rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path / "b"), "--no-progress",
+                   "--budget", "9"])
     assert rc == 1 and "budget=9.0 is outside 0..4" in capsys.readouterr().err
     rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path / "s"), "--no-progress",
                    "--setting", "big90"])

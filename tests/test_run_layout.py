@@ -77,7 +77,8 @@ def test_a_book_folder_given_as_model_names_the_run_inside(run_under_umask):
 
 def test_claims_across_layouts_name_the_folder_that_would_work(tmp_path):
     book = tmp_path / "runs" / "tiny"
-    (book / ".pipeline").mkdir(parents=True)
+    with claim(book, "duo book"):  # the book's run folder, as duo book marks it
+        pass
     with pytest.raises(RunFolderError, match=rf"Stage-1 run is {book}/stage1"):
         with claim(book, "duo train"):
             pass
@@ -98,8 +99,9 @@ def test_duo_train_defaults_to_the_books_stage1_folder_and_caches():
 
 
 def test_duo_route_refuses_to_overwrite_a_router_without_overwrite(tmp_path, capsys):
-    (tmp_path / "router").mkdir()
-    (tmp_path / "router" / "router.json").write_text("{}")
+    with claim(tmp_path, "duo route"):  # a duo route folder (its marker), holding a router
+        (tmp_path / "router").mkdir()
+        (tmp_path / "router" / "router.json").write_text("{}")
     rc = cli.main(["route", "--random-init", "--profile", "tiny", "--out", str(tmp_path), "--steps", "1"])
     assert rc == 1 and "already holds a router; give --overwrite" in capsys.readouterr().err
     assert (tmp_path / "router" / "router.json").read_text() == "{}"
