@@ -16,8 +16,9 @@ from typing import NamedTuple
 from ..router.evaluate import FLAT_TAIL, FLAT_TOL
 
 #: Date of registration (its commit is read from git by duolib.book.registration.rules_commit).
-RULES_REGISTERED = ("2026-12-05 (issue 22 rules; the registering commit is the last commit that changed a file of "
-                    "duolib.book.registration.RULE_FILES, printed on the scorecard page)")
+RULES_REGISTERED = ("2026-12-05, before any default-profile run under them (issue 22 rules; the registering commit is "
+                    "the last commit that changed a file of duolib.book.registration.RULE_FILES, printed on the "
+                    "scorecard page)")
 
 NEGLIGIBLE = 0.01  # nats of mean loss (~1% perplexity), or 1% for relative perplexity gaps
 SHARE_MARGIN = 0.03  # depth / share margin around 0.5 (C6, C8)
