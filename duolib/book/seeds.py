@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stats import LEVEL, N_BOOT
+from ..stats import LEVEL, N_BOOT, normal_quantile, t_quantile
 
 #: Folder (inside the book's run folder) holding the run folders of the seeds after the first.
 SEEDS_DIR = "seeds"
@@ -68,7 +68,9 @@ def seed_draws(intervals: list[dict], n_boot: int = N_BOOT, seed: int = 0, level
     replacement, draws one window-level value for each drawn seed and averages them."""
     if not intervals:
         raise ValueError("need the interval of at least one seed")
-    z = _z(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level} must be in (0, 1)")
+    z = normal_quantile(0.5 + level / 2)
     v = np.array([float(i["value"]) for i in intervals])
     lo = np.array([float(i["low"]) for i in intervals])
     hi = np.array([float(i["high"]) for i in intervals])
@@ -94,7 +96,7 @@ def combine_intervals(intervals: list[dict], n_boot: int = N_BOOT, seed: int = 0
         return {"value": nan, "low": nan, "high": nan, "seeds": values}
     a = (1 - level) / 2
     mean = float(np.mean(values))
-    half = _t(level, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    half = t_quantile(0.5 + level / 2, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
     return {"value": mean, "low": min(float(np.quantile(draws, a)), mean - half),
             "high": max(float(np.quantile(draws, 1 - a)), mean + half), "seeds": values}
 
@@ -127,35 +129,6 @@ def _path_hash(path: tuple) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256("/".join(path).encode()).digest()[:4], "little")
-
-
-def _z(level: float) -> float:
-    from statistics import NormalDist
-
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level={level} must be in (0, 1)")
-    return NormalDist().inv_cdf(0.5 + level / 2)
-
-
-def _t(level: float, df: int) -> float:
-    """The two-sided Student-t quantile of ``level`` with ``df`` degrees of freedom: bisection on the CDF, whose
-    density integral (Simpson's rule on a fine grid; the density is smooth) needs no special functions."""
-    if df < 1:
-        raise ValueError(f"df={df} must be at least 1")
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def mass(x: float) -> float:  # P(0 < T < x)
-        u = np.linspace(0.0, x, 4001)
-        f = np.exp(log_c - (df + 1) / 2 * np.log1p(u * u / df))
-        return float((u[1] - u[0]) / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
-
-    lo, hi = 0.0, 1.0
-    while mass(hi) < level / 2:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mass(mid) < level / 2 else (lo, mid)
-    return (lo + hi) / 2
 
 
 def seed_spread(intervals_with_seeds: dict) -> tuple[float, float] | None:
