@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# -n auto: one worker per core; --dist loadfile: a file's tests share one worker, so its module fixtures
+# (trained tiny runs, the tiny book) are built once
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 book: $(STAMP)
 	$(BIN)/duo book --jobs auto

@@ -38,13 +38,15 @@ PROFILES: dict[str, dict[str, dict]] = {
             small_ffn_size=32,
             max_position_embeddings=256,
         ),
-        # [ours] 2,000 x 16 x 128 = 4.1M tokens (about 1.3 epochs of the training split): long enough for the
-        # plateau rule of duolib.book.scorecard (the last 20% of steps improve the all-big holdout loss by
-        # < 2%; 02_training checks it on 20 evaluations), short enough for the CPU book.
-        # hold_fraction: the last 20% of the steps at the final learning rate, where the plateau rule reads the loss
-        # (a cosine still falling there lowers the loss by itself, and a plateau could not be told from it).
-        "train": dict(steps=2000, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=50, hold_fraction=0.2,
-                      eval_every=100, eval_sequences=64, log_every=10, threads=1),
+        # [ours] 400 x 16 x 128 = 0.8M tokens: sized so that `make book` with its three training seeds (six
+        # Stage-1 models: the book's largest cost) fits 120 minutes on a 2-core AVX2 CPU, where a step of this
+        # model takes about 1.8 s with one thread and no faster with two.  hold_fraction: the last 20% of the
+        # steps at the final learning rate, where the plateau rule of duolib.book.capacity reads the loss (a
+        # cosine still falling there lowers the loss by itself, and a plateau could not be told from it);
+        # eval_every 20: the 20 evaluations that rule reads.  The book measures whether this is enough
+        # (preconditions) and says so when it is not.
+        "train": dict(steps=400, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=20, hold_fraction=0.2,
+                      eval_every=20, eval_sequences=16, log_every=10, threads=1),
     },
     "paper": {
         # d 2560, 12 layers, big 4d, small big/16, 32k vocabulary, tied embeddings: 1.399B parameters.
@@ -73,13 +75,15 @@ PROFILES: dict[str, dict[str, dict]] = {
 _ORACLE_SECTIONS = {
     "tiny": dict(n_sequences=2, seq_len=16, choices="small,big", semantics="shared", difficulty_k=2,
                  n_random=100, beam_widths=(1, 2, 4), placebo_windows=2),
-    # default: 32 random windows x 128 tokens per holdout (~4,000 scored tokens under all 2^12
-    # patterns); the fixed-context reading and the beam table, one forward pass per token and
-    # pattern, score the first 4 of those windows; the placebo oracle (duolib.oracle.controls: 924 = C(12, 6)
-    # all-big forwards, one per candidate, no prefix to share) the first 8.
-    "default": dict(n_sequences=32, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=4,
-                    placebo_windows=8),
+    # default: 4 random windows x 128 tokens per holdout and training seed (~500 scored tokens under all 2^12
+    # patterns; the book's intervals pool the three seeds' windows); the fixed-context reading and the beam
+    # table, one forward pass per token and pattern, score the first window (seed 0 only); the placebo oracle
+    # (duolib.oracle.controls: 924 = C(12, 6) all-big forwards, one per candidate, no prefix to share) the first 2.
+    # Sized for the 120-minute CPU book with seeds (the exhaustive oracle takes about 75 s per 256 tokens on
+    # one AVX2 core).
+    "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=1,
+                    placebo_windows=2),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
                   n_random=100, beam_widths=(4, 8, 16, 32), placebo_windows=64),
 }
@@ -94,14 +98,14 @@ _ROUTER_SECTIONS = {
                  batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
                  distill_steps=40, distill_windows=8),
     # default: 10 routers (3 budgets and 3 skip settings on the Stage-1 model, the 3 skip settings again on
-    # the skip-trained model, 1 distilled); 400 steps (4x the first book's) of 4 x 128 tokens: the steps the
-    # loss and the budget penalty need to flatten (07 checks it: duolib.router.evaluate.history_flatness) at
-    # a batch that keeps 07 within the CPU book's budget (batch 8 would double its ~20 minutes).
+    # the skip-trained model, 1 distilled) of 150 steps of 4 x 128 tokens each, once per training seed: the size
+    # that keeps 07 within the seeded CPU book's budget; 07 reports whether the loss and the budget penalty
+    # flattened (duolib.router.evaluate.history_flatness).
     # distill_windows: training windows (of the oracle's seq_len) whose per-token oracle labels the
-    # distilled router imitates; the default matches the oracle slice's 32 windows (~4,000 tokens).
+    # distilled router imitates; the default matches the oracle slice's 4 windows.
     "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
-                    steps=400, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
-                    eval_sequences=256, distill_steps=800, distill_windows=32),
+                    steps=150, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
+                    eval_sequences=64, distill_steps=300, distill_windows=4),
     "paper": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                   steps=10_000, batch_size=64, seq_len=2048, lr=1e-3, alpha=10.0, tau0=1.0, tau_min=0.1,
                   eval_sequences=1024, distill_steps=10_000, distill_windows=64),
@@ -110,14 +114,13 @@ for _name, _section in _ROUTER_SECTIONS.items():
     PROFILES[_name].setdefault("router", _section)
 
 # Book knobs [ours] (notebooks/, `duo book`): sizes of the experiments that the oracle / router /
-# train sections do not cover; the CPU book must finish in about an hour on 2 cores.
+# train sections do not cover; with its seeds the CPU book must finish within 120 minutes on 2 cores.
 # skip_p: p(skip) of the second Stage-1 model, trained for the skip studies (notebook 02b); the rest of its
 # random routing is split evenly between big and small ((1 - skip_p) / 2 each).  The paper trains with
 # big / small only and does not give skip probabilities [ours].
 # synthetic_layers / synthetic_lr: the synthetic-corpus model of notebook 06 (None: the profile's model and
 # lr). [ours] default: 4 layers of the same width at a higher lr learn the synthetic rule faster per CPU
-# second than the 12-layer model (probes: compute-token loss 1.3 nats after 400 steps vs 4.9 after 200
-# 12-layer steps); 600 steps at ~0.35 s each are about 3.5 minutes on one thread.
+# second than the 12-layer model; 400 steps, once per training seed.
 # seeds: training seeds of every chapter that reads a trained model (duolib.book.seeds): the claims are judged on
 # intervals that combine seeds and windows, so that a verdict does not rest on one model's rounding.  tiny: one
 # seed (Binder and the tests' books stay fast; tests/test_pipeline.py runs replicas under two).
@@ -127,12 +130,12 @@ _BOOK_SECTIONS = {
     "tiny": dict(compare_steps=20, compare_model={}, retrofit_steps=20, synthetic_steps=30, synthetic_layers=None,
                  synthetic_lr=None, heatmap_bins=8, bench_repeats=2, skip_p=0.2, seeds=1),
     # default: the comparison's seven trainings (Duo, five dense, the two-stage ablation) at the Stage-1
-    # width but 4 layers instead of 12: about 0.35 s a step on one thread against 0.8 (the LM head over the
-    # 4,096-token vocabulary is a fixed share of each step), so 300 steps each fit ~12 CPU minutes; the
-    # weakest model, freeze-then-train all-small, then sits below half the unigram perplexity (C10's bar).
-    "default": dict(compare_steps=300, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
-                    synthetic_steps=600, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
-                    bench_repeats=9, skip_p=0.2, seeds=3),
+    # width but 4 layers instead of 12 (the LM head over the 4,096-token vocabulary is a fixed share of each
+    # step), 200 steps each; 08 trains its own models and runs once (not per training seed: C10 compares
+    # recipes, not the Stage-1 model), beside the seeds' chapters.
+    "default": dict(compare_steps=200, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
+                    synthetic_steps=400, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
+                    bench_repeats=5, skip_p=0.2, seeds=3),
     "paper": dict(compare_steps=20_000, compare_model={}, retrofit_steps=20_000, synthetic_steps=20_000,
                   synthetic_layers=None, synthetic_lr=None,
                   heatmap_bins=32, bench_repeats=20, skip_p=0.2, seeds=3),

@@ -57,7 +57,7 @@ STEPS: tuple[Step, ...] = (
     Step("06_difficulty", needs=("03_oracle",), replicate=True),
     # skip settings on both Stage-1 models; the longest step after 03: 04-06 run beside it
     Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True, replicate=True),
-    Step("08_dense", needs=("01_data",), replicate=True),  # trains its own, smaller models
+    Step("08_dense", needs=("01_data",)),  # trains its own, smaller models, once (not per training seed)
     Step("09_retrofit"),
     Step("10_performance", needs=("02_training",), alone=True),  # its generation section times the Stage-1 model
     Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
