@@ -99,7 +99,7 @@ def test_subset_sequences(model):
 def test_oracle_results_and_curves(model):
     m = loss_matrix(model, ids())
     r = analysis.oracle_results(m.summary(n_random=3, seed=0), 3)
-    assert set(r) == {"all_big", "all_small", "oracle", "fixed", "best100", "best100_per_token"}
+    assert set(r) == {"all_big", "all_small", "oracle", "fixed", "best_of_random", "best_of_random_per_token"}
     assert set(r["oracle"]) == {"0", "1", "2", "3", "4"}
     assert math.isclose(r["oracle"]["2"], m.oracle(2).perplexity)
     assert math.isclose(r["all_big"], m.perplexity_of([BIG] * 4))

@@ -316,7 +316,7 @@ def pool_routes(kept: Mapping[tuple[str, str], torch.Tensor], method: str) -> to
 
 
 def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
-                      methods: Sequence[str] = ("oracle", "fixed", "best100")):
+                      methods: Sequence[str] = ("oracle", "fixed", "best_of_random")):
     """The reference points of ``03_oracle`` for one holdout as rows (method, budget, mean_big_layers,
     ppl, flops_per_token, source="reference"): each method at every k it reports, plus all-small (k=0)
     and all-big (k=L); FLOPs from :func:`scored_budget_flops`."""
