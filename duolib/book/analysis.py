@@ -25,7 +25,8 @@ from ..runfolder import read_checked, write_checked
 from ..profiles import get_profile
 from ..oracle.difficulty import token_difficulty
 from ..oracle.patterns import enumerate_patterns, parse_choices
-from ..oracle.reductions import LossMatrix, check_budget
+from ..oracle.reductions import LossMatrix
+from ..oracle.sampling import check_budget
 from ..oracle.registry import REDUCTIONS
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..oracle.beam import beam_oracle

@@ -34,7 +34,8 @@ from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..data.batches import holdout_sequences, sample_batch
 from ..router.evaluate import route_and_score
 from ..router.budgets import SETTINGS, budget_targets
-from ..router.policy import RouterPolicy, load_router, weights_fingerprint
+from ..router.base import load_router, weights_fingerprint
+from ..router.policy import RouterPolicy
 from ..router.train import calibrate_router, train_distilled_router, train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops

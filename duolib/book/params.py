@@ -16,6 +16,7 @@ import numbers
 from ..config import DuoConfig
 from ..profiles import get_profile
 from ..train.config import P_GRID
+from .chapters import CHAPTERS
 from .experiments import check_budget_list, check_settings
 
 
@@ -99,8 +100,6 @@ def performance(profile: str, repeats=None, wide=None, k=None) -> dict:
 
 def validate_params(notebook: str, profile: str, **values) -> tuple:
     """The notebook's parameters ``values`` checked and with defaults filled, in the order given."""
-    from .chapters import CHAPTERS
-
     rules = {c.name: c.params for c in CHAPTERS if c.params}  # chapter -> its resolver here (CHAPTERS declares it)
     if notebook not in rules:
         raise ValueError(f"no parameter rules for notebook {notebook!r}; known: {', '.join(rules)}")

@@ -265,8 +265,6 @@ def load_router(path: str | Path, model) -> Router:
         raise ValueError(f"{path / 'router.json'} is not a duolib router (format {info.get('format')!r})")
     kind = info.get("type", "linear")
     if kind not in ROUTER_TYPES:
-        from . import policy  # noqa: F401  (registers the built-in types)
-    if kind not in ROUTER_TYPES:
         raise ValueError(f"router at {path} has type {kind!r}, which this process has not registered (known: "
                          f"{', '.join(sorted(ROUTER_TYPES))}); import the module that defines it first")
     hidden, layers = model_sizes(model)

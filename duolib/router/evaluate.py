@@ -14,7 +14,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from .policy import Router, token_losses, routed_forward
+from .base import Router
+from .policy import token_losses, routed_forward
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, RoutingTrace
 from ..flops import ffn_flops, mean_flops_per_token
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from ..utils import batch_source, frozen, progress as progress_bar
 from .budgets import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, budget_penalty, budget_targets,
                       temperature)
-from .policy import Router, base_record, model_sizes, routed_forward
+from .base import Router, base_record, model_sizes
+from .policy import routed_forward
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, TokenRoutes, check_codes
 
 
