@@ -67,6 +67,9 @@ CHAPTERS: tuple[Chapter, ...] = (
                                 "08_dense"), part=SCORECARD_PART),
 )
 
+#: The chapters that run once, not per training seed (their results count in every seed's column).
+ONCE: frozenset[str] = frozenset(c.name for c in CHAPTERS if not c.replicate)
+
 #: The pipeline's steps, one per chapter, in :data:`CHAPTERS` order.
 STEPS: tuple[Step, ...] = tuple(c.step for c in CHAPTERS)
 
