@@ -137,13 +137,20 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
     input_ids = torch.as_tensor(input_ids).long()
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
                 reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape),
-                **({} if precision == "fp32" else {"precision": precision}),  # fp32 keys as before
-                **({"entropy": True} if entropy else {}))
-    key = parts_hash(_fingerprint(model), spec, input_ids.numpy().tobytes())
-    path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
-    cached = read_checked(path, load_matrix)
-    if cached is not None:
-        return cached
+                **({} if precision == "fp32" else {"precision": precision}))  # fp32 keys as before
+
+    def matrix_path(with_entropy: bool) -> Path:
+        key = parts_hash(_fingerprint(model), {**spec, **({"entropy": True} if with_entropy else {})},
+                         input_ids.numpy().tobytes())
+        return Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
+
+    # a matrix with entropies holds the same losses: notebook 03 saves one, and 04-07 read it without
+    # recomputing the exhaustive search
+    for with_entropy in ((True,) if entropy else (True, False)):
+        cached = read_checked(matrix_path(with_entropy), load_matrix)
+        if cached is not None:
+            return cached
+    path = matrix_path(entropy)
     matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
                          progress=progress, precision=precision, entropy=entropy)
     save_matrix(matrix, path)
