@@ -138,22 +138,15 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
                 reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape),
                 **({} if precision == "fp32" else {"precision": precision}))  # fp32 keys as before
-
-    def matrix_path(with_entropy: bool) -> Path:
-        key = parts_hash(_fingerprint(model), {**spec, **({"entropy": True} if with_entropy else {})},
-                         input_ids.numpy().tobytes())
-        return Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
-
-    # a matrix with entropies holds the same losses: notebook 03 saves one, and 04-07 read it without
-    # recomputing the exhaustive search
-    for with_entropy in ((True,) if entropy else (True, False)):
-        cached = read_checked(matrix_path(with_entropy), load_matrix)
-        if cached is not None:
+    fp, raw = _fingerprint(model), input_ids.numpy().tobytes()
+    keys = {e: parts_hash(fp, {**spec, "entropy": True} if e else spec, raw) for e in (True, False)}
+    paths = {e: Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt" for e, key in keys.items()}
+    for e in (True,) if entropy else (True, False):  # one with entropies (03's) holds the same losses for 04-07
+        if (cached := read_checked(paths[e], load_matrix)) is not None:
             return cached
-    path = matrix_path(entropy)
     matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
                          progress=progress, precision=precision, entropy=entropy)
-    save_matrix(matrix, path)
+    save_matrix(matrix, paths[entropy])
     return matrix
 
 
