@@ -40,8 +40,8 @@ def finished_run(cache_dir, tmp_path_factory):
 # Files that run for minutes (tiny books, notebooks, many trainings) are collected first: with `make test`'s
 # `-n auto --dist loadfile` the scheduler hands them out first, and the short files fill the other workers
 # while they run, instead of one long file finishing alone at the end.
-SLOW_FILES = ("test_pipeline.py", "test_binder_conclusions.py", "test_readme.py", "test_binder.py", "test_hostile.py",
-              "test_book_pages.py", "test_trust.py")
+SLOW_FILES = ("test_pipeline.py", "test_pipeline_runs.py", "test_binder_conclusions.py", "test_readme.py",
+              "test_binder.py", "test_hostile.py", "test_book_pages.py", "test_trust.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
