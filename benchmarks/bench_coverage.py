@@ -1,6 +1,7 @@
 """Coverage of the book's 95% intervals on simulated data whose true mean is known, for each source of
 variation the book resamples: windows (window bootstrap), works or files (cluster bootstrap) and training
-seeds (seed-then-window bootstrap), each beside the window bootstrap that ignores it.
+seeds (the book's seed combination, duolib.book.seeds.combine_intervals), each beside the window
+bootstrap that ignores it.
 
 Windows of 8 tokens; a work holds 8 windows; a seed holds 16 windows.  Each cell is the share of
 ``--reps`` replications whose interval holds the true mean (0): about 0.95 is right, far less means the
@@ -16,6 +17,7 @@ import argparse
 import numpy as np
 
 from duolib import stats
+from duolib.book.seeds import combine_intervals
 
 
 def cluster_case(rng, reps: int, n_boot: int) -> tuple[float, float]:
@@ -39,10 +41,12 @@ def seed_case(rng, n_seeds: int, seed_sd: float, reps: int, n_boot: int) -> tupl
         for _ in range(n_seeds):
             values.append(rng.normal(0, seed_sd) + np.repeat(rng.normal(0, 0.3, 16), 8) + rng.normal(0, 0.3, 128))
             windows.append(np.repeat(np.arange(16), 8))
-        ci = stats.seed_mean_interval(values, windows, n_boot=n_boot, seed=rep)
+        # the book's rule: each seed's window interval, then the seed combination (duolib.book.seeds)
+        ci = combine_intervals([stats.mean_interval(v, w, n_boot=n_boot, seed=rep).as_dict()
+                                for v, w in zip(values, windows)], n_boot=n_boot, seed=rep)
         pooled = stats.mean_interval(np.concatenate(values), np.concatenate([w + 16 * s for s, w in enumerate(windows)]),
                                      n_boot=n_boot, seed=rep)
-        hits += [ci.low <= 0 <= ci.high, pooled.low <= 0 <= pooled.high]
+        hits += [ci["low"] <= 0 <= ci["high"], pooled.low <= 0 <= pooled.high]
     return tuple(hits / reps)
 
 

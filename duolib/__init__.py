@@ -22,7 +22,9 @@ _FACE = {
                      "RoutingPolicy", "RoutingTrace", "TokenRoutes", "pattern_to_str"], "routing"),
     **dict.fromkeys(["retrofit_model"], "retrofit"),
     **dict.fromkeys(["SpeculativeStats", "speculative_generate"], "speculative"),
-    **dict.fromkeys(["RouterPolicy", "load_router"], "router.policy"),
+    **dict.fromkeys(["RouterPolicy"], "router.policy"),
+    **dict.fromkeys(["Router", "load_router", "register_router"], "router.base"),
+    **dict.fromkeys(["BudgetReduction", "register_reduction"], "oracle.registry"),
     **dict.fromkeys(["train_distilled_router", "train_router"], "router.train"),
 }
 

@@ -348,13 +348,24 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 @subcommand(
     "migrate",
-    "mark a run folder written by an earlier duolib release as a duolib folder (.duolib), after a strict check",
+    "bring a run folder written by an earlier duolib release up to date: its .duolib marker (after a strict "
+    "check) and, for a training run, checkpoints whose trainer state is a pickle rewritten as JSON + safetensors",
     arg("folder", type=Path, help="the run folder (duo train / oracle / route) of an earlier release"),
 )
 def cmd_migrate(args: argparse.Namespace) -> int:
     from duolib.migrate import migrate
 
-    print(f"duo migrate: {args.folder} is a `{migrate(args.folder)}` folder (.duolib marker written)")
+    kind = migrate(args.folder)
+    print(f"duo migrate: {args.folder} is a `{kind}` folder (.duolib marker)")
+    if kind == "duo train":
+        from duolib.train.checkpoint import CHECKPOINT_NAME, convert_legacy_checkpoint
+        from duolib.train.run_folder import CKPT_DIR
+
+        root = args.folder / CKPT_DIR
+        steps = sorted(p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name)) if root.is_dir() else []
+        done = [p.name for p in steps if convert_legacy_checkpoint(p)]
+        names = f": {', '.join(done)}" if done else ""
+        print(f"duo migrate: {len(done)} checkpoint(s) rewritten without a pickle{names}")
     return 0
 
 

@@ -118,14 +118,17 @@ def check_usable(path: str | os.PathLike) -> Path:
     return path
 
 
-def clear(path: str | os.PathLike) -> None:
-    """Delete what a duolib folder holds (its lock and marker stay); RunFolderError for any other folder."""
+def clear(path: str | os.PathLike, keep: tuple[str, ...] = ()) -> None:
+    """Delete what a duolib folder holds (its lock and marker stay, and the entries named in ``keep``: e.g. a
+    run's log, which the new run replaces in one rename when it writes its own); RunFolderError for any
+    other folder."""
     path = check_usable(path)
     if not path.is_dir():
         return
-    # the log goes last: a kill midway never leaves checkpoints to resume from without their log
-    for p in sorted(path.iterdir(), key=lambda p: p.name == "metrics.jsonl"):
-        if p.name not in (LOCK_FILE, MARKER):
+    # the summary goes first (a folder being cleared no longer claims to be finished), the log last (a kill
+    # midway never leaves checkpoints to resume from without their log)
+    for p in sorted(path.iterdir(), key=lambda p: (p.name != "summary.json", p.name == "metrics.jsonl")):
+        if p.name not in (LOCK_FILE, MARKER) + tuple(keep):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 

@@ -7,11 +7,11 @@ estimate on the data), so several quantities computed from the same draws stay p
 of a difference between two methods scored on the same windows is the interval of the difference,
 not of two independent numbers.
 
-Two refinements for the book's sources of variation (:func:`resample_weights` with ``clusters``,
-:func:`seed_bootstrap`): windows cut from one work or file are resampled together (a cluster bootstrap:
-they share an author, a topic, a coding style), and numbers measured on several training seeds resample
-the seeds first, then the windows within each drawn seed.  :func:`holm` turns a family of one-sided
-bootstrap tests into decisions at a family-wise level.
+Windows cut from one work or file are resampled together (:func:`resample_weights` with ``clusters``: a
+cluster bootstrap, since they share an author, a topic, a coding style).  Numbers measured on several
+training seeds are combined in one place, :func:`duolib.book.seeds.combine_intervals` (seeds first, then
+windows within each drawn seed), from the quantiles here (:func:`t_quantile`, :func:`normal_quantile`).
+:func:`holm` turns a family of one-sided bootstrap tests into decisions at a family-wise level.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def ppl_to_bpc(perplexity: float, chars_per_tok: float) -> float:
     return bits_per_char(math.log(perplexity), chars_per_tok)
 
 
-# ----------------------------------------------------------------------------- training seeds
+# ----------------------------------------------------------------------------- quantiles (the seed combination's)
 
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom (numerical: the density integrated
@@ -191,85 +191,6 @@ def t_quantile(p: float, df: int) -> float:
 def normal_quantile(p: float) -> float:
     """The ``p`` quantile of the standard normal (``statistics.NormalDist``)."""
     return NormalDist().inv_cdf(p)
-
-
-def seed_factor(n_seeds: int, level: float = LEVEL) -> float:
-    """How much a bootstrap over ``n_seeds`` seeds must widen its spread to reach ``level``:
-    ``t_{S-1} / z * sqrt(S / (S - 1))``.  Resampling S seeds understates their variance by (S-1)/S, and
-    with few seeds that variance is itself uncertain (Student's t, not the normal): with 3 seeds the
-    plain bootstrap can never leave the range of the seeds, which holds the true mean only 75% of the time."""
-    if n_seeds < 2:
-        raise ValueError(f"need at least 2 seeds; got {n_seeds}")
-    q = (1 + level) / 2
-    return t_quantile(q, n_seeds - 1) / normal_quantile(q) * math.sqrt(n_seeds / (n_seeds - 1))
-
-
-def seed_window_weights(n_windows, n_boot: int = N_BOOT, seed: int = 0,
-                        clusters=None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Two-stage resampling counts over training seeds, then windows: ``(c [B, S], [w_s [B, W_s]])``.
-
-    Each draw takes S seeds with replacement (``c[b, s]``: how often seed s was drawn); each time a seed
-    is drawn its windows are resampled afresh (whole clusters where ``clusters[s]`` gives one label per
-    window of seed s), and ``w_s`` adds up those resamples (0 where the seed was not drawn)."""
-    n_windows = [int(n) for n in n_windows]
-    S = len(n_windows)
-    if S < 1 or min(n_windows) < 1:
-        raise ValueError(f"need at least one seed with at least one window each; got windows per seed {n_windows}")
-    if clusters is not None and len(clusters) != S:
-        raise ValueError(f"{len(clusters)} cluster lists for {S} seeds: give one (or None) per seed")
-    rng = np.random.default_rng([seed, S, *n_windows])
-    counts = np.zeros((n_boot, S))
-    np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, S, size=(n_boot, S))), 1.0)
-    weights = []
-    for s, n in enumerate(n_windows):
-        w = np.zeros((n_boot, n))
-        for j in range(int(counts[:, s].max())):
-            sub = resample_weights(n, n_boot, int(rng.integers(2**31)), None if clusters is None else clusters[s])
-            w += (counts[:, s:s + 1] > j) * sub
-        weights.append(w)
-    return counts, weights
-
-
-def seed_bootstrap(statistic: Callable[[np.ndarray, list[np.ndarray]], np.ndarray], n_windows, *,
-                   n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0, clusters=None):
-    """Interval of ``statistic`` over training seeds and their windows: resample seeds, then windows
-    within each drawn seed (:func:`seed_window_weights`), so that seed-to-seed variation is part of the
-    interval.  ``statistic(c, ws)`` takes the seed counts ``c [B, S]`` and the windows' counts ``ws[s]
-    [B, W_s]`` and returns ``[B]`` (or ``[B, ...]``); quantities of one statistic share their draws
-    (paired).  The spread around the estimate (every count 1) is widened by :func:`seed_factor` (one
-    seed: the window correction of :func:`bootstrap`).  Where the seeds differ by less than their windows
-    the interval is wider than it needs to be (window noise enters through both stages, then the factor):
-    with few seeds the between-seed variance cannot be told from zero, and erring wide keeps the level.
-    Returns what :func:`percentile_interval` returns."""
-    S = len(n_windows)
-    value = np.asarray(statistic(np.ones((1, S)), [np.ones((1, int(n))) for n in n_windows]))[0]
-    c, ws = seed_window_weights(n_windows, n_boot, seed, clusters)
-    draws = np.asarray(statistic(c, ws), dtype=np.float64)
-    if S > 1:
-        factor = seed_factor(S, level)
-    else:
-        n = int(n_windows[0]) if clusters is None else cluster_index(clusters[0], int(n_windows[0]))[1]
-        factor = math.sqrt(n / (n - 1)) if n > 1 else 1.0
-    return percentile_interval(value, value + (draws - value) * factor, level)
-
-
-def seed_mean_interval(values, windows, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
-                       clusters=None) -> Interval:
-    """Interval of the mean over seeds of each seed's token mean: ``values[s] [N_s]`` with the window of
-    every token ``windows[s] [N_s]`` (optional ``clusters[s]``: one label per window).  The result
-    carries each seed's own mean (:attr:`Interval.seeds`)."""
-    if len(values) != len(windows) or not len(values):
-        raise ValueError(f"need values and windows for the same seeds (at least one); got {len(values)} and "
-                         f"{len(windows)}")
-    totals = [window_totals(v, w) for v, w in zip(values, windows)]
-
-    def stat(c, ws):
-        means = np.stack([(w @ sums) / np.maximum(w @ counts, 1e-300) for w, (sums, counts) in zip(ws, totals)], 1)
-        return (c * means).sum(1) / c.sum(1)
-
-    ci = seed_bootstrap(stat, [len(counts) for _, counts in totals], n_boot=n_boot, level=level, seed=seed,
-                        clusters=clusters)
-    return Interval(ci.value, ci.low, ci.high, level, tuple(float(s.sum() / c.sum()) for s, c in totals))
 
 
 # ----------------------------------------------------------------------------- tests and Holm

@@ -35,3 +35,15 @@ def finished_run(cache_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("finished") / "run"
     train(tiny(cache_dir, steps=10, eval_every=10, checkpoint_every=5), run)
     return run
+
+
+# Files that run for minutes (tiny books, notebooks, many trainings) are collected first: with `make test`'s
+# `-n auto --dist loadfile` the scheduler hands them out first, and the short files fill the other workers
+# while they run, instead of one long file finishing alone at the end.
+SLOW_FILES = ("test_pipeline.py", "test_pipeline_runs.py", "test_binder_conclusions.py", "test_readme.py",
+              "test_binder.py", "test_hostile.py", "test_book_pages.py", "test_trust.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests stay together

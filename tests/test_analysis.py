@@ -81,6 +81,24 @@ def test_cached_loss_matrix_roundtrip(model, tmp_path):
     assert len(list((tmp_path / "oracle").glob("matrix-*.pt"))) == 4
 
 
+def test_a_matrix_with_entropies_serves_the_plain_request_without_recomputing(model, tmp_path, monkeypatch):
+    x = ids()
+    plain = loss_matrix(model, x)
+    with_h = analysis.cached_loss_matrix(model, x, tmp_path, entropy=True)  # what notebook 03 saves
+    assert with_h.entropy is not None
+    torch.testing.assert_close(with_h.losses, plain.losses)
+
+    def recompute(*a, **kw):
+        raise AssertionError("recomputed a matrix the cache holds")
+
+    monkeypatch.setattr(analysis, "loss_matrix", recompute)
+    got = analysis.cached_loss_matrix(model, x, tmp_path)  # what notebooks 04-07 ask for
+    assert torch.equal(got.losses, with_h.losses) and torch.equal(got.patterns, with_h.patterns)
+    assert len(list((tmp_path / "oracle").glob("matrix-*.pt"))) == 1
+    with pytest.raises(AssertionError, match="recomputed"):  # the other way round there is nothing to reuse
+        analysis.cached_loss_matrix(model, ids(seed=2), tmp_path, entropy=True)
+
+
 def test_manifest_and_book_matrices(tmp_path):
     with pytest.raises(ValueError, match="run notebooks/03_oracle.ipynb first"):
         analysis.read_manifest(tmp_path)
@@ -99,7 +117,7 @@ def test_subset_sequences(model):
 def test_oracle_results_and_curves(model):
     m = loss_matrix(model, ids())
     r = analysis.oracle_results(m.summary(n_random=3, seed=0), 3)
-    assert set(r) == {"all_big", "all_small", "oracle", "fixed", "best100", "best100_per_token"}
+    assert set(r) == {"all_big", "all_small", "oracle", "fixed", "best_of_random", "best_of_random_per_token"}
     assert set(r["oracle"]) == {"0", "1", "2", "3", "4"}
     assert math.isclose(r["oracle"]["2"], m.oracle(2).perplexity)
     assert math.isclose(r["all_big"], m.perplexity_of([BIG] * 4))

@@ -100,6 +100,30 @@ def test_heatmap_labels_are_readable_at_the_rendered_size():
         plt.close(fig)
 
 
+def test_centred_heatmaps_show_small_departures_from_the_even_share():
+    """A layer that takes big 3 points more often than k / L must not vanish in a 0-1 colour scale."""
+    plots.use_style()
+    grid = np.full((12, 32), 4 / 12)
+    grid[2] += 0.03
+    fig = route_plots.heatmap_panels({"k=4": grid}, centres={"k=4": 4 / 12})
+    mesh = fig.axes[0].collections[0]
+    assert mesh.norm.vmin == pytest.approx(-0.05) and mesh.norm.vmax == pytest.approx(0.05)
+    assert np.ptp(mesh.get_array()) == pytest.approx(0.03)  # the departure, on a scale of 0.1
+    plt.close(fig)
+    with pytest.raises(ValueError, match="centres must name every panel"):
+        route_plots.heatmap_panels({"a": grid, "b": grid}, centres={"a": 0.5})
+
+
+def test_interval_panels_keep_their_titles_apart():
+    plots.use_style()
+    table = pd.DataFrame([dict(holdout=h, schedule=s, perplexity=50.0, low=45.0, high=55.0)
+                          for h in ("english", "python") for s in ("falling", "rising", "constant", "shuffled")])
+    fig = plots.interval_points(table, "schedule", title="per-token oracle under each budget schedule")
+    fig.canvas.draw()
+    assert not _overlaps([ax.title for ax in fig.axes] + [fig._suptitle])
+    plt.close(fig)
+
+
 def _overlaps(labels) -> bool:
     boxes = [t.get_window_extent() for t in labels if t.get_text()]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -10,6 +10,7 @@ import torch
 from duolib import BIG, DuoConfig, DuoForCausalLM
 from duolib.book import analysis, evidence
 from duolib.oracle.engine import loss_matrix
+from duolib.oracle.registry import REDUCTIONS
 from duolib.oracle.schedules import SHUFFLED, budget_schedule, shuffled_schedule
 
 
@@ -31,9 +32,9 @@ def test_oracle_intervals_match_the_summary(matrix):
     for k, d in summ["per_k"].items():
         assert ci["perplexity"]["oracle"][k]["value"] == pytest.approx(d["oracle"])
         assert ci["perplexity"]["fixed"][k]["value"] == pytest.approx(d["fixed"])
-        assert ci["perplexity"]["best100"][k]["value"] == pytest.approx(d["best_of_3_pattern"])
-        assert ci["perplexity"]["best100_per_token"][k]["value"] == pytest.approx(d["best_of_3_token"])
-        assert all(ordered(ci["perplexity"][m][k]) for m in evidence.METHODS)
+        assert ci["perplexity"]["best_of_random"][k]["value"] == pytest.approx(d["best_of_3_pattern"])
+        assert ci["perplexity"]["best_of_random_per_token"][k]["value"] == pytest.approx(d["best_of_3_token"])
+        assert all(ordered(ci["perplexity"][m][k]) for m in REDUCTIONS)
     assert ci["all_big"]["value"] == pytest.approx(summ["uniform"]["all_big"])
     mid = "2"
     assert ci["c1_gap"]["value"] == pytest.approx(1 - summ["per_k"][mid]["oracle"] / summ["per_k"][mid]["best_of_3_pattern"])

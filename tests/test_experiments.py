@@ -124,9 +124,9 @@ def test_score_policies_counts_scored_positions(model):
 def test_oracle_references_rows():
     cfg = DuoConfig.preset("tiny")
     results = {"holdouts": {"h": {"all_big": 10.0, "all_small": 12.0, "oracle": {"1": 8.0, "2": 7.0},
-                                  "fixed": {"1": 11.0, "2": 10.5}, "best100": {"1": 11.0, "2": 10.6}}}}
+                                  "fixed": {"1": 11.0, "2": 10.5}, "best_of_random": {"1": 11.0, "2": 10.6}}}}
     refs = ex.oracle_references(results, "h", cfg, 16)
-    assert set(refs["method"]) == {"oracle", "fixed", "best100", "all small", "all big"}
+    assert set(refs["method"]) == {"oracle", "fixed", "best_of_random", "all small", "all big"}
     assert refs.query("method == 'all big'")["mean_big_layers"].iloc[0] == 4
     assert (refs["source"] == "reference").all() and refs["flops_per_token"].notna().all()
 
@@ -268,4 +268,4 @@ def test_saved_results_are_checked_against_their_type(tmp_path):
         save_results(tmp_path, "08_dense", {k: v for k, v in good.items() if k != "freeze_small"})
     with pytest.raises(ValueError, match=r"lack holdouts\.english\.fixed"):
         save_results(tmp_path, "03_oracle", {"num_layers": 4, "holdouts": {"english": {
-            "all_big": 1.0, "all_small": 2.0, "oracle": {}, "best100": {}, "best100_per_token": {}}}})
+            "all_big": 1.0, "all_small": 2.0, "oracle": {}, "best_of_random": {}, "best_of_random_per_token": {}}}})

@@ -3,6 +3,7 @@ tokenizer's token ids, and auto classes through trust_remote_code in a process w
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, pipeline
 
 from duolib import DuoConfig, DuoForCausalLM
+from duolib.runfolder import write_manifest
 from duolib.train.run_folder import save_complete_checkpoint
 from duolib.data.tokenizer import train_tokenizer
 from tolerances import assert_paths_close
@@ -81,3 +83,32 @@ assert not any(name == "duolib" or name.startswith("duolib.") for name in sys.mo
 def test_duolib_import_registers_the_auto_classes(saved):
     _, folder = saved
     assert isinstance(AutoModelForCausalLM.from_pretrained(folder), DuoForCausalLM)
+
+
+def test_trust_remote_code_without_duolib_refuses_damaged_weights(saved, tmp_path):
+    """The manifest check travels with the saved code: a process that never imports duolib still refuses a
+    folder whose weights changed after duolib wrote it, naming the file."""
+    _, folder = saved
+    damaged = tmp_path / "final"
+    shutil.copytree(folder, damaged)
+    write_manifest(damaged)  # as duo train writes final/
+    weights = damaged / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    script = f"""
+import sys
+from transformers import AutoModelForCausalLM
+try:
+    AutoModelForCausalLM.from_pretrained({str(damaged)!r}, trust_remote_code=True)
+except Exception as err:
+    assert not any(n == "duolib" or n.startswith("duolib.") for n in sys.modules), "duolib was imported"
+    print(type(err).__name__, err)
+    sys.exit(3)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 3, (run.stdout + run.stderr)[-3000:]
+    assert "model.safetensors does not match its recorded sha256" in run.stdout, run.stdout

@@ -5,6 +5,7 @@ synthetic corpus in a temporary cache."""
 import json
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +278,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_pickle_payload_in_a_resume_state_does_not_run(finished, cache_dir, tmp_path):
+def test_a_pickle_payload_in_a_resume_state_does_not_run(finished, cache_dir, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     (run / "summary.json").unlink()  # as if killed after its last checkpoint
     ckpt = latest_checkpoint(run)
@@ -292,6 +293,48 @@ def test_a_pickle_payload_in_a_resume_state_does_not_run(finished, cache_dir, tm
     files["trainer_state.pt"] = {k: digest(ckpt / "trainer_state.pt")[k] for k in ("size", "sha256")}
     older = {k: v for k, v in manifest.items() if k != "checksum"}  # older manifests carry no checksum
     (ckpt / "manifest.json").write_text(json.dumps({**older, "files": files}))
-    with pytest.raises(ValueError, match="trainer_state.pt is not a plain trainer state"):
-        train(tiny(cache_dir, steps=10, eval_every=10, checkpoint_every=5), run)
-    assert not marker.exists()
+    with pytest.raises(ValueError, match="holds trainer_state.pt, the trainer state of an earlier release .*duo migrate"):
+        train(tiny(cache_dir, steps=10, eval_every=10, checkpoint_every=5), run)  # never unpickled on resume
+    assert main(["migrate", str(run)]) != 0  # read only with weights_only: the payload is refused, nothing converted
+    assert "trainer_state.pt is not a plain trainer state" in capsys.readouterr().err
+    assert not marker.exists() and (ckpt / "trainer_state.pt").is_file()
+
+
+def legacy_trainer_state(ckpt) -> dict:
+    """A checkpoint's trainer state in the format of an earlier release (one pickle with the RNG states)."""
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    t = load_file(str(ckpt / "rng.safetensors"))
+    n, py = state.pop("numpy"), state.pop("python")
+    state.pop("cuda_devices", None)
+    rng = {"torch": t["torch"], "cuda": None,
+           "numpy": (n["algorithm"], t["numpy"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]),
+           "python": (py["version"], tuple(int(v) for v in t["python"].tolist()), py["gauss_next"])}
+    return {**state, "rng": rng}
+
+
+def test_duo_migrate_rewrites_an_older_checkpoint_and_the_run_resumes_to_the_same_weights(finished, cache_dir,
+                                                                                          tmp_path):
+    from safetensors.torch import load_file
+
+    run = copy_run(finished, tmp_path / "run")
+    for name in ("summary.json", "final"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    steps = sorted((run / "checkpoint").glob("step-*"))
+    for later in steps[1:]:
+        shutil.rmtree(later)  # killed after its first checkpoint
+    ckpt = steps[0]
+    (run / "checkpoint" / "latest").write_text(ckpt.name)
+    torch.save(legacy_trainer_state(ckpt), ckpt / "trainer_state.pt")
+    for name in ("trainer_state.json", "rng.safetensors"):
+        (ckpt / name).unlink()
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    files = {k: v for k, v in manifest["files"].items() if k not in ("trainer_state.json", "rng.safetensors")}
+    files["trainer_state.pt"] = {k: digest(ckpt / "trainer_state.pt")[k] for k in ("size", "sha256")}
+    (ckpt / "manifest.json").write_text(json.dumps({"step": manifest["step"], "files": files}))
+    assert main(["migrate", str(run)]) == 0
+    assert not (ckpt / "trainer_state.pt").exists() and (ckpt / "trainer_state.json").is_file()
+    train(tiny(cache_dir, steps=10, eval_every=10, checkpoint_every=5), run)
+    ours, theirs = (load_file(str(r / "final" / "model.safetensors")) for r in (run, finished))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # resume = uninterrupted

@@ -39,7 +39,7 @@ def oracle(gap=(0.2, 0.01), best_k=(6, 6, 6), g1=(0.05, 0.01), g2=(0.1, 0.01), L
     """03's results on one holdout; ``beyond``: the oracle's gain beyond the placebo (nats) at every k,
     ``matched``: oracle(k) - oracle(L-k) at every k < L/2; ``controls=False``: results without them."""
     ks = {str(k): 10.0 for k in range(L + 1)}
-    d = {"all_big": 10.0, "all_small": 14.0, "oracle": ks, "fixed": ks, "best100": ks, "best100_per_token": ks,
+    d = {"all_big": 10.0, "all_small": 14.0, "oracle": ks, "fixed": ks, "best_of_random": ks, "best_of_random_per_token": ks,
          "ci": {"c1_gap": ci(*gap), "c1_gap_per_token": ci(0.01, 0.005), "best_k": dict(zip(("value", "low", "high"), best_k)),
                 "c4_gap_k1": ci(*g1), "c4_gap_k2": ci(*g2)}}
     if controls:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from duolib.book.pipeline import STEPS, replica_name, seed_steps, step_seed
+from duolib.book.chapters import ONCE
 from duolib.book.seeds import (combine_intervals, combine_seeds, load_seed_results, seed_dir, seed_draws,
-                               seed_spread)
+                               seed_spread, with_shared)
 
 
 def iv(v, lo, hi):
@@ -145,3 +146,15 @@ def test_rules_commit_names_the_last_change_of_a_rule_file(tmp_path):
     rules.write_text("C1_FAR = 0.2\n")
     assert not rules_commit(tmp_path)["clean"]
     assert "this copy changes them" in registration_text(rules_commit(tmp_path))
+
+
+def test_only_chapters_that_run_once_are_shared_across_the_seed_columns():
+    assert ONCE == {"08_dense", "09_retrofit", "10_performance", "scorecard"}
+    seed0 = {"03_oracle": {"gain": 1.0}, "08_dense": {"ratio": 2.0}}
+    seed1 = {"03_oracle": {"gain": 3.0}}
+    seed2 = {"08_dense": {"ratio": 5.0}}  # its own 08 (not how the book runs it) is kept; its 03 did not run
+    cols = with_shared([seed0, seed1, seed2], ONCE)
+    assert cols[0] == seed0
+    assert cols[1] == {"03_oracle": {"gain": 3.0}, "08_dense": {"ratio": 2.0}}
+    assert cols[2] == {"08_dense": {"ratio": 5.0}}  # a missing replicated chapter stays missing
+    assert with_shared([], ONCE) == []

@@ -87,6 +87,45 @@ def test_3_an_edited_run_config_is_refused(finished_run, tmp_path):
         run_data(run)
 
 
+def test_3_an_edited_metrics_log_of_a_finished_run_is_refused(finished_run, cache_dir, tmp_path):
+    """The book reads a run's metrics.jsonl (training curves, the plateau precondition): a finished run's log
+    matches the digest its checksummed summary recorded, or the run is refused, naming the log."""
+    from duolib.data.run_data import verify_run
+
+    run = copy_run(finished_run, tmp_path / "run")
+    verify_run(run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["loss"] = 0.5  # a better-looking curve
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    with pytest.raises(RunFolderError, match=r"metrics.jsonl no longer matches the digest its summary recorded"):
+        verify_run(run)
+    with pytest.raises(RunFolderError, match=r"metrics.jsonl"):
+        train(tiny(cache_dir, steps=10, eval_every=10, checkpoint_every=5), run)  # not "already finished"
+
+
+def test_3_overwrite_keeps_the_old_log_until_the_new_run_writes_its_own(finished_run, cache_dir, tmp_path,
+                                                                         monkeypatch):
+    import duolib.train.loop as loop
+    from duolib.train.run_folder import read_metric_records
+
+    run = copy_run(finished_run, tmp_path / "run")
+    old = (run / "metrics.jsonl").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(loop, "write_json", fail)  # the new run fails right after the folder was cleared
+    with pytest.raises(OSError, match="disk gone"):
+        train(tiny(cache_dir, steps=4, eval_every=4), run, overwrite=True)
+    assert (run / "metrics.jsonl").read_bytes() == old  # the old run's log: all that is left of it
+    assert not (run / "summary.json").exists() and not (run / "final").exists() and not (run / "checkpoint").exists()
+    monkeypatch.undo()
+    train(tiny(cache_dir, steps=4, eval_every=4), run)  # a fresh run replaces it
+    steps = [r["step"] for r in read_metric_records(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps and max(steps) == 4
+
+
 # ----------------------------------------------------------------------------- 4-5: caches and corpora
 
 

@@ -25,7 +25,9 @@ from ..runfolder import read_checked, write_checked
 from ..profiles import get_profile
 from ..oracle.difficulty import token_difficulty
 from ..oracle.patterns import enumerate_patterns, parse_choices
-from ..oracle.reductions import LossMatrix, check_budget
+from ..oracle.reductions import LossMatrix
+from ..oracle.sampling import check_budget
+from ..oracle.registry import REDUCTIONS
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..oracle.beam import beam_oracle
 from ..oracle.engine import loss_matrix
@@ -135,16 +137,16 @@ def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("sma
     input_ids = torch.as_tensor(input_ids).long()
     spec = dict(choices=list(parse_choices(choices)), k=k, semantics=semantics,
                 reference=reference if semantics == "fixed-context" else None, shape=list(input_ids.shape),
-                **({} if precision == "fp32" else {"precision": precision}),  # fp32 keys as before
-                **({"entropy": True} if entropy else {}))
-    key = parts_hash(_fingerprint(model), spec, input_ids.numpy().tobytes())
-    path = Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt"
-    cached = read_checked(path, load_matrix)
-    if cached is not None:
-        return cached
+                **({} if precision == "fp32" else {"precision": precision}))  # fp32 keys as before
+    fp, raw = _fingerprint(model), input_ids.numpy().tobytes()
+    keys = {e: parts_hash(fp, {**spec, "entropy": True} if e else spec, raw) for e in (True, False)}
+    paths = {e: Path(run_dir) / ORACLE_DIR / f"matrix-{semantics}-{key}.pt" for e, key in keys.items()}
+    for e in (True,) if entropy else (True, False):  # one with entropies (03's) holds the same losses for 04-07
+        if (cached := read_checked(paths[e], load_matrix)) is not None:
+            return cached
     matrix = loss_matrix(model, input_ids, choices=choices, k=k, semantics=semantics, reference=reference,
                          progress=progress, precision=precision, entropy=entropy)
-    save_matrix(matrix, path)
+    save_matrix(matrix, paths[entropy])
     return matrix
 
 
@@ -195,26 +197,25 @@ def subset_sequences(matrix: LossMatrix, n: int) -> LossMatrix:
 
 # ----------------------------------------------------------------------------- 03: oracle vs baselines
 
-METHODS = {"oracle": "oracle (per token)", "fixed": "fixed (best single pattern)",
-           "best100": "best of N random (one pattern)", "best100_per_token": "best of N random (per token)"}
+def methods(n_random: int | None = None) -> dict[str, str]:
+    """``{name: label}`` of the registered reductions (:data:`duolib.oracle.registry.REDUCTIONS`), in order;
+    labels say N (or ``n_random``) for the best-of-N count."""
+    return {r.name: r.text(n_random) for r in REDUCTIONS.values()}
 
 
 def oracle_results(summary: dict, n_random: int) -> dict:
-    """The 03_oracle result keys of one holdout from :meth:`LossMatrix.summary`."""
+    """The 03_oracle result keys of one holdout from :meth:`LossMatrix.summary`: all-big, all-small and,
+    per registered reduction, its perplexity per budget."""
     per_k = summary["per_k"]
-    return {
-        "all_big": summary["uniform"]["all_big"], "all_small": summary["uniform"]["all_small"],
-        "oracle": {k: v["oracle"] for k, v in per_k.items()},
-        "fixed": {k: v["fixed"] for k, v in per_k.items()},
-        "best100": {k: v[f"best_of_{n_random}_pattern"] for k, v in per_k.items()},
-        "best100_per_token": {k: v[f"best_of_{n_random}_token"] for k, v in per_k.items()},
-    }
+    return {"all_big": summary["uniform"]["all_big"], "all_small": summary["uniform"]["all_small"],
+            **{r.name: {k: v[r.key(n_random)] for k, v in per_k.items()} for r in REDUCTIONS.values()}}
 
 
-def curves_frame(results: dict[str, dict], **extra) -> pd.DataFrame:
+def curves_frame(results: dict[str, dict], n_random: int | None = None, **extra) -> pd.DataFrame:
     """Tidy (holdout, method, k, perplexity) rows of :func:`oracle_results` per holdout."""
-    rows = [dict(holdout=h, method=METHODS[m], k=int(k), perplexity=v, **extra)
-            for h, r in results.items() for m in METHODS for k, v in r[m].items()]
+    labels = methods(n_random)
+    rows = [dict(holdout=h, method=labels[m], k=int(k), perplexity=v, **extra)
+            for h, r in results.items() for m in labels for k, v in r[m].items()]
     return pd.DataFrame(rows)
 
 

@@ -131,7 +131,8 @@ def calibrated_router(model, x, frac_big: float):
         def route_layer(self, layer_idx, hidden_states, position_ids):
             logits = router.logits(layer_idx, hidden_states)
             margin = (logits[..., 1] - logits[..., 0]).flatten()  # big minus small
-            router.layers[layer_idx].bias[1] -= torch.quantile(margin.float().cpu(), 1 - frac_big).to(margin.device)
+            q = float(torch.quantile(margin.float().cpu(), 1 - frac_big))
+            router.shift([0.0, -q], layer_idx)  # (small, big): big wins for the top frac_big margins
             return router.route_layer(layer_idx, hidden_states, position_ids)
 
     model(x, routes=Calibrate(), use_cache=False)

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..oracle.reductions import LossMatrix, random_rows
+from ..oracle.reductions import LossMatrix
+from ..oracle.registry import REDUCTIONS
 from ..oracle.schedules import SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule
 from ..router.evaluate import route_and_score
 from ..routing import BIG, SMALL, RandomRoutes, training_routes
@@ -46,22 +47,21 @@ def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_b
     """Intervals of notebook 03's numbers on one holdout's shared {small, big} matrix.
 
     Returns ``{"perplexity": {method: {k: ci}}, "all_big", "all_small", "c1_gap", "c1_gap_per_token",
-    "c4_gap_k1", "c4_gap_k2", "best_k", "mid_k"}``: methods ``oracle``, ``fixed``, ``best100``
-    (one pattern), ``best100_per_token``; the C1 gaps are ``1 - oracle / best-of-N`` at k = L // 2 in
+    "c4_gap_k1", "c4_gap_k2", "best_k", "mid_k"}``: methods = the registered reductions
+    (:data:`duolib.oracle.registry.REDUCTIONS`: ``oracle``, ``fixed``, ``best_of_random`` (one pattern),
+    ``best_of_random_per_token``, and any registered since); the C1 gaps are ``1 - oracle / best-of-N`` at k = L // 2 in
     each reading, the C4 gaps ``1 - oracle(k) / all-big`` at k = 1 and 2 (positive: the oracle is
     better), ``best_k`` the budget of the lowest oracle perplexity (percentile range of the draws)."""
     seq, W = _windows(matrix)
     L = matrix.num_layers
     ks = sorted(set(matrix.n_big.tolist()))
     S, counts = window_totals(matrix.losses.double().numpy(), seq, W)  # [P, W]
-    parts, names = [], []
+    methods = list(REDUCTIONS.values())  # duolib.oracle.registry: oracle, fixed, best of N (both readings), ...
+    parts = {}  # (k, name) -> per-window loss totals (per-token reductions) or candidate rows (one pattern)
     for k in ks:
-        rows = matrix.budget_rows(k).numpy()
-        chosen = random_rows(matrix.budget_rows(k), n_random, seed).numpy()
-        oracle_w = window_totals(matrix.oracle(k).token_losses.double().numpy(), seq, W)[0]
-        token_w = window_totals(matrix.best_of_random(n_random, seed, k)["token"].token_losses.double().numpy(),
-                                seq, W)[0]
-        parts.append((k, rows, chosen, oracle_w, token_w))
+        for r in methods:
+            parts[k, r.name] = (window_totals(r.compute(matrix, k, n_random, seed).token_losses.double().numpy(),
+                                              seq, W)[0] if r.per_token else r.rows(matrix, k, n_random, seed).numpy())
     big = matrix.pattern_index([BIG] * L)
     small = matrix.pattern_index([SMALL] * L)
     mid = L // 2
@@ -70,30 +70,27 @@ def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_b
         n = w @ counts
         means = (w @ S.T) / n[:, None]  # [B, P] mean loss of every pattern
         cols, by = [], {}
-        for k, rows, chosen, oracle_w, token_w in parts:
-            by[k] = dict(oracle=(w @ oracle_w) / n, fixed=means[:, rows].min(1), best100=means[:, chosen].min(1),
-                         best100_per_token=(w @ token_w) / n)
-            cols += [np.exp(by[k][m]) for m in METHODS]
+        for k in ks:  # a one-pattern reduction re-chooses its pattern in every draw
+            by[k] = {r.name: (w @ parts[k, r.name]) / n if r.per_token else means[:, parts[k, r.name]].min(1)
+                     for r in methods}
+            cols += [np.exp(by[k][r.name]) for r in methods]
         oracle_k = np.stack([by[k]["oracle"] for k in ks], axis=1)
         cols += [np.exp(means[:, big]), np.exp(means[:, small]),
-                 1 - np.exp(by[mid]["oracle"] - by[mid]["best100"]),
-                 1 - np.exp(by[mid]["oracle"] - by[mid]["best100_per_token"]),
+                 1 - np.exp(by[mid]["oracle"] - by[mid]["best_of_random"]),
+                 1 - np.exp(by[mid]["oracle"] - by[mid]["best_of_random_per_token"]),
                  1 - np.exp(by[1]["oracle"] - means[:, big]) if 1 in by else np.full(len(w), np.nan),
                  1 - np.exp(by[2]["oracle"] - means[:, big]) if 2 in by else np.full(len(w), np.nan),
                  np.asarray(ks)[oracle_k.argmin(1)].astype(float)]
         return np.stack(cols, axis=1)
 
-    names = [f"{m}@{k}" for k in ks for m in METHODS] + ["all_big", "all_small", "c1_gap", "c1_gap_per_token",
-                                                         "c4_gap_k1", "c4_gap_k2", "best_k"]
+    names = [f"{r.name}@{k}" for k in ks for r in methods] + ["all_big", "all_small", "c1_gap", "c1_gap_per_token",
+                                                              "c4_gap_k1", "c4_gap_k2", "best_k"]
     flat = _named(names, stat, W, n_boot, seed, clusters)
-    out = {"perplexity": {m: {str(k): flat[f"{m}@{k}"] for k in ks} for m in METHODS}, "mid_k": mid}
-    out.update({n: flat[n] for n in names[len(ks) * len(METHODS):]})
+    out = {"perplexity": {r.name: {str(k): flat[f"{r.name}@{k}"] for k in ks} for r in methods}, "mid_k": mid}
+    out.update({n: flat[n] for n in names[len(ks) * len(methods):]})
     best = out["best_k"]
     best.update(low=math.floor(best["low"]), high=math.ceil(best["high"]))  # whole budgets
     return out
-
-
-METHODS = ("oracle", "fixed", "best100", "best100_per_token")
 
 
 def schedule_intervals(matrix: LossMatrix, seed: int = 0, n_boot: int = N_BOOT, clusters=None) -> dict:

@@ -34,7 +34,8 @@ from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..data.batches import holdout_sequences, sample_batch
 from ..router.evaluate import route_and_score
 from ..router.budgets import SETTINGS, budget_targets
-from ..router.policy import RouterPolicy, load_router, weights_fingerprint
+from ..router.base import load_router, weights_fingerprint
+from ..router.policy import RouterPolicy
 from ..router.train import calibrate_router, train_distilled_router, train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
@@ -316,7 +317,7 @@ def pool_routes(kept: Mapping[tuple[str, str], torch.Tensor], method: str) -> to
 
 
 def oracle_references(oracle_results: dict, holdout: str, config, seq_len: int,
-                      methods: Sequence[str] = ("oracle", "fixed", "best100")):
+                      methods: Sequence[str] = ("oracle", "fixed", "best_of_random")):
     """The reference points of ``03_oracle`` for one holdout as rows (method, budget, mean_big_layers,
     ppl, flops_per_token, source="reference"): each method at every k it reports, plus all-small (k=0)
     and all-big (k=L); FLOPs from :func:`scored_budget_flops`."""

@@ -4,7 +4,8 @@
 
     budgets, steps = validate_params("07_routers", profile, budgets=budgets, steps=steps)
 
-``None`` means the profile's default; a bad value raises ValueError naming the parameter and what is
+Each chapter's resolver is the function of this module that its :class:`~duolib.book.chapters.Chapter`
+names (``params="routers"``: :func:`routers`).  ``None`` means the profile's default; a bad value raises ValueError naming the parameter and what is
 allowed, before the notebook computes anything.
 """
 
@@ -15,6 +16,7 @@ import numbers
 from ..config import DuoConfig
 from ..profiles import get_profile
 from ..train.config import P_GRID
+from .chapters import CHAPTERS
 from .experiments import check_budget_list, check_settings
 
 
@@ -25,7 +27,7 @@ def positive_count(name: str, value, what: str) -> int:
     return int(value)
 
 
-def _routers(profile: str, budgets=None, settings=None, steps=None, distill_budget=None) -> dict:
+def routers(profile: str, budgets=None, settings=None, steps=None, distill_budget=None) -> dict:
     knobs = get_profile(profile)["router"]
     L = get_profile(profile)["model"]["num_hidden_layers"]
     budgets = check_budget_list(knobs["budgets"] if budgets is None else budgets, L)
@@ -38,7 +40,7 @@ def _routers(profile: str, budgets=None, settings=None, steps=None, distill_budg
     )
 
 
-def _dense(profile: str, compare_steps=None, p_values=None, compare_model=None) -> dict:
+def dense(profile: str, compare_steps=None, p_values=None, compare_model=None) -> dict:
     book = get_profile(profile)["book"]
     compare_steps = positive_count("compare_steps", book["compare_steps"] if compare_steps is None else compare_steps,
                                    "training steps")
@@ -61,7 +63,7 @@ def _dense(profile: str, compare_steps=None, p_values=None, compare_model=None) 
     return dict(compare_steps=compare_steps, p_values=p_values, compare_model=compare_model)
 
 
-def _retrofit(profile: str, model_name=None, opt_layers=None, pretrain_steps=None, small_steps=None,
+def retrofit(profile: str, model_name=None, opt_layers=None, pretrain_steps=None, small_steps=None,
               router_steps=None, budget=None) -> dict:
     book = get_profile(profile)["book"]
     out = {}
@@ -86,7 +88,7 @@ def _retrofit(profile: str, model_name=None, opt_layers=None, pretrain_steps=Non
     return out
 
 
-def _performance(profile: str, repeats=None, wide=None, k=None) -> dict:
+def performance(profile: str, repeats=None, wide=None, k=None) -> dict:
     repeats = get_profile(profile)["book"]["bench_repeats"] if repeats is None else repeats
     repeats = positive_count("repeats", repeats, "timed repeats")
     wide = profile != "tiny" if wide is None else wide
@@ -96,18 +98,10 @@ def _performance(profile: str, repeats=None, wide=None, k=None) -> dict:
     return dict(repeats=repeats, wide=wide, k=check_budget_list(round(L / 3) if k is None else k, L, "k")[0])
 
 
-# notebook -> the function resolving its parameters
-NOTEBOOK_PARAMS = {
-    "07_routers": _routers,
-    "08_dense": _dense,
-    "09_retrofit": _retrofit,
-    "10_performance": _performance,
-}
-
-
 def validate_params(notebook: str, profile: str, **values) -> tuple:
     """The notebook's parameters ``values`` checked and with defaults filled, in the order given."""
-    if notebook not in NOTEBOOK_PARAMS:
-        raise ValueError(f"no parameter rules for notebook {notebook!r}; known: {', '.join(NOTEBOOK_PARAMS)}")
-    resolved = NOTEBOOK_PARAMS[notebook](profile, **values)
+    rules = {c.name: c.params for c in CHAPTERS if c.params}  # chapter -> its resolver here (CHAPTERS declares it)
+    if notebook not in rules:
+        raise ValueError(f"no parameter rules for notebook {notebook!r}; known: {', '.join(rules)}")
+    resolved = globals()[rules[notebook]](profile, **values)
     return tuple(resolved[name] for name in values)

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..fileio import atomic_write_text
 from ..profiles import get_profile
 from .jobs import METADATA_KEY, PROFILE_ENV, Job, Step, StepResult, resolve_jobs, run_jobs
-from .results import check_results
+from .chapters import STEPS, check_results
 from .plots import use_style
 from .conclusions import install as show_conclusions
 from .param_types import check_kernel_parameters
@@ -44,25 +44,6 @@ from .seeds import SEEDS_DIR, seed_dir, seed_list
 
 # Profiles cheap enough that a chapter run alone may execute the chapters it depends on itself.
 AUTO_UPSTREAM_PROFILES = ("tiny",)
-
-
-# Dependency order; notebooks read what earlier steps left in run_dir.
-STEPS: tuple[Step, ...] = (
-    Step("01_data", replicate=True),
-    Step("02_training", needs=("01_data",), replicate=True),
-    Step("02b_skip_model", needs=("01_data",), replicate=True),  # trains beside 02_training (independent runs)
-    Step("03_oracle", needs=("02_training",), replicate=True, replica_params={"replica": True}),
-    Step("04_schedules", needs=("03_oracle",), replicate=True),
-    Step("05_oracle_routes", needs=("03_oracle", "02b_skip_model"), replicate=True),
-    Step("06_difficulty", needs=("03_oracle",), replicate=True),
-    # skip settings on both Stage-1 models; the longest step after 03: 04-06 run beside it
-    Step("07_routers", needs=("03_oracle", "02b_skip_model"), first=True, replicate=True),
-    Step("08_dense", needs=("01_data",)),  # trains its own, smaller models, once (not per training seed)
-    Step("09_retrofit"),
-    Step("10_performance", needs=("02_training",), alone=True),  # its generation section times the Stage-1 model
-    Step("scorecard", needs=("03_oracle", "04_schedules", "05_oracle_routes", "06_difficulty", "07_routers",
-                             "08_dense")),
-)
 
 
 def replica_name(step: str, seed: int) -> str:

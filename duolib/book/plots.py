@@ -141,7 +141,9 @@ def interval_points(df: pd.DataFrame, x: str, y: str = "perplexity", panel: str 
         ax.set_xticks(range(len(part)), part[x])
         ax.set_xlim(-0.5, len(part) - 0.5)
         ax.set_ylabel(y)
-        ax.set_title(f"{title} ({name})" if title else str(name))
+        ax.set_title(str(name))  # short panel titles; the common title goes above them all
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -1,7 +1,7 @@
 """The shape of each notebook's saved results (``run_dir/results/<step>.json``), as TypedDicts.
 
-:func:`duolib.book.pipeline.save_results` checks a notebook's results against its type before writing
-them, and :mod:`duolib.book.scorecard` reads them in these shapes.  Budgets ``k`` and p values are JSON
+:func:`duolib.book.pipeline.save_results` checks a notebook's results against its type (declared with its
+chapter in :data:`duolib.book.chapters.CHAPTERS`) before writing them, and :mod:`duolib.book.scorecard` reads them in these shapes.  Budgets ``k`` and p values are JSON
 strings (``"4"``, ``"0.5"``); perplexities are floats.  Keys beyond the declared ones are kept.
 """
 
@@ -25,8 +25,8 @@ class OracleHoldout(TypedDict):
     all_small: float
     oracle: PerBudget
     fixed: PerBudget
-    best100: PerBudget
-    best100_per_token: PerBudget
+    best_of_random: PerBudget
+    best_of_random_per_token: PerBudget
     ci: NotRequired[dict]  # duolib.book.evidence.oracle_intervals
     chars_per_token: NotRequired[float]
 
@@ -132,18 +132,6 @@ class DenseResults(TypedDict):
     freeze_excess_ci: NotRequired[Interval]  # all-small: freeze / joint - 1
 
 
-# step name -> the type of its results (what the scorecard reads)
-RESULT_TYPES: dict[str, type] = {
-    "02b_skip_model": SkipModelResults,
-    "03_oracle": OracleResults,
-    "04_schedules": ScheduleResults,
-    "05_oracle_routes": OracleRoutesResults,
-    "06_difficulty": DifficultyResults,
-    "07_routers": RouterResults,
-    "08_dense": DenseResults,
-}
-
-
 def missing_keys(value, kind, where: str = "") -> list[str]:
     """The declared keys ``value`` lacks (dotted paths), recursing through TypedDicts and dicts of them."""
     if is_typeddict(kind):
@@ -159,14 +147,3 @@ def missing_keys(value, kind, where: str = "") -> list[str]:
         sub = kind.__args__[1]
         return [m for k, v in value.items() for m in missing_keys(v, sub, f"{where}{k}.")]
     return []
-
-
-def check_results(step: str, results: dict) -> None:
-    """ValueError naming the missing keys if ``results`` does not have the shape of ``step``'s type."""
-    kind = RESULT_TYPES.get(step)
-    if kind is None:
-        return
-    missing = missing_keys(results, kind)
-    if missing:
-        raise ValueError(f"results of {step} lack {', '.join(missing)} (the shape is {kind.__name__} in "
-                         f"duolib/book/results.py; the scorecard reads it)")

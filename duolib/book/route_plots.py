@@ -20,7 +20,7 @@ from .plots import PAGE_WIDTH, ROUTE_COLOURS
 
 
 def layer_position_heatmap(fraction: np.ndarray, title: str, ax=None, vmax: float = 1.0, bins: int | None = None,
-                           cbar: bool = True):
+                           cbar: bool = True, vmin: float = 0.0, cmap: str = "rocket_r"):
     """Heatmap ``[L, T]`` of a fraction (e.g. of tokens routed big) by layer and position.
 
     With ``bins`` the positions are averaged into that many equal bins (long sequences)."""
@@ -30,7 +30,7 @@ def layer_position_heatmap(fraction: np.ndarray, title: str, ax=None, vmax: floa
         fraction = np.stack([fraction[:, a:b].mean(1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
     if ax is None:
         _, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.8, 3))
-    sns.heatmap(fraction, ax=ax, vmin=0, vmax=vmax, cmap="rocket_r", cbar=cbar, cbar_kws={"shrink": 0.8},
+    sns.heatmap(fraction, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, cbar=cbar, cbar_kws={"shrink": 0.8},
                 xticklabels=_sparse_ticks(fraction.shape[1]),
                 yticklabels=[str(i + 1) for i in range(fraction.shape[0])])
     ax.set_xlabel("position bin" if bins else "position", fontsize=9)
@@ -104,15 +104,15 @@ def route_grids(panels: Sequence[tuple[np.ndarray, Sequence[str], str]]):
 
 def budget_curves(df: pd.DataFrame, references: dict[str, float] | None = None, x: str = "k",
                   y: str = "perplexity", hue: str = "method", style: str | None = None, title: str = "",
-                  logy: bool = False, ax=None):
+                  logy: bool = False, ax=None, bands: bool = True, legend: bool = True):
     """Perplexity against a budget (k big layers), one line per ``hue`` (and ``style``), with horizontal
     reference lines ``references`` (label -> value, e.g. all-big and all-small) (Fig. 4).  With columns
-    ``low`` and ``high`` (a 95% interval per point) each line gets a shaded band."""
+    ``low`` and ``high`` (a 95% interval per point) and ``bands``, each line gets a shaded band."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
     sns.lineplot(data=df, x=x, y=y, hue=hue, style=style or hue, markers=True, dashes=style is not None,
-                 errorbar=None, ax=ax)
-    if {"low", "high"} <= set(df.columns):
+                 errorbar=None, ax=ax, legend=legend)
+    if bands and {"low", "high"} <= set(df.columns):
         colours = dict(zip(df[hue].unique(), sns.color_palette(n_colors=df[hue].nunique())))
         for _, g in df.groupby([hue] + ([style] if style and style != hue else []), sort=False):
             g = g.sort_values(x)
@@ -122,9 +122,31 @@ def budget_curves(df: pd.DataFrame, references: dict[str, float] | None = None, 
     if logy:
         ax.set_yscale("log")
     ax.set_xticks(sorted(df[x].unique()))
-    ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8)
     ax.set_title(title)
     return ax.figure
+
+
+def headline_curves(curves: pd.DataFrame, references: dict[str, dict[str, float]]):
+    """The landing page's figure: :func:`budget_curves` per holdout (``references[holdout]``), side by side,
+    without bands (the verdicts rest on paired intervals, which unpaired bands would misstate), one shared
+    legend below in type that stays readable when the page scales the image down."""
+    holdouts = list(references)
+    fig, axes = plt.subplots(1, len(holdouts), figsize=(4.8 * len(holdouts), 3.6), dpi=150, squeeze=False)
+    for ax, h in zip(axes[0], holdouts):
+        budget_curves(curves[curves["holdout"] == h], references[h], title=f"{h} holdout", ax=ax, bands=False)
+        ax.set_xlabel("k = big layers per token")
+    handles, labels = [], []
+    for ax in axes[0]:  # one shared legend: each method and reference line once
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
+    fig.tight_layout(rect=(0, 0.1 + 0.05 * ((len(labels) - 1) // 3), 1, 1))
+    return fig
 
 
 def layer_rates(df: pd.DataFrame, y: str = "rate", hue: str | None = None, title: str = "", ax=None,
@@ -220,11 +242,22 @@ def layer_share_lines(df: pd.DataFrame, num_layers: int, evens: Sequence[float] 
 
 
 def heatmap_panels(grids: dict, bins: int | None = None, suptitle: str = "", vmax: float = 1.0,
-                   ncols: int | None = None):
+                   ncols: int | None = None, centres: dict[str, float] | None = None):
     """Several :func:`layer_position_heatmap` panels (``{title: [L, T] array}``), ``ncols`` to a row
-    (default: up to 3), sized for the page with one shared colour scale."""
+    (default: up to 3), sized for the page with one shared colour scale.
+
+    ``centres`` (``{title: share}``, e.g. the even share k / L of a budget): each panel shows its grid minus
+    its centre on a diverging scale symmetric around 0 and no wider than the largest deviation (at least
+    0.05), so that departures of a few points stay visible instead of vanishing in a 0-1 scale."""
     if not grids:
         raise ValueError("heatmap_panels needs at least one {title: grid} entry")
+    vmin, cmap = 0.0, "rocket_r"
+    if centres is not None:
+        if set(centres) != set(grids):
+            raise ValueError(f"centres must name every panel: {sorted(set(grids) ^ set(centres))} differ")
+        grids = {t: np.asarray(g, dtype=float) - centres[t] for t, g in grids.items()}
+        vmax = max(0.05, max(float(np.nanmax(np.abs(g))) for g in grids.values()))
+        vmin, cmap = -vmax, "RdBu_r"
     ncols = min(3, len(grids)) if ncols is None else ncols
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"ncols={ncols!r} must be a positive whole number")
@@ -235,7 +268,7 @@ def heatmap_panels(grids: dict, bins: int | None = None, suptitle: str = "", vma
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + (0.4 if suptitle else 0.0)),
                              squeeze=False, sharey=True)
     for ax, (title, grid) in zip(axes.flat, grids.items()):
-        layer_position_heatmap(grid, title, ax=ax, vmax=vmax, bins=bins, cbar=False)
+        layer_position_heatmap(grid, title, ax=ax, vmax=vmax, bins=bins, cbar=False, vmin=vmin, cmap=cmap)
     for ax in axes.flat[len(grids):]:
         ax.set_visible(False)
     for ax in axes[:, 1:].flat:
@@ -270,14 +303,23 @@ def router_histories(df: pd.DataFrame, budget_col: str = "mean_big_layers", smoo
     df = df.copy()
     cols = ["loss", "penalty", budget_col]
     df[cols] = df.groupby("method")[cols].transform(lambda v: v.rolling(smooth, min_periods=1).mean())
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    titles = ["training loss (soft mixture)", "budget penalty", "average big layers per token (soft)"]
-    for ax, col, title in zip(axes, cols, titles):
-        sns.lineplot(data=df, x="step", y=col, hue="method", ax=ax, legend=col == budget_col)
-        ax.set_title(title)
+    methods = list(dict.fromkeys(df["method"]))
+    palette = dict(zip(methods, sns.color_palette("tab10", n_colors=len(methods))))  # distinct hues, not shades
+    dashes = {m: (4, 2) if "skip model" in m else "" for m in methods}  # routers on the skip-trained model dashed
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE_WIDTH, 3.4))
+    titles = ["training loss (soft mixture)", "budget penalty", "big layers per token (soft)"]
+    ylabels = ["loss", "penalty (log scale)", "big layers per token"]
+    for ax, col, title, ylabel in zip(axes, cols, titles, ylabels):
+        sns.lineplot(data=df, x="step", y=col, hue="method", style="method", palette=palette, dashes=dashes, ax=ax,
+                     legend=col == budget_col)
+        ax.set_title(title, fontsize=11)
+        ax.set_ylabel(ylabel)
     axes[1].set_yscale("log")
-    axes[2].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[2].get_legend_handles_labels()
+    axes[2].get_legend().remove()
+    rows = -(-len(labels) // 3)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     return fig
 
 

@@ -25,28 +25,38 @@ def measured_preconditions(results: dict[str, dict]) -> dict[str, dict]:
     return found
 
 
+def precondition_state(p, measured: dict) -> tuple[str | None, str]:
+    """One precondition ``p`` (:data:`duolib.book.thresholds.PRECONDITIONS`) read at the plain 95% level from
+    :func:`measured_preconditions`: (None if it holds | "unknown" if its interval straddles the threshold
+    (or is not a number) | "untestable" if it lies wholly on the wrong side | "missing" if not measured,
+    the measured interval as text)."""
+    if p.name not in measured:
+        return "missing", "not measured"
+    t = read_ci(measured, p.name)  # a bare number reads as a point
+    if p.at_most:
+        ok = True if t.high <= p.threshold else False if t.low > p.threshold else None
+    else:
+        ok = True if t.low >= p.threshold else False if t.high < p.threshold else None
+    return (None if ok else "untestable" if ok is False else "unknown"), ci_text(t, ".3f")
+
+
 def gate(claim: str, results: dict[str, dict]) -> tuple[str | None, list[str]]:
-    """The preconditions ``claim`` needs, read at the plain 95% level: ("untestable" | "unknown" |
-    "missing" | None, notes).  Untestable: some precondition's interval lies wholly on the wrong side
-    of its threshold (the note says what size would make it testable); unknown: one straddles it;
-    missing: one was not measured (the verdict cannot hold); None: all hold."""
+    """The preconditions ``claim`` needs (:func:`precondition_state`): ("untestable" | "unknown" | "missing"
+    | None, notes).  Untestable: some precondition's interval lies wholly on the wrong side of its
+    threshold (the note says what size would make it testable); unknown: one straddles it; missing: one
+    was not measured (the verdict cannot hold); None: all hold."""
     measured = measured_preconditions(results)
     status, notes = None, []
     order = {None: 0, "missing": 1, "unknown": 2, "untestable": 3}
     for p in PRECONDITIONS:
         if claim not in p.claims:
             continue
-        if p.name not in measured:
-            s, note = "missing", f"precondition {p.name} not measured (the verdict cannot hold without it)"
+        s, text = precondition_state(p, measured)
+        if s == "missing":
+            note = f"precondition {p.name} not measured (the verdict cannot hold without it)"
         else:
-            t = read_ci(measured, p.name)
-            if p.at_most:
-                ok = True if t.high <= p.threshold else False if t.low > p.threshold else None
-            else:
-                ok = True if t.low >= p.threshold else False if t.high < p.threshold else None
             side = "at most" if p.at_most else "at least"
-            s = None if ok else "untestable" if ok is False else "unknown"
-            note = f"precondition {p.name} {ci_text(t, '.3f')} ({side} {p.threshold:g} needed)"
+            note = f"precondition {p.name} {text} ({side} {p.threshold:g} needed)"
             note += {None: "", "unknown": ": unsettled", "untestable": f": not testable at this scale; {p.testable}"}[s]
         notes.append(note)
         status = s if order[s] > order[status] else status

@@ -50,8 +50,8 @@ def c1(r, j):
     for h, d in o["holdouts"].items():
         gap, tok = read_ci(d["ci"], "c1_gap"), read_ci(d["ci"], "c1_gap_per_token")
         beyond, text = survival(d["ci"], k)
-        notes.append(f"{h}: oracle {d['oracle'][k]:.2f} vs best-of-100 {d['best100'][k]:.2f} at k={k}, "
-                     f"gap {ci_text(gap, '.1%')}; per-token reading {d['best100_per_token'][k]:.2f}, "
+        notes.append(f"{h}: oracle {d['oracle'][k]:.2f} vs best-of-100 {d['best_of_random'][k]:.2f} at k={k}, "
+                     f"gap {ci_text(gap, '.1%')}; per-token reading {d['best_of_random_per_token'][k]:.2f}, "
                      f"gap {ci_text(tok, '.1%')}; {text}")
         v = j.graded(gap, [NEGLIGIBLE, C1_FAR], [FAILS, PARTLY, HOLDS])
         out.append(capped(v) if beyond is None else step_down(v, j.above(beyond, NEGLIGIBLE)))

@@ -28,8 +28,8 @@ inconclusive parts with the rest agreeing -> inconclusive; else partly.
 Result files and keys (budgets ``k`` and p values are JSON strings; ``ci`` = interval dict; typed in
 :mod:`duolib.book.results`):
 
-- ``03_oracle``: ``num_layers``; ``holdouts.<h>.{all_big, all_small}``, ``.{oracle, fixed, best100,
-  best100_per_token}.<k>``; ``holdouts.<h>.ci`` = :func:`duolib.book.evidence.oracle_intervals`.
+- ``03_oracle``: ``num_layers``; ``holdouts.<h>.{all_big, all_small}``, ``.{oracle, fixed, best_of_random,
+  best_of_random_per_token}.<k>`` (the registered reductions); ``holdouts.<h>.ci`` = :func:`duolib.book.evidence.oracle_intervals`.
 - ``04_schedules``: ``holdouts.<h>.{falling, rising, constant, shuffled}``; ``holdouts.<h>.ci`` =
   :func:`duolib.book.evidence.schedule_intervals`.
 - ``05_oracle_routes``: ``holdouts.<h>.big_centre.<k>`` and ``.big_centre_ci.<k>``; ``skip_study.<m>`` per

@@ -161,3 +161,13 @@ def load_seed_results(run_dir: str | os.PathLike, n_seeds: int) -> list[dict[str
                 raise ValueError(f"cannot read {str(p)!r} ({exc}); rerun that step of seed {s}") from None
         trees.append(tree)
     return trees
+
+
+def with_shared(trees: list[dict[str, dict]], shared) -> list[dict[str, dict]]:
+    """Each seed's results tree with the chapters in ``shared`` (those that run once, not per seed: see
+    :data:`duolib.book.chapters.ONCE`) taken from seed 0 where that seed has none, so that a per-seed
+    scorecard judges every claim.  A replicated chapter missing from a seed stays missing (its claims read
+    "missing" in that seed's column): filling it from seed 0 would show a replication that never ran."""
+    shared = frozenset(shared)
+    first = trees[0] if trees else {}
+    return [{**{k: v for k, v in first.items() if k in shared and k not in t}, **t} for t in trees]

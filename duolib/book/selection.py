@@ -33,7 +33,8 @@ import torch
 
 from ..oracle.controls import PLACEBO_DROP, PlaceboLosses, placebo_losses, split_half_difficulty
 from ..oracle.engine import check_semantics
-from ..oracle.reductions import LossMatrix, check_budget
+from ..oracle.reductions import LossMatrix
+from ..oracle.sampling import check_budget
 from ..routing import BIG
 from ..runfolder import read_checked, write_checked
 from ..stats import N_BOOT, bootstrap, window_totals

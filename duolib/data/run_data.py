@@ -18,11 +18,13 @@ from typing import Iterator
 
 import numpy as np
 
-from ..runfolder import RunFolderError, folder_kind, reading, verify_manifest
+from ..runfolder import RunFolderError, folder_kind, mismatch, reading, verify_manifest
 from ..utils import json_hash, token_array
 from .corpus import Prepared, prepare
 
+# the names of a run folder's files (duolib.train.run_folder writes them)
 CONFIG_FILE, TOKENIZER_DIR, FINAL_DIR, SUMMARY_FILE = "config.json", "tokenizer", "final", "summary.json"
+METRICS_FILE = "metrics.jsonl"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -47,7 +49,7 @@ def _damaged(path: Path, why: str) -> RunFolderError:
 def verify_run(run: str | os.PathLike, finished: bool = True) -> dict:
     """The record of run folder ``run`` (its config.json), checked end to end before anything uses it:
     the identity matches its recorded ``identity_hash``; the summary (``finished``: required) names the
-    same identity; ``final/`` matches its manifest; every file of ``tokenizer/`` equals its checked copy
+    same identity; metrics.jsonl matches the digest the summary recorded; ``final/`` matches its manifest; every file of ``tokenizer/`` equals its checked copy
     in ``final/``.  RunFolderError naming the first file that does not agree."""
     run = Path(run)
     try:
@@ -73,6 +75,10 @@ def verify_run(run: str | os.PathLike, finished: bool = True) -> dict:
     if summary_hash != ident_hash:
         raise _damaged(summary_path, f"names identity {str(summary_hash)[:12]}, but {run / CONFIG_FILE} "
                                      f"records {ident_hash[:12]}")
+    if "metrics" in summary:  # the finished log's digest (runs of earlier releases recorded none)
+        why = mismatch(run / METRICS_FILE, summary["metrics"])
+        if why:
+            raise _damaged(run / METRICS_FILE, f"no longer matches the digest its summary recorded ({why})")
     final = run / FINAL_DIR
     if not final.is_dir():
         raise _damaged(final, "is missing (the run's summary says it finished)")

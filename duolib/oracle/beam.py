@@ -16,7 +16,8 @@ from .engine import check_ids, check_semantics
 from .setup import ffn_residual, oracle_setup, reference_routes
 from .brute_force import attention_node_flops
 from .patterns import parse_choices
-from .reductions import MeanTokenLoss, check_budget
+from .reductions import MeanTokenLoss
+from .sampling import check_budget
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..flops import ffn_flops, head_flops
 

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from ..routing import SMALL
 from ..utils import eval_mode
 from .engine import check_ids, check_semantics
-from .reductions import LossMatrix, check_budget
+from .reductions import LossMatrix
+from .sampling import check_budget
 from .setup import oracle_setup, reference_routes
 
 #: Default share of each big FFN's hidden units a placebo candidate drops.

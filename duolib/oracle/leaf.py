@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..routing import BIG
-from .reductions import random_rows
+from .sampling import random_rows
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Bound on a bf16 leaf loss error per unit of ``|norm(h)| max_v |w_v|``.  The worst case is 3 * 2^-9;

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..routing import BIG, ROUTE_NAMES, SKIP, as_pattern, check_codes
-from .reductions import check_budget
+from .sampling import check_budget
 
 
 def parse_choices(choices) -> tuple[int, ...]:

@@ -28,27 +28,14 @@ import numpy as np
 import torch
 
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, pattern_to_str
+from .registry import REDUCTIONS
+from .sampling import check_budget, random_rows
 from .schedules import SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule
 
 SEMANTICS = ("shared", "fixed-context")
 
 
 # ----------------------------------------------------------------------------- budgets and samples
-
-def check_budget(k: int, num_layers: int, what: str = "k") -> int:
-    """``k`` as an int in ``0..num_layers`` (the number of big layers per token), else ValueError."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= num_layers:
-        raise ValueError(f"{what}={k!r} is outside 0..{num_layers}: a budget counts big layers of a "
-                         f"{num_layers}-layer model")
-    return int(k)
-
-
-def random_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` of ``rows`` drawn without replacement with ``seed`` (all of them if fewer), sorted: the
-    best-of-N sample (the bf16 engine certifies the same sample)."""
-    g = torch.Generator().manual_seed(int(seed))
-    return rows[torch.randperm(len(rows), generator=g)[: int(n)]].sort().values
-
 
 # ----------------------------------------------------------------------------- results
 
@@ -185,10 +172,18 @@ class LossMatrix:
         """Indices of the patterns with exactly ``k`` big layers (all if None); ValueError if there are none."""
         return self._rows(k)
 
-    def _min_over(self, rows: torch.Tensor, name: str, **info) -> Reduction:
+    def per_token_min(self, rows: torch.Tensor, name: str, **info) -> Reduction:
+        """Each token takes its best pattern among ``rows``."""
         best, arg = self.losses[rows].min(0)  # [N], [N]
         self._certify(rows, best, name)
         return Reduction(name, best, rows[arg], info)
+
+    def best_single(self, rows: torch.Tensor, name: str, **info) -> Reduction:
+        """The one pattern among ``rows`` of lowest mean loss, applied to every token."""
+        best = rows[self.losses[rows].double().mean(1).argmin()]
+        self._certify_row(best, name)
+        return Reduction(name, self.losses[best].clone(), best.expand(self.num_tokens).clone(),
+                         {**info, "pattern": pattern_to_str(self.patterns[best])})
 
     def _certify_row(self, row, name: str) -> None:
         """Raise unless the chosen pattern's row is fp32-exact (the engine rescores near-best rows whole)."""
@@ -212,7 +207,7 @@ class LossMatrix:
     def oracle(self, k: int | None = None) -> Reduction:
         """Per-token oracle: each token takes its best pattern (among those with ``k`` big layers)."""
         rows = self._rows(k)
-        return self._min_over(rows, "oracle" if k is None else f"oracle@k={k}", k=k, n_patterns=len(rows))
+        return self.per_token_min(rows, "oracle" if k is None else f"oracle@k={k}", k=k, n_patterns=len(rows))
 
     def label_free(self, k: int | None = None) -> Reduction:
         """[ours] Per token, the pattern (with ``k`` big layers) whose prediction has the lowest entropy: a choice
@@ -231,11 +226,7 @@ class LossMatrix:
     def fixed(self, k: int | None = None) -> Reduction:
         """The single pattern (with ``k`` big layers) of lowest mean loss, applied to every token."""
         rows = self._rows(k)
-        best = rows[self.losses[rows].double().mean(1).argmin()]
-        self._certify_row(best, "fixed")
-        return Reduction("fixed" if k is None else f"fixed@k={k}", self.losses[best].clone(),
-                         best.expand(self.num_tokens).clone(),
-                         dict(k=k, n_patterns=len(rows), pattern=pattern_to_str(self.patterns[best])))
+        return self.best_single(rows, "fixed" if k is None else f"fixed@k={k}", k=k, n_patterns=len(rows))
 
     def best_of_random(self, n: int = 100, seed: int = 0, k: int | None = None) -> dict[str, Reduction]:
         """Best of ``n`` random patterns (drawn without replacement, seeded, among those with ``k``
@@ -247,15 +238,9 @@ class LossMatrix:
         rows = self._rows(k)
         chosen = random_rows(rows, n, seed)
         info = dict(k=k, n=int(n), n_used=len(chosen), seed=int(seed))
-        best = chosen[self.losses[chosen].double().mean(1).argmin()]
-        self._certify_row(best, f"best of {n}")
         suffix = "" if k is None else f"@k={k}"
-        return {
-            "pattern": Reduction(f"best_of_{n}_pattern{suffix}", self.losses[best].clone(),
-                                 best.expand(self.num_tokens).clone(),
-                                 {**info, "pattern": pattern_to_str(self.patterns[best])}),
-            "token": self._min_over(chosen, f"best_of_{n}_token{suffix}", **info),
-        }
+        return {"pattern": self.best_single(chosen, f"best_of_{n}_pattern{suffix}", **info),
+                "token": self.per_token_min(chosen, f"best_of_{n}_token{suffix}", **info)}
 
     def schedule_oracle(self, budgets, name: str = "schedule") -> Reduction:
         """Per-token oracle under a per-position budget: token at position ``t`` takes its best
@@ -321,8 +306,8 @@ class LossMatrix:
     def summary(self, ks: Iterable[int] | None = None, n_random: int = 100, seed: int = 0) -> dict:
         """Perplexities of every reduction, as plain JSON-ready data.
 
-        Per budget k: oracle, fixed, best-of-``n_random`` (both readings); plus all-big / all-small /
-        all-skip when present, the unconstrained oracle, and the schedules when every budget they
+        Per budget k: every reduction of :data:`duolib.oracle.registry.REDUCTIONS` (oracle, fixed,
+        best-of-``n_random`` in both readings, and any registered since); plus all-big / all-small / all-skip when present, the unconstrained oracle, and the schedules when every budget they
         need is present."""
         L = self.num_layers
         present = sorted(set(self.n_big.tolist()))
@@ -341,15 +326,12 @@ class LossMatrix:
         for k in ks:
             if k not in present:
                 continue
-            rnd = self.best_of_random(n_random, seed, k)
-            out["per_k"][str(k)] = {
-                "n_patterns": int((self.n_big == k).sum()),
-                "oracle": self.oracle(k).perplexity,
-                "fixed": self.fixed(k).perplexity,
-                "fixed_pattern": self.fixed(k).info["pattern"],
-                f"best_of_{n_random}_pattern": rnd["pattern"].perplexity,
-                f"best_of_{n_random}_token": rnd["token"].perplexity,
-            }
+            row = out["per_k"][str(k)] = {"n_patterns": int((self.n_big == k).sum())}
+            for r in REDUCTIONS.values():  # duolib.oracle.registry: every registered reduction
+                red = r.compute(self, k, n_random, seed)
+                row[r.key(n_random)] = red.perplexity
+                if r.record_pattern:
+                    row[f"{r.key(n_random)}_pattern"] = red.info["pattern"]
         needed = {int(v) for kind in SCHEDULES for v in budget_schedule(kind, L, self.seq_len).tolist()}
         if needed <= set(present):
             out["schedules"] = {kind: r.perplexity for kind, r in self.schedules().items()}

@@ -7,7 +7,8 @@ import torch
 
 from .engine import loss_matrix
 from .difficulty import token_difficulty
-from .reductions import SEMANTICS, LossMatrix, check_budget
+from .reductions import SEMANTICS, LossMatrix
+from .sampling import check_budget
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
 from ..config import DuoConfig
 from ..model import DuoForCausalLM

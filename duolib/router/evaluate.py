@@ -14,7 +14,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from .policy import RouterPolicy, token_losses, routed_forward
+from .base import Router
+from .policy import token_losses, routed_forward
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, RoutingTrace
 from ..flops import ffn_flops, mean_flops_per_token
 
@@ -28,7 +29,7 @@ def realised_budget(trace: RoutingTrace | torch.Tensor) -> dict[str, float]:
 
 @contextmanager
 def _hard(policy):
-    if isinstance(policy, RouterPolicy):
+    if isinstance(policy, Router):
         old = policy.mode
         policy.mode = "hard"
         try:
@@ -162,7 +163,7 @@ class _Recording(RoutingPolicy):
         self.policy, self.probs = policy, {}
 
     def route_layer(self, layer_idx, hidden_states, position_ids):
-        if isinstance(self.policy, RouterPolicy):
+        if isinstance(self.policy, Router):
             with torch.no_grad():
                 self.probs[layer_idx] = self.policy.full_probs(self.policy.option_probs(layer_idx, hidden_states, 1.0))
         return self.policy.route_layer(layer_idx, hidden_states, position_ids)

@@ -1,8 +1,8 @@
 """Router training (the paper's Stage 3) and oracle distillation (ours); the ``duo route`` command is in
 :mod:`duolib.router.command`.
 
-:func:`train_router` trains a :class:`~duolib.router.policy.RouterPolicy` on a frozen (by default) base model
-with the soft mixture, the annealed temperature and the budget penalty described in
+:func:`train_router` trains a router (any :class:`~duolib.router.base.Router` type, e.g. the linear
+:class:`~duolib.router.policy.RouterPolicy`) on a frozen (by default) base model with the soft mixture, the annealed temperature and the budget penalty described in
 :mod:`duolib.router.policy`; :func:`train_distilled_router` teaches the same router to imitate an oracle's
 per-layer choices.  Both work on Duo models and on models retrofitted by :func:`duolib.retrofit.retrofit_model`.
 """
@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from ..utils import batch_source, frozen, progress as progress_bar
 from .budgets import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, budget_penalty, budget_targets,
                       temperature)
-from .policy import RouterPolicy, model_sizes, routed_forward
+from .base import Router, base_record, model_sizes
+from .policy import routed_forward
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, RoutingPolicy, TokenRoutes, check_codes
 
 
 # ----------------------------------------------------------------------------- training (paper)
 
 
-def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: float | None = None,
+def train_router(model, router: Router, batches, steps: int, *, budget: float | None = None,
                  option_budget: Mapping[str | int, float] | str | None = None, alpha: float = DEFAULT_ALPHA,
                  lr: float = DEFAULT_LR, tau0: float = DEFAULT_TAU0, tau_min: float = DEFAULT_TAU_MIN,
                  freeze_base: bool = True, base_lr: float = 1e-4, grad_clip: float | None = 1.0,
@@ -85,7 +86,7 @@ def train_router(model, router: RouterPolicy, batches, steps: int, *, budget: fl
     return history
 
 
-def check_router_fits(model, router: RouterPolicy) -> int:
+def check_router_fits(model, router: Router) -> int:
     """The model's number of layers; ValueError when ``router`` was sized for another model."""
     hidden, L = model_sizes(model)
     if router.num_layers != L or router.hidden_size != hidden:
@@ -106,7 +107,7 @@ def history_row(step: int, tau: float, loss: torch.Tensor, ce: torch.Tensor, pen
     }
 
 
-def finish_training(router: RouterPolicy, model, targets: dict[int, float], **meta) -> None:
+def finish_training(router: Router, model, targets: dict[int, float], **meta) -> None:
     """A trained router: eval and hard mode, its ``targets`` and training ``meta`` recorded, the base model's
     signature kept (for :func:`duolib.router.policy.load_router`'s check)."""
     router.eval()
@@ -114,14 +115,14 @@ def finish_training(router: RouterPolicy, model, targets: dict[int, float], **me
     router.targets = targets
     router.meta.update(**meta)
     if router.base is None:
-        router.base = RouterPolicy.for_model(model, router.options).base
+        router.base = base_record(model)
 
 
 #: Calibration stops once every option's realised share is within this many layers of its target.
 CALIBRATION_TOL_LAYERS = 0.05
 
 
-def full_targets(router: RouterPolicy, targets: Mapping[int, float]) -> dict[int, float]:
+def full_targets(router: Router, targets: Mapping[int, float]) -> dict[int, float]:
     """Target fraction of every option of ``router``: a budget on big alone leaves ``1 - big`` to the
     router's other option (ValueError if it has two others: the split between them is not given)."""
     full = {c: float(targets[c]) for c in router.options if c in targets}
@@ -136,7 +137,7 @@ def full_targets(router: RouterPolicy, targets: Mapping[int, float]) -> dict[int
 class _LogitRecorder(RoutingPolicy):
     """Routes with ``router`` (hard) and keeps the router's logits at every layer."""
 
-    def __init__(self, router: RouterPolicy):
+    def __init__(self, router: Router):
         self.router, self.logits = router, []
 
     def route_layer(self, layer_idx, hidden_states, position_ids):
@@ -166,9 +167,10 @@ def match_fractions(logits: torch.Tensor, targets: torch.Tensor, sweeps: int = 3
 
 
 @torch.no_grad()
-def calibrate_router(model, router: RouterPolicy, input_ids: torch.Tensor, targets: Mapping[int, float] | None = None,
+def calibrate_router(model, router: Router, input_ids: torch.Tensor, targets: Mapping[int, float] | None = None,
                      iters: int = 6) -> dict:
-    """Shift the router's per-option biases (one offset per option, shared by all layers) so that its hard
+    """Shift the router's per-option offsets (:meth:`~duolib.router.base.Router.shift`; one offset per option,
+    shared by all layers) so that its hard
     routes on ``input_ids [N, T]`` (training windows, never the evaluation slice) take each option at its
     target fraction.
 
@@ -183,14 +185,13 @@ def calibrate_router(model, router: RouterPolicy, input_ids: torch.Tensor, targe
     targets = full_targets(router, router.targets if targets is None else targets)
     goal = torch.tensor([targets[c] for c in router.options], dtype=torch.float64)
     L = router.num_layers
-    base_bias = [lin.bias.detach().clone() for lin in router.layers]
+    base_offsets = router.offsets.detach().clone()  # [L, n_options]
     device = next(model.parameters()).device
     offsets, best = torch.zeros(len(router.options), dtype=torch.float64), None
     old_mode, router.mode = router.mode, "hard"
     try:
         for _ in range(iters + 1):
-            for lin, b in zip(router.layers, base_bias):
-                lin.bias.copy_(b + offsets.to(b))
+            router.offsets.copy_(base_offsets + offsets.to(base_offsets))
             rec = _LogitRecorder(router)
             routes = torch.cat([routed_forward(model, input_ids[i:i + 16].to(device), rec)[1].routes.cpu()
                                 for i in range(0, len(input_ids), 16)])
@@ -204,8 +205,7 @@ def calibrate_router(model, router: RouterPolicy, input_ids: torch.Tensor, targe
     finally:
         router.mode = old_mode
     error, offsets, realised = best
-    for lin, b in zip(router.layers, base_bias):
-        lin.bias.copy_(b + offsets.to(b))
+    router.offsets.copy_(base_offsets + offsets.to(base_offsets))
     info = {"offsets": {ROUTE_NAMES[c]: float(o) for c, o in zip(router.options, offsets)},
             "realised": {ROUTE_NAMES[c]: float(f) for c, f in zip(router.options, realised)}, "error_layers": error}
     router.meta["calibration"] = info
@@ -280,7 +280,7 @@ def oracle_routes_per_sequence(input_ids: torch.Tensor, oracle_routes: torch.Ten
     return r.long(), mask
 
 
-def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor, oracle_routes: torch.Tensor,
+def train_distilled_router(model, router: Router, input_ids: torch.Tensor, oracle_routes: torch.Tensor,
                            steps: int, *, batch_size: int = 8, lr: float = DEFAULT_LR, seed: int = 0,
                            token_index: tuple[torch.Tensor, torch.Tensor] | None = None,
                            progress: bool = True, log_every: int = 1) -> list[dict]:
@@ -324,7 +324,7 @@ def train_distilled_router(model, router: RouterPolicy, input_ids: torch.Tensor,
     return history
 
 
-def option_targets(router: RouterPolicy, routes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def option_targets(router: Router, routes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The oracle's codes ``routes [N, T, L]`` as indices into the router's options (-100 where ``mask`` is
     False: not scored); ValueError when the oracle uses an option the router lacks."""
     used = sorted(set(routes[mask].unique().tolist()))
@@ -338,7 +338,7 @@ def option_targets(router: RouterPolicy, routes: torch.Tensor, mask: torch.Tenso
     return targets
 
 
-def imitation_loss(router: RouterPolicy, hidden: dict[int, torch.Tensor], targets: torch.Tensor
+def imitation_loss(router: Router, hidden: dict[int, torch.Tensor], targets: torch.Tensor
                    ) -> tuple[torch.Tensor, int, int]:
     """Cross-entropy of the router's choices at every layer against the oracle's option indices
     ``targets [b, T, L]`` (-100: not scored), averaged over layers; also the correct and scored counts."""

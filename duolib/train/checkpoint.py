@@ -46,7 +46,9 @@ def _load_trainer_state(folder: Path) -> dict:
     from safetensors.torch import load_file
 
     if not (folder / STATE_FILE).is_file():
-        return _load_legacy_state(folder / LEGACY_STATE_FILE)
+        raise ValueError(f"checkpoint {folder} holds {LEGACY_STATE_FILE}, the trainer state of an earlier release (a "
+                         f"pickle, never read on resume); convert it with `duo migrate {folder.parent.parent}` first, "
+                         f"or restart the run (--no-resume)")
     state = json.loads((folder / STATE_FILE).read_text())
     t = load_file(str(folder / RNG_FILE))
     torch.set_rng_state(t["torch"])
@@ -60,25 +62,55 @@ def _load_trainer_state(folder: Path) -> dict:
     return state
 
 
-def _load_legacy_state(path: Path) -> dict:
-    """A ``trainer_state.pt`` of older checkpoints, unpickled with ``weights_only=True``: tensors, numpy
-    arrays and plain containers only, so a payload that would run code is refused."""
-    from numpy._core.multiarray import _reconstruct
+def convert_legacy_checkpoint(folder: Path) -> bool:
+    """Rewrite a checkpoint of an earlier release, whose trainer state is a pickle (``trainer_state.pt``), in
+    today's format (``trainer_state.json`` + ``rng.safetensors``) with its manifest; False if there is nothing
+    to convert.  Only ``duo migrate`` calls this, never a resume: the pickle is read with
+    ``weights_only=True`` (tensors, numpy arrays and plain containers), so a payload that would run code is
+    refused, naming the file.  The process's own RNG states are left as they were."""
+    folder = Path(folder)
+    legacy = folder / LEGACY_STATE_FILE
+    try:  # finish a conversion a kill interrupted: the manifest says which state is the checkpoint's
+        listed = json.loads((folder / "manifest.json").read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        listed = {}
+    if isinstance(listed, dict) and legacy.is_file():
+        if LEGACY_STATE_FILE in listed:
+            for name in (STATE_FILE, RNG_FILE):
+                if name not in listed:
+                    (folder / name).unlink(missing_ok=True)
+        elif STATE_FILE in listed:
+            legacy.unlink()
+    manifest = verify_checkpoint(folder)
+    if not legacy.is_file():
+        return False
+    from numpy._core.multiarray import _reconstruct  # numpy arrays in the pickle, as numpy itself saves them
 
     try:
         with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]):
-            state = torch.load(path, weights_only=True)
-        rng = state["rng"]
+            state = torch.load(legacy, weights_only=True)
+        rng = state.pop("rng")
+        step = int(state.pop("step"))
     except Exception as err:  # noqa: BLE001 - anything unpicklable under weights_only is refused
-        raise ValueError(f"{path} is not a plain trainer state (refused without unpickling: "
-                         f"{str(err).splitlines()[-1][:200]}); delete that checkpoint folder to resume from an "
-                         f"older one, or restart the run (--no-resume)") from None
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return state
+        raise ValueError(f"{legacy} is not a plain trainer state (refused without unpickling: "
+                         f"{str(err).splitlines()[-1][:200]}); nothing was converted: delete that checkpoint "
+                         f"folder, or restart the run (--no-resume)") from None
+    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        _save_trainer_state(folder, step, state)  # the RNG states just set, as a resume restores them
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+    files = {k: v for k, v in manifest["files"].items() if k != LEGACY_STATE_FILE}
+    files.update({p.name: dict(size=p.stat().st_size, sha256=file_sha256(p)) for p in (folder / STATE_FILE,
+                                                                                        folder / RNG_FILE)})
+    write_json(folder / "manifest.json", dict(step=step, files=files, checksum=json_hash(files)))
+    legacy.unlink()  # listed no more: the new state files are the checkpoint's
+    return True
 
 
 def load_plain(path: Path):

@@ -50,7 +50,7 @@ from torch import nn
 from ..data.batches import sample_batch
 from ..data.run_data import data_fingerprint, run_data, summary_checksum
 from ..routing import BIG, SMALL, training_routes
-from ..runfolder import claim, clear, reading, write_manifest, writing
+from ..runfolder import claim, clear, digest, reading, write_manifest, writing
 from ..utils import apply_threads, json_hash
 from .build import build_model, load_init, make_optimizer, make_scheduler, trainable_parameters
 from .config import TrainConfig, hold_steps, lr_factor
@@ -314,10 +314,11 @@ def _train_step(t: _Training, ddp, step: int, local_rows: list[int]) -> tuple[fl
 
 
 def _save_final(t: _Training, summary: dict) -> None:
-    """final/ (the complete checkpoint and its manifest) and summary.json, after checking every weight is finite."""
+    """final/ (checkpoint and manifest) and summary.json (with the finished log's digest), all weights finite."""
     bad = [n for n, p in t.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise NonFiniteError(t.cfg.steps, math.nan, math.nan, t.run_dir, f"non-finite weights in {bad[:3]}")
+    summary["metrics"] = digest(t.run_dir / METRICS_FILE)  # the finished log, checked with the run (verify_run)
     with writing(t.run_dir / FINAL_DIR, "the trained model"), atomic_dir(t.run_dir / FINAL_DIR) as tmp:
         save_complete_checkpoint(t.model, getattr(t.data, "tokenizer", None), tmp, t.cfg.to_dict(), summary)
         write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
@@ -333,7 +334,7 @@ def _finished_run(run_dir: Path, ident: dict, ident_hash: str, resume: bool, ove
     finished run asked for more steps, nothing else changed, is extended."""
     summary_path = run_dir / SUMMARY_FILE
     if (overwrite or not resume) and rank == 0:
-        clear(run_dir)
+        clear(run_dir, keep=(METRICS_FILE,))  # the old log stays until the new run writes its own
     barrier()
     if (done := finished_summary(run_dir, ident)) is not None:
         return TrainResult(run_dir, done, skipped=True), []
