@@ -25,7 +25,8 @@ _FACE = {
     **dict.fromkeys(["RouterPolicy"], "router.policy"),
     **dict.fromkeys(["Router", "load_router", "register_router"], "router.base"),
     **dict.fromkeys(["BudgetReduction", "register_reduction"], "oracle.registry"),
-    **dict.fromkeys(["train_distilled_router", "train_router"], "router.train"),
+    **dict.fromkeys(["train_router"], "router.train"),
+    **dict.fromkeys(["train_distilled_router"], "router.distill"),
 }
 
 __all__ = sorted(_FACE)

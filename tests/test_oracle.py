@@ -300,7 +300,7 @@ def test_two_process_gloo_equals_single_process(model, tmp_path):
 
 def test_cli_oracle_writes_a_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["oracle", "--random-init", "--profile", "tiny", "--out", str(out), "--n-seqs", "2",
+    assert cli.main(["oracle", "--random-init", "--profile", "tiny", "--out", str(out), "--n-sequences", "2",
                      "--seq-len", "6", "--semantics", "both", "--no-progress", "--save-matrix"]) == 0
     for sem in ("shared", "fixed-context"):
         folder = out / "random" / sem

@@ -101,6 +101,30 @@ def _foreign_entries(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
 
 
+def checkout_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The duolib checkout holding ``start`` (default: the current folder): the nearest folder at or above it
+    with ``_config.yml``, ``book/_toc.yml`` and ``notebooks/``; None outside any checkout."""
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_config.yml").is_file() and (folder / "book" / "_toc.yml").is_file() \
+                and (folder / "notebooks").is_dir():
+            return folder
+    return None
+
+
+def resolve_folder(path: str | os.PathLike | None, default: str | os.PathLike,
+                   root: str | os.PathLike | None = None) -> Path:
+    """Where a run folder lies, by the one rule every command (``--out``) and the book (``duo book --out``, a
+    notebook's ``run_dir``) follow: an absolute path as given; a relative one, and ``default`` when ``path``
+    is None, taken from the project root: ``root`` when given (a notebook's checkout), else the duolib
+    checkout holding the current folder (:func:`checkout_root`), else the current folder.  Absolute."""
+    p = Path(default if path is None else path).expanduser()
+    if p.is_absolute():
+        return p
+    base = Path(root) if root is not None else (checkout_root() or Path.cwd())
+    return (base / p).resolve()
+
+
 def check_usable(path: str | os.PathLike) -> Path:
     """RunFolderError unless ``path`` is absent, an empty folder or a duolib folder (nothing written)."""
     path = Path(path)
