@@ -12,9 +12,9 @@ import pytest
 
 from duolib.fileio import remove_stale_temps
 from duolib.migrate import migrate
-from duolib.folders import (LOCK_FILE, MANIFEST, RunFolderError, check_usable, claim, clear, folder_kind,
-                              is_duolib_folder, read_checked, reading, verify_manifest, write_checked,
-                              write_manifest)
+from duolib.folders import (LOCK_FILE, RunFolderError, check_usable, claim, clear, folder_kind, is_duolib_folder,
+                            reading)
+from duolib.manifests import MANIFEST, read_checked, verify_manifest, write_checked, write_manifest
 from duolib.utils import json_hash
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import torch
 
 from duolib.train.checkpoint import latest_checkpoint
 from duolib.cli import main
-from duolib.folders import RunFolderError, claim, digest
+from duolib.folders import RunFolderError, claim
+from duolib.manifests import digest
 from duolib.train.loop import train
 from duolib.train.run_folder import NonFiniteError, load_run
 from tiny_runs import SYNTH, tiny

@@ -90,3 +90,28 @@ def test_one_name_per_concept_and_old_spellings_warn(capsys):
     assert capsys.readouterr().err == ""
     for command in (["train"], ["book"], ["data"], ["oracle", "--out", "o"], ["route", "--out", "o"]):
         assert hasattr(parser.parse_args(command), "out"), command  # --out is `out` in every command
+
+
+@pytest.mark.parametrize("old, name, new", [
+    ("duolib.train.run_folder", "save_complete_checkpoint", "duolib.train.model_files.save_complete_checkpoint"),
+    ("duolib.book.pipeline", "notebook_setup", "duolib.book.kit.notebook_setup"),
+    ("duolib.router.train", "calibrate_router", "duolib.router.calibration.calibrate_router"),
+    ("duolib.folders", "verify_manifest", "duolib.manifests.verify_manifest"),
+    ("duolib.book.analysis", "check_int", "duolib.checks.whole"),
+    ("duolib.oracle.sampling", "check_budget", "duolib.checks.budget"),
+])
+def test_a_name_that_moved_says_where_it_went(old, name, new):
+    import importlib
+
+    module = importlib.import_module(old)
+    with pytest.raises(ImportError, match=rf"{old}\.{name} has moved: use {new}"):
+        exec(f"from {old} import {name}", {})
+    with pytest.raises(AttributeError, match="has no attribute 'nosuch'"):
+        getattr(module, "nosuch")
+    target_module, target = new.rsplit(".", 1)
+    assert hasattr(importlib.import_module(target_module), target)  # the new home holds it
+
+
+def test_the_old_run_folder_module_names_its_successors():
+    with pytest.raises(ImportError, match="duolib.folders.*duolib.manifests"):
+        import duolib.runfolder  # noqa: F401

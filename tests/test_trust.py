@@ -12,7 +12,8 @@ import torch
 
 from duolib.cli import main
 from duolib.data.run_data import run_data
-from duolib.folders import LOCK_FILE, RunFolderError, claim, digest
+from duolib.folders import LOCK_FILE, RunFolderError, claim
+from duolib.manifests import digest
 from duolib.train.checkpoint import latest_checkpoint
 from duolib.train.loop import train
 from duolib.train.run_folder import NonFiniteError

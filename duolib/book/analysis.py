@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..moves import moved
 from .. import checks
 from ..utils import parts_hash
 from ..fileio import atomic_write_text
-from ..folders import read_checked, write_checked
+from ..manifests import read_checked, write_checked
 from ..oracle.config import OracleConfig
 from ..oracle.difficulty import token_difficulty
 from ..oracle.patterns import enumerate_patterns, parse_choices
@@ -37,6 +38,10 @@ from ..data.batches import holdout_sequences
 from .evidence import layer_share_intervals
 from .kit import book_train_config
 from ..train.loop import train
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"check_int": "duolib.checks.whole"})
+
 
 ORACLE_DIR = "oracle"
 MANIFEST = "book.json"

@@ -24,9 +24,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..moves import moved
 from ..utils import batch_source, json_hash, tensor_hash
 from ..fileio import atomic_write_text
-from ..folders import RunFolderError, verify_manifest, write_manifest
+from ..folders import RunFolderError
+from ..manifests import verify_manifest, write_manifest
 from ..oracle.config import OracleConfig
 from ..router.config import RouterConfig
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
@@ -40,6 +42,11 @@ from ..router.train import train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
 from .analysis import read_manifest
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"check_budget_list": "duolib.checks.budgets",
+    "check_settings": "duolib.router.budgets.check_settings"})
+
 
 # ----------------------------------------------------------------------------- data
 

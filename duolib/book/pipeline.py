@@ -29,12 +29,24 @@ import json
 import os
 from pathlib import Path
 
+from ..moves import moved
 from ..profiles import get_profile
 from .config import BookConfig
 from .jobs import METADATA_KEY, Job, Step, StepResult, resolve_jobs, run_jobs
 from .chapters import STEPS
 from ..folders import checkout_root, claim, resolve_folder
 from .seeds import SEEDS_DIR, seed_dir, seed_list
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"resolve_run_dir": "duolib.book.kit.resolve_run_dir",
+    "notebook_setup": "duolib.book.kit.notebook_setup", "run_upstream": "duolib.book.kit.run_upstream",
+    "book_train_config": "duolib.book.kit.book_train_config",
+    "skip_train_config": "duolib.book.kit.skip_train_config", "save_results": "duolib.book.kit.save_results",
+    "load_results": "duolib.book.kit.load_results", "book_data": "duolib.book.kit.book_data",
+    "stage1_model": "duolib.book.kit.stage1_model", "skip_stage1_model": "duolib.book.kit.skip_stage1_model",
+    "trained_p_skip": "duolib.book.kit.trained_p_skip", "STAGE1_DIR": "duolib.book.kit.STAGE1_DIR",
+    "SKIP_STAGE1_DIR": "duolib.book.kit.SKIP_STAGE1_DIR", "HALF_SKIP_ROUTES": "duolib.book.kit.HALF_SKIP_ROUTES"})
+
 
 # Profiles cheap enough that a chapter run alone may execute the chapters it depends on itself.
 AUTO_UPSTREAM_PROFILES = ("tiny",)

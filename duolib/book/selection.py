@@ -36,7 +36,7 @@ from ..oracle.controls import PLACEBO_DROP, PlaceboLosses, placebo_losses, split
 from ..oracle.engine import check_semantics
 from ..oracle.reductions import LossMatrix
 from ..routing import BIG
-from ..folders import read_checked, write_checked
+from ..manifests import read_checked, write_checked
 from ..stats import N_BOOT, bootstrap, window_totals
 from ..utils import parts_hash
 from .analysis import ORACLE_DIR, model_fingerprint

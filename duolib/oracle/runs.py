@@ -18,7 +18,8 @@ from ..data.synthetic import LABEL_NAMES
 from ..data.batches import holdout_sequences
 from ..data.run_data import data_for_model, model_folder, reading_model
 from ..fileio import atomic_write_text
-from ..folders import check_usable, claim, clear, resolve_folder, verify_manifest, write_manifest
+from ..folders import check_usable, claim, clear, resolve_folder
+from ..manifests import verify_manifest, write_manifest
 
 
 def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..moves import moved
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"check_budget": "duolib.checks.budget"})
+
 
 def random_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``n`` of ``rows`` drawn without replacement with ``seed`` (all of them if fewer), sorted: the

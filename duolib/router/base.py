@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ..routing import ROUTE_NAMES, RoutingPolicy
-from ..folders import verify_manifest, write_manifest, writing
+from ..folders import writing
+from ..manifests import verify_manifest, write_manifest
 from ..fileio import atomic_dir
 from .budgets import OPTION_CODES, parse_options
 

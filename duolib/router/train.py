@@ -12,6 +12,7 @@ from typing import Mapping
 
 import torch
 
+from ..moves import moved
 from .. import checks
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..utils import batch_source, frozen, progress as progress_bar
@@ -19,6 +20,15 @@ from .base import Router, base_record, model_sizes
 from .budgets import (DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_TAU0, DEFAULT_TAU_MIN, budget_penalty, budget_targets,
                       temperature)
 from .policy import routed_forward
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"calibrate_router": "duolib.router.calibration.calibrate_router",
+    "match_fractions": "duolib.router.calibration.match_fractions",
+    "CALIBRATION_TOL_LAYERS": "duolib.router.calibration.CALIBRATION_TOL_LAYERS",
+    "train_distilled_router": "duolib.router.distill.train_distilled_router",
+    "oracle_routes_per_sequence": "duolib.router.distill.oracle_routes_per_sequence",
+    "check_finite": "duolib.checks.positive"})
+
 
 
 def train_router(model, router: Router, batches, steps: int, *, budget: float | None = None,

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_dir, write_json
-from ..folders import RunFolderError, confined, writing
+from ..folders import RunFolderError, writing
+from ..manifests import confined
 from ..utils import config_differences, file_sha256, json_hash
 from .model_files import save_model, unwrap_model
 
