@@ -1,4 +1,4 @@
-"""Run folders of Stage-1 training: checkpoints and run files, written atomically.
+"""Run folders of Stage-1 training, owned by :class:`RunFolder`: checkpoints and run files, written atomically.
 
 Run folder layout
 -----------------
@@ -264,7 +264,7 @@ class RunFolder:
         with folder.open(resume=True, overwrite=False) as start:   # the writer lock, held to the end
             if start.finished is None:
                 state = folder.load(start, model, optimizer, scheduler)   # counters at the checkpoint
-                folder.begin(cfg, tokenizer, resumed=start.checkpoint is not None)
+                folder.begin(cfg, tokenizer, resumed_at=state["step"] if start.checkpoint else None)
                 ... folder.log(record); folder.save_checkpoint(step, ...) ...
                 folder.finish(model, tokenizer, cfg, summary)
     """
