@@ -82,10 +82,10 @@ _ORACLE_SECTIONS = {
     # patterns; the book's intervals pool the three seeds' windows); the fixed-context reading and the beam
     # table, one forward pass per token and pattern, score the first window (seed 0 only); the placebo oracle
     # (duolib.oracle.controls: 924 = C(12, 6) all-big forwards, one per candidate, no prefix to share) the first 2.
-    # Sized for the 120-minute CPU book with seeds.
+    # Sized for the 120-minute CPU book with seeds.  No threads key: the train section's one thread, as the book
+    # runs two notebooks at a time and a second thread per notebook only contends with the other.
     "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=1,
-                    placebo_windows=2),
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), fixed_context_sequences=1, placebo_windows=2),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
                   n_random=100, beam_widths=(4, 8, 16, 32), placebo_windows=64),
 }
@@ -98,14 +98,14 @@ _ROUTER_SECTIONS = {
                  batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
                  distill_steps=40, distill_windows=8),
     # default: 10 routers (3 budgets and 3 skip settings on the Stage-1 model, the 3 skip settings again on
-    # the skip-trained model, 1 distilled) of 150 steps of 4 x 128 tokens each, once per training seed: the size
+    # the skip-trained model, 1 distilled) of 100 steps of 4 x 128 tokens each, once per training seed: the size
     # that keeps 07 within the seeded CPU book's budget; 07 reports whether the loss and the budget penalty
     # flattened (duolib.router.evaluate.history_flatness).
     # distill_windows: training windows (of the oracle's seq_len) whose per-token oracle labels the
     # distilled router imitates; the default matches the oracle slice's 4 windows.
     "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
-                    steps=150, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
-                    eval_sequences=64, distill_steps=300, distill_windows=4),
+                    steps=100, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
+                    eval_sequences=64, distill_steps=200, distill_windows=4),
     "paper": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                   steps=10_000, batch_size=64, seq_len=2048, lr=1e-3, alpha=10.0, tau0=1.0, tau_min=0.1,
                   eval_sequences=1024, distill_steps=10_000, distill_windows=64),
@@ -129,9 +129,9 @@ _BOOK_SECTIONS = {
                  synthetic_lr=None, heatmap_bins=8, bench_repeats=2, skip_p=0.2, seeds=1),
     # default: the comparison's seven trainings (Duo, five dense, the two-stage ablation) at the Stage-1
     # width but 4 layers instead of 12 (the LM head over the 4,096-token vocabulary is a fixed share of each
-    # step), 200 steps each; 08 trains its own models and runs once (not per training seed: C10 compares
+    # step), 150 steps each; 08 trains its own models and runs once (not per training seed: C10 compares
     # recipes, not the Stage-1 model), beside the seeds' chapters.
-    "default": dict(compare_steps=200, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
+    "default": dict(compare_steps=150, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
                     synthetic_steps=400, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
                     bench_repeats=5, skip_p=0.2, seeds=3),
     "paper": dict(compare_steps=20_000, compare_model={}, retrofit_steps=20_000, synthetic_steps=20_000,

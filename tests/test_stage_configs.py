@@ -93,7 +93,7 @@ def test_one_name_per_concept_and_old_spellings_warn(capsys):
 
 
 @pytest.mark.parametrize("old, name, new", [
-    ("duolib.train.run_folder", "save_complete_checkpoint", "duolib.train.model_files.save_complete_checkpoint"),
+    ("duolib.train.run_folder", "unwrap_model", "duolib.train.model_files.unwrap_model"),
     ("duolib.book.pipeline", "notebook_setup", "duolib.book.kit.notebook_setup"),
     ("duolib.router.train", "calibrate_router", "duolib.router.calibration.calibrate_router"),
     ("duolib.folders", "verify_manifest", "duolib.manifests.verify_manifest"),

@@ -66,14 +66,10 @@ from .distributed import barrier
 from .model_files import quiet_hf, save_complete_checkpoint, save_run_tokenizer
 
 #: Names that moved out of this module in this release (an import of one names its new module).
-__getattr__ = moved(__name__, {"save_complete_checkpoint": "duolib.train.model_files.save_complete_checkpoint",
-    "save_model": "duolib.train.model_files.save_model", "quiet_hf": "duolib.train.model_files.quiet_hf",
-    "unwrap_model": "duolib.train.model_files.unwrap_model",
-    "save_run_tokenizer": "duolib.train.model_files.save_run_tokenizer",
-    "fix_tokenizer_config": "duolib.train.model_files.fix_tokenizer_config",
-    "atomic_dir": "duolib.fileio.atomic_dir", "write_json": "duolib.fileio.write_json",
-    "config_differences": "duolib.utils.config_differences", "CKPT_DIR": "duolib.train.checkpoint.CKPT_DIR",
-    "MetricsLog": "duolib.train.run_folder.RunFolder.log"})
+__getattr__ = moved(__name__, {"save_model": "duolib.train.model_files.save_model",
+                               "unwrap_model": "duolib.train.model_files.unwrap_model",
+                               "fix_tokenizer_config": "duolib.train.model_files.fix_tokenizer_config",
+                               "MetricsLog": "duolib.train.run_folder.RunFolder.log"})
 
 
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
