@@ -25,7 +25,12 @@ _FACE = {
     **dict.fromkeys(["RouterPolicy"], "router.policy"),
     **dict.fromkeys(["Router", "load_router", "register_router"], "router.base"),
     **dict.fromkeys(["BudgetReduction", "register_reduction"], "oracle.registry"),
-    **dict.fromkeys(["train_distilled_router", "train_router"], "router.train"),
+    **dict.fromkeys(["train_router"], "router.train"),
+    **dict.fromkeys(["train_distilled_router"], "router.distill"),
+    **dict.fromkeys(["TrainConfig"], "train.config"),
+    **dict.fromkeys(["OracleConfig"], "oracle.config"),
+    **dict.fromkeys(["RouterConfig"], "router.config"),
+    **dict.fromkeys(["BookConfig"], "book.config"),
 }
 
 __all__ = sorted(_FACE)

@@ -12,6 +12,9 @@ order. ``ENTRY_POINTS`` is the one table from a command to the function in its s
 subpackage. Keep module-level imports light (stdlib only) so that ``duo --help`` is fast.
 The same option means the same thing in every subcommand: ``--profile`` (default
 ``default``), ``--out`` (the folder a command writes), ``--no-progress``, ``--budget``.
+A relative ``--out`` and every default folder (``runs/<profile>/...``) are taken from the project root, the
+duolib checkout you are in, else from the current folder (:func:`duolib.folders.resolve_folder`; the
+book's notebooks follow the same rule for ``run_dir``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .bookhtml import BookBuildError, build_book
-from .cliargs import seed_value, threads_value
+from .cliargs import deprecated_alias, seed_value, threads_value
 
 PRESETS = ("tiny", "default", "paper")
 
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duo",
         description="duolib: an open implementation of Duo-LLM (adaptive computation in LLMs).",
+        epilog="A relative --out, and every default folder (runs/<profile>/...), is taken from the project root "
+               "(the duolib checkout you are in), else from the current folder.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -161,7 +166,7 @@ PROFILE = arg("--profile", choices=PRESETS, default="default",
 NO_PROGRESS = arg("--no-progress", dest="quiet", action="store_true", help="no progress bar")
 SEED = arg("--seed", type=seed_value, default=None, help="random seed (default: the profile's, else 0)")
 MODEL = arg("--model", default=None, help="trained model folder, or a `duo train` run folder (uses final/)")
-BOOK_RUN_DIR = arg("--out", dest="run_dir", type=Path, default=None,
+BOOK_RUN_DIR = arg("--out", type=Path, default=None,
                    help="the book's run folder, where the notebooks read and write their artefacts "
                         "(default: runs/<profile> under the repository root)")
 MODEL_PROFILE = arg("--profile", choices=PRESETS, default=None,
@@ -206,7 +211,7 @@ def cmd_book(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     start = time.perf_counter()
     if not args.skip_notebooks:
-        results = run_pipeline(args.profile, root=root, run_dir=args.run_dir, only=args.only, force=args.force,
+        results = run_pipeline(args.profile, root=root, run_dir=args.out, only=args.only, force=args.force,
                                jobs=args.jobs, progress=not args.quiet)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
@@ -252,11 +257,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     NO_PROGRESS,
 )
 def cmd_data(args: argparse.Namespace) -> int:
-    from duolib.book.pipeline import book_data, resolve_run_dir
+    from duolib.book.kit import book_data
     from duolib.data.corpus import describe
-    from duolib.runfolder import claim
+    from duolib.folders import claim, resolve_folder
 
-    run_dir = args.run_dir.resolve() if args.run_dir else resolve_run_dir(None, args.profile)
+    run_dir = resolve_folder(args.out, Path("runs") / args.profile, repo_root())
     with claim(run_dir, "duo book"):  # the book's run folder: `duo book` and the notebooks continue in it
         data = book_data(args.profile, run_dir, progress=not args.quiet)
     print(describe(data).to_string(index=False))
@@ -268,7 +273,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     "train",
     "Stage 1: train a Duo model with random routing (or a dense baseline); resumable, torchrun-ready",
     PROFILE,
-    arg("--out", dest="run_dir", type=Path, default=None,
+    arg("--out", type=Path, default=None,
         help="run folder (default: runs/<profile>/stage1, the book's Stage-1 run, caches in runs/<profile>/cache)"),
     arg("--corpus", default=None, help="corpus spec (default: the profile's; see duolib.data.corpus)"),
     arg("--steps", type=int, default=None, help="optimizer steps"),
@@ -303,12 +308,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     arg("--out", type=Path, required=True, help="run folder receiving <holdout>/<semantics>/ tables"),
     arg("--corpus", default=None,
         help="holdout corpus (duolib.data.corpus spec) or 'random' (default with --random-init)"),
-    arg("--n-seqs", type=int, default=None, help="holdout sequences per slice (default: the profile's)"),
+    arg("--n-sequences", type=int, default=None, help="holdout sequences per slice (default: the profile's)"),
+    arg("--n-seqs", dest="n_sequences", type=int, action=deprecated_alias("--n-seqs", "--n-sequences"),
+        help=argparse.SUPPRESS),
     arg("--seq-len", type=int, default=None, help="tokens per sequence (default: the profile's)"),
     arg("--choices", default=None, help="routes to enumerate, e.g. small,big (default) or skip,big"),
     arg("--semantics", choices=("shared", "fixed-context", "both"), default=None,
         help="how a route changes later tokens' context (default: the profile's)"),
-    arg("--budget", dest="k", type=int, default=None, help="budget (big layers per token) of the difficulty table"),
+    arg("--budget", type=float, default=None,
+        help="big layers per token, a whole number here: the budget of the difficulty table (default: the profile's)"),
     arg("--seed", type=seed_value, default=0, help="random seed (default: %(default)s)"),
     arg("--save-matrix", action="store_true", help="also write losses.npy"),
     NO_PROGRESS,
@@ -329,7 +337,8 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     arg("--corpus", default=None, help="corpus spec (duolib.data.corpus) or 'random' (default with --random-init)"),
     arg("--budget", type=float, default=None, help="average big layers per token (default: profile's first)"),
     arg("--setting", default=None, help="skip setting instead: small70_big30, big50_skip50, big50_small30_skip20"),
-    arg("--options", default=None, help="router options with --budget, e.g. small,big (default) or skip,small,big"),
+    arg("--choices", default=None, help="router choices with --budget, e.g. small,big (default) or skip,small,big"),
+    arg("--options", dest="choices", action=deprecated_alias("--options", "--choices"), help=argparse.SUPPRESS),
     arg("--steps", type=int, default=None, help="router training steps (default: the profile's)"),
     arg("--batch-size", type=int, default=None, help="sequences per step (default: the profile's)"),
     arg("--seq-len", type=int, default=None, help="tokens per sequence (default: the profile's)"),
@@ -359,7 +368,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     print(f"duo migrate: {args.folder} is a `{kind}` folder (.duolib marker)")
     if kind == "duo train":
         from duolib.train.checkpoint import CHECKPOINT_NAME, convert_legacy_checkpoint
-        from duolib.train.run_folder import CKPT_DIR
+        from duolib.train.checkpoint import CKPT_DIR
 
         root = args.folder / CKPT_DIR
         steps = sorted(p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name)) if root.is_dir() else []

@@ -5,7 +5,8 @@ message after the option's name (a plain ValueError would show the parser functi
 
 from __future__ import annotations
 
-from argparse import ArgumentTypeError
+import sys
+from argparse import Action, ArgumentTypeError
 
 
 def threads_value(text: str):
@@ -27,3 +28,16 @@ def seed_value(text: str) -> int:
     if not 0 <= seed < 2**64:
         raise ArgumentTypeError(f"{seed} is out of range: give a seed from 0 to 2**64 - 1")
     return seed
+
+
+def deprecated_alias(old: str, new: str) -> type[Action]:
+    """An argparse action for the old spelling ``old`` of option ``new``: it stores the value under the new
+    option's name and warns (on stderr) that the old spelling goes in the next release."""
+
+    class Deprecated(Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"duo {parser.prog.split()[-1]}: {old} is deprecated and will be removed in the next release; "
+                  f"use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    return Deprecated

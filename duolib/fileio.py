@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary name beside the target, then rename it into place.
+"""Atomic file writes: write to a temporary name (or folder) beside the target, then rename it into place.
 
 A reader (or a run killed at any moment) never sees a half-written file.  Temporary names carry the
 writer's pid (``.NAME.PID.tmp``), so :func:`remove_stale_temps` can tell the leftovers of a killed
@@ -6,9 +6,12 @@ writer from the files of one still running."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +32,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON (indented, keys sorted) atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike):
+    """Yield a temporary folder next to ``target``; on success it replaces ``target`` (else it is removed)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        umask_modes(tmp)  # mkdtemp's 0700 (and safetensors' 0600) would make the folder private
+        if target.exists():
+            old = target.with_name(f".old-{target.name}-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pid_alive(pid: int) -> bool:

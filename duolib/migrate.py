@@ -1,6 +1,6 @@
 """``duo migrate DIR``: a folder written by an earlier duolib release, before folders carried the ``.duolib``
-marker, gets its marker once its strict signature (:func:`duolib.runfolder.legacy_kind`) matches.  Marking is
-done only on request, never on the fly: :func:`duolib.runfolder.folder_kind` trusts the marker alone."""
+marker, gets its marker once its strict signature (:func:`duolib.folders.legacy_kind`) matches.  Marking is
+done only on request, never on the fly: :func:`duolib.folders.folder_kind` trusts the marker alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .fileio import atomic_write_text
-from .runfolder import MARKER, RunFolderError, folder_kind, legacy_kind
+from .folders import MARKER, RunFolderError, folder_kind, legacy_kind
 
 
 def migrate(path: str | os.PathLike) -> str:

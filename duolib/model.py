@@ -35,7 +35,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .config import DuoConfig
 from .flops import pattern_flops
 from .layers import Attention, DuoLayer, RMSNorm, RotaryEmbedding
-from .runfolder import verify_model_folder
+from .manifests import verify_model_folder
 from .routing import BIG, CheckpointReplay, FixedRoutes, RandomRoutes, RoutingPolicy, RoutingTrace, check_token_ids, make_policy
 
 logger = logging.get_logger(__name__)

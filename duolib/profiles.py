@@ -2,15 +2,18 @@
 
 ``tiny`` runs in seconds (tests, nbval, Binder), ``default`` is the CPU book (12 layers like the
 paper, so its oracle spaces are the paper's 2^12 / 3^12), ``paper`` is the paper's 1.4B model for
-GPU users.  Each profile has a ``model`` section (the :class:`~duolib.DuoConfig` fields) and a
-``train`` section (Stage-1 hyper-parameters, which the paper does not give: our choices).
+GPU users.  Each profile is plain data in five sections: ``model`` (the :class:`~duolib.DuoConfig` fields),
+``train``, ``oracle``, ``router`` and ``book``, which the typed stage configs read
+(:class:`~duolib.train.config.TrainConfig`, :class:`~duolib.oracle.config.OracleConfig`,
+:class:`~duolib.router.config.RouterConfig`, :class:`~duolib.book.config.BookConfig`:
+``XConfig.from_profile(name, **overrides)``).  The paper gives the model sizes; every other value is ours.
 """
 
 from __future__ import annotations
 
 import copy
 
-PROFILES: dict[str, dict[str, dict]] = {
+_MODEL_AND_TRAIN: dict[str, dict[str, dict]] = {
     "tiny": {
         "model": dict(
             vocab_size=512,
@@ -39,8 +42,8 @@ PROFILES: dict[str, dict[str, dict]] = {
             max_position_embeddings=256,
         ),
         # [ours] 400 x 16 x 128 = 0.8M tokens: sized so that `make book` with its three training seeds (six
-        # Stage-1 models: the book's largest cost) fits 120 minutes on a 2-core AVX2 CPU, where a step of this
-        # model takes about 1.8 s with one thread and no faster with two.  hold_fraction: the last 20% of the
+        # Stage-1 models: the book's largest cost) fits 120 minutes on a 2-core CPU (the README gives the
+        # measured times).  hold_fraction: the last 20% of the
         # steps at the final learning rate, where the plateau rule of duolib.book.capacity reads the loss (a
         # cosine still falling there lowers the loss by itself, and a plateau could not be told from it);
         # eval_every 20: the 20 evaluations that rule reads.  The book measures whether this is enough
@@ -79,16 +82,13 @@ _ORACLE_SECTIONS = {
     # patterns; the book's intervals pool the three seeds' windows); the fixed-context reading and the beam
     # table, one forward pass per token and pattern, score the first window (seed 0 only); the placebo oracle
     # (duolib.oracle.controls: 924 = C(12, 6) all-big forwards, one per candidate, no prefix to share) the first 2.
-    # Sized for the 120-minute CPU book with seeds (the exhaustive oracle takes about 75 s per 256 tokens on
-    # one AVX2 core).
+    # Sized for the 120-minute CPU book with seeds.  No threads key: the train section's one thread, as the book
+    # runs two notebooks at a time and a second thread per notebook only contends with the other.
     "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), threads="auto", fixed_context_sequences=1,
-                    placebo_windows=2),
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), fixed_context_sequences=1, placebo_windows=2),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
                   n_random=100, beam_widths=(4, 8, 16, 32), placebo_windows=64),
 }
-for _name, _section in _ORACLE_SECTIONS.items():
-    PROFILES[_name].setdefault("oracle", _section)
 
 # Stage-3 router knobs [ours] (duolib.router, `duo route`): budgets in big layers of L (the paper's
 # 4 / 6 / 8 of 12), skip settings (duolib.router.budgets.SETTINGS), training and evaluation sizes; alpha is
@@ -98,20 +98,18 @@ _ROUTER_SECTIONS = {
                  batch_size=8, seq_len=64, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1, eval_sequences=16,
                  distill_steps=40, distill_windows=8),
     # default: 10 routers (3 budgets and 3 skip settings on the Stage-1 model, the 3 skip settings again on
-    # the skip-trained model, 1 distilled) of 150 steps of 4 x 128 tokens each, once per training seed: the size
+    # the skip-trained model, 1 distilled) of 100 steps of 4 x 128 tokens each, once per training seed: the size
     # that keeps 07 within the seeded CPU book's budget; 07 reports whether the loss and the budget penalty
     # flattened (duolib.router.evaluate.history_flatness).
     # distill_windows: training windows (of the oracle's seq_len) whose per-token oracle labels the
     # distilled router imitates; the default matches the oracle slice's 4 windows.
     "default": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
-                    steps=150, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
-                    eval_sequences=64, distill_steps=300, distill_windows=4),
+                    steps=100, batch_size=4, seq_len=128, lr=1e-2, alpha=10.0, tau0=1.0, tau_min=0.1,
+                    eval_sequences=64, distill_steps=200, distill_windows=4),
     "paper": dict(budgets=(4, 6, 8), settings=("small70_big30", "big50_skip50", "big50_small30_skip20"),
                   steps=10_000, batch_size=64, seq_len=2048, lr=1e-3, alpha=10.0, tau0=1.0, tau_min=0.1,
                   eval_sequences=1024, distill_steps=10_000, distill_windows=64),
 }
-for _name, _section in _ROUTER_SECTIONS.items():
-    PROFILES[_name].setdefault("router", _section)
 
 # Book knobs [ours] (notebooks/, `duo book`): sizes of the experiments that the oracle / router /
 # train sections do not cover; with its seeds the CPU book must finish within 120 minutes on 2 cores.
@@ -131,17 +129,22 @@ _BOOK_SECTIONS = {
                  synthetic_lr=None, heatmap_bins=8, bench_repeats=2, skip_p=0.2, seeds=1),
     # default: the comparison's seven trainings (Duo, five dense, the two-stage ablation) at the Stage-1
     # width but 4 layers instead of 12 (the LM head over the 4,096-token vocabulary is a fixed share of each
-    # step), 200 steps each; 08 trains its own models and runs once (not per training seed: C10 compares
+    # step), 150 steps each; 08 trains its own models and runs once (not per training seed: C10 compares
     # recipes, not the Stage-1 model), beside the seeds' chapters.
-    "default": dict(compare_steps=200, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
+    "default": dict(compare_steps=150, compare_model=dict(num_hidden_layers=4), retrofit_steps=100,
                     synthetic_steps=400, synthetic_layers=4, synthetic_lr=3e-3, heatmap_bins=16,
                     bench_repeats=5, skip_p=0.2, seeds=3),
     "paper": dict(compare_steps=20_000, compare_model={}, retrofit_steps=20_000, synthetic_steps=20_000,
                   synthetic_layers=None, synthetic_lr=None,
                   heatmap_bins=32, bench_repeats=20, skip_p=0.2, seeds=3),
 }
-for _name, _section in _BOOK_SECTIONS.items():
-    PROFILES[_name].setdefault("book", _section)
+#: Every profile: its model, train, oracle, router and book sections (plain data; the typed configs of
+#: :mod:`duolib.stage_config` read them).
+PROFILES: dict[str, dict[str, dict]] = {
+    name: {**sections, "oracle": _ORACLE_SECTIONS[name], "router": _ROUTER_SECTIONS[name],
+           "book": _BOOK_SECTIONS[name]}
+    for name, sections in _MODEL_AND_TRAIN.items()
+}
 
 
 def get_profile(name: str) -> dict[str, dict]:

@@ -25,6 +25,18 @@ def json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The leaves in which two nested dicts differ, each as ``key.path: a (existing) vs b (requested)``."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} (existing) vs {vb!r} (requested)")
+    return out
+
+
 def parts_hash(*parts) -> str:
     """16-hex-digit sha256 of several parts: bytes as they are, anything else as canonical JSON."""
     h = hashlib.sha256()
@@ -70,7 +82,7 @@ def set_threads(profile: str, section: str = "train") -> int:
     """Use the profile's torch thread count, ``<section>.threads`` (a count or ``"auto"``), else
     ``train.threads``; unchanged if neither is set; returns the count."""
     knobs = get_profile(profile)
-    return apply_threads(knobs[section].get("threads", knobs["train"].get("threads")))
+    return apply_threads(knobs[section].get("threads") or knobs["train"].get("threads"))
 
 
 #: More threads must beat one thread's time by this factor to be chosen (else the machine is busy).

@@ -17,7 +17,8 @@ import pytest
 
 from duolib.cli import main
 from duolib.book.jobs import PROFILE_ENV
-from duolib.book.pipeline import STEPS, find_root, resolve_run_dir, run_pipeline, run_upstream, upstream
+from duolib.book.pipeline import STEPS, find_root, run_pipeline, upstream
+from duolib.book.kit import resolve_run_dir, run_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,7 @@ def test_a_bad_DUO_PROFILE_fails_in_the_first_cells(tmp_path, monkeypatch):
 
 
 def test_duo_data_prepares_the_corpus_the_notebooks_read(tmp_path):
-    from duolib.book.pipeline import book_data
+    from duolib.book.kit import book_data
 
     assert main(["data", "--profile", "tiny", "--out", str(tmp_path)]) == 0
     caches = sorted(p.name for p in (tmp_path / "cache").iterdir())

@@ -182,3 +182,20 @@ def test_coloured_text_hover_and_scale_note():
     assert "colour scale 0.00 to 1.00" in plots.coloured_text(["a", "b"], [0, 1], title="t").data
     with pytest.raises(ValueError, match="hover has 1 texts for 2 tokens"):
         plots.coloured_text(["a", "b"], [0, 1], hover=["x"])
+
+
+def test_a_long_table_shows_its_head_and_carries_the_whole_table_as_csv():
+    import base64
+    import re
+
+    import pandas as pd
+
+    from duolib.book.tables import long_table
+
+    df = pd.DataFrame({"k": range(30), "ppl": [100.0 + i for i in range(30)]}).set_index("k")
+    page = long_table(df, "demo", rows=5)
+    assert page.count("<tr") == 1 + 5 and "showing 5 of 30 rows" in page and 'download="demo.csv"' in page
+    payload = re.search(r'base64,([A-Za-z0-9+/=]+)"', page).group(1)
+    back = pd.read_csv(__import__("io").StringIO(base64.b64decode(payload).decode()))
+    assert back.shape == (30, 2) and list(back.columns) == ["k", "ppl"] and back["ppl"].iloc[-1] == 129.0
+    assert "showing" not in long_table(df.head(3), "short", rows=5) and "3 rows" in long_table(df.head(3), "s")

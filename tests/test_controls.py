@@ -17,6 +17,7 @@ from duolib.oracle.controls import (PlaceboLosses, matched_candidates, placebo_k
 from duolib.oracle.engine import loss_matrix
 from duolib.oracle.patterns import enumerate_patterns
 from duolib.oracle.reductions import LossMatrix
+from tolerances import assert_engine_close, assert_paths_close
 
 SEMANTICS = ["shared", "fixed-context"]
 
@@ -55,9 +56,9 @@ def test_engine_entropy_equals_brute_force(model, semantics):
     plain = loss_matrix(model, x, semantics=semantics, max_rows=30, leaf_rows=7)
     assert plain.entropy is None
     assert trie.entropy.std() > 0.05  # the check below compares entropies that differ
-    torch.testing.assert_close(trie.entropy, brute.entropy, rtol=0, atol=1e-4)
-    torch.testing.assert_close(trie.losses, plain.losses, rtol=0, atol=1e-5)
-    torch.testing.assert_close(trie.losses, brute.losses, rtol=0, atol=1e-4)
+    assert_engine_close(trie.entropy, brute.entropy)
+    assert_paths_close(trie.losses, plain.losses)
+    assert_engine_close(trie.losses, brute.losses)
 
 
 def test_entropy_refuses_bf16_and_mismatched_shapes(model):
@@ -110,7 +111,7 @@ def test_placebo_identical_candidates_give_zero_gain(model, semantics):
     for k in range(5):
         assert torch.equal(p.for_budget(k), p.reference)
     engine = loss_matrix(model, x, semantics=semantics)  # the reference is the engine's all-big route
-    torch.testing.assert_close(p.reference, engine.loss_of([BIG] * 4), rtol=0, atol=1e-4)
+    assert_engine_close(p.reference, engine.loss_of([BIG] * 4))
 
 
 def test_placebo_candidate_equals_a_model_with_the_units_zeroed(model):
@@ -125,7 +126,7 @@ def test_placebo_candidate_equals_a_model_with_the_units_zeroed(model):
                 dropped = np.setdiff1d(np.arange(model.config.big_ffn_size), keep[i])
                 layer.big.up_proj.weight[torch.from_numpy(dropped)] = 0.0
         want = brute_force_loss_matrix(ablated, x, patterns=[[BIG] * 4]).losses[0]
-        torch.testing.assert_close(p.losses[c], want, rtol=0, atol=1e-4)
+        assert_engine_close(p.losses[c], want)
         assert keep.shape == (4, model.config.big_ffn_size - 64)
 
 

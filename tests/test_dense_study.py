@@ -13,6 +13,7 @@ from duolib.book.evidence import dense_gap_intervals
 from duolib.convert import llama_config
 from duolib.profiles import get_profile
 from duolib.train.evaluate import unigram_perplexity
+from tolerances import assert_paths_close
 
 
 def ids(n=4, T=16, seed=0, V=512):
@@ -70,7 +71,7 @@ def test_route_losses_match_the_models_own_loss(model):
     assert float(out[0.0].mean()) == pytest.approx(float(ref.detach()), rel=1e-5)
     assert not torch.equal(out[0.0], out[1.0])
     again = ds.route_losses(model, x, [0.5], batch_size=3)[0.5]  # the same routes whatever the batching
-    assert torch.allclose(again, out[0.5], atol=1e-5)
+    assert_paths_close(again, out[0.5])
 
 
 def test_route_losses_of_a_dense_model_are_the_same_at_every_p():

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import duolib
-from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes
+from duolib import BIG, SKIP, SMALL, DuoConfig, DuoForCausalLM, FixedRoutes, RandomRoutes, checks
 from duolib.book import bench
 from duolib.book import experiments as ex
 from duolib.book import retrofit_study as rs
 from duolib.data import batches as B
 from duolib.flops import pattern_flops
+from duolib.router.budgets import check_settings
 
 
 @pytest.fixture(scope="module")
@@ -29,28 +30,28 @@ def ids(n=4, T=16, seed=0, V=512):
 # ----------------------------------------------------------------------------- parameter checks
 
 def test_check_budgets_accepts_whole_numbers_in_range():
-    assert ex.check_budget_list((4, 6, 8), 12) == (4, 6, 8)
-    assert ex.check_budget_list(0, 12) == (0,)
-    assert ex.check_budget_list([12.0], 12) == (12,)
+    assert checks.budgets("budget", (4, 6, 8), 12) == (4, 6, 8)
+    assert checks.budgets("budget", 0, 12) == (0,)
+    assert checks.budgets("budget", [12.0], 12) == (12,)
 
 
 @pytest.mark.parametrize("bad", [13, -1, 2.5, True, "4"])
 def test_check_budgets_rejects_with_the_allowed_range(bad):
     with pytest.raises(ValueError, match=r"outside 0\.\.12"):
-        ex.check_budget_list([bad], 12)
+        checks.budgets("budget", [bad], 12)
 
 
 def test_check_settings_names_and_custom():
-    out = ex.check_settings(["big50_skip50"], 12)
+    out = check_settings(["big50_skip50"], 12)
     assert out == {"big50_skip50": {"big": 0.5, "skip": 0.5}}
-    assert ex.check_settings({"mine": {"small": 0.5, "big": 0.5}}, 12)["mine"]["big"] == 0.5
+    assert check_settings({"mine": {"small": 0.5, "big": 0.5}}, 12)["mine"]["big"] == 0.5
 
 
 def test_check_settings_rejects_fractions_not_summing_to_one():
     with pytest.raises(ValueError, match=r"'mine'.*sums to 0\.9"):
-        ex.check_settings({"mine": {"big": 0.5, "skip": 0.4}}, 12)
+        check_settings({"mine": {"big": 0.5, "skip": 0.4}}, 12)
     with pytest.raises(ValueError, match="unknown skip setting"):
-        ex.check_settings(["nope"], 12)
+        check_settings(["nope"], 12)
 
 
 def test_oracle_slices_follow_the_manifest_of_notebook_03(tmp_path):
@@ -240,7 +241,7 @@ def test_validate_params_fills_defaults_and_names_bad_values():
         validate_params("08_dense", "tiny", compare_model={"vocab_size": 100})
     with pytest.raises(ValueError, match=r"compare_model=\{'num_hidden_layers': 0\}: num_hidden_layers=0 must be"):
         validate_params("08_dense", "tiny", compare_model={"num_hidden_layers": 0})
-    with pytest.raises(ValueError, match="compare_steps=0 must be a positive whole number"):
+    with pytest.raises(ValueError, match="compare_steps=0 must be a whole number >= 1"):
         validate_params("08_dense", "tiny", compare_steps=0)
     small_steps, = validate_params("09_retrofit", "default", small_steps=None)
     assert small_steps == book["retrofit_steps"]
@@ -248,9 +249,9 @@ def test_validate_params_fills_defaults_and_names_bad_values():
     assert validate_params("10_performance", "tiny", k=None, wide=None) == (round(L / 3), False)
     layers, budget = validate_params("09_retrofit", "tiny", opt_layers=6, budget=None)
     assert (layers, budget) == (6, 3)
-    with pytest.raises(ValueError, match="steps=0 must be a positive whole number of router training steps"):
+    with pytest.raises(ValueError, match="steps=0 must be a whole number >= 1"):
         validate_params("07_routers", "tiny", steps=0)
-    with pytest.raises(ValueError, match="p_values holds 2"):
+    with pytest.raises(ValueError, match=r"p_values: each p\(big\)=2 must be a probability"):
         validate_params("08_dense", "tiny", p_values=[0.5, 2])
     with pytest.raises(ValueError, match="opt_layers=0"):
         validate_params("09_retrofit", "tiny", opt_layers=0)
@@ -259,7 +260,7 @@ def test_validate_params_fills_defaults_and_names_bad_values():
 
 
 def test_saved_results_are_checked_against_their_type(tmp_path):
-    from duolib.book.pipeline import load_results, save_results
+    from duolib.book.kit import load_results, save_results
 
     good = {"duo": {"0.5": 10.0}, "dense": {"0.5": 9.0}, "joint_small": 12.0, "freeze_small": 14.0}
     save_results(tmp_path, "08_dense", good)

@@ -93,7 +93,8 @@ from torch import nn  # noqa: E402
 from duolib import DuoConfig, DuoForCausalLM  # noqa: E402
 from duolib.router.base import ROUTER_TYPES, Router, load_router, register_router  # noqa: E402
 from duolib.router.evaluate import perplexity_vs_budget  # noqa: E402
-from duolib.router.train import calibrate_router, train_router  # noqa: E402
+from duolib.router.calibration import calibrate_router  # noqa: E402
+from duolib.router.train import train_router  # noqa: E402
 
 
 class MeanRouter(Router):

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, pipeline
 
 from duolib import DuoConfig, DuoForCausalLM
-from duolib.runfolder import write_manifest
-from duolib.train.run_folder import save_complete_checkpoint
+from duolib.manifests import write_manifest
+from duolib.train.model_files import save_complete_checkpoint
 from duolib.data.tokenizer import train_tokenizer
 from tolerances import assert_paths_close
 

@@ -8,6 +8,7 @@ from transformers import CompileConfig
 
 from duolib import DuoConfig, DuoForCausalLM
 from duolib.convert import big_path_to_llama
+from tolerances import COMPILED_ATOL, COMPILED_RTOL
 
 
 def pair():
@@ -32,7 +33,7 @@ def test_static_cache_and_compiled_generation_equal_llamas():
     ref_tokens, ref_logits = generate(llama, x, cache_implementation="static")
     tokens, logits = generate(duo, x, cache_implementation="static")
     assert torch.equal(tokens, ref_tokens)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, rtol=COMPILED_RTOL, atol=COMPILED_ATOL)
     # the cheapest compile mode (the eager backend: dynamo traces the whole graph, no code generation; inductor
     # takes minutes on this CPU), forced on CPU as transformers does on GPUs; fullgraph: no graph break allowed
     compiled = CompileConfig(fullgraph=True, backend="eager")
@@ -43,7 +44,7 @@ def test_static_cache_and_compiled_generation_equal_llamas():
     tokens, logits = generate(duo, x, cache_implementation="static", compile_config=compiled)
     assert counters["stats"]["unique_graphs"] >= 1  # decoding ran compiled
     assert torch.equal(tokens, ref_tokens)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, rtol=COMPILED_RTOL, atol=COMPILED_ATOL)
 
 
 def test_custom_4d_masks_equal_llamas():
@@ -58,5 +59,5 @@ def test_custom_4d_masks_equal_llamas():
         got = duo(x, attention_mask=mask, position_ids=positions).logits
         ref = llama(x, attention_mask=mask, position_ids=positions).logits
         plain = duo(x).logits
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, ref, rtol=COMPILED_RTOL, atol=COMPILED_ATOL)
     assert (got - plain).abs().max() > 1e-3  # the mask changed the result

@@ -13,6 +13,7 @@ from transformers import AutoModel, DynamicCache, LlamaForCausalLM, LlamaModel, 
 from duolib import BIG, DuoConfig, DuoForCausalLM, DuoModel, PositionRoutes, RandomRoutes
 from duolib.convert import big_path_to_llama
 from duolib.oracle.engine import loss_matrix
+from tolerances import assert_paths_close, paths_close
 
 ROUTES = torch.randint(0, 3, (2, 12, 4), generator=torch.Generator().manual_seed(3))
 
@@ -42,10 +43,10 @@ def test_eager_and_sdpa_agree_and_eager_returns_llamas_attention_weights():
         big = duo(x, output_attentions=True)
         duo.set_attn_implementation("sdpa")  # switched at run time
         sdpa = duo(x, routes=ROUTES, output_attentions=True)
-    assert (eager.logits - sdpa.logits).abs().max() <= 1e-5
+    assert_paths_close(eager.logits, sdpa.logits)
     assert len(eager.attentions) == 4 and eager.attentions[0].shape == (2, 4, 12, 12)
     for ours, theirs in zip(big.attentions, ref.attentions):
-        assert (ours - theirs).abs().max() <= 1e-5
+        assert_paths_close(ours, theirs)
     assert eager.attentions[0].triu(1).abs().max() == 0  # causal
     llama.set_attn_implementation("sdpa")
     with torch.no_grad():
@@ -105,7 +106,7 @@ def test_base_model_forward_and_auto_model():
     x = tokens()
     with torch.no_grad():
         ours = base.eval()(x, routes=ROUTES, return_routes=True)
-        assert (base(x).last_hidden_state - ref.eval()(x).last_hidden_state).abs().max() <= 1e-5
+        assert_paths_close(base(x).last_hidden_state, ref.eval()(x).last_hidden_state)
     assert ours.last_hidden_state.shape == (2, 12, 64) and torch.equal(ours.routing.routes, ROUTES)
 
 
@@ -171,7 +172,7 @@ def test_static_cache_decoding_equals_dynamic(routes):
     cache = StaticCache(config=duo.config, max_cache_len=16)
     with torch.no_grad():
         first = duo(x, cache=cache, routes=policy).logits
-    assert (first - duo(x, routes=policy).logits).abs().max() <= 1e-5
+    assert_paths_close(first, duo(x, routes=policy).logits)
 
 
 def test_packed_sequences_and_custom_4d_masks_equal_separate_sequences():
@@ -191,8 +192,8 @@ def test_packed_sequences_and_custom_4d_masks_equal_separate_sequences():
         llama_packed = llama(packed, position_ids=positions, use_cache=False).logits
         duo_packed = duo(packed, position_ids=positions, use_cache=False).logits
         llama_alone = torch.cat((llama(a).logits, llama(b).logits), dim=1)
-    assert (by_positions - alone).abs().max() <= 1e-5 and (by_mask - alone).abs().max() <= 1e-5
-    assert (duo_packed - llama_packed).abs().max() <= 1e-5 and (llama_packed - llama_alone).abs().max() <= 1e-5
+    assert paths_close(by_positions, alone) and paths_close(by_mask, alone)
+    assert paths_close(duo_packed, llama_packed) and paths_close(llama_packed, llama_alone)
 
 
 # ----------------------------------------------------------------------------- loading and generation
@@ -205,7 +206,7 @@ def test_from_pretrained_of_a_llama_checkpoint(tmp_path):
     assert duo.config.big_ffn_size == llama.config.intermediate_size and duo.config.eos_token_id == 7
     x = tokens()
     with torch.no_grad():
-        assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5
+        assert_paths_close(duo(x).logits, llama(x).logits)
         assert (duo(x, routes=[BIG, BIG, BIG, 1]).logits - llama(x).logits).abs().max() > 1e-4
     small = duo.model.layers[0].small.gate_proj.weight.detach()
     assert torch.isfinite(small).all() and 0.01 < float(small.std()) < 0.03  # initialised, not empty
@@ -245,10 +246,10 @@ def test_oracle_fixed_context_attention_is_the_models_attention_function():
     eager = loss_matrix(duo, x, choices=("small", "big"), semantics="fixed-context").losses
     duo.set_attn_implementation("sdpa")
     sdpa = loss_matrix(duo, x, choices=("small", "big"), semantics="fixed-context").losses
-    assert (eager - sdpa).abs().max() <= 1e-5
+    assert_paths_close(eager, sdpa)
     with torch.no_grad():
         reference = duo(x, labels=x, return_token_losses=True).token_losses.reshape(-1)
-    assert (sdpa[-1] - reference).abs().max() <= 1e-5  # the last pattern is all big: the reference route
+    assert_paths_close(sdpa[-1], reference)  # the last pattern is all big: the reference route
 
 
 # ----------------------------------------------------------------------------- scaled rope and the tensor-parallel plan
@@ -272,7 +273,7 @@ def test_scaled_rope_equals_llama_including_beyond_the_original_context(name):
     with torch.no_grad():
         for seq in (12, 200):  # 200 > max_position_embeddings: dynamic and longrope switch their frequencies
             x = tokens(seq=seq)
-            assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5, (name, seq)
+            assert paths_close(duo(x).logits, llama(x).logits), (name, seq)
 
 
 def test_dynamic_rope_state_follows_llama_through_long_then_short_inputs():
@@ -280,7 +281,7 @@ def test_dynamic_rope_state_follows_llama_through_long_then_short_inputs():
     with torch.no_grad():
         for seq in (12, 150, 140, 12, 170):  # growth, cached growth, reset, growth again
             x = tokens(seq=seq, seed=seq)
-            assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5, seq
+            assert_paths_close(duo(x).logits, llama(x).logits, msg=str(seq))
         # decoding past the original context with a cache: positions arrive one at a time
         x = tokens(batch=1, seq=120)
         kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
@@ -293,12 +294,12 @@ def test_default_rope_past_the_context_equals_llama_and_warns_once(caplog):
     duo, llama = pair()
     logging.Logger.warning_once.cache_clear()  # the warning may have been given earlier in this process
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="duolib.model"):
-        assert (duo(tokens(seq=128)).logits - llama(tokens(seq=128)).logits).abs().max() <= 1e-5
+        assert_paths_close(duo(tokens(seq=128)).logits, llama(tokens(seq=128)).logits)
         assert not [r for r in caplog.records if r.name == "duolib.model"]  # inside the context: silent
         for seq in (200, 150):
             x = tokens(seq=seq, seed=seq)
-            assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5, seq
-            assert (duo(x, use_cache=False).logits - llama(x, use_cache=False).logits).abs().max() <= 1e-5, seq
+            assert_paths_close(duo(x).logits, llama(x).logits, msg=str(seq))
+            assert_paths_close(duo(x, use_cache=False).logits, llama(x, use_cache=False).logits, msg=str(seq))
         x = tokens(batch=1, seq=120)  # decoding across the boundary, one position at a time from the cache
         kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
         assert torch.equal(duo.generate(x, **kwargs), llama.generate(x, **kwargs))
@@ -319,10 +320,10 @@ def test_from_pretrained_of_a_scaled_rope_llama_is_exact(tmp_path, name):
     assert torch.equal(rotary.inv_freq, llama.model.rotary_emb.inv_freq)
     x, positions = torch.ones(1), torch.arange(200)[None]
     for ours, theirs in zip(rotary(x, positions), llama.model.rotary_emb(x, positions)):  # Llama's (cos, sin)
-        assert ours.shape == theirs.shape and (ours - theirs).abs().max() <= 1e-6
+        assert ours.shape == theirs.shape and paths_close(ours, theirs)
     x = tokens(seq=200)
     with torch.no_grad():
-        assert (duo(x).logits - llama(x).logits).abs().max() <= 1e-5
+        assert_paths_close(duo(x).logits, llama(x).logits)
 
 
 def test_rope_parameters_are_validated_and_rope_theta_kept_in_step():

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from duolib.cli import main
-from duolib.runfolder import LOCK_FILE
+from duolib.folders import LOCK_FILE
 from tiny_runs import tiny
 
 DAMAGES = ("flip", "truncate", "delete", "symlink")
@@ -114,7 +114,7 @@ def cli(args, out_file):
 
 CONSUMERS = {
     "train": c_train, "resume": c_resume, "run_data": c_run_data, "from_pretrained": c_from_pretrained,
-    "oracle": cli(["oracle", "--profile", "tiny", "--n-seqs", "2", "--seq-len", "16", "--no-progress"],
+    "oracle": cli(["oracle", "--profile", "tiny", "--n-sequences", "2", "--seq-len", "16", "--no-progress"],
                   "synthetic/shared/per_k.csv"),
     "route": cli(["route", "--profile", "tiny", "--steps", "1", "--batch-size", "2", "--seq-len", "16",
                   "--eval-sequences", "2", "--no-progress"], "eval.csv"),

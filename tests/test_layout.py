@@ -7,6 +7,7 @@ and on a function-local intra-package import outside ``duolib.cli`` (which keeps
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ PKG = Path(__file__).resolve().parents[1] / "duolib"
 
 # Lowest floor first; a module may import only from its own floor or below (and never in a cycle).
 FLOORS = [
-    {"utils", "fileio", "profiles", "presets", "routing", "stats", "runfolder", "migrate"},
+    {"utils", "fileio", "checks", "moves", "profiles", "stage_config", "presets", "routing", "stats", "folders",
+     "manifests", "migrate", "runfolder"},
     {"config", "flops", "data"},
     {"model", "layers", "convert"},
     {"oracle", "train", "retrofit", "retrofit_small", "speculative"},
@@ -186,29 +188,40 @@ def test_names_come_from_their_defining_module():
     assert not bad, "\n".join(bad)
 
 
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+# Sizes are guidance, not a cap: a module past LONG_MODULE lines, or a function past LONG_FUNCTION, is
+# listed in a warning as a place to look for a real seam (two concepts in one file, a loop that wants a
+# helper), never a reason to cut a file at line 399.  A training loop written out in one function, as
+# litgpt's ``fit`` is, may be long and right.  Only the backstop (modules past MAX_MODULE, functions past
+# MAX_FUNCTION lines) fails the test: at that size a module is always more than one concept.
+LONG_MODULE, LONG_FUNCTION = 400, 60
+MAX_MODULE, MAX_FUNCTION = 800, 150
 
 
-def oversized(path: Path) -> list[str]:
-    """A module over :data:`MAX_MODULE_LINES` lines and its functions (methods and nested ones included)
-    over :data:`MAX_FUNCTION_LINES` lines (decorators to last line), each as ``module:line name (n lines)``."""
+def oversized(path: Path, module_lines: int = LONG_MODULE, function_lines: int = LONG_FUNCTION) -> list[str]:
+    """A module over ``module_lines`` lines and its functions (methods and nested ones included) over
+    ``function_lines`` lines (decorators to last line), each as ``module:line name (n lines)``."""
     source = path.read_text()
     name = module_name(path)
     found = []
-    if (n := len(source.splitlines())) > MAX_MODULE_LINES:
+    if (n := len(source.splitlines())) > module_lines:
         found.append(f"{name} ({n} lines)")
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            if (n := node.end_lineno - start + 1) > MAX_FUNCTION_LINES:
+            if (n := node.end_lineno - start + 1) > function_lines:
                 found.append(f"{name}:{node.lineno} {node.name} ({n} lines)")
     return found
 
 
-def test_no_long_module_or_function():
-    bad = [item for path in sorted(PKG.rglob("*.py")) for item in oversized(path)]
-    assert not bad, (f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function; split them "
-                     "along a real seam:\n" + "\n".join(bad))
+def test_long_modules_and_functions_are_listed_and_none_is_past_the_backstop():
+    paths = sorted(PKG.rglob("*.py"))
+    long = [item for path in paths for item in oversized(path)]
+    if long:
+        warnings.warn(f"guidance: over {LONG_MODULE} lines a module or {LONG_FUNCTION} a function; look for a "
+                      "real seam there (not a line count to cut at):\n  " + "\n  ".join(long), stacklevel=1)
+    bad = [item for path in paths for item in oversized(path, MAX_MODULE, MAX_FUNCTION)]
+    assert not bad, (f"over {MAX_MODULE} lines a module or {MAX_FUNCTION} a function: more than one concept; "
+                     "split along a real seam:\n" + "\n".join(bad))
 
 
 def test_size_check_names_a_long_function(monkeypatch):
@@ -217,3 +230,4 @@ def test_size_check_names_a_long_function(monkeypatch):
     source = "def long_one():\n" + body + "\n" * (400 - 61) + "y = 1\n"
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
     assert oversized(PKG / "utils.py") == ["duolib.utils (401 lines)", "duolib.utils:1 long_one (61 lines)"]
+    assert oversized(PKG / "utils.py", MAX_MODULE, MAX_FUNCTION) == []

@@ -19,7 +19,7 @@ from duolib.oracle.difficulty import token_difficulty
 from duolib.oracle.reductions import LossMatrix
 from duolib.oracle.schedules import budget_schedule
 from duolib.oracle.setup import oracle_setup
-from tolerances import assert_paths_close
+from tolerances import assert_engine_close, assert_paths_close, paths_close
 
 CHOICES = {"small-big": ("small", "big"), "skip-big": ("skip", "big"), "all": ("skip", "small", "big")}
 
@@ -51,7 +51,7 @@ def test_trie_equals_brute_force_every_pattern(model, semantics, choices):
     brute = brute_force_loss_matrix(model, x, choices=CHOICES[choices], semantics=semantics)
     assert trie.losses.shape == (len(CHOICES[choices]) ** 4, 2 * 6)
     assert torch.equal(trie.patterns, brute.patterns)
-    assert (trie.losses - brute.losses).abs().max() <= 1e-4
+    assert_engine_close(trie.losses, brute.losses)
     assert trie.stats["leaves"] == trie.num_patterns
 
 
@@ -62,18 +62,18 @@ def test_fixed_context_with_grouped_query_attention_and_other_references(gqa_mod
         trie = loss_matrix(gqa_model, x, choices="skip,big", semantics="fixed-context", reference=reference)
         brute = brute_force_loss_matrix(gqa_model, x, choices="skip,big", semantics="fixed-context",
                                         reference=reference)
-        assert (trie.losses - brute.losses).abs().max() <= 1e-4
+        assert_engine_close(trie.losses, brute.losses)
     shared = loss_matrix(gqa_model, x, choices="skip,small,big")
-    assert (shared.losses - brute_force_loss_matrix(gqa_model, x, choices="skip,small,big").losses).abs().max() <= 1e-4
+    assert_engine_close(shared.losses, brute_force_loss_matrix(gqa_model, x, choices="skip,small,big").losses)
 
 
 def test_semantics_agree_on_the_reference_and_at_the_first_token(model):
     x = ids()
     shared, fixed = (loss_matrix(model, x, semantics=s) for s in ("shared", "fixed-context"))
     big = shared.pattern_index("BBBB")
-    assert (shared.losses[big] - fixed.losses[big]).abs().max() <= 1e-5  # the context route is the pattern
+    assert_paths_close(shared.losses[big], fixed.losses[big])  # the context route is the pattern
     first = shared.position == 0  # nothing to attend to but itself
-    assert (shared.losses[:, first] - fixed.losses[:, first]).abs().max() <= 1e-5
+    assert_paths_close(shared.losses[:, first], fixed.losses[:, first])
     assert (shared.losses - fixed.losses).abs().max() > 1e-4  # elsewhere the context matters
 
 
@@ -82,7 +82,7 @@ def test_explicit_patterns_keep_their_order_and_duplicates(model):
     given = ["BS-B", "SSSS", "BS-B", "-BBS"]
     trie = loss_matrix(model, x, given)
     brute = brute_force_loss_matrix(model, x, given)
-    assert (trie.losses - brute.losses).abs().max() <= 1e-4
+    assert_engine_close(trie.losses, brute.losses)
     assert torch.equal(trie.losses[0], trie.losses[2]) and trie.stats["leaves"] == 3
     assert trie.choices == (SKIP, SMALL, BIG)
 
@@ -194,7 +194,7 @@ def test_token_difficulty_table(model):
     m = loss_matrix(model, x)
     table = token_difficulty(m, 2, tokenizer=Tok(), labels=labels, label_names=("other", "easy", "compute", "noise"))
     assert len(table) == 12 and table["token"][0] == f"<{int(x[0, 1])}>"
-    assert (table["difficulty"] - (table["loss_small"] - table["loss_oracle"])).abs().max() < 1e-6
+    assert (table["difficulty"] - (table["loss_small"] - table["loss_oracle"])).abs().max() < 1e-6  # one computation
     assert (table["loss_small"].to_numpy() == m.loss_of("SSSS").numpy()).all()
     assert (table["small_minus_big"] - (table["loss_small"] - table["loss_big"])).abs().max() < 1e-6
     assert table["label"].tolist() == labels[:, 1:].reshape(-1).tolist()  # the predicted token's label
@@ -212,16 +212,16 @@ def test_beam_search_is_exact_when_wide_and_never_beats_the_oracle(model, semant
         exact = m.oracle(k)
         for proxy in ("early-exit", "suffix") + (("linear",) if semantics == "fixed-context" else ()):
             wide = beam_oracle(model, x, 27, choices="skip,small,big", k=k, semantics=semantics, proxy=proxy)
-            assert (wide.token_losses - exact.token_losses).abs().max() <= 1e-5
+            assert_paths_close(wide.token_losses, exact.token_losses)
             narrow = beam_oracle(model, x, 1, choices="skip,small,big", k=k, semantics=semantics, proxy=proxy)
             assert (narrow.token_losses >= exact.token_losses - 1e-5).all()
             if k is not None:
                 assert ((narrow.patterns == BIG).sum(1) == k).all()
             found = torch.stack([m.losses[m.pattern_index(p), n] for n, p in enumerate(narrow.patterns)])
-            assert (found - narrow.token_losses).abs().max() <= 1e-5  # the reported pattern has that loss
+            assert_paths_close(found, narrow.token_losses)  # the reported pattern has that loss
             assert narrow.cost["flops"] < wide.cost["flops"]
     cheap = beam_oracle(model, x, 27, choices="skip,small,big", semantics=semantics, proxy_vocab=8)
-    assert (cheap.token_losses - m.oracle().token_losses).abs().max() <= 1e-5  # wide: the proxy does not matter
+    assert_paths_close(cheap.token_losses, m.oracle().token_losses)  # wide: the proxy does not matter
     full_vocab = beam_oracle(model, x, 2, choices="skip,small,big", semantics=semantics, proxy_vocab=512)
     plain = beam_oracle(model, x, 2, choices="skip,small,big", semantics=semantics)
     assert torch.equal(full_vocab.patterns, plain.patterns)  # top-V restricted == the whole vocabulary
@@ -241,11 +241,11 @@ def test_linear_proxy_gradients_equal_autograd_of_the_models_own_forward(model):
         out = model(x, routes=torch.full((L,), BIG), labels=x, return_token_losses=True, output_hidden_states=True,
                     use_cache=False)
         token_losses, hidden = out.token_losses, out.hidden_states  # [B, T-1], L + 1 states
-        assert (ref_loss.view_as(token_losses) - token_losses).abs().max() < 1e-5
+        assert_paths_close(ref_loss.view_as(token_losses), token_losses)
         for b, n in [(0, 0), (0, 4), (1, 7)]:
             g = torch.autograd.grad(token_losses[b, n], hidden[1:L], retain_graph=True)
             for i in range(L - 1):
-                assert (states[i][0, b, n] - hidden[i + 1][b, n]).abs().max() < 1e-5
+                assert_paths_close(states[i][0, b, n], hidden[i + 1][b, n])
                 assert torch.allclose(grads[i][0, b, n], g[i][b, n], atol=1e-6, rtol=1e-4), (i, b, n)
                 assert grads[i][0, b, n].abs().max() > 0
     lin = beam_oracle(model, x, 2, k=2, semantics="fixed-context", proxy="linear")
@@ -292,15 +292,15 @@ def test_two_process_gloo_equals_single_process(model, tmp_path):
     single = loss_matrix(model, ids(batch=3), semantics="fixed-context")
     with_entropy = loss_matrix(model, ids(batch=3), semantics="fixed-context", entropy=True)
     got = torch.load(path)
-    assert (got["losses"] - single.losses).abs().max() <= 1e-6 and got["no_entropy"] is None
-    assert (got["entropy"] - with_entropy.entropy).abs().max() <= 1e-6
+    assert paths_close(got["losses"], single.losses) and got["no_entropy"] is None
+    assert_paths_close(got["entropy"], with_entropy.entropy)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_oracle_writes_a_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["oracle", "--random-init", "--profile", "tiny", "--out", str(out), "--n-seqs", "2",
+    assert cli.main(["oracle", "--random-init", "--profile", "tiny", "--out", str(out), "--n-sequences", "2",
                      "--seq-len", "6", "--semantics", "both", "--no-progress", "--save-matrix"]) == 0
     for sem in ("shared", "fixed-context"):
         folder = out / "random" / sem

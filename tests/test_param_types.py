@@ -12,7 +12,7 @@ import pytest
 
 from duolib.book.jobs import PROFILE_ENV
 from duolib.book.param_types import check_parameters, matches
-from duolib.book.pipeline import notebook_setup
+from duolib.book.kit import notebook_setup
 from test_binder import ROOT, fake_repository
 
 PARAMS = ('from typing import Optional\n\nprofile: str = "tiny"\nrun_dir: Optional[str] = None\nseed: int = 0\n'

@@ -71,10 +71,10 @@ def test_duo_train_rejects_bad_values(cache_dir, tmp_path, capsys, extra, messag
 
 
 @pytest.mark.parametrize("command, message", [
-    (["oracle", "--profile", "tiny", "--random-init", "--n-seqs", "0"], "--n-seqs 0 must be a positive integer"),
-    (["oracle", "--profile", "tiny", "--random-init", "--seq-len", "0"], "--seq-len 0 must be a positive integer"),
-    (["route", "--profile", "tiny", "--random-init", "--batch-size", "0"], "--batch-size 0 must be a positive integer"),
-    (["route", "--profile", "tiny", "--random-init", "--steps", "0"], "--steps 0 must be a positive integer"),
+    (["oracle", "--profile", "tiny", "--random-init", "--n-sequences", "0"], "n_sequences=0 must be a whole number >= 1"),
+    (["oracle", "--profile", "tiny", "--random-init", "--seq-len", "0"], "seq_len=0 must be a whole number in 2..128"),
+    (["route", "--profile", "tiny", "--random-init", "--batch-size", "0"], "batch_size=0 must be a whole number >= 1"),
+    (["route", "--profile", "tiny", "--random-init", "--steps", "0"], "steps=0 must be a whole number >= 1"),
 ])
 def test_oracle_and_route_reject_zero_sizes(tmp_path, capsys, command, message):
     assert main(command + ["--out", str(tmp_path / "o"), "--no-progress"]) == 1
@@ -135,7 +135,7 @@ def test_paths_and_disks_give_one_line_errors(cache_dir, tmp_path, capsys, monke
     def full_disk(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r2" / "metrics.jsonl"))
 
-    monkeypatch.setattr("duolib.train.loop.save_checkpoint", full_disk)
+    monkeypatch.setattr("duolib.train.run_folder.save_checkpoint", full_disk)
     assert main(train_args(cache_dir, tmp_path / "r2", "--steps", "2", "--checkpoint-every", "1")) == 1
     assert "r2/metrics.jsonl: No space left on device; free some disk space" in one_line_error(capsys)
 

@@ -15,7 +15,8 @@ import torch
 
 from duolib.train.checkpoint import latest_checkpoint
 from duolib.cli import main
-from duolib.runfolder import RunFolderError, claim, digest
+from duolib.folders import RunFolderError, claim
+from duolib.manifests import digest
 from duolib.train.loop import train
 from duolib.train.run_folder import NonFiniteError, load_run
 from tiny_runs import SYNTH, tiny
@@ -53,7 +54,7 @@ def test_oracle_and_route_score_with_the_runs_own_tokenizer_and_data(finished, t
     monkeypatch.setenv("DUOLIB_CACHE", str(tmp_path / "default_cache"))  # the run's cache_dir must be used
     out = tmp_path / "oracle"
     assert main(["oracle", "--profile", "tiny", "--model", str(finished), "--out", str(out), "--corpus",
-                 "synthetic", "--n-seqs", "8",
+                 "synthetic", "--n-sequences", "8",
                  "--seq-len", "64", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["results"]["synthetic/shared"]["all_big"] == pytest.approx(big_ppl(finished), rel=1e-4)

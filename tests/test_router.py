@@ -12,7 +12,8 @@ from duolib.router.evaluate import (
     decision_grid, decision_heatmap, evaluate_policy, evaluate_routers, heatmap_from_routes, perplexity_vs_budget,
     perplexity_vs_flops
 )
-from duolib.router.train import oracle_routes_per_sequence, train_distilled_router, train_router
+from duolib.router.distill import oracle_routes_per_sequence, train_distilled_router
+from duolib.router.train import train_router
 
 V = 512  # the tiny profile's vocabulary
 
@@ -286,7 +287,7 @@ def test_distilled_router_imitates_the_oracle(trained, holdout, router_k2):
 def test_teacher_forcing_follows_the_oracle_routes(trained):
     x = markov_batch(0, batch=2, seq=16, seed=8)
     routes = torch.randint(1, 3, (2, 16, 4), generator=torch.Generator().manual_seed(0))
-    from duolib.router.train import _TeacherForced
+    from duolib.router.distill import _TeacherForced
 
     teacher = _TeacherForced(routes)
     with torch.no_grad():
@@ -410,7 +411,7 @@ def test_duo_route_command(tmp_path, capsys):
 def test_calibration_brings_the_hard_routes_to_the_budget(trained, holdout, router_k2):
     import copy
 
-    from duolib.router.train import calibrate_router
+    from duolib.router.calibration import calibrate_router
 
     router = copy.deepcopy(router_k2[0])
     with torch.no_grad():  # push every layer toward big: the hard routes overshoot the budget of 2 of 4
@@ -428,7 +429,7 @@ def test_calibration_brings_the_hard_routes_to_the_budget(trained, holdout, rout
 
 
 def test_calibration_of_a_three_way_skip_setting(trained, holdout):
-    from duolib.router.train import calibrate_router
+    from duolib.router.calibration import calibrate_router
 
     router = RouterPolicy.for_model(trained, ("skip", "small", "big"), seed=3)
     train_router(trained, router, lambda s: markov_batch(s, seed=2), steps=10, option_budget="big50_small30_skip20",

@@ -13,7 +13,7 @@ import pytest
 
 from duolib import cli
 from duolib.data.run_data import model_folder, profile_for_model, recorded_profile
-from duolib.runfolder import RunFolderError, claim
+from duolib.folders import RunFolderError, checkout_root, claim, resolve_folder
 from duolib.train.command import config_from_args, default_run_dir
 from duolib.train.loop import train
 from tiny_runs import tiny
@@ -90,12 +90,29 @@ def test_claims_across_layouts_name_the_folder_that_would_work(tmp_path):
             pass
 
 
-def test_duo_train_defaults_to_the_books_stage1_folder_and_caches():
-    args = cli.build_parser().parse_args(["train", "--profile", "tiny"])
-    assert args.run_dir is None and default_run_dir("tiny") == Path("runs/tiny/stage1")
-    assert config_from_args(args).cache_dir == str(Path("runs/tiny/cache"))
+def test_duo_train_defaults_to_the_books_stage1_folder_and_caches(monkeypatch, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    for here in (root, root / "notebooks"):  # anywhere in the checkout: the project root's runs/
+        monkeypatch.chdir(here)
+        args = cli.build_parser().parse_args(["train", "--profile", "tiny"])
+        assert args.out is None and default_run_dir("tiny") == root / "runs/tiny/stage1"
+        assert config_from_args(args).cache_dir == str(root / "runs/tiny/cache")
     args = cli.build_parser().parse_args(["train", "--profile", "tiny", "--out", "elsewhere"])
     assert config_from_args(args).cache_dir is None
+    monkeypatch.chdir(tmp_path)  # outside any checkout: the current folder
+    assert default_run_dir("tiny") == tmp_path.resolve() / "runs/tiny/stage1"
+
+
+def test_one_rule_places_every_relative_folder(monkeypatch, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root / "book")
+    assert checkout_root() == root
+    assert resolve_folder("runs/x", "unused") == root / "runs/x"
+    assert resolve_folder(None, Path("runs") / "tiny") == root / "runs/tiny"
+    assert resolve_folder(tmp_path / "abs", "unused") == tmp_path / "abs"
+    assert resolve_folder("x", "unused", root=tmp_path) == tmp_path.resolve() / "x"
+    monkeypatch.chdir(tmp_path)
+    assert checkout_root() is None and resolve_folder("x", "unused") == tmp_path.resolve() / "x"
 
 
 def test_duo_route_refuses_to_overwrite_a_router_without_overwrite(tmp_path, capsys):

@@ -314,3 +314,15 @@ def test_a_number_without_an_interval_says_so():
     card = card_of(results)
     assert card.loc["C10", "verdict"] == HOLDS and "(no interval)" in card.loc["C10", "measured"]
     assert "[" in card_of(dense()).loc["C10", "measured"]
+
+
+def test_the_scorecard_table_folds_rules_and_numbers_under_each_claim_and_colours_verdicts():
+    from duolib.book.tables import VERDICT_COLOURS, scorecard_html
+
+    card = scorecard({})  # nothing measured: every claim present, each "not measured"
+    page = scorecard_html(card)
+    assert page.count("<details>") == len(card) == 10
+    for r in card.itertuples():
+        assert f"<td>{r.claim}</td>" in page and f"background-color: {VERDICT_COLOURS[r.verdict]}" in page
+    assert "<p><b>Rule:</b>" in page and "<b>Measured:</b>" in page
+    assert set(VERDICT_COLOURS) == {FAILS, HOLDS, INCONCLUSIVE, MISSING, PARTLY, UNTESTABLE}

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from duolib.book.pipeline import (HALF_SKIP_ROUTES, SKIP_STAGE1_DIR, STEPS, book_train_config, skip_stage1_model,
-                                  skip_train_config, upstream)
+from duolib.book.kit import (HALF_SKIP_ROUTES, SKIP_STAGE1_DIR, book_train_config, skip_stage1_model,
+                             skip_train_config)
+from duolib.book.pipeline import STEPS, upstream
 from duolib.profiles import PROFILES
 from duolib.routing import BIG, SKIP, SMALL, training_routes
 from duolib.train.config import parse_route_mode

@@ -30,6 +30,7 @@ from duolib.train.run_folder import read_metrics
 from duolib.routing import training_routes
 from duolib.train.evaluate import unigram_perplexity
 from tiny_runs import SYNTH, tiny
+from tolerances import TRAIN_LOSS_RTOL, TRAIN_WEIGHT_RTOL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,18 +197,18 @@ def test_ddp_two_cpu_ranks_match_single_process(cache_dir, tmp_path):
     d, s = read_metrics(ddp_dir), read_metrics(tmp_path / "single")
     ld, ls = d[d.kind == "train"].loss.to_numpy(), s[s.kind == "train"].loss.to_numpy()
     assert len(ld) == len(ls) == steps
-    np.testing.assert_allclose(ld, ls, rtol=1e-4)
+    np.testing.assert_allclose(ld, ls, rtol=TRAIN_LOSS_RTOL)
     assert json.loads((ddp_dir / "summary.json").read_text())["world_size"] == 2
     assert single.summary["world_size"] == 1
     a, b = weights(ddp_dir), weights(tmp_path / "single")
-    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    assert all(torch.allclose(a[k], b[k], rtol=TRAIN_WEIGHT_RTOL, atol=1e-5) for k in a)
 
 
 def test_gradient_accumulation_matches_one_big_batch(cache_dir, tmp_path):
     runs = [train(tiny(cache_dir, steps=4, log_every=1, eval_every=4, grad_accum=k), tmp_path / f"acc{k}")
             for k in (1, 2)]
     l1, l2 = (r.metrics[r.metrics.kind == "train"].loss.to_numpy() for r in runs)
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    np.testing.assert_allclose(l1, l2, rtol=TRAIN_LOSS_RTOL)
 
 
 def test_checkpoint_corruption_is_a_clear_error(cache_dir, tmp_path):

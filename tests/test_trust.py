@@ -12,13 +12,14 @@ import torch
 
 from duolib.cli import main
 from duolib.data.run_data import run_data
-from duolib.runfolder import LOCK_FILE, RunFolderError, claim, digest
+from duolib.folders import LOCK_FILE, RunFolderError, claim
+from duolib.manifests import digest
 from duolib.train.checkpoint import latest_checkpoint
 from duolib.train.loop import train
 from duolib.train.run_folder import NonFiniteError
 from tiny_runs import SYNTH, tiny
 
-ORACLE = ["--profile", "tiny", "--n-seqs", "2", "--seq-len", "16", "--no-progress"]
+ORACLE = ["--profile", "tiny", "--n-sequences", "2", "--seq-len", "16", "--no-progress"]
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -106,7 +107,7 @@ def test_3_an_edited_metrics_log_of_a_finished_run_is_refused(finished_run, cach
 
 def test_3_overwrite_keeps_the_old_log_until_the_new_run_writes_its_own(finished_run, cache_dir, tmp_path,
                                                                          monkeypatch):
-    import duolib.train.loop as loop
+    import duolib.train.run_folder as run_folder
     from duolib.train.run_folder import read_metric_records
 
     run = copy_run(finished_run, tmp_path / "run")
@@ -115,7 +116,7 @@ def test_3_overwrite_keeps_the_old_log_until_the_new_run_writes_its_own(finished
     def fail(*args, **kwargs):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(loop, "write_json", fail)  # the new run fails right after the folder was cleared
+    monkeypatch.setattr(run_folder, "write_json", fail)  # the new run fails right after the folder was cleared
     with pytest.raises(OSError, match="disk gone"):
         train(tiny(cache_dir, steps=4, eval_every=4), run, overwrite=True)
     assert (run / "metrics.jsonl").read_bytes() == old  # the old run's log: all that is left of it
@@ -220,7 +221,7 @@ def test_8_oracle_summaries_are_checksummed_and_record_the_windows_used(finished
     from duolib.oracle.runs import read_summary
 
     out = tmp_path / "o"
-    assert main(["oracle", "--model", str(finished_run), "--out", str(out), "--profile", "tiny", "--n-seqs",
+    assert main(["oracle", "--model", str(finished_run), "--out", str(out), "--profile", "tiny", "--n-sequences",
                  "100000000", "--seq-len", "16", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     summary = read_summary(out)
@@ -253,7 +254,7 @@ def test_9_foreign_folders_with_look_alike_json_are_never_deleted(cache_dir, tmp
 
 
 def test_10_clearing_removes_the_log_last_and_a_lost_log_is_reported(finished_run, cache_dir, tmp_path, monkeypatch):
-    import duolib.runfolder as rf
+    import duolib.folders as rf
 
     run = copy_run(finished_run, tmp_path / "run")
     order = []
@@ -360,16 +361,16 @@ def test_16_a_nan_stop_before_any_checkpoint_does_not_claim_one(cache_dir, tmp_p
 
 
 def test_16_a_read_only_finished_run_is_returned_without_writing(finished_run, cache_dir, tmp_path, monkeypatch):
-    import duolib.train.loop as loop
+    import duolib.train.run_folder as run_folder
 
     run = copy_run(finished_run, tmp_path / "run")
     (run / LOCK_FILE).touch()
-    monkeypatch.setattr(loop.os, "access", lambda path, mode: False)  # as for a user without write permission
+    monkeypatch.setattr(run_folder.os, "access", lambda path, mode: False)  # as for a user without write permission
 
     def no_writer(*a, **kw):
         raise AssertionError("a finished read-only run needs no writer's lock")
 
-    monkeypatch.setattr(loop, "claim", no_writer)
+    monkeypatch.setattr(run_folder, "claim", no_writer)
     assert train(cfg(cache_dir), run).skipped
 
 

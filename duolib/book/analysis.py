@@ -19,14 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..moves import moved
+from .. import checks
 from ..utils import parts_hash
 from ..fileio import atomic_write_text
-from ..runfolder import read_checked, write_checked
-from ..profiles import get_profile
+from ..manifests import read_checked, write_checked
+from ..oracle.config import OracleConfig
 from ..oracle.difficulty import token_difficulty
 from ..oracle.patterns import enumerate_patterns, parse_choices
 from ..oracle.reductions import LossMatrix
-from ..oracle.sampling import check_budget
 from ..oracle.registry import REDUCTIONS
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..oracle.beam import beam_oracle
@@ -35,8 +36,12 @@ from ..oracle.brute_force import trie_flops
 from ..data.run_data import run_data
 from ..data.batches import holdout_sequences
 from .evidence import layer_share_intervals
-from .pipeline import book_train_config
+from .kit import book_train_config
 from ..train.loop import train
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"check_int": "duolib.checks.whole"})
+
 
 ORACLE_DIR = "oracle"
 MANIFEST = "book.json"
@@ -45,44 +50,11 @@ SYNTHETIC_DIR = "synthetic"
 
 # ----------------------------------------------------------------------------- knobs
 
-def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    """``value`` as an int in ``lo..hi`` (no upper bound if hi is None), else ValueError naming both."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name}={value!r} is outside the allowed range {allowed}")
-    return int(value)
-
-
 def oracle_settings(profile: str, **overrides) -> dict:
-    """The profile's ``oracle`` section with the notebook's non-None ``overrides``, validated
-    (ValueError naming the bad value and the allowed range).
-
-    Keys: n_sequences, seq_len, n_random, beam_widths, beam_k (default L // 2), fixed_context_sequences
-    (default: the profile's, else half of n_sequences, at least 1), placebo_windows (the first windows of the
-    slice that the placebo oracle scores; default: the profile's, else all), num_layers."""
-    prof = get_profile(profile)
-    num_layers, max_positions = prof["model"]["num_hidden_layers"], prof["model"]["max_position_embeddings"]
-    s = prof["oracle"]
-    s.update({k: v for k, v in overrides.items() if v is not None})
-    s["n_sequences"] = check_int("n_sequences", s["n_sequences"], 1)
-    s["seq_len"] = check_int("seq_len", s["seq_len"], 2, max_positions)
-    s["n_random"] = check_int("n_random", s["n_random"], 1)
-    s["beam_k"] = check_budget(s.get("beam_k", num_layers // 2), num_layers, "beam_k")
-    widths = s["beam_widths"]
-    if isinstance(widths, (str, int, np.integer)) or not len(widths):
-        raise ValueError(f"beam_widths={widths!r} must be a non-empty list of positive integers")
-    s["beam_widths"] = [check_int("beam width", w, 1) for w in widths]
-    fc = overrides.get("fixed_context_sequences")
-    if fc is None:  # the profile's (at most n_sequences), else half the slice
-        fc = min(s.get("fixed_context_sequences", max(1, s["n_sequences"] // 2)), s["n_sequences"])
-    s["fixed_context_sequences"] = check_int("fixed_context_sequences", fc, 1, s["n_sequences"])
-    pw = overrides.get("placebo_windows")
-    if pw is None:  # the profile's (at most n_sequences), else every window
-        pw = min(s.get("placebo_windows", s["n_sequences"]), s["n_sequences"])
-    s["placebo_windows"] = check_int("placebo_windows", pw, 1, s["n_sequences"])
-    s["num_layers"] = num_layers
-    return s
+    """The oracle settings of the book's notebooks: :class:`duolib.oracle.config.OracleConfig` of ``profile``
+    with the notebook's non-None ``overrides``, its defaults resolved (:meth:`OracleConfig.resolved`); ValueError
+    naming a bad value and the allowed range."""
+    return OracleConfig.from_profile(profile, **overrides).resolved()
 
 
 def paper_budgets(num_layers: int) -> list[int]:
@@ -245,7 +217,7 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
     (``early-exit@64``: within 1% of the oracle at about 6% of its compute at width 16 on the
     benchmark model, ``benchmarks/bench_oracle.py``); ``linear`` needs fixed-context semantics."""
     L = exact.num_layers
-    k = check_budget(k, L)
+    k = checks.budget("k", k, L)
     B, T = input_ids.shape
     exhaustive = exact.oracle(k).perplexity
     full = trie_flops(model.config, trie_counts(enumerate_patterns(L, exact.choices, k)), B, T)
@@ -295,7 +267,7 @@ def loss_by_position(matrix: LossMatrix, reductions: dict, bins: int) -> pd.Data
 def big_centre(matrix: LossMatrix, k: int) -> float:
     """Mean relative depth (0 = first layer, 1 = last) of the big layers of the per-token oracle's
     winning patterns at exactly ``k`` big layers (0.5 = spread evenly)."""
-    k = check_budget(k, matrix.num_layers)
+    k = checks.budget("k", k, matrix.num_layers)
     if k == 0:
         raise ValueError("k=0: no big layers to locate")
     L = matrix.num_layers
@@ -313,7 +285,7 @@ def layer_rate(matrix: LossMatrix, k: int, code: int = BIG) -> np.ndarray:
 def skip_matrix(model, input_ids, run_dir, n_skip: int) -> LossMatrix:
     """The {big, skip} study: every pattern with exactly ``n_skip`` skipped layers (the rest big)."""
     L = model.config.num_hidden_layers
-    n_skip = check_budget(n_skip, L, "n_skip")
+    n_skip = checks.budget("n_skip", n_skip, L)
     return cached_loss_matrix(model, input_ids, run_dir, choices=("skip", "big"), k=L - n_skip)
 
 
@@ -383,10 +355,10 @@ def passage(df: pd.DataFrame, ids: torch.Tensor, seq: int, tokenizer, column: st
 def synthetic_run(profile: str, run_dir, steps: int, layers: int | None = None, lr: float | None = None):
     """Train (or load: train's own skip logic) a Duo model on the synthetic corpus in ``run_dir/synthetic``;
     returns ``(model, data)``.  ``layers`` / ``lr`` replace the profile's layer count and learning rate."""
-    model = {} if layers is None else {"num_hidden_layers": check_int("synthetic_layers", layers, 1)}
+    model = {} if layers is None else {"num_hidden_layers": checks.whole("synthetic_layers", layers, 1)}
     if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr < 1):
         raise ValueError(f"synthetic_lr={lr!r} is outside the allowed range (0, 1)")
-    cfg = book_train_config(profile, run_dir, corpus="synthetic", steps=check_int("synthetic_steps", steps, 1),
+    cfg = book_train_config(profile, run_dir, corpus="synthetic", steps=checks.whole("synthetic_steps", steps, 1),
                             model=model, lr=lr)
     result = train(cfg, Path(run_dir) / SYNTHETIC_DIR)
     return result.load_model().eval(), run_data(result.run_dir)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from ..data.corpus import prepare
-from ..profiles import get_profile
+from .. import checks
+from .config import BookConfig
 from ..train.evaluate import is_duo, unigram_perplexity
 from .evidence import window_losses
-from .pipeline import book_train_config
+from .kit import book_train_config
 
 
 def compare_config(profile: str, run_dir, steps: int, seed: int = 0, model: Mapping | None = None):
@@ -32,10 +33,9 @@ def compare_config(profile: str, run_dir, steps: int, seed: int = 0, model: Mapp
     overrides of the model section (None: the profile's book ``compare_model``), ``steps`` training
     steps, evaluated once at the end, warm-up scaled by ``steps / profile steps`` (at least 1)."""
     cfg = book_train_config(profile, run_dir, seed=seed)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"compare_steps={steps!r} must be a positive whole number of training steps")
+    steps = checks.whole("compare_steps", steps)
     warmup = max(1, round(cfg.warmup_steps * steps / cfg.steps))
-    model = get_profile(profile)["book"]["compare_model"] if model is None else dict(model)
+    model = BookConfig.from_profile(profile).compare_model if model is None else dict(model)
     cfg = cfg.replace(steps=int(steps), eval_every=int(steps), warmup_steps=min(warmup, int(steps)),
                       model={**cfg.model, **model})
     cfg.validate()

@@ -4,7 +4,6 @@ The notebooks stay thin: each cell calls one of these functions.
 
 - data slices: :func:`oracle_slices` (the holdout slice of ``03_oracle``), :func:`eval_slices`,
   :func:`train_batches`;
-- parameter checks that fail early with a clear message: :func:`check_budget_list`, :func:`check_settings`;
 - cached router training (``run_dir/routers/<name>``): :func:`cached_router`, :func:`cached_distilled_router`;
 - scoring and route statistics: :func:`score_policies`, :func:`late_fraction`,
   :func:`early_position_ratio`, :func:`usage_grid`, :func:`oracle_references`, :func:`scored_budget_flops`;
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -26,20 +24,29 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..moves import moved
 from ..utils import batch_source, json_hash, tensor_hash
 from ..fileio import atomic_write_text
-from ..runfolder import RunFolderError, verify_manifest, write_manifest
-from ..profiles import get_profile
+from ..folders import RunFolderError
+from ..manifests import verify_manifest, write_manifest
+from ..oracle.config import OracleConfig
+from ..router.config import RouterConfig
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL
 from ..data.batches import holdout_sequences, sample_batch
 from ..router.evaluate import route_and_score
-from ..router.budgets import SETTINGS, budget_targets
 from ..router.base import load_router, weights_fingerprint
 from ..router.policy import RouterPolicy
-from ..router.train import calibrate_router, train_distilled_router, train_router
+from ..router.calibration import calibrate_router
+from ..router.distill import train_distilled_router
+from ..router.train import train_router
 from ..oracle.engine import loss_matrix
 from ..flops import ffn_flops, mean_flops_per_token, pattern_flops
 from .analysis import read_manifest
+
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"check_budget_list": "duolib.checks.budgets",
+    "check_settings": "duolib.router.budgets.check_settings"})
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -49,7 +56,7 @@ def oracle_slices(profile: str, data, run_dir=None) -> dict[str, torch.Tensor]:
     ``seq_len`` tokens drawn at random over each holdout (:func:`duolib.data.batches.holdout_sequences`, the
     same windows as 03's), as recorded by notebook 03 in ``run_dir`` (``duolib.book.analysis`` manifest) or
     else from the profile's ``oracle`` section."""
-    sec = get_profile(profile)["oracle"]
+    sec = OracleConfig.from_profile(profile).to_dict()
     if run_dir is not None:
         try:
             sec = {**sec, **{k: v for k, v in read_manifest(run_dir).items() if k in ("n_sequences", "seq_len")}}
@@ -67,57 +74,14 @@ def eval_slices(data, n: int, seq_len: int) -> dict[str, torch.Tensor]:
 def distill_slice(profile: str, data, seed: int = 0) -> torch.Tensor:
     """The training slice of the oracle-distilled router: the router section's ``distill_windows`` random
     training windows of the oracle section's ``seq_len`` (one fixed draw, apart from router training's)."""
-    p = get_profile(profile)
-    return sample_batch(data.train, 10**6, p["router"]["distill_windows"], p["oracle"]["seq_len"], seed)
+    windows, seq_len = RouterConfig.from_profile(profile).distill_windows, OracleConfig.from_profile(profile).seq_len
+    return sample_batch(data.train, 10**6, windows, seq_len, seed)
 
 
 def train_batches(stream, batch_size: int, seq_len: int, seed: int = 0, offset: int = 0) -> Callable[[int], torch.Tensor]:
     """``step -> [batch_size, seq_len]`` random training windows (``duolib.data.corpus.sample_batch``);
     ``offset`` shifts the step numbers (a different stream of windows for the same seed)."""
     return lambda step: sample_batch(stream, step + offset, batch_size, seq_len, seed)
-
-
-# ----------------------------------------------------------------------------- parameter checks
-
-
-def check_budget_list(budgets, num_layers: int, what: str = "budget") -> tuple[int, ...]:
-    """Router budgets as a tuple of whole numbers of big layers in ``0..num_layers``; ValueError otherwise."""
-    if isinstance(budgets, (numbers.Real, str)):
-        budgets = [budgets]
-    out = []
-    for b in budgets:
-        if isinstance(b, bool) or not isinstance(b, numbers.Real) or float(b) != int(b) or not 0 <= b <= num_layers:
-            raise ValueError(f"{what}={b!r} is outside 0..{num_layers}: a budget is the average number of big layers "
-                             f"per token, a whole number from 0 to num_hidden_layers={num_layers}")
-        out.append(int(b))
-    if not out:
-        raise ValueError(f"give at least one {what} (big layers per token, 0..{num_layers})")
-    return tuple(out)
-
-
-def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
-    """Skip settings as ``{name: {option: fraction}}``.
-
-    ``settings``: names of :data:`duolib.router.budgets.SETTINGS`, or a mapping name -> fractions per option
-    (``{"mine": {"big": 0.5, "skip": 0.5}}``) that must sum to 1.  ValueError names the bad value."""
-    if isinstance(settings, str):
-        settings = [settings]
-    items = settings.items() if isinstance(settings, Mapping) else [(s, s) for s in settings]
-    out = {}
-    for name, spec in items:
-        if isinstance(spec, str):
-            if spec not in SETTINGS:
-                raise ValueError(f"unknown skip setting {spec!r}; allowed: {', '.join(SETTINGS)} (or a mapping "
-                                 f"name -> {{option: fraction}} summing to 1)")
-            spec = SETTINGS[spec]
-        if not isinstance(spec, Mapping) or not spec:
-            raise ValueError(f"setting {name!r}: {spec!r} is not a mapping option -> fraction")
-        try:
-            budget_targets(num_layers, tuple(spec), option_budget=dict(spec))
-        except ValueError as err:
-            raise ValueError(f"setting {name!r}: {err}") from None
-        out[str(name)] = {str(k): float(v) for k, v in spec.items()}
-    return out
 
 
 # ----------------------------------------------------------------------------- cached routers
@@ -162,7 +126,7 @@ def cached_router(model, folder, batches, steps: int, *, options=("small", "big"
 
     ``data_key`` describes ``batches`` (they cannot be hashed), e.g. ``"train 8x128 seed 0"``.  With
     ``calibrate_batches`` > 0 the trained router's decision threshold is then calibrated to its budget
-    (:func:`duolib.router.train.calibrate_router`) on that many further training batches (steps
+    (:func:`duolib.router.calibration.calibrate_router`) on that many further training batches (steps
     ``steps`` onward, unseen in training).  Returns ``(router, history DataFrame)``."""
     import pandas as pd
 
@@ -186,7 +150,7 @@ def cached_router(model, folder, batches, steps: int, *, options=("small", "big"
 def oracle_targets(model, input_ids: torch.Tensor, k: int, semantics: str = "shared"):
     """The per-token oracle's winning patterns at exactly ``k`` big layers on ``input_ids [N, T]``:
     ``(routes [M, L], token_index (seq, position), oracle perplexity)`` for
-    :func:`duolib.router.train.train_distilled_router`."""
+    :func:`duolib.router.distill.train_distilled_router`."""
     matrix = loss_matrix(model, input_ids, k=k, semantics=semantics)
     red = matrix.oracle(k)
     return matrix.patterns[red.winners].long(), (matrix.seq, matrix.position), red.perplexity
@@ -197,7 +161,7 @@ def cached_distilled_router(model, folder, input_ids: torch.Tensor, k: int, step
     """Beyond the paper: a router trained to imitate the per-token oracle at budget ``k`` on the
     training slice ``input_ids`` (winners from :func:`oracle_targets`), cached in ``folder``; with
     ``calibrate`` its threshold is then calibrated to k big layers on the same slice, like the paper's
-    routers (:func:`duolib.router.train.calibrate_router`).
+    routers (:func:`duolib.router.calibration.calibrate_router`).
     Returns ``(router, history DataFrame, oracle perplexity on the training slice)``."""
     import pandas as pd
 

@@ -1,6 +1,6 @@
 """The shape of each notebook's saved results (``run_dir/results/<step>.json``), as TypedDicts.
 
-:func:`duolib.book.pipeline.save_results` checks a notebook's results against its type (declared with its
+:func:`duolib.book.kit.save_results` checks a notebook's results against its type (declared with its
 chapter in :data:`duolib.book.chapters.CHAPTERS`) before writing them, and :mod:`duolib.book.scorecard` reads them in these shapes.  Budgets ``k`` and p values are JSON
 strings (``"4"``, ``"0.5"``); perplexities are floats.  Keys beyond the declared ones are kept.
 """

@@ -18,7 +18,7 @@ from ..profiles import get_profile
 from ..router.evaluate import route_and_score
 from ..routing import BIG
 from ..train.config import lr_factor
-from ..train.run_folder import quiet_hf
+from ..train.model_files import quiet_hf
 from ..utils import batch_source, json_hash
 
 def opt_config(profile: str, vocab_size: int, **overrides):

@@ -1,6 +1,6 @@
 """The reproduction scorecard: a computed verdict for each finding C1-C10 of the paper.
 
-Each experiment notebook writes its headline numbers with ``duolib.book.pipeline.save_results`` to
+Each experiment notebook writes its headline numbers with ``duolib.book.kit.save_results`` to
 ``run_dir/results/<step>.json``; :func:`scorecard` reads them and applies the rules of
 :mod:`duolib.book.rules` (verdict logic: :mod:`duolib.book.verdicts`).  Every
 number a rule uses carries a 95% window-bootstrap interval (:mod:`duolib.book.evidence`), stored as

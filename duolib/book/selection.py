@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import checks
 from ..oracle.controls import PLACEBO_DROP, PlaceboLosses, placebo_losses, split_half_difficulty
 from ..oracle.engine import check_semantics
 from ..oracle.reductions import LossMatrix
-from ..oracle.sampling import check_budget
 from ..routing import BIG
-from ..runfolder import read_checked, write_checked
+from ..manifests import read_checked, write_checked
 from ..stats import N_BOOT, bootstrap, window_totals
 from ..utils import parts_hash
 from .analysis import ORACLE_DIR, model_fingerprint
@@ -68,7 +68,7 @@ def _budgets(matrix: LossMatrix, placebo: PlaceboLosses | None, ks) -> list[int]
     L, present = matrix.num_layers, set(matrix.n_big.tolist())
     if ks is None:
         return [k for k in range(1, L) if k in present and (placebo is None or placebo.covers(k))]
-    ks = [check_budget(k, L) for k in ks]
+    ks = [checks.budget("k", k, L) for k in ks]
     missing = [k for k in ks if k not in present]
     short = [k for k in ks if placebo is not None and not placebo.covers(k)]
     if missing or short:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write_text, remove_stale_temps
-from ..runfolder import digest, mismatch
+from ..manifests import digest, mismatch
 from ..utils import json_hash
 from .document import Document
 from .split import DEFAULT_CODE_FRACTION, DEFAULT_HOLDOUT_FRACTION, mix_train, split_documents, work_id

@@ -18,7 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..runfolder import RunFolderError, folder_kind, mismatch, reading, verify_manifest
+from ..folders import RunFolderError, folder_kind, reading
+from ..manifests import mismatch, verify_manifest
 from ..utils import json_hash, token_array
 from .corpus import Prepared, prepare
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write, remove_stale_temps, umask_modes
-from ..runfolder import digest, mismatch
+from ..manifests import digest, mismatch
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

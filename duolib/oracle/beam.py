@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import checks
 from ..utils import eval_mode
 from .engine import check_ids, check_semantics
 from .setup import ffn_residual, oracle_setup, reference_routes
 from .brute_force import attention_node_flops
 from .patterns import parse_choices
 from .reductions import MeanTokenLoss
-from .sampling import check_budget
 from ..routing import BIG, ROUTE_NAMES, SKIP
 from ..flops import ffn_flops, head_flops
 
@@ -106,7 +106,7 @@ def _beam_inputs(model, input_ids, width, choices, k, semantics, reference, prox
     L = model.config.num_hidden_layers
     codes = parse_choices(choices)
     if k is not None:
-        k = check_budget(k, L)
+        k = checks.budget("k", k, L)
         if k > 0 and BIG not in codes:
             raise ValueError(f"k={k} big layers needs 'big' among the choices")
     ref = reference_routes(reference, L, *input_ids.shape)

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import checks
 from ..routing import SMALL
 from ..utils import eval_mode
 from .engine import check_ids, check_semantics
 from .reductions import LossMatrix
-from .sampling import check_budget
 from .setup import oracle_setup, reference_routes
 
 #: Default share of each big FFN's hidden units a placebo candidate drops.
@@ -95,7 +95,7 @@ class PlaceboLosses:
 
     def for_budget(self, k: int) -> torch.Tensor:
         """The placebo of budget ``k``: the per-token best of the first ``C(L, k)`` candidates ``[N]``."""
-        return self.best(math.comb(self.num_layers, check_budget(k, self.num_layers)))
+        return self.best(math.comb(self.num_layers, checks.budget("k", k, self.num_layers)))
 
     def covers(self, k: int) -> bool:
         return math.comb(self.num_layers, int(k)) <= self.n_candidates

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import checks
 from ..routing import BIG, ROUTE_NAMES, SKIP, as_pattern, check_codes
-from .sampling import check_budget
 
 
 def parse_choices(choices) -> tuple[int, ...]:
@@ -45,7 +45,7 @@ def enumerate_patterns(num_layers: int, choices=("small", "big"), k: int | None 
         digits[:, i] = codes[index % len(codes)]
         index //= len(codes)
     if k is not None:
-        k = check_budget(k, num_layers)
+        k = checks.budget("k", k, num_layers)
         digits = digits[(digits == BIG).sum(1) == k]
         if len(digits) == 0:
             raise ValueError(f"no pattern over choices {[ROUTE_NAMES[c] for c in codes]} has exactly k={k} big "
@@ -75,7 +75,7 @@ def resolve_patterns(num_layers: int, patterns=None, choices=("small", "big"), k
     check_codes(patterns, "patterns")
     patterns = patterns.to(torch.int8)
     if k is not None:
-        k = check_budget(k, num_layers)
+        k = checks.budget("k", k, num_layers)
         patterns = patterns[(patterns == BIG).sum(1) == k]
         if patterns.shape[0] == 0:
             raise ValueError(f"no given pattern has exactly k={k} big layers")

@@ -27,9 +27,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .. import checks
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, as_pattern, pattern_to_str
 from .registry import REDUCTIONS
-from .sampling import check_budget, random_rows
+from .sampling import random_rows
 from .schedules import SCHEDULES, SHUFFLED, budget_schedule, shuffled_schedule
 
 SEMANTICS = ("shared", "fixed-context")
@@ -161,7 +162,7 @@ class LossMatrix:
         """Pattern rows with exactly ``k`` big layers (all rows if k is None) ``[P_k]``."""
         if k is None:
             return torch.arange(self.num_patterns)
-        k = check_budget(k, self.num_layers)
+        k = checks.budget("k", k, self.num_layers)
         rows = (self.n_big == k).nonzero().flatten()
         if len(rows) == 0:
             raise ValueError(f"the matrix has no pattern with exactly k={k} big layers "
@@ -253,7 +254,7 @@ class LossMatrix:
             raise ValueError(f"schedule has length {len(budgets)} but the sequences have {T} tokens: give "
                              f"{T} budgets (one per position) or {T - 1} (one per scored position)")
         for t, k in enumerate(budgets.tolist()):
-            check_budget(k, self.num_layers, f"budget at position {t}")
+            checks.budget(f"budget at position {t}", k, self.num_layers)
         losses = torch.empty(self.num_tokens, dtype=self.losses.dtype)
         winners = torch.empty(self.num_tokens, dtype=torch.long)
         per_token_k = budgets[self.position]  # [N]
@@ -300,7 +301,7 @@ class LossMatrix:
     def early_exit_pattern(self, n_skip: int) -> torch.Tensor:
         """[ours] The early-exit pattern of the {big, skip} study: big for the first ``L - n_skip``
         layers, then skip."""
-        n_skip = check_budget(n_skip, self.num_layers, "n_skip")
+        n_skip = checks.budget("n_skip", n_skip, self.num_layers)
         return torch.tensor([BIG] * (self.num_layers - n_skip) + [SKIP] * n_skip)
 
     def summary(self, ks: Iterable[int] | None = None, n_random: int = 100, seed: int = 0) -> dict:
@@ -311,7 +312,7 @@ class LossMatrix:
         need is present."""
         L = self.num_layers
         present = sorted(set(self.n_big.tolist()))
-        ks = present if ks is None else [check_budget(k, L) for k in ks]
+        ks = present if ks is None else [checks.budget("k", k, L) for k in ks]
         out = {"semantics": self.semantics, "num_layers": L, "num_patterns": self.num_patterns,
                "num_tokens": self.num_tokens, "seq_len": self.seq_len,
                "choices": [ROUTE_NAMES[c] for c in self.choices],

@@ -5,20 +5,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import checks
+from .config import OracleConfig
 from .engine import loss_matrix
 from .difficulty import token_difficulty
 from .reductions import SEMANTICS, LossMatrix
-from .sampling import check_budget
 from ..routing import BIG, ROUTE_NAMES, SKIP, SMALL, pattern_to_str
 from ..config import DuoConfig
 from ..model import DuoForCausalLM
-from ..profiles import get_profile
 from ..data.corpus import prepare
 from ..data.synthetic import LABEL_NAMES
 from ..data.batches import holdout_sequences
 from ..data.run_data import data_for_model, model_folder, reading_model
 from ..fileio import atomic_write_text
-from ..runfolder import check_usable, claim, clear, verify_manifest, write_manifest
+from ..folders import check_usable, claim, clear, resolve_folder
+from ..manifests import verify_manifest, write_manifest
 
 
 def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_random: int = 100, seed: int = 0,
@@ -66,13 +67,6 @@ def write_oracle_tables(matrix: LossMatrix, folder, *, k: int | None = None, n_r
     return summary
 
 
-def _positive(name: str, value, default: int) -> int:
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} {value!r} must be a positive integer")
-    return value
-
-
 def read_summary(out) -> dict:
     """The ``summary.json`` of a finished ``duo oracle`` folder; ValueError when the run is incomplete
     (written last, so a run killed before the end leaves none) or unreadable."""
@@ -90,17 +84,18 @@ def read_summary(out) -> dict:
     return summary
 
 
-def _sequences(args, vocab_size: int, n: int, seq_len: int):
+def oracle_sequences(model_spec: str | None, random_init: bool, corpus: str | None, seed: int, vocab_size: int,
+                     n: int, seq_len: int):
     """``({holdout: (ids, labels)}, tokenizer, corpus, label names)`` of ``duo oracle``: random ids, or a
     corpus tokenised with the model's own tokenizer (a run's: :func:`duolib.data.run_data.data_for_model`)."""
-    corpus = args.corpus or ("random" if args.random_init else None)
+    corpus = corpus or ("random" if random_init else None)
     if corpus == "random":
-        g = torch.Generator().manual_seed(args.seed)
+        g = torch.Generator().manual_seed(seed)
         return {"random": (torch.randint(0, vocab_size, (n, seq_len), generator=g), None)}, None, corpus, None
-    if args.random_init:  # no trained tokenizer to keep: the corpus's own
+    if random_init:  # no trained tokenizer to keep: the corpus's own
         prep = prepare(corpus, vocab_size=vocab_size, progress=False)
     else:
-        prep = data_for_model(args.model, corpus, vocab_size)
+        prep = data_for_model(model_spec, corpus, vocab_size)
     sequences = {}
     for name, stream in prep.holdout.items():
         labelled = getattr(stream, "labels", None) is not None
@@ -110,48 +105,59 @@ def _sequences(args, vocab_size: int, n: int, seq_len: int):
 
 
 def cli_main(args) -> int:
-    """``duo oracle``: load a model (or random-init one), take holdout slices, write the tables.
+    """``duo oracle``: its flags to an :class:`OracleConfig` and the run's inputs, then :func:`run_oracle`."""
+    both = args.semantics == "both"
+    cfg = OracleConfig.from_profile(args.profile, n_sequences=args.n_sequences, seq_len=args.seq_len,
+                                    choices=args.choices, semantics=None if both else args.semantics,
+                                    difficulty_k=args.budget)
+    return run_oracle(cfg, args.out, model=args.model, random_init=args.random_init, corpus=args.corpus,
+                      seed=args.seed, both_semantics=both, save_matrix=args.save_matrix, progress=not args.quiet)
+
+
+def run_oracle(cfg: OracleConfig, out, *, model: str | None = None, random_init: bool = False,
+               corpus: str | None = None, seed: int = 0, both_semantics: bool = False, save_matrix: bool = False,
+               progress: bool = True) -> int:
+    """Load ``model`` (a model or `duo train` run folder; or a random one of ``cfg.profile``'s size), take
+    ``cfg.n_sequences`` holdout windows of ``cfg.seq_len`` tokens, and write the tables of every holdout and
+    semantics (``cfg.semantics``, or both) into ``out``.
 
     The output folder is locked while it is written; its previous results are removed first and
     ``summary.json`` (``"complete": true``) is written last, so a killed run leaves no summary
     (:func:`read_summary` refuses such a folder) and never a mix of two runs."""
     import json
-    from pathlib import Path
 
-    section = get_profile(args.profile).get("oracle", {})
-    if bool(args.model) == bool(args.random_init):
+    if bool(model) == bool(random_init):
         raise ValueError("give exactly one of --model DIR and --random-init")
-    n = _positive("--n-seqs", args.n_seqs, section.get("n_sequences", 2))
-    seq_len = _positive("--seq-len", args.seq_len, section.get("seq_len", 16))
-    out = check_usable(args.out)
-    torch.manual_seed(args.seed)
-    with reading_model(args.model):  # the model, tokenizer and config of one run: no writer in between
-        if args.model:
+    n, seq_len = cfg.n_sequences, cfg.seq_len
+    out = check_usable(resolve_folder(out, out))
+    torch.manual_seed(seed)
+    with reading_model(model):  # the model, tokenizer and config of one run: no writer in between
+        if model:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(model_folder(args.model)).eval()
+            net = AutoModelForCausalLM.from_pretrained(model_folder(model)).eval()
         else:
-            model = DuoForCausalLM(DuoConfig.preset(args.profile)).eval()
-        cfg = model.config
-        sequences, tokenizer, corpus, label_names = _sequences(args, cfg.vocab_size, n, seq_len)
+            net = DuoForCausalLM(DuoConfig.preset(cfg.profile)).eval()
+        mc = net.config
+        sequences, tokenizer, corpus, label_names = oracle_sequences(model, random_init, corpus, seed,
+                                                                     mc.vocab_size, n, seq_len)
     used = max(int(ids.shape[0]) for ids, _ in sequences.values())
     if used < n:
-        print(f"duo oracle: --n-seqs {n} asked, but the holdout holds {used} windows of {seq_len} tokens: "
+        print(f"duo oracle: --n-sequences {n} asked, but the holdout holds {used} windows of {seq_len} tokens: "
               f"using {used} (recorded as n_sequences)")
-    choices = args.choices or section.get("choices", "small,big")
-    semantics = SEMANTICS if args.semantics == "both" else (args.semantics or section.get("semantics", "shared"),)
-    k = args.k if args.k is not None else section.get("difficulty_k", cfg.num_hidden_layers // 2)
-    k = check_budget(k, cfg.num_hidden_layers)
-    overall = {"model": str(args.model) if args.model else f"random-init:{args.profile}", "corpus": corpus,
-               "n_sequences": used, "seq_len": seq_len, "choices": choices, "seed": args.seed, "results": {}}
+    semantics = SEMANTICS if both_semantics else (cfg.semantics,)
+    k = checks.budget("budget", mc.num_hidden_layers // 2 if cfg.difficulty_k is None else cfg.difficulty_k,
+                      mc.num_hidden_layers)
+    overall = {"model": str(model) if model else f"random-init:{cfg.profile}", "corpus": corpus,
+               "n_sequences": used, "seq_len": seq_len, "choices": cfg.choices, "seed": seed, "results": {}}
     with claim(out, "duo oracle"):
         clear(out)
         for name, (ids, labels) in sequences.items():
             for sem in semantics:
-                m = loss_matrix(model, ids, choices=choices, semantics=sem, progress=not args.quiet)
-                s = write_oracle_tables(m, out / name / sem, k=k, n_random=section.get("n_random", 100),
-                                        seed=args.seed, tokenizer=tokenizer, labels=labels, label_names=label_names,
-                                        save_matrix=args.save_matrix)
+                m = loss_matrix(net, ids, choices=cfg.choices, semantics=sem, progress=progress)
+                s = write_oracle_tables(m, out / name / sem, k=k, n_random=cfg.n_random, seed=seed,
+                                        tokenizer=tokenizer, labels=labels, label_names=label_names,
+                                        save_matrix=save_matrix)
                 per_k = {kk: v["oracle"] for kk, v in s["per_k"].items()}
                 overall["results"][f"{name}/{sem}"] = {"oracle": s["oracle"]["perplexity"], **s["uniform"],
                                                        "oracle_per_k": per_k}

@@ -1,17 +1,13 @@
-"""Budget checks and the seeded pattern samples that the reductions, the registry and the bf16 leaf share."""
+"""The seeded pattern samples that the reductions, the registry and the bf16 leaf share."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ..moves import moved
 
-def check_budget(k: int, num_layers: int, what: str = "k") -> int:
-    """``k`` as an int in ``0..num_layers`` (the number of big layers per token), else ValueError."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= num_layers:
-        raise ValueError(f"{what}={k!r} is outside 0..{num_layers}: a budget counts big layers of a "
-                         f"{num_layers}-layer model")
-    return int(k)
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"check_budget": "duolib.checks.budget"})
 
 
 def random_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:

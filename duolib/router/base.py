@@ -6,7 +6,7 @@ constructor arguments that shape its weights, :meth:`Router.config`; it register
 :func:`register_router` under a ``kind``.  Everything else is shared:
 
 - ``logits = raw_logits + offsets[layer]``: ``offsets`` ``[L, n_options]`` is a buffer that calibration
-  (:func:`duolib.router.train.calibrate_router`) and the benchmarks move with :meth:`Router.shift`,
+  (:func:`duolib.router.calibration.calibrate_router`) and the benchmarks move with :meth:`Router.shift`,
   never a type's own weights;
 - hard routes (argmax over the options, real sparse execution) and the soft training mixture;
 - :meth:`Router.save` / :func:`load_router`: safetensors + ``router.json``, whose ``type`` names the kind
@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from ..routing import ROUTE_NAMES, RoutingPolicy
-from ..runfolder import verify_manifest, write_manifest, writing
-from ..train.run_folder import atomic_dir
+from ..folders import writing
+from ..manifests import verify_manifest, write_manifest
+from ..fileio import atomic_dir
 from .budgets import OPTION_CODES, parse_options
 
 FORMAT = "duolib-router"

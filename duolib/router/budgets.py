@@ -124,3 +124,28 @@ def temperature(step: int, steps: int, tau0: float = DEFAULT_TAU0, tau_min: floa
         return float(tau_min)
     frac = min(1.0, max(0.0, step / (steps - 1)))
     return float(max(tau_min, tau0 * (tau_min / tau0) ** frac))
+
+
+def check_settings(settings, num_layers: int) -> dict[str, dict[str, float]]:
+    """Skip settings as ``{name: {option: fraction}}``.
+
+    ``settings``: names of :data:`duolib.router.budgets.SETTINGS`, or a mapping name -> fractions per option
+    (``{"mine": {"big": 0.5, "skip": 0.5}}``) that must sum to 1.  ValueError names the bad value."""
+    if isinstance(settings, str):
+        settings = [settings]
+    items = settings.items() if isinstance(settings, Mapping) else [(s, s) for s in settings]
+    out = {}
+    for name, spec in items:
+        if isinstance(spec, str):
+            if spec not in SETTINGS:
+                raise ValueError(f"unknown skip setting {spec!r}; allowed: {', '.join(SETTINGS)} (or a mapping "
+                                 f"name -> {{option: fraction}} summing to 1)")
+            spec = SETTINGS[spec]
+        if not isinstance(spec, Mapping) or not spec:
+            raise ValueError(f"setting {name!r}: {spec!r} is not a mapping option -> fraction")
+        try:
+            budget_targets(num_layers, tuple(spec), option_budget=dict(spec))
+        except ValueError as err:
+            raise ValueError(f"setting {name!r}: {err}") from None
+        out[str(name)] = {str(k): float(v) for k, v in spec.items()}
+    return out

@@ -20,7 +20,7 @@ The base model is frozen by default.
 execution.  Decisions depend only on each token's own hidden state, so ``generate(routes=router)``
 works with the KV cache.
 
-**Beyond the paper**: :func:`duolib.router.train.train_distilled_router` trains the same router with
+**Beyond the paper**: :func:`duolib.router.distill.train_distilled_router` trains the same router with
 cross-entropy to imitate an oracle's per-token, per-layer choices at a budget, teacher-forced along the oracle's routes.
 
 Evaluation helpers (in :mod:`duolib.router.evaluate`) return tidy pandas DataFrames: perplexity vs average big layers

@@ -12,8 +12,9 @@ from torch import nn
 
 from ..convert import llama_config
 from ..model import DuoForCausalLM
+from ..utils import config_differences
 from .config import TrainConfig, hold_steps, lr_factor
-from .run_folder import config_differences, load_run, model_fields
+from .run_folder import load_run, model_fields
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:

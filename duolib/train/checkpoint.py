@@ -1,6 +1,7 @@
 """Checkpoints of Stage-1 training: ``checkpoint/step-NNNNNNNN`` folders written atomically, found,
 verified against their manifest and loaded back (model, optimiser, scheduler, trainer state and RNG
-states, with no pickle that can run code).  Their layout is described in :mod:`duolib.train.run_folder`."""
+states, with no pickle that can run code).  Their layout is described in :mod:`duolib.train.run_folder`, whose :class:`~duolib.train.run_folder.RunFolder`
+writes and reads them."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runfolder import RunFolderError, confined, writing
-from ..utils import file_sha256, json_hash
-from .run_folder import CKPT_DIR, atomic_dir, config_differences, save_model, unwrap_model, write_json
+from ..fileio import atomic_dir, write_json
+from ..folders import RunFolderError, writing
+from ..manifests import confined
+from ..utils import config_differences, file_sha256, json_hash
+from .model_files import save_model, unwrap_model
 
 
+CKPT_DIR = "checkpoint"
 STATE_FILE, RNG_FILE, LEGACY_STATE_FILE = "trainer_state.json", "rng.safetensors", "trainer_state.pt"
 CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..folders import resolve_folder
 from .config import TrainConfig
 from .distributed import dist_rank_world
 from .loop import train
@@ -32,16 +33,17 @@ def config_from_args(args) -> TrainConfig:
         overrides["eval_routes"] = tuple(er.split(",") if isinstance(er, str) else er)
     if getattr(args, "quiet", False):  # --no-progress
         overrides["progress"] = False
-    if getattr(args, "run_dir", None) is None:  # the book's layout: its Stage-1 run and token caches
+    if getattr(args, "out", None) is None:  # the book's layout: its Stage-1 run and token caches
         overrides.setdefault("cache_dir", str(default_run_dir(args.profile).parent / "cache"))
     return TrainConfig.from_profile(args.profile, **overrides)
 
 
 def default_run_dir(profile: str) -> Path:
-    """Where ``duo train`` writes without ``--out``: ``runs/<profile>/stage1``, the folder in which the book's
-    notebooks (and ``duo data``, Binder, papermill) keep the profile's Stage-1 model, so a model trained on the
-    command line is the one the chapters read (and is not retrained when its config is the book's)."""
-    return Path("runs") / profile / "stage1"
+    """Where ``duo train`` writes without ``--out``: ``runs/<profile>/stage1`` under the project root
+    (:func:`duolib.folders.resolve_folder`), the folder in which the book's notebooks (and ``duo data``,
+    Binder, papermill) keep the profile's Stage-1 model, so a model trained on the command line is the one
+    the chapters read (and is not retrained when its config is the book's)."""
+    return resolve_folder(None, Path("runs") / profile / "stage1")
 
 
 def run_from_args(args) -> int:
@@ -54,7 +56,7 @@ def run_from_args(args) -> int:
         dist.init_process_group(backend)
     try:
         cfg = config_from_args(args)
-        run_dir = args.run_dir or default_run_dir(cfg.profile)
+        run_dir = resolve_folder(args.out, default_run_dir(cfg.profile))
         result = train(cfg, run_dir, resume=not args.no_resume, overwrite=args.overwrite)
         if dist_rank_world()[0] == 0:
             grown = result.summary.get("extended")

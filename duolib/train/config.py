@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..config import DuoConfig, check_context
 from ..flops import dense_equivalent_width
-from ..profiles import PROFILES, get_profile
+from ..profiles import PROFILES
+from ..stage_config import StageConfig
 from ..utils import check_threads
 from ..data.corpus import parse_corpus
 from ..data.tokenizer import check_vocab_size
@@ -30,8 +31,9 @@ LATER_FIELDS = {"amp": False, "hold_fraction": 0.0}
 # ----------------------------------------------------------------------------- configuration
 
 @dataclass
-class TrainConfig:
-    """One Stage-1 run.  ``TrainConfig.from_profile("default", steps=100)`` fills it from a profile.
+class TrainConfig(StageConfig):
+    """One Stage-1 run.  ``TrainConfig.from_profile("default", steps=100)`` fills it from a profile's ``train``
+    section (:class:`duolib.stage_config.StageConfig`).
 
     model / data: overrides of the profile's model section / extra ``duolib.data.corpus.prepare`` keywords
     (``max_docs``, ``synthetic``, ``holdout_fraction``, ``tokenizer_chars``).
@@ -46,6 +48,8 @@ class TrainConfig:
     p_big / p_skip, "random:P" = p_big P and no skip, "random:P:S" = p_big P and p_skip S); dense models
     are evaluated once ("dense").
     """
+
+    SECTION = "train"
 
     profile: str = "default"
     model: dict = field(default_factory=dict)
@@ -90,21 +94,6 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: str | None = None
     deterministic: bool = True
-
-    @classmethod
-    def from_profile(cls, profile: str = "default", **overrides) -> "TrainConfig":
-        """The profile's ``train`` section, then ``overrides`` (None values are ignored)."""
-        section = get_profile(profile)["train"]
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in section.items() if k in names}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {sorted(names)}")
-        return cls(profile=profile, **values)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

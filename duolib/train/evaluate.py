@@ -13,7 +13,7 @@ from ..model import DuoForCausalLM
 from ..routing import BIG, SMALL, training_routes
 from ..utils import eval_mode, token_array
 from .config import TrainConfig, parse_route_mode
-from .run_folder import unwrap_model
+from .model_files import unwrap_model
 
 
 def is_duo(model: nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""Run folders of Stage-1 training: checkpoints and run files, written atomically.
+"""Run folders of Stage-1 training, owned by :class:`RunFolder`: checkpoints and run files, written atomically.
 
 Run folder layout
 -----------------
@@ -20,7 +20,7 @@ Run folder layout
         tokenizer/           the tokenizer (save_pretrained): every consumer of the run uses this one
                              (``duolib.data.run_data.run_data``, ``duo oracle / route --model RUN``)
         summary.json         written last: the finished run (config hash, final evaluation, baselines)
-        .lock, .duolib       the writer lock (``duolib.runfolder.claim``) and the mark of a duolib folder
+        .lock, .duolib       the writer lock (``duolib.folders.claim``) and the mark of a duolib folder
 
 Every file and folder is written to a temporary name and renamed into place, so a run killed at any
 moment (even with SIGKILL) leaves no half-written file; resuming continues from the newest complete
@@ -42,132 +42,40 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
-import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+import torch
 from torch import nn
 
+from ..moves import moved
+from ..data.run_data import summary_checksum, verify_run
+from ..fileio import atomic_dir, atomic_write_text, write_json
 from ..model import DuoForCausalLM
+from ..folders import claim, clear, reading, writing
+from ..manifests import digest, verify_manifest, write_manifest
+from ..utils import config_differences, json_hash
+from .checkpoint import CKPT_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .model_card import model_card
-from ..fileio import atomic_write_text, umask_modes
-from ..runfolder import verify_manifest
-from ..data.run_data import verify_run
-from ..utils import json_hash
+from .distributed import barrier
+from .model_files import quiet_hf, save_complete_checkpoint, save_run_tokenizer
 
-CKPT_DIR = "checkpoint"
+#: Names that moved out of this module in this release (an import of one names its new module).
+__getattr__ = moved(__name__, {"save_model": "duolib.train.model_files.save_model",
+                               "unwrap_model": "duolib.train.model_files.unwrap_model",
+                               "fix_tokenizer_config": "duolib.train.model_files.fix_tokenizer_config",
+                               "MetricsLog": "duolib.train.run_folder.RunFolder.log"})
+
+
 METRICS_FILE, CONFIG_FILE, SUMMARY_FILE = "metrics.jsonl", "config.json", "summary.json"
 FINAL_DIR, TOKENIZER_DIR = "final", "tokenizer"
 #: DuoConfig fields added after the first runs, with their defaults (left out of a run's identity at the default).
 LATER_MODEL_FIELDS = {"stage1_route_probs": None}
-LOADER_KEYS = ("is_local", "local_files_only", "cache_dir", "force_download", "revision", "token", "subfolder",
-               "trust_remote_code", "_commit_hash")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-@contextlib.contextmanager
-def quiet_hf():
-    """No transformers progress bars ("Writing model shards", "Loading weights") inside."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-def save_model(model: nn.Module, folder: Path) -> None:
-    """save_pretrained as one safetensors file, quietly."""
-    with quiet_hf():
-        unwrap_model(model).save_pretrained(folder, max_shard_size="1000GB")
-    for weights in Path(folder).glob("*.safetensors"):
-        umask_modes(weights)  # safetensors writes 0600
-
-
-def save_complete_checkpoint(model: nn.Module, tokenizer, folder: str | os.PathLike, train: dict | None = None,
-                             summary: dict | None = None) -> None:
-    """A Hugging Face checkpoint that works from its path alone (``pipeline("text-generation", model=folder)``):
-    weights and config (with ``auto_map`` and the model code for ``trust_remote_code=True``), the
-    tokenizer's bos / eos / pad ids in the config and the generation config (so ``generate`` stops at
-    the tokenizer's eos), the tokenizer files, and a model card ``README.md`` (size, route semantics, how to
-    load; with ``train`` (TrainConfig.to_dict()) and ``summary`` also its data, schedule and final evaluation).
-    ``tokenizer=None`` saves the model alone."""
-    model = unwrap_model(model)
-    if tokenizer is not None:
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            setattr(model.config, name, getattr(tokenizer, name))
-            if getattr(model, "generation_config", None) is not None:
-                setattr(model.generation_config, name, getattr(tokenizer, name))
-    save_model(model, Path(folder))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
-        fix_tokenizer_config(Path(folder) / "tokenizer_config.json", model.config.max_position_embeddings)
-    if isinstance(model, DuoForCausalLM):
-        atomic_write_text(Path(folder) / "README.md", model_card(model, train, summary))
-
-
-def save_run_tokenizer(tokenizer, folder: Path, context: int) -> None:
-    """The run's own ``tokenizer/`` folder, saved as ``final/`` saves its copy (:func:`fix_tokenizer_config`), so
-    that the two agree byte for byte (``duolib.data.run_data.verify_run`` compares them)."""
-    with atomic_dir(folder) as tmp:
-        tokenizer.save_pretrained(str(tmp))
-        fix_tokenizer_config(Path(tmp) / "tokenizer_config.json", context)
-
-
-def fix_tokenizer_config(path: Path, context: int) -> None:
-    """The saved tokenizer's ``model_max_length`` is the model's context (transformers' default is 1e30, so
-    ``truncation=True`` would never truncate), without the loading options transformers copies in
-    (``is_local``, ``local_files_only``, ...): they describe how a tokenizer was once read, not the tokenizer."""
-    config = json.loads(path.read_text())
-    for key in LOADER_KEYS:
-        config.pop(key, None)
-    config["model_max_length"] = int(context)
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path):
-    """Yield a temp folder next to ``target``; on success it replaces ``target`` (else it is removed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        yield tmp
-        umask_modes(tmp)  # mkdtemp's 0700 (and safetensors' 0600) would make the folder private
-        if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} (existing) vs {vb!r} (requested)")
-    return out
 
 
 # ----------------------------------------------------------------------------- run files
@@ -324,15 +232,148 @@ def remove_leftovers(run_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-class MetricsLog:
-    def __init__(self, path: Path, active: bool):
-        self.path, self.active = path, active
-
-    def write(self, record: dict) -> None:
-        if self.active:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 def write_json_lines(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+@dataclass
+class Start:
+    """Where a run starts (:meth:`RunFolder.open`): the summary of a finished run of the same identity
+    (nothing to train), else the checkpoint to resume from (None: from scratch) and the lengths a finished
+    run is being extended from (``[{"from_steps": n, "at_step": s}, ...]``; empty for an ordinary run)."""
+
+    finished: dict | None = None
+    checkpoint: Path | None = None
+    extended: list[dict] = field(default_factory=list)
+
+
+class RunFolder:
+    """One Stage-1 run folder (layout in the module docstring): its paths, its writer lock, the identity of
+    the run it holds, its checkpoints, its metrics log and its final model.  Every rank of a distributed run
+    holds one; rank 0 writes, and the methods that write wait for every rank (``barrier``) before they
+    return.  The training loop (:func:`duolib.train.loop.train`) uses it as::
+
+        folder = RunFolder(path, identity(cfg, data_fingerprint(data)), rank, world)
+        with folder.open(resume=True, overwrite=False) as start:   # the writer lock, held to the end
+            if start.finished is None:
+                state = folder.load(start, model, optimizer, scheduler)   # counters at the checkpoint
+                folder.begin(cfg, tokenizer, resumed_at=state["step"] if start.checkpoint else None)
+                ... folder.log(record); folder.save_checkpoint(step, ...) ...
+                folder.finish(model, tokenizer, cfg, summary)
+    """
+
+    def __init__(self, path: str | os.PathLike, ident: dict, rank: int = 0, world: int = 1):
+        self.path, self.ident, self.rank, self.world = Path(path), ident, rank, world
+        self.extended: list[dict] = []
+        self.config_file, self.metrics_file = self.path / CONFIG_FILE, self.path / METRICS_FILE
+        self.summary_file, self.final_dir = self.path / SUMMARY_FILE, self.path / FINAL_DIR
+        self.tokenizer_dir = self.path / TOKENIZER_DIR
+
+    @property
+    def recorded_identity(self) -> dict:
+        """The identity written to config.json: an extended run is not the fresh run of its length, so its
+        identity also records the lengths it grew from."""
+        return {**self.ident, "extended": self.extended} if self.extended else self.ident
+
+    @property
+    def identity_hash(self) -> str:
+        return json_hash(self.recorded_identity)
+
+    @contextlib.contextmanager
+    def open(self, resume: bool = True, overwrite: bool = False) -> Iterator[Start]:
+        """Lock the folder for this run (rank 0: :func:`duolib.folders.claim`, held until the block ends)
+        and say where the run starts (:class:`Start`).  ``overwrite`` or not ``resume``: clear the folder
+        first (only a folder duolib wrote).  A finished run of this identity is checked and returned; a
+        finished run asked for more steps, nothing else changed, is extended; a folder of another run raises
+        ValueError.  A finished run in a folder this process may not write is read under a shared lock."""
+        if self.world == 1 and resume and not overwrite and self.path.is_dir() and not os.access(self.path, os.W_OK):
+            with reading(self.path):
+                done = finished_summary(self.path, self.ident)
+            if done is not None:
+                yield Start(finished=done)
+                return
+        with claim(self.path, "duo train") if self.rank == 0 else contextlib.nullcontext():
+            yield self._start(resume, overwrite)
+
+    def _start(self, resume: bool, overwrite: bool) -> Start:
+        if (overwrite or not resume) and self.rank == 0:
+            clear(self.path, keep=(METRICS_FILE,))  # the old log stays until the new run writes its own
+        barrier()
+        if (done := finished_summary(self.path, self.ident)) is not None:
+            return Start(finished=done)
+        summary = read_run_json(self.summary_file, "the run's summary", required=False)
+        if self.config_file.is_file():
+            record = read_run_json(self.config_file, "the run's config")
+            existing = {k: v for k, v in record.get("identity", {}).items() if k != "extended"}
+            if not (diff := config_differences(existing, self.ident)):
+                self.extended = record.get("extended", [])  # an interrupted extension resumes as one
+            elif resume and summary is not None and only_longer(existing, self.ident):
+                self.extended = record.get("extended", []) + [dict(from_steps=existing["train"]["steps"])]
+            elif resume:
+                raise ValueError(f"run folder {self.path} belongs to a run with a different config:\n  "
+                                 + "\n  ".join(diff) + "\nuse another run folder, or overwrite=True / --overwrite "
+                                 "to replace it")
+        checkpoint = latest_checkpoint(self.path) if resume else None
+        if self.extended and checkpoint is None:
+            raise ValueError(f"run folder {self.path} has no checkpoint to continue from; train it afresh with "
+                             f"--overwrite, or use another run folder")
+        return Start(checkpoint=checkpoint, extended=self.extended)
+
+    def load(self, start: Start, model, optimizer, scheduler) -> dict:
+        """The checkpoint ``start`` names loaded into the model, optimiser and schedule (checked against its
+        manifest and this run's identity); its counters ``{"step", "tokens_seen", "elapsed", "wall"}``,
+        zeros when the run starts from scratch."""
+        if start.checkpoint is None:
+            return dict(step=0, tokens_seen=0, elapsed=0.0, wall=0.0)
+        state = load_checkpoint(start.checkpoint, model, optimizer, scheduler, self.ident,
+                                other_steps=bool(start.extended))
+        if start.extended:
+            start.extended[-1].setdefault("at_step", state["step"])
+        return {k: state[k] for k in ("step", "tokens_seen", "elapsed", "wall")}
+
+    def begin(self, cfg: TrainConfig, tokenizer, resumed_at: int | None) -> None:
+        """config.json (the recorded identity), metrics.jsonl (a resumed run keeps the lines up to its
+        checkpoint's step ``resumed_at``; a fresh one starts empty) and tokenizer/.  A summary left by a
+        shorter run being extended goes: it no longer describes the folder."""
+        if self.rank == 0:
+            self.path.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.path)
+            write_json(self.config_file, dict(identity=self.recorded_identity, identity_hash=self.identity_hash,
+                                               config=cfg.to_dict(),
+                                               **(dict(extended=self.extended) if self.extended else {})))
+            self.summary_file.unlink(missing_ok=True)
+            write_json_lines(self.metrics_file, kept_metrics(self.metrics_file, resumed_at))
+            if tokenizer is not None and not self.tokenizer_dir.is_dir():
+                save_run_tokenizer(tokenizer, self.tokenizer_dir, cfg.duo_config().max_position_embeddings)
+        barrier()
+
+    def log(self, record: dict) -> None:
+        """Append one record to metrics.jsonl (rank 0)."""
+        if self.rank == 0:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, step: int, model, optimizer, scheduler, counters: dict, keep: int) -> None:
+        """``checkpoint/step-NNNNNNNN`` after ``step`` steps (:func:`duolib.train.checkpoint.save_checkpoint`)."""
+        if self.rank == 0:
+            save_checkpoint(self.path, step, model, optimizer, scheduler, self.ident, counters, keep)
+        barrier()
+
+    def finish(self, model, tokenizer, cfg: TrainConfig, summary: dict) -> dict:
+        """final/ (the trained model and its manifest) and summary.json (with the finished log's digest and
+        its checksum), after checking that every weight is finite; ``summary`` completed in place."""
+        if self.rank == 0:
+            bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise NonFiniteError(cfg.steps, math.nan, math.nan, self.path, f"non-finite weights in {bad[:3]}")
+            summary["metrics"] = digest(self.metrics_file)  # the finished log, checked with the run (verify_run)
+            with writing(self.final_dir, "the trained model"), atomic_dir(self.final_dir) as tmp:
+                save_complete_checkpoint(model, tokenizer, tmp, cfg.to_dict(), summary)
+                write_manifest(tmp)  # every file of final/, checked when the run is loaded or found finished
+            summary["checksum"] = summary_checksum(summary)
+            write_json(self.summary_file, summary)
+        barrier()
+        return summary

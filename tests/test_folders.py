@@ -1,4 +1,4 @@
-"""Run-folder mechanisms (duolib.runfolder, duolib.fileio): recognition and safe clearing, the writer
+"""Run-folder mechanisms (duolib.folders, duolib.fileio): recognition and safe clearing, the writer
 lock, content manifests and checked cache files, stale temporaries of killed writers.  No training."""
 
 import json
@@ -12,9 +12,9 @@ import pytest
 
 from duolib.fileio import remove_stale_temps
 from duolib.migrate import migrate
-from duolib.runfolder import (LOCK_FILE, MANIFEST, RunFolderError, check_usable, claim, clear, folder_kind,
-                              is_duolib_folder, read_checked, reading, verify_manifest, write_checked,
-                              write_manifest)
+from duolib.folders import (LOCK_FILE, RunFolderError, check_usable, claim, clear, folder_kind, is_duolib_folder,
+                            reading)
+from duolib.manifests import MANIFEST, read_checked, verify_manifest, write_checked, write_manifest
 from duolib.utils import json_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_clear_empties_a_recognised_run_folder_but_keeps_its_lock(tmp_path):
 def test_second_writer_gets_an_error_naming_the_holders_pid(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from duolib.runfolder import claim\n"
+        [sys.executable, "-c", "import sys, time; from duolib.folders import claim\n"
                                "with claim(sys.argv[1], 'duo train'):\n    print('held', flush=True); time.sleep(60)",
          str(run)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     try:
