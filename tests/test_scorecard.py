@@ -326,3 +326,10 @@ def test_the_scorecard_table_folds_rules_and_numbers_under_each_claim_and_colour
         assert f"<td>{r.claim}</td>" in page and f"background-color: {VERDICT_COLOURS[r.verdict]}" in page
     assert "<p><b>Rule:</b>" in page and "<b>Measured:</b>" in page
     assert set(VERDICT_COLOURS) == {FAILS, HOLDS, INCONCLUSIVE, MISSING, PARTLY, UNTESTABLE}
+
+
+def test_a_key_number_shows_the_seed_range_only_with_several_seeds():
+    one = verdicts.read_ci({"x": {"value": 1.0, "low": 0.5, "high": 1.5, "seeds": [1.0]}}, "x")
+    three = verdicts.read_ci({"x": {"value": 1.0, "low": 0.5, "high": 1.5, "seeds": [0.9, 1.0, 1.2]}}, "x")
+    assert verdicts.ci_text(one) == "1.00 [0.50, 1.50]"
+    assert verdicts.ci_text(three) == "1.00 [0.50, 1.50] (seeds 0.90 to 1.20, n=3)"

@@ -51,7 +51,7 @@ def ci_text(t: Ci, spec: str = ".2f") -> str:
     point = f"{t.value:{spec}}"
     text = f"{point} (no interval)" if t.point else f"{point} [{t.low:{spec}}, {t.high:{spec}}]"
     seeds = t.seeds if len(t) > 4 else None
-    if seeds:
+    if seeds and len(seeds) > 1:  # one seed's range is its own value
         text += f" (seeds {min(seeds):{spec}} to {max(seeds):{spec}}, n={len(seeds)})"
     return text
 
