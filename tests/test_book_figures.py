@@ -199,3 +199,5 @@ def test_a_long_table_shows_its_head_and_carries_the_whole_table_as_csv():
     back = pd.read_csv(__import__("io").StringIO(base64.b64decode(payload).decode()))
     assert back.shape == (30, 2) and list(back.columns) == ["k", "ppl"] and back["ppl"].iloc[-1] == 129.0
     assert "showing" not in long_table(df.head(3), "short", rows=5) and "3 rows" in long_table(df.head(3), "s")
+    pivot = pd.DataFrame({"h": ["a", "a"], "m": ["x", "y"], "v": [1, 2]}).pivot(index="h", columns="m", values="v")
+    assert "<th>m</th>" not in long_table(pivot, "p")  # the column axis's name is no header

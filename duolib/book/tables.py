@@ -42,7 +42,8 @@ def download_link(df, name: str, text: str = "download the full table (CSV)") ->
 def long_table(df, name: str, rows: int = 12, caption: str = "") -> str:
     """``df`` as HTML: its first ``rows`` rows (all of them if it has no more), then how many rows there are
     and a link that downloads the whole table as ``<name>.csv`` (:func:`download_link`)."""
-    flat = df.reset_index() if any(n is not None for n in df.index.names) else df
+    flat = df.reset_index() if any(n is not None for n in df.index.names) else df.copy()
+    flat.columns.name = None  # a pivot's column-axis name would print as a header over an empty column
     shown = flat.head(rows).to_html(index=False, classes="table", border=0, escape=True)
     more = (f"showing {min(rows, len(flat))} of {len(flat)} rows; " if len(flat) > rows else f"{len(flat)} rows; ")
     cap = f"<p>{html.escape(caption)}</p>" if caption else ""
