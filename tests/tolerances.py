@@ -19,13 +19,18 @@ def assert_paths_close(actual, expected, msg: str | None = None) -> None:
     torch.testing.assert_close(actual, expected, msg=(lambda m: f"{msg}: {m}") if msg else None)
 
 
-def paths_close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    """:func:`assert_paths_close` as a bool."""
+def holds(check, actual, expected) -> bool:
+    """Whether the assertion ``check(actual, expected)`` passes (for conditions that combine several)."""
     try:
-        assert_paths_close(actual, expected)
+        check(actual, expected)
     except AssertionError:
         return False
     return True
+
+
+def paths_close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """:func:`assert_paths_close` as a bool."""
+    return holds(assert_paths_close, actual, expected)
 
 
 #: The oracle engine (a trie over shared prefixes, batched and reduced in its own order) against the brute
@@ -42,11 +47,7 @@ def assert_engine_close(actual, expected, msg: str | None = None) -> None:
 
 def engine_close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
     """:func:`assert_engine_close` as a bool."""
-    try:
-        assert_engine_close(actual, expected)
-    except AssertionError:
-        return False
-    return True
+    return holds(assert_engine_close, actual, expected)
 
 
 #: One run trained two ways (two DDP ranks vs one process, gradient accumulation vs one batch): the gradient sums
