@@ -201,3 +201,53 @@ def test_a_long_table_shows_its_head_and_carries_the_whole_table_as_csv():
     assert "showing" not in long_table(df.head(3), "short", rows=5) and "3 rows" in long_table(df.head(3), "s")
     pivot = pd.DataFrame({"h": ["a", "a"], "m": ["x", "y"], "v": [1, 2]}).pivot(index="h", columns="m", values="v")
     assert "<th>m</th>" not in long_table(pivot, "p")  # the column axis's name is no header
+
+
+def wide_figure(panels: int, fontsize: float):
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2))
+    for ax in np.atleast_1d(axes):
+        ax.plot([1, 2], [1, 2], label="per-token oracle")
+        ax.plot([1, 2], [2, 1], label="best fixed pattern")
+        ax.legend(fontsize=fontsize)
+    return fig
+
+
+@pytest.mark.parametrize("panels", [2, 3])
+def test_legends_of_wide_figures_are_enlarged_to_the_page_minimum(panels):
+    fig = wide_figure(panels, fontsize=8)
+    legend = fig.axes[0].get_legend().get_texts()[0]
+    assert plots.shown_px(fig, legend.get_fontsize()) < plots.LEGEND_MIN_PX  # the page would shrink it
+    plots.legible(fig)
+    assert plots.shown_px(fig, legend.get_fontsize()) >= plots.LEGEND_MIN_PX - 1e-6
+    plt.close(fig)
+
+
+def test_a_legible_legend_is_left_alone():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([1, 2], [1, 2], label="a")
+    ax.legend(fontsize=9)
+    plots.legible(fig)
+    assert ax.get_legend().get_texts()[0].get_fontsize() == 9
+    plt.close(fig)
+
+
+def test_a_notebook_shows_and_glues_figures_with_legible_legends(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as plt\n"
+        "from myst_nb import glue\n"
+        "from duolib.book import plots\n"
+        "plots.use_style(); plots.use_style()\n"  # twice: the printer is wrapped once
+        "fig, axes = plt.subplots(1, 3, figsize=(18, 4))\n"
+        "for ax in axes: ax.plot([1, 2], [1, 2], label='oracle'); ax.legend(fontsize=8)\n"
+        "plt.show()\n"
+        "small, ax = plt.subplots(figsize=(3, 2)); ax.plot([1], [1], label='a'); ax.legend(fontsize=6)\n"
+        "glue('small', small, display=False)\n"
+        "print(plots.shown_px(fig, axes[0].get_legend().get_texts()[0].get_fontsize()),"
+        " plots.shown_px(small, ax.get_legend().get_texts()[0].get_fontsize()))\n")]
+    nbclient.NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[0].outputs if o["output_type"] == "stream")
+    shown, glued = map(float, printed.split())
+    assert shown >= plots.LEGEND_MIN_PX - 1e-6 and glued >= plots.LEGEND_MIN_PX - 1e-6

@@ -22,12 +22,76 @@ ROUTE_COLOURS = {"skip": "#bdbdbd", "small": "#4c72b0", "big": "#dd8452"}
 #: Width (inches) of a figure that the book shows at its natural size: at the style's 100 dpi it fits
 #: the page's text column, so a 9 pt label is read at about 9 pt.
 PAGE_WIDTH = 7.5
+#: Width (pixels) of the page's text column: a wider image is scaled down to it.
+PAGE_PX = 750
+#: Smallest legend text (pixels, as shown on the page) that :func:`legible` allows.
+LEGEND_MIN_PX = 10.0
 
 
 def use_style() -> None:
-    """The book's plotting style."""
+    """The book's plotting style; in IPython, every figure shown passes through :func:`legible` first."""
     sns.set_theme(context="notebook", style="whitegrid", palette="deep")
     plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight"})
+    fit_shown_figures()
+
+
+def shown_px(fig, points: float) -> float:
+    """Height in pixels on the page of ``points``-pt text in ``fig``: the image (tight box, at the figure's dpi)
+    is scaled down to the text column when it is wider than ``PAGE_PX``."""
+    if not hasattr(fig.canvas, "get_renderer"):  # a closed pyplot figure keeps a canvas that cannot render
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    width = fig.get_tightbbox(renderer).width * fig.dpi
+    return points * fig.dpi / 72 * min(1.0, PAGE_PX / width)
+
+
+def legible(fig, min_px: float = LEGEND_MIN_PX):
+    """Enlarge ``fig``'s legend text where the page would show it smaller than ``min_px`` pixels (a wide,
+    multi-panel figure is scaled down to the text column).  Larger text widens the figure again, so it
+    iterates; returns ``fig``."""
+    texts = [t for leg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if leg is not None
+             for t in [*leg.get_texts(), leg.get_title()] if t.get_text()]
+    for _ in range(4):
+        if not texts:
+            break
+        smallest = min(t.get_fontsize() for t in texts)
+        shown = shown_px(fig, smallest)
+        if shown >= min_px - 1e-6:
+            break
+        factor = min_px / shown * 1.02
+        for t in texts:
+            t.set_fontsize(max(t.get_fontsize(), smallest * factor))
+    return fig
+
+
+def fit_shown_figures() -> None:
+    """In IPython, pass every matplotlib figure through :func:`legible` before its PNG is made (the figures a
+    cell shows and the ones it glues); outside IPython, nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from matplotlib.figure import Figure
+
+    plt.close(plt.figure())  # pyplot loads its backend with its first figure; the inline one registers its printer then
+    png = shell.display_formatter.formatters["image/png"]
+    try:
+        current = png.lookup_by_type(Figure)
+    except KeyError:  # no inline backend: figures are not shown as PNG here
+        return
+    if getattr(current, "legible", False):
+        return
+
+    def printer(fig, _print=current):
+        return _print(legible(fig))
+
+    printer.legible = True
+    png.for_type(Figure, printer)
 
 
 def figure_html(fig, alt: str = "figure") -> "IPython.display.HTML":
@@ -36,6 +100,7 @@ def figure_html(fig, alt: str = "figure") -> "IPython.display.HTML":
     from IPython.display import HTML
 
     buf = io.BytesIO()
+    legible(fig)
     fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return HTML(f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width: 100%">')
