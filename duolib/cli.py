@@ -215,6 +215,12 @@ def cmd_book(args: argparse.Namespace) -> int:
                                jobs=args.jobs, progress=not args.quiet)
         for r in results:
             print(f"duo book: {r.name:<18} {r.status:<7} {r.seconds:8.1f} s")
+        if any(r.name == "scorecard" for r in results):  # the verdicts are final: the models' cards get them
+            from duolib.book.card import publish
+            from duolib.folders import resolve_folder
+
+            for card in publish(resolve_folder(args.out, Path("runs") / args.profile, root), args.profile):
+                print(f"duo book: the book's numbers are in the model card {card}")
     if not args.skip_build:
         html = build_book(root, args.output)
         print(f"duo book: built {html / 'index.html'}")

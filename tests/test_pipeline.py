@@ -150,10 +150,14 @@ def test_parallel_steps_glue_what_serial_steps_glue(tiny_book, tmp_path):
 
 
 def test_jobs_setting():
-    from duolib.book.jobs import busy_cpus
+    from duolib.book.jobs import busy_cpus, busy_share
 
     assert resolve_jobs(3) == 3 and resolve_jobs("auto") >= 1
     assert 0 <= busy_cpus(0.2) <= os.cpu_count()  # a sample of now, in CPUs
+    # 100 jiffies: 40 user and 20 system are busy; 30 niced (tests at nice 19) and 10 idle leave the CPU free
+    before, after = "cpu  100 100 100 100 0 0 0 0 0 0", "cpu  140 130 120 110 0 0 0 0 0 0"
+    assert busy_share(before, after) == pytest.approx(0.6)
+    assert busy_share(before, "cpu  100 200 100 100 0 0 0 0 100 0") == 0.0  # guest time is inside user / nice
     for bad in (0, "two", True):
         with pytest.raises(ValueError, match="positive number of notebooks"):
             resolve_jobs(bad)
@@ -219,3 +223,23 @@ def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatc
     # a step marked first starts before the steps listed before it once both are ready
     assert log.index(("start", "07_routers")) < log.index(("start", "04_schedules"))
     assert [s.name for s in STEPS if s.first] == ["07_routers"]
+
+
+def test_the_book_writes_its_verdicts_into_each_seeds_model_card(tiny_book):
+    from duolib.book.card import publish
+    from duolib.book.config import BookConfig
+    from duolib.book.scorecard import scorecard
+    from duolib.book.seeds import combine_seeds, load_seed_results
+    from duolib.train.model_card import BOOK_HEADING
+    from duolib.train.run_folder import verify_final
+
+    runs = tiny_book / "runs"
+    cards = publish(runs, "tiny")
+    assert len(cards) == BookConfig.from_profile("tiny").seeds
+    card = scorecard(combine_seeds(load_seed_results(runs, len(cards))))
+    for path in cards:
+        text = path.read_text()
+        assert text.count(BOOK_HEADING) == 1
+        for r in card.itertuples():
+            assert f"| {r.claim} | " in text and f" | {r.verdict} | " in text
+        verify_final(path.parent.parent)  # the card is in final/'s manifest

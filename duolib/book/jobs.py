@@ -132,20 +132,30 @@ def resolve_jobs(jobs: int | str) -> int:
 def busy_cpus(interval: float = 1.0) -> float:
     """CPUs busy with work over the next ``interval`` seconds (Linux ``/proc/stat``); elsewhere the 1-minute
     load average.  A sample of now, not the load average: that one still counts, for a minute, work that has
-    just ended (the virtualenv install that ``make book`` runs first)."""
-    def totals():
-        with open("/proc/stat", encoding="ascii") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
-
+    just ended (the virtualenv install that ``make book`` runs first).  Work at a raised nice level does not
+    count: it yields the CPU to the notebooks."""
     try:
-        total0, idle0 = totals()
+        with open("/proc/stat", encoding="ascii") as f:
+            first = f.readline()
         time.sleep(interval)
-        total1, idle1 = totals()
+        with open("/proc/stat", encoding="ascii") as f:
+            second = f.readline()
+        share = busy_share(first, second)
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cpus = os.cpu_count() or 1  # /proc/stat counts every CPU of the machine
-    return cpus * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    return (os.cpu_count() or 1) * share  # /proc/stat's first line counts every CPU of the machine
+
+
+def busy_share(first: str, second: str) -> float:
+    """The share of CPU time spent on un-niced work between two samples of ``/proc/stat``'s ``cpu`` line
+    (user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already in user / nice)."""
+    def split(line: str) -> tuple[int, int]:
+        values = [int(v) for v in line.split()[1:9]]
+        return sum(values), values[1] + values[3] + values[4]  # nice, idle and iowait leave the CPU to us
+
+    total0, free0 = split(first)
+    total1, free1 = split(second)
+    return min(1.0, max(0.0, 1 - (free1 - free0) / max(1, total1 - total0)))
 
 
 @dataclass

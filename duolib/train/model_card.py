@@ -5,9 +5,15 @@ comes from ``duo train``), what a route is, and how to load the folder with and 
 
 from __future__ import annotations
 
+#: The heading of the section that a book run adds to the card (:func:`with_section`).
+BOOK_HEADING = "## In the Duo-LLM book"
+
 
 def _count(n: int) -> str:
     return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+ROUTES_HEADING = "## Routes"
 
 
 def model_card(model, train: dict | None = None, summary: dict | None = None) -> str:
@@ -34,7 +40,7 @@ def model_card(model, train: dict | None = None, summary: dict | None = None) ->
                   "| holdout | routes | loss (nats/token) | perplexity |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['holdout']} | {r['routes']} | {r['loss']:.4f} | {r['ppl']:.2f} |"
                   for r in summary.get("final_eval", [])]
-    lines += ["", "## Routes", "",
+    lines += ["", ROUTES_HEADING, "",
               "Per token and per layer the FFN slot runs the big module (code 2), the small one (1) or nothing "
               "(skip, 0); attention always runs.  `routes=None` (the default) is all big: the model is then the "
               "plain Llama model it contains.  Give `routes=` a pattern such as `\"BS-B\"` (one code per layer for "
@@ -49,3 +55,20 @@ def model_card(model, train: dict | None = None, summary: dict | None = None) ->
               "```", "",
               "Made with duolib, the open implementation of Duo-LLM (Alizadeh-Vahid et al., 2024, arXiv:2410.10846)."]
     return "\n".join(lines) + "\n"
+
+
+def with_section(card: str, section: str) -> str:
+    """``card`` with ``section`` (Markdown starting with its ``## `` heading) in place of the section of the same
+    heading, else inserted before the card's route section (else at the end)."""
+    heading = section.splitlines()[0]
+    if not heading.startswith("## "):
+        raise ValueError(f"a card section starts with its '## ' heading, not {heading!r}")
+    lines = card.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == heading]
+    body = section if section.endswith("\n") else section + "\n"
+    if starts:
+        start = starts[0]
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        return "".join(lines[:start]) + body + ("\n" if end < len(lines) else "") + "".join(lines[end:])
+    at = next((i for i, line in enumerate(lines) if line.rstrip("\n") == ROUTES_HEADING), len(lines))
+    return "".join(lines[:at]) + body + "\n" + "".join(lines[at:])

@@ -57,6 +57,7 @@ from ..moves import moved
 from ..data.run_data import summary_checksum, verify_run
 from ..fileio import atomic_dir, atomic_write_text, write_json
 from ..model import DuoForCausalLM
+from .model_card import with_section
 from ..folders import claim, clear, reading, writing
 from ..manifests import digest, verify_manifest, write_manifest
 from ..utils import config_differences, json_hash
@@ -202,6 +203,22 @@ def read_metrics(run_dir: str | os.PathLike):
     import pandas as pd
 
     return pd.DataFrame(read_metric_records(Path(run_dir) / METRICS_FILE))
+
+
+def update_card(run_dir: str | os.PathLike, section: str) -> Path:
+    """Put ``section`` (Markdown with its ``## `` heading, e.g. the book's numbers) into the model card
+    ``final/README.md`` of the finished run ``run_dir``, replacing an earlier section of that heading; returns
+    the card.  Under the run's writer lock, ``final/`` is checked against its manifest first (a damaged model
+    is never re-listed as sound) and its manifest is rewritten after."""
+    with claim(Path(run_dir), "duo train"):  # the kind of folder it is, so the lock is the writer's own
+        final = verify_final(run_dir)
+        path = final / "README.md"
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        new = with_section(text, section)
+        if new != text:
+            atomic_write_text(path, new)
+            write_manifest(final)
+    return path
 
 
 def final_model_dir(path: str | os.PathLike) -> Path:
