@@ -58,6 +58,7 @@ from duolib import DuoConfig, DuoForCausalLM, DuoModel
 
 from ..test_configuration_common import ConfigTester
 from ..test_modeling_common import ModelTesterMixin, ids_tensor, random_attention_mask
+from ..generation.test_utils import GenerationTesterMixin
 
 # What a model inside transformers has by its entries in the auto name mappings, which the mixin reads
 # (``import duolib`` adds them too when it is imported before transformers' auto mappings)
@@ -84,7 +85,10 @@ class Tester:
         return self.get_config(), {"input_ids": input_ids, "attention_mask": mask}
 
 
-class LlamaCommonTest(ModelTesterMixin, unittest.TestCase):
+# Inherits GenerationTesterMixin as tests/models/llama does (through CausalLMModelTest); here it is the empty
+# stand-in, so test_generation_tester_mixin_inheritance checks the set-up only and no generate test runs.
+# duolib's own tests cover generation against Llama (static cache, torch.compile, custom 4D masks).
+class LlamaCommonTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (LlamaModel, LlamaForCausalLM)
     config_class, config_kwargs = LlamaConfig, dict(intermediate_size=37)
 
