@@ -231,3 +231,17 @@ def test_size_check_names_a_long_function(monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
     assert oversized(PKG / "utils.py") == ["duolib.utils (401 lines)", "duolib.utils:1 long_one (61 lines)"]
     assert oversized(PKG / "utils.py", MAX_MODULE, MAX_FUNCTION) == []
+
+
+@pytest.mark.parametrize("package", ["duolib.data", "duolib.train", "duolib.oracle", "duolib.router", "duolib.book"])
+def test_each_subpackage_has_a_face_that_resolves(package):
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    assert pkg.__all__, f"{package}/__init__.py exports nothing"
+    if hasattr(pkg, "__getattr__"):  # a lazy face: which of a name and a submodule wins would depend on order
+        submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+        assert not set(pkg.__all__) & submodules, f"{package}: lazy face names equal to submodules"
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None, f"{package}.{name}"

@@ -1,1 +1,33 @@
-"""The book: the notebook pipeline, notebook helpers, analysis, experiments, plots, the scorecard, benchmarks."""
+"""The book: the notebook pipeline, the chapters' kit, analysis, experiments, plots, the scorecard, benchmarks.
+
+The subpackage's face (names load on first use, PEP 562, so ``import duolib.book`` stays light):
+``BookConfig`` (the book's stage config), ``CHAPTERS`` / ``Chapter`` / ``chapter`` (every chapter declared
+once: :mod:`duolib.book.chapters`), ``run_pipeline`` and ``step_times`` (the notebook runner behind
+``duo book``), ``glued_values`` and ``compare_report`` (``duo book --compare``).  Notebooks import the
+modules they use (``from duolib.book import kit, plots``); none of those names is a face name, so a
+submodule import is never shadowed.
+"""
+
+import importlib
+
+# public name -> the module that defines it
+_FACE = {
+    **dict.fromkeys(["BookConfig"], "config"),
+    **dict.fromkeys(["CHAPTERS", "Chapter", "chapter"], "chapters"),
+    **dict.fromkeys(["run_pipeline", "step_times"], "pipeline"),
+    **dict.fromkeys(["compare_report", "glued_values"], "compare"),
+}
+
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name in _FACE:
+        value = getattr(importlib.import_module(f".{_FACE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FACE))
