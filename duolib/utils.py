@@ -85,6 +85,32 @@ def set_threads(profile: str, section: str = "train") -> int:
     return apply_threads(knobs[section].get("threads") or knobs["train"].get("threads"))
 
 
+#: Instruction-set flags (``/proc/cpuinfo``) that change which kernels torch runs, strongest first.
+CPU_FEATURES = (("amx_bf16", "AMX-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU a result was computed on, e.g. ``"Intel(R) Xeon(R) Processor (x86_64; AMX-BF16, AVX-512,
+    AVX2), 2 cores"``: its model name and the vector units that decide torch's kernels (and so the
+    rounding of a training run), from ``cpuinfo`` where Linux has it, else ``platform``'s names."""
+    import platform
+
+    name, flags = "", set()
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    units = [label for flag, label in CPU_FEATURES if flag in flags]
+    inside = "; ".join([platform.machine() or "unknown architecture"] + ([", ".join(units)] if units else []))
+    return f"{name or platform.processor() or 'CPU'} ({inside}), {os.cpu_count()} cores"
+
+
 #: More threads must beat one thread's time by this factor to be chosen (else the machine is busy).
 MIN_GAIN = 1.1
 

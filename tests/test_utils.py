@@ -58,3 +58,16 @@ def test_one_random_route_rule():
     routes = training_routes(0, 1, range(3), 50, 4, p_big=0.5, p_skip=0.25)
     assert routes.shape == (3, 50, 4)
     assert set(routes.unique().tolist()) == {SKIP, SMALL, BIG}
+
+
+def test_cpu_description_names_the_model_and_the_vector_units(tmp_path):
+    from duolib.utils import cpu_description
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16 sse\n\n"
+                    "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16 sse\n")
+    text = cpu_description(info)
+    assert text.startswith("Some Xeon (") and "AMX-BF16, AVX-512, AVX2)" in text and text.endswith(" cores")
+    info.write_text("model name\t: Some EPYC\nflags\t\t: fpu avx2\n")
+    assert "Some EPYC (" in cpu_description(info) and "AVX-512" not in cpu_description(info)
+    assert cpu_description(tmp_path / "missing").endswith(" cores")  # no cpuinfo: platform's names
