@@ -11,6 +11,8 @@ import importlib.abc
 import sys
 import types
 
+from .faces import lazy_face
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
@@ -34,18 +36,7 @@ _FACE = {
 }
 
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name: str):
-    if name in _FACE:
-        value = getattr(importlib.import_module(f".{_FACE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_FACE))
+__getattr__, __dir__ = lazy_face(globals(), _FACE)
 
 
 # ---- "duo" with transformers' Auto classes, without importing transformers or torch here --------------------

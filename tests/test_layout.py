@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "duolib"
 
 # Lowest floor first; a module may import only from its own floor or below (and never in a cycle).
 FLOORS = [
-    {"utils", "fileio", "checks", "moves", "profiles", "stage_config", "presets", "routing", "stats", "folders",
+    {"utils", "fileio", "checks", "faces", "moves", "profiles", "stage_config", "presets", "routing", "stats", "folders",
      "manifests", "migrate", "runfolder"},
     {"config", "flops", "data"},
     {"model", "layers", "convert"},

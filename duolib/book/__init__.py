@@ -8,7 +8,7 @@ modules they use (``from duolib.book import kit, plots``); none of those names i
 submodule import is never shadowed.
 """
 
-import importlib
+from ..faces import lazy_face
 
 # public name -> the module that defines it
 _FACE = {
@@ -19,15 +19,4 @@ _FACE = {
 }
 
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name: str):
-    if name in _FACE:
-        value = getattr(importlib.import_module(f".{_FACE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_FACE))
+__getattr__, __dir__ = lazy_face(globals(), _FACE)
