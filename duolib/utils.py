@@ -89,13 +89,10 @@ def set_threads(profile: str, section: str = "train") -> int:
 CPU_FEATURES = (("amx_bf16", "AMX-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 
 
-def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
-    """The CPU a result was computed on, e.g. ``"Intel(R) Xeon(R) Processor (x86_64; AMX-BF16, AVX-512,
-    AVX2), 2 cores"``: its model name and the vector units that decide torch's kernels (and so the
-    rounding of a training run), from ``cpuinfo`` where Linux has it, else ``platform``'s names."""
-    import platform
-
-    name, flags = "", set()
+def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, frozenset[str]]:
+    """The first ``model name`` and ``flags`` of ``cpuinfo``; ``("", frozenset())`` where it cannot be read
+    (not Linux)."""
+    name, flags = "", frozenset()
     try:
         with open(cpuinfo, encoding="ascii", errors="replace") as f:
             for line in f:
@@ -103,9 +100,19 @@ def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
                 if key.strip() == "model name" and not name:
                     name = value.strip()
                 elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux
+                    flags = frozenset(value.split())
+    except OSError:
         pass
+    return name, flags
+
+
+def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU a result was computed on, e.g. ``"Intel(R) Xeon(R) Processor (x86_64; AMX-BF16, AVX-512,
+    AVX2), 2 cores"``: its model name and the vector units that decide torch's kernels (and so the
+    rounding of a training run), from ``cpuinfo`` where Linux has it, else ``platform``'s names."""
+    import platform
+
+    name, flags = cpu_info(cpuinfo)
     units = [label for flag, label in CPU_FEATURES if flag in flags]
     inside = "; ".join([platform.machine() or "unknown architecture"] + ([", ".join(units)] if units else []))
     return f"{name or platform.processor() or 'CPU'} ({inside}), {os.cpu_count()} cores"

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..routing import BIG
+from ..utils import cpu_info
 from .sampling import random_rows
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -58,15 +59,8 @@ def resolve_precision(precision: str, device) -> str:
         raise ValueError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    return "bf16" if torch.device(device).type == "cpu" and _cpu_has_amx_bf16() else "fp32"
-
-
-def _cpu_has_amx_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:  # not Linux: no way to tell, stay with fp32
-        return False
+    # not Linux: no flags, no way to tell, stay with fp32
+    return "bf16" if torch.device(device).type == "cpu" and "amx_bf16" in cpu_info()[1] else "fp32"
 
 
 def logsumexp_rows(flat: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
