@@ -201,3 +201,20 @@ def test_label_means():
     assert analysis.label_means(df) == {"easy": 2.0, "compute": pytest.approx(math.nan, nan_ok=True), "noise": 0.5}
 
 
+
+
+def test_synthetic_run_trains_with_the_replicas_seed(tmp_path, monkeypatch):
+    """Each training seed of the book trains its own synthetic model (06): the seed reaches TrainConfig."""
+    seen = []
+
+    def fake_train(cfg, out):
+        seen.append(cfg.seed)
+        raise RuntimeError("stop")  # the config is what this test reads
+
+    monkeypatch.setattr(analysis, "train", fake_train)
+    for seed in (0, 2):
+        with pytest.raises(RuntimeError, match="stop"):
+            analysis.synthetic_run("tiny", tmp_path / f"s{seed}", steps=2, seed=seed)
+    assert seen == [0, 2]
+    with pytest.raises(ValueError, match="seed"):
+        analysis.synthetic_run("tiny", tmp_path, steps=2, seed=-1)

@@ -124,6 +124,22 @@ def test_interval_panels_keep_their_titles_apart():
     plt.close(fig)
 
 
+def test_paired_intervals_are_drawn_against_their_null_and_margin():
+    plots.use_style()
+    table = pd.DataFrame([dict(holdout=h, comparison=c, value=v, low=v - 0.5, high=v + 0.5)
+                          for h in ("english", "python") for c, v in (("falling /\nconstant", 0.6), ("rising /\nconstant", 1.2))])
+    fig = plots.interval_points(table, "comparison", y="value", null=0.0, margin=1.0, ylabel="ratio - 1 (%)")
+    for ax in fig.axes:
+        assert ax.get_ylabel() == "ratio - 1 (%)"
+        assert [tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [(0.0, 0.0)]
+        (band,) = ax.patches  # the negligible zone, behind the points
+        assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx((-1.0, 1.0))
+    plt.close(fig)
+    plain = plots.interval_points(table, "comparison", y="value")  # no null given: nothing extra drawn
+    assert not plain.axes[0].patches and plain.axes[0].get_ylabel() == "value"
+    plt.close(plain)
+
+
 def _overlaps(labels) -> bool:
     boxes = [t.get_window_extent() for t in labels if t.get_text()]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -158,3 +158,16 @@ def test_only_chapters_that_run_once_are_shared_across_the_seed_columns():
     assert cols[1] == {"03_oracle": {"gain": 3.0}, "08_dense": {"ratio": 2.0}}
     assert cols[2] == {"08_dense": {"ratio": 5.0}}  # a missing replicated chapter stays missing
     assert with_shared([], ONCE) == []
+
+
+def test_lists_combine_element_by_element_when_every_seed_has_the_same_length():
+    """C7's per-layer skip rates (a list of intervals) are judged on every seed, not seed 0's alone."""
+    a = {"05": {"skip_fraction_ci": [iv(0.5, 0.4, 0.6), iv(0.2, 0.1, 0.3)], "skip_fraction": [0.5, 0.2],
+                "names": ["x", "y"], "ragged": [1.0, 2.0]}}
+    b = {"05": {"skip_fraction_ci": [iv(0.7, 0.6, 0.8), iv(0.4, 0.3, 0.5)], "skip_fraction": [0.7, 0.4],
+                "names": ["x", "y"], "ragged": [3.0]}}
+    c = combine_seeds([a, b])["05"]
+    assert [d["seeds"] for d in c["skip_fraction_ci"]] == [[0.5, 0.7], [0.2, 0.4]]
+    assert c["skip_fraction_ci"][0]["value"] == pytest.approx(0.6)
+    assert c["skip_fraction"] == pytest.approx([0.6, 0.3]) and c["names"] == ["x", "y"]
+    assert c["ragged"] == [1.0, 2.0]  # lengths differ: seed 0's list, as before

@@ -352,14 +352,16 @@ def passage(df: pd.DataFrame, ids: torch.Tensor, seq: int, tokenizer, column: st
     return tokens, [math.nan] + rows[column].tolist()
 
 
-def synthetic_run(profile: str, run_dir, steps: int, layers: int | None = None, lr: float | None = None):
+def synthetic_run(profile: str, run_dir, steps: int, layers: int | None = None, lr: float | None = None,
+                  seed: int = 0):
     """Train (or load: train's own skip logic) a Duo model on the synthetic corpus in ``run_dir/synthetic``;
-    returns ``(model, data)``.  ``layers`` / ``lr`` replace the profile's layer count and learning rate."""
+    returns ``(model, data)``.  ``layers`` / ``lr`` replace the profile's layer count and learning rate;
+    ``seed`` is the training seed (each replica of the book trains its own synthetic model)."""
     model = {} if layers is None else {"num_hidden_layers": checks.whole("synthetic_layers", layers, 1)}
     if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr < 1):
         raise ValueError(f"synthetic_lr={lr!r} is outside the allowed range (0, 1)")
     cfg = book_train_config(profile, run_dir, corpus="synthetic", steps=checks.whole("synthetic_steps", steps, 1),
-                            model=model, lr=lr)
+                            model=model, lr=lr, seed=checks.whole("seed", seed, 0))
     result = train(cfg, Path(run_dir) / SYNTHETIC_DIR)
     return result.load_model().eval(), run_data(result.run_dir)
 

@@ -192,20 +192,27 @@ def coloured_text(tokens: Sequence[str], values: Sequence[float], title: str = "
     return HTML(head + '<div style="line-height: 1.9">' + "".join(spans) + "</div>")
 
 
-def interval_points(df: pd.DataFrame, x: str, y: str = "perplexity", panel: str = "holdout", title: str = ""):
+def interval_points(df: pd.DataFrame, x: str, y: str = "perplexity", panel: str = "holdout", title: str = "",
+                    null: float | None = None, margin: float | None = None, ylabel: str | None = None):
     """One panel per ``panel`` value: ``y`` (with its 95% interval, columns ``low`` / ``high``) for each
-    category ``x`` (e.g. the schedules), as points with error bars."""
+    category ``x`` (e.g. the schedules), as points with error bars.  For paired differences, ``null`` draws
+    the no-effect line and ``margin`` shades ``null +- margin`` (a rule's negligible zone)."""
     panels = list(dict.fromkeys(df[panel]))
     fig, axes = plt.subplots(1, len(panels), figsize=(min(PAGE_WIDTH, 4.6 * len(panels)), 3.4), squeeze=False)
     for ax, name in zip(axes[0], panels):
+        if null is not None:
+            ax.axhline(null, color="black", lw=1, ls="--")
+            if margin:
+                ax.axhspan(null - margin, null + margin, color="0.85", zorder=0)
         part = df[df[panel] == name].reset_index(drop=True)
         colours = sns.color_palette(n_colors=len(part))
         for i, row in part.iterrows():
             ax.errorbar(i, row[y], yerr=[[row[y] - row["low"]], [row["high"] - row[y]]], fmt="o", color=colours[i],
                         capsize=4, ms=6)
-        ax.set_xticks(range(len(part)), part[x])
+        width = max(6, int(40 / max(1, len(part))))  # characters per line that fit one category
+        ax.set_xticks(range(len(part)), [wrap_label(str(v), width) for v in part[x]], fontsize=9)
         ax.set_xlim(-0.5, len(part) - 0.5)
-        ax.set_ylabel(y)
+        ax.set_ylabel(ylabel or y)
         ax.set_title(str(name))  # short panel titles; the common title goes above them all
     if title:
         fig.suptitle(title)

@@ -12,7 +12,8 @@ rules read unchanged:
 - an interval leaf ``{"value", "low", "high"}`` becomes the seed-then-window interval (below), with the
   per-seed point values added as ``"seeds"``;
 - any other number becomes the mean over the seeds that have it;
-- everything else (strings, lists, booleans) is taken from seed 0.
+- a list (e.g. one interval per layer) is combined element by element when every seed that has it has one of
+  the same length; otherwise, like everything else (strings, booleans), it is taken from seed 0.
 
 Seed-then-window interval [ours]: each bootstrap draw first resamples the seeds with replacement, then, for
 each drawn seed, draws one value from that seed's window-bootstrap distribution, and averages them.  The
@@ -118,6 +119,11 @@ def _combine(nodes: list, n_boot: int, seed: int, level: float, path: tuple):
     if isinstance(first, dict):
         return {k: _combine([n[k] for n in nodes if isinstance(n, dict) and k in n], n_boot, seed, level,
                             path + (str(k),)) for k in first}
+    if isinstance(first, list):
+        lists = [n for n in nodes if isinstance(n, list)]
+        if all(len(n) == len(first) for n in lists):
+            return [_combine([n[i] for n in lists], n_boot, seed, level, path + (str(i),)) for i in range(len(first))]
+        return first
     if isinstance(first, (int, float)) and not isinstance(first, bool):
         numbers = [float(n) for n in nodes if isinstance(n, (int, float)) and not isinstance(n, bool)]
         mean = float(np.mean(numbers))
