@@ -124,6 +124,34 @@ def test_relative_run_folders_are_taken_from_the_repository_root(tmp_path):
         resolve_run_dir("../runs/default", "default", repo)
 
 
+def test_a_chapter_alone_runs_its_upstream_steps_into_a_run_folder_that_does_not_exist_yet(tmp_path, monkeypatch):
+    """papermill -p run_dir <new folder> on one chapter: its upstream notebooks are executed into
+    run_dir/upstream, which must not be created before run_dir is claimed (a folder with unmarked content
+    is refused as not duolib's)."""
+    from duolib.book import jobs
+    from duolib.folders import folder_kind
+
+    ran = []
+
+    def fake_execute(source, output, params, key, root):
+        ran.append(source.stem)
+        results = Path(params["run_dir"]) / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"{source.stem}.json").write_text("{}")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("{}")
+
+    monkeypatch.setattr(jobs, "execute_notebook", fake_execute)
+    repo = fake_repository(tmp_path)
+    run_dir = tmp_path / "new" / "run"
+    monkeypatch.chdir(repo)
+    results = run_upstream("03_oracle", "tiny", run_dir)
+    assert [r.name for r in results] == ran == ["01_data", "02_training"]
+    assert folder_kind(run_dir) == "duo book"
+    assert sorted(p.name for p in (run_dir / "upstream" / "experiments").iterdir()) == ["01_data.ipynb",
+                                                                                       "02_training.ipynb"]
+
+
 def test_upstream_of_each_step():
     assert upstream("01_data") == [] and upstream("09_retrofit") == []
     assert upstream("03_oracle") == ["01_data", "02_training"]

@@ -140,6 +140,25 @@ def test_paired_intervals_are_drawn_against_their_null_and_margin():
     plt.close(plain)
 
 
+def test_paired_gaps_show_every_reference_with_its_interval_and_the_null_line():
+    plots.use_style()
+    table = pd.DataFrame([dict(reference=r, k=k, gap=g * k, low=g * k - 0.5, high=g * k + 0.5)
+                          for r, g in (("best of N", 1.0), ("fixed", 2.0)) for k in range(5)])
+    fig = route_plots.paired_gaps(table)
+    ax = fig.axes[0]
+    assert [tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [(0, 0)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["best of N", "fixed"]
+    bars = [c for c in ax.containers]  # one errorbar container per reference
+    assert len(bars) == 2
+    for (line, _, (segments,)), g in zip(bars, (1.0, 2.0)):
+        assert list(line.get_ydata()) == pytest.approx([g * k for k in range(5)])
+        spans = [seg[1, 1] - seg[0, 1] for seg in segments.get_segments()]
+        assert spans == pytest.approx([1.0] * 5)  # low to high
+    xs = [list(c[0].get_xdata()) for c in bars]
+    assert all(a != b for a, b in zip(*xs))  # offset so that the bars of the two references never cover each other
+    plt.close(fig)
+
+
 def _overlaps(labels) -> bool:
     boxes = [t.get_window_extent() for t in labels if t.get_text()]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

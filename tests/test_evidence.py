@@ -44,6 +44,19 @@ def test_oracle_intervals_match_the_summary(matrix):
     assert ci["c1_gap"]["low"] >= 0  # the oracle can never lose to a subset of its own patterns
 
 
+def test_paired_gaps_at_every_budget(matrix):
+    ci = evidence.oracle_intervals(matrix, n_random=3, seed=0, n_boot=200)
+    summ = matrix.summary(n_random=3, seed=0)
+    assert set(ci["paired_gap"]) == set(evidence.PAIRED_REFERENCES)
+    for k, d in summ["per_k"].items():
+        best, fixed = ci["paired_gap"]["best_of_random"][k], ci["paired_gap"]["fixed"][k]
+        assert best["value"] == pytest.approx(1 - d["oracle"] / d["best_of_3_pattern"])
+        assert fixed["value"] == pytest.approx(1 - d["oracle"] / d["fixed"])
+        assert ordered(best) and ordered(fixed)
+        assert best["low"] >= -1e-12 and fixed["low"] >= -1e-12  # the oracle never loses to one of its patterns
+    assert ci["paired_gap"]["best_of_random"]["2"] == ci["c1_gap"]  # the same draws as the C1 gap
+
+
 def test_schedule_intervals_and_the_shuffled_control(matrix):
     ci = evidence.schedule_intervals(matrix, n_boot=200)
     reds = matrix.schedules()

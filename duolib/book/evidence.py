@@ -24,6 +24,8 @@ from ..router.evaluate import route_and_score
 from ..routing import BIG, SMALL, RandomRoutes, training_routes
 from ..stats import N_BOOT, bootstrap, window_totals
 
+PAIRED_REFERENCES = ("best_of_random", "fixed")  # what notebook 03's paired panels set the oracle against
+
 
 def _named(names: list[str], stat, n_units: int, n_boot: int, seed: int, clusters=None) -> dict[str, dict]:
     cis = bootstrap(stat, n_units, n_boot=n_boot, seed=seed, clusters=clusters)
@@ -47,11 +49,14 @@ def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_b
     """Intervals of notebook 03's numbers on one holdout's shared {small, big} matrix.
 
     Returns ``{"perplexity": {method: {k: ci}}, "all_big", "all_small", "c1_gap", "c1_gap_per_token",
-    "c4_gap_k1", "c4_gap_k2", "best_k", "mid_k"}``: methods = the registered reductions
+    "c4_gap_k1", "c4_gap_k2", "best_k", "mid_k", "paired_gap"}``: methods = the registered reductions
     (:data:`duolib.oracle.registry.REDUCTIONS`: ``oracle``, ``fixed``, ``best_of_random`` (one pattern),
     ``best_of_random_per_token``, and any registered since); the C1 gaps are ``1 - oracle / best-of-N`` at k = L // 2 in
     each reading, the C4 gaps ``1 - oracle(k) / all-big`` at k = 1 and 2 (positive: the oracle is
-    better), ``best_k`` the budget of the lowest oracle perplexity (percentile range of the draws)."""
+    better), ``best_k`` the budget of the lowest oracle perplexity (percentile range of the draws);
+    ``paired_gap[ref][k]`` is ``1 - oracle(k) / ref(k)`` for each reference of :data:`PAIRED_REFERENCES`
+    at every budget, resampled with the oracle in the same draw (the comparison the verdicts read, which
+    unpaired per-method intervals overstate)."""
     seq, W = _windows(matrix)
     L = matrix.num_layers
     ks = sorted(set(matrix.n_big.tolist()))
@@ -81,16 +86,29 @@ def oracle_intervals(matrix: LossMatrix, n_random: int = 100, seed: int = 0, n_b
                  1 - np.exp(by[1]["oracle"] - means[:, big]) if 1 in by else np.full(len(w), np.nan),
                  1 - np.exp(by[2]["oracle"] - means[:, big]) if 2 in by else np.full(len(w), np.nan),
                  np.asarray(ks)[oracle_k.argmin(1)].astype(float)]
+        cols += [1 - np.exp(by[k]["oracle"] - by[k][ref]) for ref in PAIRED_REFERENCES for k in ks]
         return np.stack(cols, axis=1)
 
-    names = [f"{r.name}@{k}" for k in ks for r in methods] + ["all_big", "all_small", "c1_gap", "c1_gap_per_token",
-                                                              "c4_gap_k1", "c4_gap_k2", "best_k"]
+    scalars = ["all_big", "all_small", "c1_gap", "c1_gap_per_token", "c4_gap_k1", "c4_gap_k2", "best_k"]
+    names = ([f"{r.name}@{k}" for k in ks for r in methods] + scalars
+             + [f"gap_{ref}@{k}" for ref in PAIRED_REFERENCES for k in ks])
     flat = _named(names, stat, W, n_boot, seed, clusters)
-    out = {"perplexity": {r.name: {str(k): flat[f"{r.name}@{k}"] for k in ks} for r in methods}, "mid_k": mid}
-    out.update({n: flat[n] for n in names[len(ks) * len(methods):]})
+    out = {"perplexity": {r.name: {str(k): flat[f"{r.name}@{k}"] for k in ks} for r in methods}, "mid_k": mid,
+           "paired_gap": {ref: {str(k): flat[f"gap_{ref}@{k}"] for k in ks} for ref in PAIRED_REFERENCES}}
+    out.update({n: flat[n] for n in scalars})
     best = out["best_k"]
     best.update(low=math.floor(best["low"]), high=math.ceil(best["high"]))  # whole budgets
     return out
+
+
+def paired_gap_frame(intervals: dict[str, dict], labels: dict[str, str]) -> pd.DataFrame:
+    """Tidy (holdout, reference, k, gap, low, high) rows of the ``paired_gap`` entries of
+    :func:`oracle_intervals` per holdout, gaps in percent; ``labels`` names each reference
+    (e.g. :func:`duolib.book.analysis.methods`)."""
+    rows = [dict(holdout=h, reference=labels.get(ref, ref), k=int(k),
+                 **{key: 100 * ci[name] for key, name in (("gap", "value"), ("low", "low"), ("high", "high"))})
+            for h, ci in intervals.items() for ref, by_k in ci["paired_gap"].items() for k, ci in by_k.items()]
+    return pd.DataFrame(rows)
 
 
 def schedule_intervals(matrix: LossMatrix, seed: int = 0, n_boot: int = N_BOOT, clusters=None) -> dict:

@@ -143,12 +143,12 @@ def run_pipeline(
     unknown = sorted(set(only or []) - set(step_names()))
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; allowed: {step_names()}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if only and profile in AUTO_UPSTREAM_PROFILES:  # what the chosen steps' run_upstream would execute
         missing = {n for step in only for n in upstream(step) if not (run_dir / "results" / f"{n}.json").is_file()}
         only = [n for n in step_names() if n in only or n in missing]
 
     with claim(run_dir, "duo book"):  # one writer of the run folder at a time
+        out_dir.mkdir(parents=True, exist_ok=True)  # after the claim: out_dir may lie inside a new run folder
         return _run_steps(profile, root, run_dir, out_dir, only, force, seed, jobs, progress)
 
 

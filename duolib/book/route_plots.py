@@ -128,6 +128,28 @@ def budget_curves(df: pd.DataFrame, references: dict[str, float] | None = None, 
     return ax.figure
 
 
+def paired_gaps(df: pd.DataFrame, x: str = "k", y: str = "gap", hue: str = "reference", title: str = "",
+                ylabel: str = "oracle below reference (%)", ax=None):
+    """Paired differences against a budget: one line of points per ``hue`` with its 95% interval (columns
+    ``low`` / ``high``) as error bars, slightly offset so that the bars of different references never
+    cover each other, and the no-difference line at 0 (e.g. :func:`duolib.book.evidence.paired_gap_frame`)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.axhline(0, color="black", lw=1, ls="--")
+    levels = list(dict.fromkeys(df[hue]))
+    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    for i, level in enumerate(levels):
+        part = df[df[hue] == level].sort_values(x)
+        shift = (i - (len(levels) - 1) / 2) * 0.15
+        ax.errorbar(part[x] + shift, part[y], yerr=[part[y] - part["low"], part["high"] - part[y]], fmt="o-",
+                    color=colours[level], capsize=3, ms=4, lw=1, label=level)
+    ax.set_xticks(sorted(df[x].unique()))
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return ax.figure
+
+
 def headline_curves(curves: pd.DataFrame, references: dict[str, dict[str, float]]):
     """The landing page's figure: :func:`budget_curves` per holdout (``references[holdout]``), side by side,
     without bands (the verdicts rest on paired intervals, which unpaired bands would misstate), one shared
