@@ -191,7 +191,10 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(inner_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # no autograd graph to keep: the same numbers, computed in place (no [rows, inner] temporaries)
+        return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))
 
 
 def hard_ffn(x: torch.Tensor, routes: torch.Tensor, module_for, residual: torch.Tensor | None = None) -> torch.Tensor:

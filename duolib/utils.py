@@ -106,16 +106,38 @@ def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, frozens
     return name, flags
 
 
-def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+#: Environment variables that cap the instruction sets of torch's kernels: ATen's own (``avx2``, ``avx512``),
+#: oneDNN's (``AVX2``, ``AVX512_CORE``, ``AVX512_CORE_AMX``, ...) and MKL's (``AVX2``, ``AVX512``, ...).  Set
+#: together, they make a newer CPU run (and round like) the kernels an older one would run.
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def kernel_limits(environ=None) -> dict[str, str]:
+    """The :data:`KERNEL_LIMITS` set (non-empty) in ``environ`` (default ``os.environ``), in that order."""
+    env = os.environ if environ is None else environ
+    return {key: env[key] for key in KERNEL_LIMITS if env.get(key)}
+
+
+def amx_usable(cpuinfo: str | os.PathLike = "/proc/cpuinfo", environ=None) -> bool:
+    """Whether bf16 matrix products run on AMX here: the CPU has AMX-BF16 and ``ONEDNN_MAX_CPU_ISA``
+    (oneDNN runs torch's CPU bf16 products) is unset, ``ALL`` or an AMX level."""
+    isa = kernel_limits(environ).get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return "amx_bf16" in cpu_info(cpuinfo)[1] and (isa in ("ALL", "DEFAULT") or "AMX" in isa)
+
+
+def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo", environ=None) -> str:
     """The CPU a result was computed on, e.g. ``"Intel(R) Xeon(R) Processor (x86_64; AMX-BF16, AVX-512,
     AVX2), 2 cores"``: its model name and the vector units that decide torch's kernels (and so the
-    rounding of a training run), from ``cpuinfo`` where Linux has it, else ``platform``'s names."""
+    rounding of a training run), from ``cpuinfo`` where Linux has it, else ``platform``'s names; any
+    :func:`kernel_limits` of ``environ`` follow (``"..., 2 cores, kernels limited by ATEN_CPU_CAPABILITY=avx2"``)."""
     import platform
 
     name, flags = cpu_info(cpuinfo)
     units = [label for flag, label in CPU_FEATURES if flag in flags]
     inside = "; ".join([platform.machine() or "unknown architecture"] + ([", ".join(units)] if units else []))
-    return f"{name or platform.processor() or 'CPU'} ({inside}), {os.cpu_count()} cores"
+    limits = ", ".join(f"{k}={v}" for k, v in kernel_limits(environ).items())
+    return (f"{name or platform.processor() or 'CPU'} ({inside}), {os.cpu_count()} cores"
+            + (f", kernels limited by {limits}" if limits else ""))
 
 
 #: More threads must beat one thread's time by this factor to be chosen (else the machine is busy).

@@ -66,8 +66,25 @@ def test_cpu_description_names_the_model_and_the_vector_units(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16 sse\n\n"
                     "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16 sse\n")
-    text = cpu_description(info)
+    text = cpu_description(info, environ={})
     assert text.startswith("Some Xeon (") and "AMX-BF16, AVX-512, AVX2)" in text and text.endswith(" cores")
+    limited = cpu_description(info, environ={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "PATH": "/"})
+    assert limited == text + ", kernels limited by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
     info.write_text("model name\t: Some EPYC\nflags\t\t: fpu avx2\n")
-    assert "Some EPYC (" in cpu_description(info) and "AVX-512" not in cpu_description(info)
-    assert cpu_description(tmp_path / "missing").endswith(" cores")  # no cpuinfo: platform's names
+    assert "Some EPYC (" in cpu_description(info, environ={}) and "AVX-512" not in cpu_description(info, environ={})
+    assert cpu_description(tmp_path / "missing", environ={}).endswith(" cores")  # no cpuinfo: platform's names
+
+
+def test_amx_is_usable_only_where_the_cpu_has_it_and_onednn_may_use_it(tmp_path):
+    from duolib.utils import amx_usable, kernel_limits
+
+    xeon, epyc = tmp_path / "xeon", tmp_path / "epyc"
+    xeon.write_text("model name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_bf16\n")
+    epyc.write_text("model name\t: Some EPYC\nflags\t\t: fpu avx2 avx512f\n")
+    assert amx_usable(xeon, environ={}) and not amx_usable(epyc, environ={})
+    assert amx_usable(xeon, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
+    assert amx_usable(xeon, environ={"ONEDNN_MAX_CPU_ISA": "all"})
+    assert not amx_usable(xeon, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not amx_usable(xeon, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    assert kernel_limits({"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "", "HOME": "/"}) == \
+        {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}

@@ -147,19 +147,21 @@ class _TrieWalk:
         x = layer.post_attention_layernorm(a)
         kids = [(g, code, lo, hi) for g, node in enumerate(nodes) for code, lo, hi in self.trie.children(depth, *node)]
         for s in range(0, len(kids), self.max_group):
-            chunk, parts, child_nodes = kids[s:s + self.max_group], [], []
+            chunk, child_nodes = kids[s:s + self.max_group], []
+            out = a.new_empty(len(chunk), *a.shape[1:])  # the children's states, written in place
             for code in _FFN_ORDER:  # one module call per route for the whole chunk
                 sel = [kid for kid in chunk if kid[1] == code]
                 if not sel:
                     continue
-                idx = [kid[0] for kid in sel]
-                if idx == list(range(len(nodes))):
-                    parts.append(ffn_residual(layer, code, a, x))
+                first, n = sel[0][0], len(sel)
+                if [kid[0] for kid in sel] == list(range(first, first + n)):  # consecutive parents: views, no copy
+                    a_sel, x_sel = a[first:first + n], x[first:first + n]
                 else:
-                    index = torch.tensor(idx, device=a.device)
-                    parts.append(ffn_residual(layer, code, a.index_select(0, index), x.index_select(0, index)))
+                    index = torch.tensor([kid[0] for kid in sel], device=a.device)
+                    a_sel, x_sel = a.index_select(0, index), x.index_select(0, index)
+                ffn_residual(layer, code, a_sel, x_sel, out=out[len(child_nodes):len(child_nodes) + n])
                 child_nodes += [(lo, hi) for _, _, lo, hi in sel]
-            self.descend(depth + 1, parts[0] if len(parts) == 1 else torch.cat(parts), child_nodes)
+            self.descend(depth + 1, out, child_nodes)
 
 
 @torch.no_grad()

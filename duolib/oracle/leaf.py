@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..routing import BIG
-from ..utils import cpu_info
+from ..utils import amx_usable
 from .sampling import random_rows
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -53,14 +53,15 @@ CHECK_SHARE = 0.5
 
 
 def resolve_precision(precision: str, device) -> str:
-    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 on a CPU with AMX-BF16 matrix units (where the bf16
-    head product measured several times faster than fp32: ``benchmarks/bench_levers.py``), else fp32."""
+    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 on a CPU with AMX-BF16 matrix units that oneDNN may use
+    (:func:`duolib.utils.amx_usable`; there the bf16 head product measured several times faster than fp32:
+    ``benchmarks/bench_levers.py``), else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     # not Linux: no flags, no way to tell, stay with fp32
-    return "bf16" if torch.device(device).type == "cpu" and "amx_bf16" in cpu_info()[1] else "fp32"
+    return "bf16" if torch.device(device).type == "cpu" and amx_usable() else "fp32"
 
 
 def logsumexp_rows(flat: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:

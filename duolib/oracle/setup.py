@@ -119,9 +119,11 @@ class OracleSetup:
         return torch.logsumexp(torch.cat([sub, target_logit[..., None]], -1), -1) - target_logit
 
 
-def ffn_residual(layer, code: int, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Residual after the FFN slot: ``a + module(x)`` (``a`` for skip)."""
-    return a if code == SKIP else a + layer.module(code)(x)
+def ffn_residual(layer, code: int, a: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Residual after the FFN slot: ``a + module(x)`` (``a`` for skip), written into ``out`` when given."""
+    if code == SKIP:
+        return a if out is None else out.copy_(a)
+    return torch.add(a, layer.module(code)(x), out=out) if out is not None else a + layer.module(code)(x)
 
 
 @torch.no_grad()
