@@ -30,6 +30,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if dtype == torch.float32 and not torch.is_grad_enabled():
+            # the same formula in one fused kernel (about 1.5x faster on CPU), for the oracle's many node states
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x = x.float()
         x = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps)  # x * x: faster than pow(2), same bits
         return self.weight * x.to(dtype)
