@@ -164,6 +164,27 @@ def _overlaps(labels) -> bool:
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+def test_interval_panels_keep_category_labels_apart():
+    """04's Fig. 4c: five comparisons in each of two side-by-side panels printed "constant" into its
+    neighbours; such panels now stand one above the other, and few categories stay side by side."""
+    plots.use_style()
+    names = ["falling vs constant", "rising vs constant", "shuffled vs constant", "falling vs shuffled",
+             "rising vs shuffled"]
+    table = pd.DataFrame([dict(holdout=h, comparison=c, value=0.5, low=0.0, high=1.0)
+                          for h in ("english", "python") for c in names])
+    fig = plots.interval_points(table, "comparison", y="value", null=0.0)
+    fig.canvas.draw()
+    assert len(fig.axes) == 2 and fig.axes[0].get_position().y0 > fig.axes[1].get_position().y1  # one above the other
+    for ax in fig.axes:
+        assert not _overlaps(ax.get_xticklabels())
+    plt.close(fig)
+    roomy = plots.interval_points(table[table["comparison"].isin(names[:2])], "comparison", y="value")
+    roomy.canvas.draw()
+    left, right = (ax.get_position() for ax in roomy.axes)
+    assert left.x1 < right.x0 and not any(_overlaps(ax.get_xticklabels()) for ax in roomy.axes)  # side by side
+    plt.close(roomy)
+
+
 def test_grouped_bar_labels_do_not_collide():
     plots.use_style()
     order = ["all small", "random p=0.5", "router k=2", "all big (original)"]

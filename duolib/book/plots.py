@@ -192,13 +192,23 @@ def coloured_text(tokens: Sequence[str], values: Sequence[float], title: str = "
     return HTML(head + '<div style="line-height: 1.9">' + "".join(spans) + "</div>")
 
 
+#: Categories that fit one row of the page with their wrapped labels apart (``interval_points``).
+CATEGORIES_PER_ROW = 6
+
+
 def interval_points(df: pd.DataFrame, x: str, y: str = "perplexity", panel: str = "holdout", title: str = "",
                     null: float | None = None, margin: float | None = None, ylabel: str | None = None):
     """One panel per ``panel`` value: ``y`` (with its 95% interval, columns ``low`` / ``high``) for each
     category ``x`` (e.g. the schedules), as points with error bars.  For paired differences, ``null`` draws
-    the no-effect line and ``margin`` shades ``null +- margin`` (a rule's negligible zone)."""
+    the no-effect line and ``margin`` shades ``null +- margin`` (a rule's negligible zone).  Panels stand
+    side by side while every panel's categories fit :data:`CATEGORIES_PER_ROW` to the page width, else one
+    above the other (each category's label then has the room of a whole row)."""
     panels = list(dict.fromkeys(df[panel]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(PAGE_WIDTH, 4.6 * len(panels)), 3.4), squeeze=False)
+    per_panel = int(df.groupby(panel)[x].nunique().max())
+    across = len(panels) if len(panels) * per_panel <= CATEGORIES_PER_ROW else 1
+    down = -(-len(panels) // across)
+    fig, grid = plt.subplots(down, across, figsize=(min(PAGE_WIDTH, 4.6 * across), 3.4 * down), squeeze=False)
+    axes = grid.reshape(1, -1)
     for ax, name in zip(axes[0], panels):
         if null is not None:
             ax.axhline(null, color="black", lw=1, ls="--")
