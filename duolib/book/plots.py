@@ -206,10 +206,9 @@ def interval_points(df: pd.DataFrame, x: str, y: str = "perplexity", panel: str 
     panels = list(dict.fromkeys(df[panel]))
     per_panel = int(df.groupby(panel)[x].nunique().max())
     across = len(panels) if len(panels) * per_panel <= CATEGORIES_PER_ROW else 1
-    down = -(-len(panels) // across)
-    fig, grid = plt.subplots(down, across, figsize=(min(PAGE_WIDTH, 4.6 * across), 3.4 * down), squeeze=False)
-    axes = grid.reshape(1, -1)
-    for ax, name in zip(axes[0], panels):
+    down = len(panels) // across
+    fig, axes = plt.subplots(down, across, figsize=(min(PAGE_WIDTH, 4.6 * across), 3.4 * down), squeeze=False)
+    for ax, name in zip(axes.ravel(), panels):
         if null is not None:
             ax.axhline(null, color="black", lw=1, ls="--")
             if margin:

@@ -153,11 +153,12 @@ class _TrieWalk:
                 sel = [kid for kid in chunk if kid[1] == code]
                 if not sel:
                     continue
-                first, n = sel[0][0], len(sel)
-                if [kid[0] for kid in sel] == list(range(first, first + n)):  # consecutive parents: views, no copy
+                parents = [kid[0] for kid in sel]
+                first, n = parents[0], len(parents)
+                if parents == list(range(first, first + n)):  # consecutive parents: views, no copy
                     a_sel, x_sel = a[first:first + n], x[first:first + n]
                 else:
-                    index = torch.tensor([kid[0] for kid in sel], device=a.device)
+                    index = torch.tensor(parents, device=a.device)
                     a_sel, x_sel = a.index_select(0, index), x.index_select(0, index)
                 ffn_residual(layer, code, a_sel, x_sel, out=out[len(child_nodes):len(child_nodes) + n])
                 child_nodes += [(lo, hi) for _, _, lo, hi in sel]

@@ -123,7 +123,7 @@ def ffn_residual(layer, code: int, a: torch.Tensor, x: torch.Tensor, out: torch.
     """Residual after the FFN slot: ``a + module(x)`` (``a`` for skip), written into ``out`` when given."""
     if code == SKIP:
         return a if out is None else out.copy_(a)
-    return torch.add(a, layer.module(code)(x), out=out) if out is not None else a + layer.module(code)(x)
+    return torch.add(a, layer.module(code)(x), out=out)
 
 
 @torch.no_grad()
