@@ -227,16 +227,17 @@ def test_alone_step_waits_for_every_step_before_it_and_runs_by_itself(monkeypatc
 
 def test_the_book_writes_its_verdicts_into_each_seeds_model_card(tiny_book):
     from duolib.book.card import publish
+    from duolib.book.chapters import ONCE
     from duolib.book.config import BookConfig
-    from duolib.book.scorecard import scorecard
-    from duolib.book.seeds import combine_seeds, load_seed_results
+    from duolib.book.scorecard import seeded_scorecard
+    from duolib.book.seeds import load_seed_results
     from duolib.train.model_card import BOOK_HEADING
     from duolib.train.run_folder import verify_final
 
     runs = tiny_book / "runs"
     cards = publish(runs, "tiny")
     assert len(cards) == BookConfig.from_profile("tiny").seeds
-    card = scorecard(combine_seeds(load_seed_results(runs, len(cards))))
+    card, _ = seeded_scorecard(load_seed_results(runs, len(cards)), ONCE)
     for path in cards:
         text = path.read_text()
         assert text.count(BOOK_HEADING) == 1

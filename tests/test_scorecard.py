@@ -333,3 +333,43 @@ def test_a_key_number_shows_the_seed_range_only_with_several_seeds():
     three = verdicts.read_ci({"x": {"value": 1.0, "low": 0.5, "high": 1.5, "seeds": [0.9, 1.0, 1.2]}}, "x")
     assert verdicts.ci_text(one) == "1.00 [0.50, 1.50]"
     assert verdicts.ci_text(three) == "1.00 [0.50, 1.50] (seeds 0.90 to 1.20, n=3)"
+
+
+@pytest.mark.parametrize("combined, seeds, expected", [
+    (HOLDS, [HOLDS, HOLDS, HOLDS], HOLDS),
+    (HOLDS, [HOLDS, INCONCLUSIVE, HOLDS], INCONCLUSIVE),  # C1 on both runs of session 13
+    (HOLDS, [HOLDS, PARTLY, HOLDS], INCONCLUSIVE),
+    (PARTLY, [HOLDS, HOLDS, HOLDS], PARTLY),  # every seed supports at least the part
+    (PARTLY, [PARTLY, HOLDS, PARTLY], PARTLY),
+    (PARTLY, [PARTLY, FAILS, PARTLY], INCONCLUSIVE),
+    (FAILS, [FAILS, INCONCLUSIVE, FAILS], INCONCLUSIVE),  # C5 with AVX2 kernels
+    (FAILS, [FAILS, FAILS, FAILS], FAILS),
+    (FAILS, [FAILS, UNTESTABLE, FAILS], INCONCLUSIVE),
+    (INCONCLUSIVE, [HOLDS, HOLDS, HOLDS], INCONCLUSIVE),  # never made stronger
+    (UNTESTABLE, [HOLDS, UNTESTABLE, HOLDS], UNTESTABLE),
+    (MISSING, [HOLDS, HOLDS], MISSING),
+    (HOLDS, [INCONCLUSIVE], HOLDS),  # one seed: nothing to agree
+])
+def test_a_decisive_verdict_stands_only_when_every_seed_supports_it(combined, seeds, expected):
+    assert verdicts.seed_agreement(combined, seeds) == expected
+
+
+def test_seeded_scorecard_states_the_agreed_verdict_and_who_disagreed(monkeypatch):
+    import pandas as pd
+
+    said = {0: {"C1": HOLDS, "C5": FAILS}, 1: {"C1": INCONCLUSIVE, "C5": FAILS}, 2: {"C1": HOLDS, "C5": FAILS}}
+
+    def fake_scorecard(results):  # the combined tree has the mean seed, -1 marks it here
+        s = results["run"]["seed"]
+        v = {"C1": HOLDS, "C5": FAILS} if s not in said else said[s]
+        return pd.DataFrame([dict(claim=c, verdict=v[c], measured=f"numbers of {c}", key="") for c in ("C1", "C5")])
+
+    monkeypatch.setattr(sc, "scorecard", fake_scorecard)
+    monkeypatch.setattr("duolib.book.seeds.combine_seeds", lambda trees: {"run": {"seed": -1}})
+    card, by_seed = sc.seeded_scorecard([{"run": {"seed": s}} for s in range(3)])
+    card = card.set_index("claim")
+    assert card.at["C1", "verdict"] == INCONCLUSIVE and card.at["C5", "verdict"] == FAILS
+    assert "seeds disagree (seed 0 holds, seed 1 inconclusive, seed 2 holds)" in card.at["C1", "measured"]
+    assert card.at["C5", "measured"] == "numbers of C5"
+    assert by_seed.loc["C1"].tolist() == [HOLDS, INCONCLUSIVE, HOLDS, INCONCLUSIVE, HOLDS]
+    assert list(by_seed.columns) == ["combined", "verdict", "seed 0", "seed 1", "seed 2"]

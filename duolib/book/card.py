@@ -14,8 +14,9 @@ from ..train.model_card import BOOK_HEADING
 from ..train.run_folder import update_card
 from .config import BookConfig
 from .kit import STAGE1_DIR
-from .scorecard import scorecard
-from .seeds import combine_seeds, load_seed_results, seed_dir, seed_list
+from .chapters import ONCE
+from .scorecard import seeded_scorecard
+from .seeds import load_seed_results, seed_dir, seed_list
 
 
 def _cell(text: str) -> str:
@@ -42,6 +43,6 @@ def publish(run_dir: str | os.PathLike, profile: str) -> list[Path]:
     returns the cards written.  The scorecard's results must all be there (ValueError naming the missing
     seed otherwise); each ``final/`` is checked against its manifest before its card changes."""
     n_seeds = BookConfig.from_profile(profile).seeds
-    card = scorecard(combine_seeds(load_seed_results(run_dir, n_seeds)))
+    card, _ = seeded_scorecard(load_seed_results(run_dir, n_seeds), ONCE)
     return [update_card(seed_dir(run_dir, s) / STAGE1_DIR, book_section(card, profile, n_seeds, s))
             for s in seed_list(n_seeds)]

@@ -58,7 +58,7 @@ from .rules import RULES, gate, gated
 from .thresholds import (C1_FAR, C2_HALF, C2_NEAR, C3_BAND, C6_EVEN, C7_ALWAYS, C7_EXIT, C7_NEVER, C8_EVEN, C8_RATIO,
                          C9_RELIABLE, C9_RHO, C10_UNIGRAM_BAR, NEGLIGIBLE, PRECONDITIONS, RATIO_NULL, RULES_REGISTERED,
                          SHARE_MARGIN)
-from .verdicts import MISSING, ci_text, judge_all
+from .verdicts import MISSING, ci_text, judge_all, seed_agreement
 
 CLAIMS = {
     "C1": "The oracle is far better than the best of 100 random patterns.",
@@ -143,6 +143,8 @@ PRECONDITIONS_TEXT = {p.name: (f"{p.quantity} {'at most' if p.at_most else 'at l
 FAMILY_TEXT = ("every interval decision of every claim is a one-sided test (p from its stored 95% interval); "
                "Holm's step-down correction keeps the family-wise error at 5%; a test Holm does not reject leaves "
                "its part inconclusive. Preconditions are read at the plain 95% level and are not in the family. "
+               "With several training seeds a decisive verdict (holds, partly, does not hold) stands only when every "
+               "seed judged alone supports it, else it reads inconclusive. "
                f"Rules registered {RULES_REGISTERED}.")
 
 
@@ -194,6 +196,32 @@ def scorecard(results: dict[str, dict]):
         rows.append(dict(claim=claim, finding=CLAIMS[claim], verdict=v, rule=RULES_TEXT[claim], measured=measured,
                          key=key_text))
     return pd.DataFrame(rows)
+
+
+def seeded_scorecard(per_seed: list[dict[str, dict]], shared=()):
+    """The book's scorecard over training seeds: ``(card, by_seed)``.  ``card`` is :func:`scorecard` of the
+    results combined over seeds and windows (:func:`duolib.book.seeds.combine_seeds`) with each verdict put
+    through :func:`duolib.book.verdicts.seed_agreement` (a claim whose seeds disagree reads inconclusive, and
+    its "measured" says which seed said what); ``by_seed`` has one column per seed (each seed's results alone,
+    the chapters in ``shared`` taken from seed 0: :func:`duolib.book.seeds.with_shared`) and the combined
+    verdict before (``combined``) and after (``verdict``) the agreement rule."""
+    import pandas as pd
+
+    from .seeds import combine_seeds, with_shared
+
+    card = scorecard(combine_seeds(per_seed))
+    by_seed = pd.DataFrame({f"seed {s}": scorecard(r).set_index("claim")["verdict"]
+                            for s, r in enumerate(with_shared(per_seed, shared))})
+    by_seed.insert(0, "combined", card.set_index("claim")["verdict"])
+    final = [seed_agreement(by_seed.at[c, "combined"], by_seed.loc[c].drop("combined").tolist()) for c in card["claim"]]
+    for i, (claim, v) in enumerate(zip(card["claim"], final)):
+        if v != card.at[i, "verdict"]:
+            said = ", ".join(f"{col} {by_seed.at[claim, col]}" for col in by_seed.columns[1:])
+            card.at[i, "measured"] = (f"{card.at[i, 'measured']}; seeds disagree ({said}): {card.at[i, 'verdict']} "
+                                      f"over the combined intervals, {v} until every seed supports it")
+            card.at[i, "verdict"] = v
+    by_seed.insert(1, "verdict", final)
+    return card, by_seed
 
 
 def tests_table(results: dict[str, dict]):

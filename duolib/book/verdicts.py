@@ -128,6 +128,22 @@ def combine(verdicts: list[str]) -> str:
     return INCONCLUSIVE if len(rest) <= 1 else PARTLY
 
 
+#: Per-seed verdicts that support a decisive combined verdict (:func:`seed_agreement`).
+SUPPORTS = {HOLDS: (HOLDS,), PARTLY: (PARTLY, HOLDS), FAILS: (FAILS,)}
+
+
+def seed_agreement(combined: str, per_seed: list[str]) -> str:
+    """The combined verdict over training seeds as the book states it: a decisive verdict (holds, partly, does
+    not hold) stands only when every seed judged alone supports it (:data:`SUPPORTS`: the same verdict, or
+    holds for partly); otherwise inconclusive.  Registered 2026-12-05 (issue 22) after a full book with
+    another CPU's kernels flipped C1 and C5 on rule boundaries that single seeds already crossed: a verdict
+    that one changed seed would reverse is not a finding.  Inconclusive, not testable and not measured stay;
+    with fewer than two seeds there is nothing to agree."""
+    if combined not in SUPPORTS or len(per_seed) < 2:
+        return combined
+    return combined if all(v in SUPPORTS[combined] for v in per_seed) else INCONCLUSIVE
+
+
 class Judge:
     """Every interval decision of the scorecard's rules as one family of one-sided tests (module docstring).
 
