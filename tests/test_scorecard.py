@@ -365,7 +365,7 @@ def test_seeded_scorecard_states_the_agreed_verdict_and_who_disagreed(monkeypatc
         return pd.DataFrame([dict(claim=c, verdict=v[c], measured=f"numbers of {c}", key="") for c in ("C1", "C5")])
 
     monkeypatch.setattr(sc, "scorecard", fake_scorecard)
-    monkeypatch.setattr("duolib.book.seeds.combine_seeds", lambda trees: {"run": {"seed": -1}})
+    monkeypatch.setattr(sc, "combine_seeds", lambda trees: {"run": {"seed": -1}})
     card, by_seed = sc.seeded_scorecard([{"run": {"seed": s}} for s in range(3)])
     card = card.set_index("claim")
     assert card.at["C1", "verdict"] == INCONCLUSIVE and card.at["C5", "verdict"] == FAILS

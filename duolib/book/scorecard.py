@@ -55,6 +55,7 @@ from __future__ import annotations
 from ..router.evaluate import FLAT_TOL
 from ..stats import holm
 from .rules import RULES, gate, gated
+from .seeds import combine_seeds, with_shared
 from .thresholds import (C1_FAR, C2_HALF, C2_NEAR, C3_BAND, C6_EVEN, C7_ALWAYS, C7_EXIT, C7_NEVER, C8_EVEN, C8_RATIO,
                          C9_RELIABLE, C9_RHO, C10_UNIGRAM_BAR, NEGLIGIBLE, PRECONDITIONS, RATIO_NULL, RULES_REGISTERED,
                          SHARE_MARGIN)
@@ -206,8 +207,6 @@ def seeded_scorecard(per_seed: list[dict[str, dict]], shared=()):
     the chapters in ``shared`` taken from seed 0: :func:`duolib.book.seeds.with_shared`) and the combined
     verdict before (``combined``) and after (``verdict``) the agreement rule."""
     import pandas as pd
-
-    from .seeds import combine_seeds, with_shared
 
     card = scorecard(combine_seeds(per_seed))
     by_seed = pd.DataFrame({f"seed {s}": scorecard(r).set_index("claim")["verdict"]
