@@ -17,7 +17,7 @@
    (``early-exit``, ``suffix``; ``@M``: the cheap top-M restricted-vocabulary version; ``linear``: the
    suffix linearised around the reference route, fixed-context only) and both
    semantics, for the per-token oracle with exactly ``--beam-k`` big layers (default 6, and
-   unconstrained): perplexity gap to the exhaustive oracle vs compute (FLOPs and seconds, relative
+   unconstrained; ``--choices skip,big`` for routes that skip): perplexity gap to the exhaustive oracle vs compute (FLOPs and seconds, relative
    to the exhaustive trie on the same pattern set).  Aim: <= 1% gap at >= 10x less compute.
 
 The model is the default preset, briefly trained with random routing on a synthetic Markov source
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
                    help="torch threads (default 1: on a shared machine OpenMP oversubscription makes the brute "
                         "force's many tiny ops erratically slow, which would flatter the trie)")
     p.add_argument("--skip-engine", action="store_true", help="only the beam comparison (parts 1-2 skipped)")
+    p.add_argument("--choices", default="small,big",
+                   help="routes of the beam comparison, e.g. skip,big (the book's frontier with skip: notebook 03)")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
@@ -228,14 +230,14 @@ def beam_curve(model, ids, args, report) -> None:
     report["beam"] = []
     for k_arg in args.beam_k if args.widths else ():
         k = None if k_arg.lower() == "none" else int(k_arg)
-        n_pat = len(enumerate_patterns(L, ("small", "big"), k))
+        n_pat = len(enumerate_patterns(L, args.choices, k))
         print(f"beam search, per-token oracle {'over all' if k is None else f'with k={k} big layers of'} "
               f"{n_pat} patterns:")
         print(f"  {'semantics':<14}{'proxy':<16}{'width':>5}{'ppl':>10}{'gap':>9}{'FLOPs x less':>14}"
               f"{'time x less':>13}")
         for semantics in ("fixed-context", "shared"):
             t0 = time.perf_counter()
-            ex = loss_matrix(model, ids, k=k, semantics=semantics, max_rows=args.max_rows)
+            ex = loss_matrix(model, ids, choices=args.choices, k=k, semantics=semantics, max_rows=args.max_rows)
             t_ex = time.perf_counter() - t0
             f_ex = trie_flops(cfg, ex.stats, args.batch, args.seq_len)
             ppl_ex = ex.oracle(k).perplexity
@@ -246,7 +248,7 @@ def beam_curve(model, ids, args, report) -> None:
                 if proxy == "linear" and semantics != "fixed-context":
                     continue  # one gradient per token cannot express a shared route's effect on later tokens
                 for w in args.widths:
-                    r = beam_oracle(model, ids, w, k=k, semantics=semantics, proxy=proxy,
+                    r = beam_oracle(model, ids, w, choices=args.choices, k=k, semantics=semantics, proxy=proxy,
                                     proxy_vocab=int(vocab) if vocab else None, max_rows=args.max_rows)
                     gap = r.perplexity / ppl_ex - 1
                     row = dict(k=k, semantics=semantics, proxy=spec, width=w, ppl=r.perplexity, exhaustive_ppl=ppl_ex,

@@ -77,17 +77,21 @@ _MODEL_AND_TRAIN: dict[str, dict[str, dict]] = {
 # same bits at any count).
 _ORACLE_SECTIONS = {
     "tiny": dict(n_sequences=2, seq_len=16, choices="small,big", semantics="shared", difficulty_k=2,
-                 n_random=100, beam_widths=(1, 2, 4), placebo_windows=2),
+                 n_random=100, beam_widths=(1, 2, 4), placebo_windows=2, skip_beam_widths=(1, 2, 4),
+                 three_way_positions=8, three_way_widths=(1, 4, 16)),
     # default: 4 random windows x 128 tokens per holdout and training seed (~500 scored tokens under all 2^12
     # patterns; the book's intervals pool the three seeds' windows); the fixed-context reading and the beam
     # table, one forward pass per token and pattern, score the first window (seed 0 only); the placebo oracle
-    # (duolib.oracle.controls: 924 = C(12, 6) all-big forwards, one per candidate, no prefix to share) the first 2.
+    # (duolib.oracle.controls: 924 = C(12, 6) all-big forwards, one per candidate, no prefix to share) the first 2;
+    # the skip frontier's exhaustive {skip, small, big} search (3^12 leaves per token) the first window's first 16 tokens.
     # Sized for the 120-minute CPU book with seeds.  No threads key: the train section's one thread, as the book
     # runs two notebooks at a time and a second thread per notebook only contends with the other.
     "default": dict(n_sequences=4, seq_len=128, choices="small,big", semantics="shared", difficulty_k=6,
-                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), fixed_context_sequences=1, placebo_windows=2),
+                    n_random=100, beam_widths=(1, 2, 4, 8, 16, 24), fixed_context_sequences=1, placebo_windows=2,
+                    skip_beam_widths=(4, 8, 16, 24, 32), three_way_positions=16, three_way_widths=(16, 64, 256, 1024)),
     "paper": dict(n_sequences=1024, seq_len=512, choices="small,big", semantics="shared", difficulty_k=6,
-                  n_random=100, beam_widths=(4, 8, 16, 32), placebo_windows=64),
+                  n_random=100, beam_widths=(4, 8, 16, 32), placebo_windows=64,
+                  skip_beam_widths=(8, 16, 32, 64), three_way_positions=32, three_way_widths=(64, 256, 1024)),
 }
 
 # Stage-3 router knobs [ours] (duolib.router, `duo route`): budgets in big layers of L (the paper's

@@ -39,6 +39,7 @@ def test_oracle_settings_defaults_and_overrides():
     assert s["num_layers"] == 4 and s["beam_k"] == 2 and s["fixed_context_sequences"] == 1
     s = analysis.oracle_settings("tiny", n_sequences=6, beam_widths=[3], fixed_context_sequences=6)
     assert s["n_sequences"] == 6 and s["beam_widths"] == [3] and s["fixed_context_sequences"] == 6
+    assert s["three_way_positions"] == 8 and analysis.oracle_settings("tiny", seq_len=6)["three_way_positions"] == 5
 
 
 @pytest.mark.parametrize("knob, value, match", [
@@ -48,6 +49,9 @@ def test_oracle_settings_defaults_and_overrides():
     ("beam_widths", [0], r"beam_widths=0"),
     ("fixed_context_sequences", 5, r"fixed_context_sequences=5 must be a whole number in 1\.\.2"),
     ("n_random", 2.5, r"n_random=2\.5"),
+    ("skip_beam_widths", [4, 0], r"skip_beam_widths=0"),
+    ("three_way_positions", 0, r"three_way_positions=0 must be a whole number >= 1"),
+    ("three_way_widths", 4, r"three_way_widths=4 must be a non-empty list"),
 ])
 def test_oracle_settings_bad_values(knob, value, match):
     with pytest.raises(ValueError, match=match):
@@ -143,6 +147,49 @@ def test_beam_table(model, tmp_path):
     assert df.loc[df["width"] == 6, "gap"].abs().max() < 1e-5  # width C(4,2) = 6: exhaustive
     again = analysis.beam_table(model, x, exact, 2, [1, 6], run_dir=tmp_path)
     pd.testing.assert_frame_equal(df, again)
+
+
+def test_beam_table_over_every_pattern_with_skip(model):
+    x = ids(batch=1)
+    exact = loss_matrix(model, x, choices=("skip", "big"), semantics="fixed-context")
+    df = analysis.beam_table(model, x, exact, None, [1, 16], proxies=("early-exit", "linear"))
+    assert (df["gap"] >= -1e-5).all()
+    assert df.loc[df["width"] == 16, "gap"].abs().max() < 1e-5  # width 2^4: exhaustive
+    assert (df["relative_compute"] > 0).all()
+
+
+def test_skip_beam_frontier_searches_skip_and_three_routes_against_their_exhaustive_oracles(model, tmp_path):
+    x = {"a": ids(batch=1, seq=8, seed=2), "b": ids(batch=1, seq=8, seed=3)}
+    df = analysis.skip_beam_frontier(model, x, tmp_path, k=2, widths=[1, 6, 16], three_way_positions=4,
+                                     three_way_widths=[1, 81], proxies=("early-exit", "suffix"))
+    assert list(dict.fromkeys(df["search"])) == ["{skip, big}, k = 2", "{skip, big}", "{skip, small, big}"]
+    assert set(df["holdout"]) == {"a", "b"}
+    three = df[df["search"] == "{skip, small, big}"]
+    assert set(three["tokens"]) == {4} and set(df.loc[df["routes"] == "skip,big", "tokens"]) == {7}
+    for h, xh in x.items():  # each search's exact column is its own exhaustive oracle
+        exact = loss_matrix(model, xh[:, :5], choices=("skip", "small", "big"), semantics="fixed-context")
+        assert three[three["holdout"] == h]["exact"].iloc[0] == pytest.approx(exact.oracle().perplexity, rel=1e-6)
+    assert (df["gap"] >= -1e-5).all()
+    exhaustive = {"{skip, big}, k = 2": 6, "{skip, big}": 16, "{skip, small, big}": 81}
+    for search, wide in exhaustive.items():  # a beam as wide as the search space finds the exact oracle
+        part = df[(df["search"] == search) & (df["width"] >= wide)]
+        assert len(part) and part["gap"].abs().max() < 1e-5
+    again = analysis.skip_beam_frontier(model, x, tmp_path, k=2, widths=[1, 6, 16], three_way_positions=4,
+                                        three_way_widths=[1, 81], proxies=("early-exit", "suffix"))
+    pd.testing.assert_frame_equal(df, again)  # from the run folder's caches
+
+
+def test_beam_summary_reads_the_worse_holdout():
+    rows = [("p", 4, "a", 0.02, 0.05), ("p", 4, "b", 0.005, 0.05),  # p@4: 2% on the worse holdout
+            ("p", 8, "a", 0.008, 0.09), ("p", 8, "b", 0.009, 0.10),  # p@8: within 1%, at 0.10
+            ("q", 2, "a", 0.004, 0.03), ("q", 2, "b", 0.003, 0.03),  # q@2: within 1%, cheapest
+            ("q", 9, "a", 0.001, 0.5), ("q", 9, "b", 0.0, 0.5)]  # q@9: the smallest gap
+    frame = pd.DataFrame(rows, columns=["proxy", "width", "holdout", "gap", "relative_compute"])
+    r = analysis.beam_summary(frame)
+    assert r["best"] == dict(proxy="q", width=9, gap=0.001, relative_compute=0.5)
+    assert r["cheapest"] == dict(proxy="q", width=2, gap=0.004, relative_compute=0.03)
+    r = analysis.beam_summary(frame[frame["proxy"] == "p"], target=0.005)
+    assert r["cheapest"] is None and r["best"]["width"] == 8 and r["best"]["gap"] == 0.009
 
 
 def test_big_centre_and_layer_rate():

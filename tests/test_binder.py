@@ -146,15 +146,15 @@ def test_a_chapter_alone_runs_its_upstream_steps_into_a_run_folder_that_does_not
     run_dir = tmp_path / "new" / "run"
     monkeypatch.chdir(repo)
     results = run_upstream("03_oracle", "tiny", run_dir)
-    assert [r.name for r in results] == ran == ["01_data", "02_training"]
+    assert [r.name for r in results] == ran == ["01_data", "02_training", "02b_skip_model"]
     assert folder_kind(run_dir) == "duo book"
-    assert sorted(p.name for p in (run_dir / "upstream" / "experiments").iterdir()) == ["01_data.ipynb",
-                                                                                       "02_training.ipynb"]
+    assert sorted(p.name for p in (run_dir / "upstream" / "experiments").iterdir()) == [
+        "01_data.ipynb", "02_training.ipynb", "02b_skip_model.ipynb"]
 
 
 def test_upstream_of_each_step():
     assert upstream("01_data") == [] and upstream("09_retrofit") == []
-    assert upstream("03_oracle") == ["01_data", "02_training"]
+    assert upstream("03_oracle") == ["01_data", "02_training", "02b_skip_model"]
     assert upstream("07_routers") == ["01_data", "02_training", "02b_skip_model", "03_oracle"]
     assert upstream("05_oracle_routes") == ["01_data", "02_training", "02b_skip_model", "03_oracle"]
     assert upstream("scorecard") == ["01_data", "02_training", "02b_skip_model", "03_oracle", "04_schedules",
@@ -167,10 +167,11 @@ def test_upstream_of_each_step():
 def test_missing_upstream_on_an_expensive_profile_names_the_command(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "01_data.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"lacks the results of 02_training .*duo book --profile default "
-                                         r".*--only 02_training"):
+    with pytest.raises(ValueError, match=r"lacks the results of 02_training, 02b_skip_model .*duo book --profile "
+                                         r"default .*--only 02_training 02b_skip_model"):
         run_upstream("03_oracle", "default", tmp_path)
     (tmp_path / "results" / "02_training.json").write_text("{}")
+    (tmp_path / "results" / "02b_skip_model.json").write_text("{}")
     assert run_upstream("03_oracle", "default", tmp_path) == []
 
 

@@ -159,6 +159,25 @@ def test_paired_gaps_show_every_reference_with_its_interval_and_the_null_line():
     plt.close(fig)
 
 
+def test_beam_frontiers_draw_each_proxy_per_panel_and_the_target_corner():
+    plots.use_style()
+    table = pd.DataFrame([dict(search=s, holdout=h, proxy=p, width=w, gap=g / w, relative_compute=c * w * (100 if s == "C" else 1))
+                          for s in ("A", "B", "C") for h in ("english", "python")
+                          for p, g, c in (("linear", 0.04, 0.002), ("suffix", 0.02, 0.01)) for w in (1, 4, 16)])
+    fig = route_plots.beam_frontiers(table)
+    assert [ax.get_title() for ax in fig.axes] == [f"{h}: {s}" for h in ("english", "python") for s in "ABC"]
+    for ax in fig.axes:
+        lines = {line.get_label(): line for line in ax.lines}
+        assert sorted(lines) == ["linear", "suffix"]
+        assert list(lines["suffix"].get_ydata()) == pytest.approx([2.0, 0.5, 0.125])  # percent, by compute
+        assert ax.get_xscale() == "log"
+        (corner,) = ax.collections  # the target: up to 1% at up to a tenth of the compute
+        (x0, y0), (x1, y1) = corner.get_paths()[0].get_extents().get_points()
+        assert (x1, y0, y1) == pytest.approx((0.1, 0.0, 1.0))
+        assert x0 < min(0.1, min(lines["linear"].get_xdata()))  # C's beams all cost more than the target
+    plt.close(fig)
+
+
 def _overlaps(labels) -> bool:
     boxes = [t.get_window_extent() for t in labels if t.get_text()]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

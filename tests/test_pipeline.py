@@ -166,13 +166,13 @@ def test_jobs_setting():
 
 
 def test_a_second_run_glues_the_same_values_and_a_perturbed_one_is_reported(tiny_book, tmp_path):
-    """Determinism checked, not assumed: notebooks 01-03 rerun from scratch (fresh run folder, caches and
+    """Determinism checked, not assumed: notebooks 01-03 (and 02b) rerun from scratch (fresh run folder, caches and
     all) glue exactly the values of the first run (`duo book --compare`); a changed value is reported."""
     import nbformat
 
     from duolib.book.compare import compare_glued, glued_values
 
-    steps = ["01_data", "02_training", "03_oracle"]
+    steps = ["01_data", "02_training", "02b_skip_model", "03_oracle"]  # 03's frontier with skip reads 02b
     site = tmp_path / "again"
     shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("_build", "experiments"))
     run_pipeline("tiny", root=ROOT, run_dir=site / "runs", book_dir=site / "book", only=steps)

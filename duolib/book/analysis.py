@@ -97,6 +97,10 @@ def load_matrix(path) -> LossMatrix:
     return LossMatrix(**torch.load(path, weights_only=True))
 
 
+#: The proxies the book's beam frontiers compare (:func:`beam_table`; ``@64``: top-64 restricted read-out).
+BEAM_PROXIES = ("early-exit", "suffix", "early-exit@64", "linear")
+
+
 def cached_loss_matrix(model, input_ids: torch.Tensor, run_dir, *, choices=("small", "big"), k: int | None = None,
                        semantics: str = "shared", reference: str = "big", progress: bool = False,
                        precision: str = "fp32", entropy: bool = False) -> LossMatrix:
@@ -206,18 +210,18 @@ def trie_counts(patterns: torch.Tensor) -> dict:
     return {"internal_nodes": int(internal), "edges": edges, "leaves": int(len(p))}
 
 
-def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths: Sequence[int],
-               proxies: Sequence[str] = ("early-exit", "suffix", "early-exit@64", "linear"),
-               run_dir=None) -> pd.DataFrame:
-    """Beam-search approximation of the per-token oracle at exactly ``k`` big layers vs the exhaustive
-    oracle of ``exact`` (same ids, same semantics): perplexity gap and compute relative to the
-    exhaustive trie over the C(L, k) patterns (:func:`duolib.oracle.brute_force.trie_flops`).
+def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int | None, widths: Sequence[int],
+               proxies: Sequence[str] = BEAM_PROXIES, run_dir=None) -> pd.DataFrame:
+    """Beam-search approximation of the per-token oracle at exactly ``k`` big layers (None: over every
+    pattern of ``exact.choices``) vs the exhaustive oracle of ``exact`` (same ids, same semantics, same
+    choices): perplexity gap and compute relative to the exhaustive trie over the same patterns
+    (:func:`duolib.oracle.brute_force.trie_flops`).
 
     proxies: names of :data:`duolib.oracle.beam.PROXIES`, ``@M`` for the top-M restricted vocabulary
     (``early-exit@64``: within 1% of the oracle at about 6% of its compute at width 16 on the
     benchmark model, ``benchmarks/bench_oracle.py``); ``linear`` needs fixed-context semantics."""
     L = exact.num_layers
-    k = checks.budget("k", k, L)
+    k = None if k is None else checks.budget("k", k, L)
     B, T = input_ids.shape
     exhaustive = exact.oracle(k).perplexity
     full = trie_flops(model.config, trie_counts(enumerate_patterns(L, exact.choices, k)), B, T)
@@ -240,6 +244,45 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int, widths
     df["gap"] = df["perplexity"] / exhaustive - 1
     df["relative_compute"] = df["flops"] / full
     return df
+
+
+def skip_beam_frontier(model, input_ids: dict[str, torch.Tensor], run_dir, *, k: int, widths: Sequence[int],
+                       three_way_positions: int, three_way_widths: Sequence[int],
+                       proxies: Sequence[str] = BEAM_PROXIES) -> pd.DataFrame:
+    """[ours] The beam-vs-exact frontier where routes may skip (issue: the beam must handle skip), for
+    ``model`` (the book's: trained with skip) under fixed-context semantics on each holdout's ``input_ids``:
+
+    - ``{skip, big}`` with exactly ``k`` big layers, and over all 2^L patterns, on the whole windows;
+    - ``{skip, small, big}`` over all 3^L patterns, on the first ``three_way_positions`` scored tokens of the
+      windows (the exhaustive search costs 3^L leaves per token).
+
+    Columns: holdout, search (a label), routes, k, tokens, exact (the exhaustive oracle's perplexity), then
+    :func:`beam_table`'s.  The exhaustive matrices and the beams are cached in ``run_dir/oracle/``."""
+    searches = [(("skip", "big"), k, None, widths), (("skip", "big"), None, None, widths),
+                (("skip", "small", "big"), None, int(three_way_positions) + 1, three_way_widths)]
+    frames = []
+    for h, x in input_ids.items():
+        for choices, budget, length, ws in searches:
+            xs = x if length is None else x[:, :length]
+            exact = cached_loss_matrix(model, xs, run_dir, choices=choices, k=budget, semantics="fixed-context")
+            label = "{" + ", ".join(choices) + "}" + ("" if budget is None else f", k = {budget}")
+            frames.append(beam_table(model, xs, exact, budget, ws, proxies, run_dir=run_dir)
+                          .assign(holdout=h, search=label, routes=",".join(choices), k=budget,
+                                  tokens=exact.num_tokens, exact=exact.oracle(budget).perplexity))
+    return pd.concat(frames, ignore_index=True)
+
+
+def beam_summary(frame: pd.DataFrame, target: float = 0.01) -> dict:
+    """The reading of a beam frontier (rows of :func:`beam_table`, one or more holdouts): per (proxy,
+    width), the worse holdout's gap and compute; ``best``: the setting of smallest gap; ``cheapest``: the
+    cheapest setting whose gap is within ``target`` (None if none is)."""
+    worst = frame.groupby(["proxy", "width"], as_index=False).agg(gap=("gap", "max"),
+                                                                  relative_compute=("relative_compute", "max"))
+    best = worst.sort_values(["gap", "relative_compute"]).iloc[0]
+    within = worst[worst["gap"] <= target].sort_values("relative_compute")
+    as_dict = lambda r: dict(proxy=r["proxy"], width=int(r["width"]), gap=float(r["gap"]),
+                             relative_compute=float(r["relative_compute"]))
+    return dict(best=as_dict(best), cheapest=as_dict(within.iloc[0]) if len(within) else None, target=target)
 
 
 # ----------------------------------------------------------------------------- 04: budget schedules

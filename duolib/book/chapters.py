@@ -49,7 +49,8 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("02_training", needs=("01_data",), replicate=True),
     # trains beside 02_training (independent runs)
     Chapter("02b_skip_model", needs=("01_data",), results=shapes.SkipModelResults, replicate=True),
-    Chapter("03_oracle", needs=("02_training",), results=shapes.OracleResults, replicate=True,
+    # 03 reads the skip-trained model too (its beam frontier with skip, seed 0 only)
+    Chapter("03_oracle", needs=("02_training", "02b_skip_model"), results=shapes.OracleResults, replicate=True,
             replica_params={"replica": True}),
     Chapter("04_schedules", needs=("03_oracle",), results=shapes.ScheduleResults, replicate=True),
     Chapter("05_oracle_routes", needs=("03_oracle", "02b_skip_model"), results=shapes.OracleRoutesResults,

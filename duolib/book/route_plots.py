@@ -150,6 +150,40 @@ def paired_gaps(df: pd.DataFrame, x: str = "k", y: str = "gap", hue: str = "refe
     return ax.figure
 
 
+def beam_frontiers(df: pd.DataFrame, target_gap: float = 0.01, target_compute: float = 0.1, panel: str = "search",
+                   row: str = "holdout", hue: str = "proxy"):
+    """Beam-vs-exact frontiers (rows of :func:`duolib.book.analysis.beam_table` with ``panel`` and ``row``
+    columns): gap to the exact oracle (%) against compute relative to the exhaustive search (log scale), one
+    line per ``hue`` through its widths, one panel per ``panel`` x ``row``; the shaded corner is the target
+    (gap at most ``target_gap`` at no more than ``target_compute`` of the compute)."""
+    panels, rows = list(dict.fromkeys(df[panel])), list(dict.fromkeys(df[row]))
+    levels = list(dict.fromkeys(df[hue]))
+    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(PAGE_WIDTH, 2.9 * len(rows)), squeeze=False,
+                             sharey="row")
+    for r, name in enumerate(rows):
+        for c, p in enumerate(panels):
+            ax, part = axes[r, c], df[(df[row] == name) & (df[panel] == p)]
+            left = min(part["relative_compute"].min(), target_compute) / 2
+            ax.fill_between([left, target_compute], 0, 100 * target_gap,
+                            color="0.88", lw=0, label="target")
+            for level in levels:
+                line = part[part[hue] == level].sort_values("relative_compute")
+                ax.plot(line["relative_compute"], 100 * line["gap"], "o-", ms=3, lw=1, color=colours[level],
+                        label=level)
+            ax.set_xscale("log")
+            ax.set_title(f"{name}: {p}", fontsize=9)
+            ax.tick_params(labelsize=8)
+            if r == len(rows) - 1:
+                ax.set_xlabel("compute / exhaustive", fontsize=9)
+            if c == 0:
+                ax.set_ylabel("gap to exact (%)", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def headline_curves(curves: pd.DataFrame, references: dict[str, dict[str, float]]):
     """The landing page's figure: :func:`budget_curves` per holdout (``references[holdout]``), side by side,
     without bands (the verdicts rest on paired intervals, which unpaired bands would misstate), one shared

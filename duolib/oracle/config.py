@@ -22,7 +22,9 @@ class OracleConfig(StageConfig):
     the best-of-N random control; beam_widths / beam_k: the beam table's widths and budget (None: half the
     layers); threads: the oracle notebooks' torch threads (None, a count or "auto"); fixed_context_sequences:
     windows of the fixed-context reading (None: half the slice, at least 1); placebo_windows: windows the
-    placebo oracle scores (None: all).  Budgets are checked against the profile's model."""
+    placebo oracle scores (None: all); skip_beam_widths: beam widths of the {skip, big} frontier on the
+    skip-trained model; three_way_positions / three_way_widths: scored tokens per window and beam widths of
+    the {skip, small, big} frontier (its exhaustive search costs 3^L leaves per token).  Budgets are checked against the profile's model."""
 
     SECTION = "oracle"
 
@@ -38,6 +40,9 @@ class OracleConfig(StageConfig):
     threads: int | str | None = None
     fixed_context_sequences: int | None = None
     placebo_windows: int | None = None
+    skip_beam_widths: tuple[int, ...] = (1, 2, 4)
+    three_way_positions: int = 8
+    three_way_widths: tuple[int, ...] = (1, 4, 16)
 
     @classmethod
     def from_profile(cls, profile: str = "default", **overrides) -> "OracleConfig":
@@ -70,6 +75,9 @@ class OracleConfig(StageConfig):
             checks.whole("fixed_context_sequences", self.fixed_context_sequences, 1, self.n_sequences)
         if self.placebo_windows is not None:
             checks.whole("placebo_windows", self.placebo_windows, 1, self.n_sequences)
+        self.skip_beam_widths = checks.whole_list("skip_beam_widths", self.skip_beam_widths)
+        checks.whole("three_way_positions", self.three_way_positions)  # capped at seq_len - 1 when resolved
+        self.three_way_widths = checks.whole_list("three_way_widths", self.three_way_widths)
 
     # the values the book reads, with the defaults above resolved
     def resolved(self) -> dict:
@@ -79,6 +87,8 @@ class OracleConfig(StageConfig):
         d = self.to_dict()
         d.pop("profile")
         d["beam_widths"] = list(self.beam_widths)
+        d["skip_beam_widths"], d["three_way_widths"] = list(self.skip_beam_widths), list(self.three_way_widths)
+        d["three_way_positions"] = min(self.three_way_positions, self.seq_len - 1)
         d["difficulty_k"] = L // 2 if self.difficulty_k is None else self.difficulty_k
         d["beam_k"] = L // 2 if self.beam_k is None else self.beam_k
         d["fixed_context_sequences"] = (max(1, self.n_sequences // 2) if self.fixed_context_sequences is None
