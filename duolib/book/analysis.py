@@ -214,8 +214,8 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int | None,
                proxies: Sequence[str] = BEAM_PROXIES, run_dir=None) -> pd.DataFrame:
     """Beam-search approximation of the per-token oracle at exactly ``k`` big layers (None: over every
     pattern of ``exact.choices``) vs the exhaustive oracle of ``exact`` (same ids, same semantics, same
-    choices): perplexity gap and compute relative to the exhaustive trie over the same patterns
-    (:func:`duolib.oracle.brute_force.trie_flops`).
+    choices): the exhaustive oracle's perplexity (``exact``), each beam's gap to it and compute relative to the
+    exhaustive trie over the same patterns (:func:`duolib.oracle.brute_force.trie_flops`).
 
     proxies: names of :data:`duolib.oracle.beam.PROXIES`, ``@M`` for the top-M restricted vocabulary
     (``early-exit@64``: within 1% of the oracle at about 6% of its compute at width 16 on the
@@ -241,6 +241,7 @@ def beam_table(model, input_ids: torch.Tensor, exact: LossMatrix, k: int | None,
            list(map(int, widths)), list(proxies)]
     rows = cached_json(run_dir, "beam", key, compute) if run_dir is not None else compute()
     df = pd.DataFrame(rows)
+    df["exact"] = exhaustive
     df["gap"] = df["perplexity"] / exhaustive - 1
     df["relative_compute"] = df["flops"] / full
     return df
@@ -256,8 +257,7 @@ def skip_beam_frontier(model, input_ids: dict[str, torch.Tensor], run_dir, *, k:
     - ``{skip, small, big}`` over all 3^L patterns, on the first ``three_way_positions`` scored tokens of the
       windows (the exhaustive search costs 3^L leaves per token).
 
-    Columns: holdout, search (a label), routes, k, tokens, exact (the exhaustive oracle's perplexity), then
-    :func:`beam_table`'s.  The exhaustive matrices and the beams are cached in ``run_dir/oracle/``."""
+    Columns: :func:`beam_table`'s, then holdout, search (a label), routes, k and tokens.  The exhaustive matrices and the beams are cached in ``run_dir/oracle/``."""
     searches = [(("skip", "big"), k, None, widths), (("skip", "big"), None, None, widths),
                 (("skip", "small", "big"), None, int(three_way_positions) + 1, three_way_widths)]
     frames = []
@@ -268,7 +268,7 @@ def skip_beam_frontier(model, input_ids: dict[str, torch.Tensor], run_dir, *, k:
             label = "{" + ", ".join(choices) + "}" + ("" if budget is None else f", k = {budget}")
             frames.append(beam_table(model, xs, exact, budget, ws, proxies, run_dir=run_dir)
                           .assign(holdout=h, search=label, routes=",".join(choices), k=budget,
-                                  tokens=exact.num_tokens, exact=exact.oracle(budget).perplexity))
+                                  tokens=exact.num_tokens))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -280,8 +280,11 @@ def beam_summary(frame: pd.DataFrame, target: float = 0.01) -> dict:
                                                                   relative_compute=("relative_compute", "max"))
     best = worst.sort_values(["gap", "relative_compute"]).iloc[0]
     within = worst[worst["gap"] <= target].sort_values("relative_compute")
-    as_dict = lambda r: dict(proxy=r["proxy"], width=int(r["width"]), gap=float(r["gap"]),
-                             relative_compute=float(r["relative_compute"]))
+
+    def as_dict(r):
+        return dict(proxy=r["proxy"], width=int(r["width"]), gap=float(r["gap"]),
+                    relative_compute=float(r["relative_compute"]))
+
     return dict(best=as_dict(best), cheapest=as_dict(within.iloc[0]) if len(within) else None, target=target)
 
 

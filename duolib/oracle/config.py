@@ -24,7 +24,8 @@ class OracleConfig(StageConfig):
     windows of the fixed-context reading (None: half the slice, at least 1); placebo_windows: windows the
     placebo oracle scores (None: all); skip_beam_widths: beam widths of the {skip, big} frontier on the
     skip-trained model; three_way_positions / three_way_widths: scored tokens per window and beam widths of
-    the {skip, small, big} frontier (its exhaustive search costs 3^L leaves per token).  Budgets are checked against the profile's model."""
+    the {skip, small, big} frontier (its exhaustive search costs 3^L leaves per token).  Budgets are checked
+    against the profile's model."""
 
     SECTION = "oracle"
 
